@@ -1,0 +1,1 @@
+//! Contract test suite (filled by the broker helper).

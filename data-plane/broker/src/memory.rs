@@ -1,0 +1,1 @@
+//! In-process engine (filled by the broker helper).
