@@ -36,6 +36,10 @@ use serde::{Deserialize, Serialize};
 /// Seconds an idempotency key is remembered per channel.
 pub const IDEMPOTENCY_WINDOW_S: u64 = 300;
 
+/// Seconds a stream that never had a publication (created by [`Broker::position`] or
+/// [`Broker::history`]) is kept before it may be replaced by one with a new epoch.
+pub const EMPTY_STREAM_TTL_S: u64 = 3600;
+
 /// A channel as the engine sees it: an app's channel. Cheap to clone.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelKey {
@@ -83,7 +87,8 @@ pub struct PublishRequest {
     pub idempotency_key: Option<String>,
     /// Publications kept in history; 0 keeps none (offsets still advance).
     pub history_size: u32,
-    /// History lifetime after the latest publication, in seconds.
+    /// Lifetime of the stream (offset, epoch and history) after its latest publication, in
+    /// seconds; when it passes, the stream is lost and the next one has a new epoch. 0 counts as 1.
     pub history_ttl_s: u32,
 }
 
