@@ -373,13 +373,22 @@ export class Channel<T = unknown> extends Emitter<ChannelEvents> {
     this.detach(true);
   }
 
-  /** @internal The SSE stream including this channel is open. */
-  onStreamOpen(): void {
-    this.state = 'attached';
-    const waiters = this.waiters;
-    this.waiters = [];
-    for (const w of waiters) w.resolve();
-    this.emit('subscribed', { position: this.cursor, recovered: true, resumed: this.cursor !== null });
+  /**
+   * @internal The SSE stream confirmed this channel (its `subscribed` event). With `resumed`, the
+   * stream resumed from the `Last-Event-ID` the client sent, which tracks the same messages as the
+   * cursor, so the answer reads like a WebSocket resubscribe. Without it (the channel is new to
+   * the stream, e.g. after falling back from WebSocket) the server could not resume from our
+   * cursor: if we had one, that is a discontinuity.
+   */
+  onStreamSubscribed(frame: Frame, resumed: boolean): void {
+    if (!this.wanted) return;
+    this.attachGeneration++;
+    const cursor = this.cursor;
+    if (resumed || !cursor) {
+      this.onAttached(frame, resumed ? cursor : null, false);
+      return;
+    }
+    this.onAttached({ ...frame, recovered: false }, cursor, false);
   }
 
   /** @internal The client was closed or failed. */

@@ -203,6 +203,10 @@ export class Aviary extends Emitter<ClientEvents> {
   private invalidTokenStreak = 0;
   private platformListeners: Array<() => void> = [];
   private lastEventId: string | null = null;
+  /** The channels of the stream that produced `lastEventId`: only those resume through it. */
+  private lastEventIdChannels: string[] = [];
+  /** Channels the current stream resumes through `Last-Event-ID`. */
+  private resumedByStream = new Set<string>();
   private token: { value: string; expiresAt: number | null } | null = null;
   private restartScheduled = false;
   /** Why the client failed, while it is in the `failed` state. */
@@ -833,6 +837,7 @@ export class Aviary extends Emitter<ClientEvents> {
     url.searchParams.set('channels', names.join(','));
     const headers: Record<string, string> = { Accept: 'text/event-stream', Authorization: `Bearer ${token}` };
     if (this.lastEventId !== null) headers['Last-Event-ID'] = this.lastEventId;
+    this.resumedByStream = new Set(this.lastEventId !== null ? this.lastEventIdChannels : []);
     this.timers.connect = this.clock.setTimeout(
       () => this.abandon(generation, new AviaryError('timeout', 'timed out opening the event stream')),
       this.options.connectTimeoutMs ?? 15_000,
@@ -857,8 +862,8 @@ export class Aviary extends Emitter<ClientEvents> {
       this.lost(generation, error, policy);
       return;
     }
+    // Channels count as subscribed when their `subscribed` event arrives (see onStreamEvent).
     this.sseConnected(generation);
-    for (const channel of this.channelMap.values()) if (channel.wanted) channel.onStreamOpen();
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     const parser = new SseParser((event) => this.onStreamEvent(generation, event));
@@ -904,7 +909,10 @@ export class Aviary extends Emitter<ClientEvents> {
   }
 
   private onStreamEvent(generation: number, event: SseEvent): void {
-    if (event.id !== null) this.lastEventId = event.id;
+    if (event.id !== null) {
+      this.lastEventId = event.id;
+      this.lastEventIdChannels = this.stream ? this.stream.channels.split(',') : [];
+    }
     let parsed: unknown;
     try {
       parsed = JSON.parse(event.data);
@@ -914,7 +922,9 @@ export class Aviary extends Emitter<ClientEvents> {
     if (!parsed || typeof parsed !== 'object') return;
     const frame = parsed as Frame;
     if (typeof frame.type !== 'string') frame.type = event.event;
-    if (frame.type === 'message' || frame.type === 'presence' || frame.type === 'disconnect') {
+    if (frame.type === 'subscribed') {
+      if (typeof frame.channel === 'string') this.channelMap.get(frame.channel)?.onStreamSubscribed(frame, this.resumedByStream.has(frame.channel));
+    } else if (frame.type === 'message' || frame.type === 'presence' || frame.type === 'disconnect') {
       this.onFrame(generation, frame);
     }
   }
@@ -959,6 +969,8 @@ function streamStatusError(status: number): [AviaryError, ClosePolicy] {
   switch (status) {
     case 401:
       return [new AviaryError('invalid_token', 'event stream refused the token'), 'new_token'];
+    case 400:
+      return [new AviaryError('bad_request', 'event stream request refused (too many channels?)'), 'fatal'];
     case 403:
       return [new AviaryError('forbidden', 'event stream forbidden'), 'fatal'];
     case 429:

@@ -146,8 +146,9 @@ export class FakeServer extends EventEmitter {
     });
   }
 
-  // -- SSE: GET /v1/sse?channels=a,b with Authorization: Bearer. Event ids are
-  //    "channel@epoch:offset" joined by ",", so Last-Event-ID resumes every channel.
+  // -- SSE, as data-plane/src/transport/sse.rs serves it: GET /v1/sse?channels=a,b with
+  //    Authorization: Bearer; a `subscribed` event per channel, then messages; every id is
+  //    "v1." + base64url(JSON {"channel": [epoch, offset]}) so Last-Event-ID resumes each channel.
   onHttp(req, res) {
     const url = new URL(req.url, this.httpUrl);
     if (url.pathname !== '/v1/sse') {
@@ -158,31 +159,41 @@ export class FakeServer extends EventEmitter {
     this.emit('sse', req);
     const auth = req.headers.authorization ?? '';
     const token = auth.startsWith('Bearer ') ? auth.slice(7) : url.searchParams.get('token');
-    const verdict = this.authorize(token);
-    if (verdict.closeCode) {
-      res.writeHead(401).end();
+    if (this.authorize(token).closeCode) {
+      res.writeHead(401, { 'content-type': 'application/problem+json' }).end('{"type":"unauthorized"}');
       return;
     }
     const names = (url.searchParams.get('channels') ?? '').split(',').filter(Boolean);
-    const positions = new Map();
-    for (const part of (req.headers['last-event-id'] ?? '').split(',').filter(Boolean)) {
-      const m = /^(.*)@(.*):(\d+)$/.exec(part);
-      if (m) positions.set(m[1], { epoch: m[2], offset: Number(m[3]) });
+    if (names.length === 0) {
+      res.writeHead(400).end();
+      return;
     }
-    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store' });
-    res.write(': hello\n\n');
+    let resume = {};
+    const lastId = req.headers['last-event-id'];
+    if (lastId?.startsWith('v1.')) resume = JSON.parse(Buffer.from(lastId.slice(3), 'base64url').toString());
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+    res.write('retry: 2000\n\n');
     res.sseChannels = new Set(names);
     res.ssePositions = new Map();
     for (const name of names) {
       const ch = this.channel(name);
-      const since = positions.get(name);
-      res.ssePositions.set(name, { epoch: ch.epoch, offset: ch.offset });
-      if (since && since.epoch === ch.epoch) {
-        for (const pub of ch.history) if (pub.offset > since.offset) this.writeSse(res, pub);
-      }
+      const since = resume[name] ? { epoch: resume[name][0], offset: resume[name][1] } : null;
+      const oldest = ch.history[0]?.offset ?? ch.offset + 1;
+      const recovered = !since || (since.epoch === ch.epoch && since.offset + 1 >= oldest);
+      const start = since && recovered ? since : { epoch: ch.epoch, offset: ch.offset };
+      res.ssePositions.set(name, start);
+      const frame = { type: 'subscribed', channel: name, position: { epoch: ch.epoch, offset: ch.offset }, recovered };
+      res.write(`event: subscribed\nid: ${this.sseId(res)}\ndata: ${JSON.stringify(frame)}\n\n`);
+      if (since && recovered) for (const pub of ch.history) if (pub.offset > since.offset) this.writeSse(res, pub);
     }
     this.sseStreams.add(res);
     req.on('close', () => this.sseStreams.delete(res));
+  }
+
+  sseId(res) {
+    const map = {};
+    for (const [n, p] of res.ssePositions) map[n] = [p.epoch, p.offset];
+    return 'v1.' + Buffer.from(JSON.stringify(map)).toString('base64url');
   }
 
   sendSse(name, pub) {
@@ -191,8 +202,12 @@ export class FakeServer extends EventEmitter {
 
   writeSse(res, pub) {
     res.ssePositions.set(pub.channel, { epoch: pub.epoch, offset: pub.offset });
-    const id = [...res.ssePositions].map(([n, p]) => `${n}@${p.epoch}:${p.offset}`).join(',');
-    res.write(`id: ${id}\nevent: message\ndata: ${JSON.stringify(pub)}\n\n`);
+    res.write(`id: ${this.sseId(res)}\ndata: ${JSON.stringify(pub)}\n\n`);
+  }
+
+  /** Sends a frame (presence, disconnect) on every SSE stream as an `event: frame`. */
+  sseFrame(frame) {
+    for (const res of this.sseStreams) res.write(`event: frame\ndata: ${JSON.stringify(frame)}\n\n`);
   }
 
   dropSse() {
