@@ -370,6 +370,8 @@ export class Aviary extends Emitter<ClientEvents> {
     this.setState('disconnected');
     this.emit('disconnected', { reason: error, willReconnect: true });
     if (policy === 'reconnect_now') this.backoff.reset();
+    // The server refused or expired the token: never reuse it (the SSE transport reuses tokens).
+    if (policy === 'new_token') this.token = null;
     this.scheduleReconnect();
   }
 
@@ -428,7 +430,8 @@ export class Aviary extends Emitter<ClientEvents> {
     this.clientId = typeof frame.client_id === 'string' ? frame.client_id : null;
     this.connectionId = typeof frame.connection_id === 'string' ? frame.connection_id : null;
     this.invalidTokenStreak = 0;
-    this.pingIntervalMs = this.options.heartbeatIntervalMs ?? heartbeatMs;
+    // SSE's heartbeat is the server's comment interval, not ours to choose; 0 disables.
+    this.pingIntervalMs = kind === 'sse' || heartbeatMs <= 0 ? heartbeatMs : (this.options.heartbeatIntervalMs ?? heartbeatMs);
     this.lastInbound = this.clock.now();
     this.setState('connected');
     const stableAfter = this.options.backoff?.stableAfterMs ?? 15_000;
@@ -600,7 +603,7 @@ export class Aviary extends Emitter<ClientEvents> {
    * `lastInbound` instead of being reset per frame, so busy channels cost nothing.
    */
   private heartbeat(generation: number): void {
-    if (generation !== this.generation) return;
+    if (generation !== this.generation || this.pingIntervalMs <= 0) return;
     const now = this.clock.now();
     const idle = now - this.lastInbound;
     const interval = this.pingIntervalMs;
@@ -829,8 +832,9 @@ export class Aviary extends Emitter<ClientEvents> {
     const abort = new AbortController();
     this.stream = { abort, channels: names.join(',') };
     if (names.length === 0) {
-      // Nothing to receive yet: "connected" without a stream; subscribing opens one.
-      this.sseConnected(generation);
+      // Nothing to receive yet: "connected" without a stream (and without heartbeats, as
+      // nothing can arrive); subscribing opens one.
+      this.onConnected(generation, { type: 'connected' }, 'sse', 0);
       return;
     }
     const url = new URL(this.urls.sse);

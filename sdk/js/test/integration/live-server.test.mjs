@@ -23,7 +23,7 @@ const skip =
   AVIARY_URL && TOKEN_URL
     ? false
     : 'set AVIARY_URL and AVIARY_DEMO_TOKEN_URL to run against a real `aviary dev` (see the header of this file)';
-if (skip) console.log(`# integration tests skipped: ${skip}`);
+if (skip) console.log(`integration tests skipped: ${skip}`);
 
 const channelName = (what) => `${PREFIX}it-${what}-${randomBytes(4).toString('hex')}`;
 
