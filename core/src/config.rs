@@ -231,14 +231,27 @@ impl Registry {
         self.version.load(Ordering::Acquire)
     }
 
-    /// Replaces the whole set of verifying keys.
+    /// Replaces the whole set of verifying keys (no event when the set is unchanged).
     pub fn set_verifying_keys(&self, keys: impl IntoIterator<Item = VerifyingKey>) {
-        *self.keys.write() = keys.into_iter().map(|k| (k.kid.clone(), Arc::new(k))).collect();
+        let keys: HashMap<String, Arc<VerifyingKey>> = keys.into_iter().map(|k| (k.kid.clone(), Arc::new(k))).collect();
+        {
+            let mut current = self.keys.write();
+            let same = current.len() == keys.len()
+                && keys.iter().all(|(kid, k)| current.get(kid).is_some_and(|c| c.public == k.public));
+            if same {
+                return;
+            }
+            *current = keys;
+        }
         self.emit(ConfigEvent::KeysChanged);
     }
 
-    /// Inserts or replaces an app.
+    /// Inserts or replaces an app. Re-inserting an identical config changes nothing and emits
+    /// no event, so a periodic full reload is cheap for live connections.
     pub fn upsert_app(&self, app: AppConfig) {
+        if self.apps.get(&app.app_id).is_some_and(|current| **current == app) {
+            return;
+        }
         let app = Arc::new(app);
         self.apps.insert(app.app_id.clone(), app.clone());
         self.emit(ConfigEvent::AppChanged(app));
@@ -253,7 +266,9 @@ impl Registry {
 
     /// Marks an API key revoked.
     pub fn revoke_api_key(&self, app_id: &str, key_id: &str) {
-        self.revoked_keys.insert(key_id.to_owned(), ());
+        if self.revoked_keys.insert(key_id.to_owned(), ()).is_some() {
+            return;
+        }
         self.emit(ConfigEvent::ApiKeyRevoked { app_id: app_id.to_owned(), key_id: key_id.to_owned() });
     }
 
@@ -321,5 +336,19 @@ mod tests {
         assert!(!r.client_revoked("app_2", "u1", 50));
         assert!(matches!(rx.try_recv(), Ok(ConfigEvent::ClientRevoked { .. })));
         assert_eq!(r.version(), 1);
+    }
+
+    #[test]
+    fn reapplying_identical_config_emits_nothing() {
+        let r = Registry::new();
+        r.upsert_app(app(vec![]));
+        r.upsert_app(app(vec![]));
+        r.revoke_api_key("app_1", "key_1");
+        r.revoke_api_key("app_1", "key_1");
+        assert_eq!(r.version(), 2);
+        let mut changed = app(vec![]);
+        changed.enabled = false;
+        r.upsert_app(changed);
+        assert_eq!(r.version(), 3);
     }
 }

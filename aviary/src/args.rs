@@ -1,0 +1,110 @@
+//! Command-line arguments: one `clap` derive struct per subcommand, every flag also an
+//! `AVIARY_*` environment variable, defaults that work for `aviary dev`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(name = "aviary", version, about = "Aviary: multi-tenant real-time messaging over WebSocket and SSE.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter, e.g. `info` or `aviary_data_plane=debug,info`.
+    #[arg(long, env = "AVIARY_LOG", default_value = "info", global = true)]
+    pub log: String,
+    /// Log line format.
+    #[arg(long, env = "AVIARY_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Everything in one process on an embedded store and in-process broker: the zero-setup
+    /// way to try Aviary. Serves a demo chat at http://127.0.0.1:8080/.
+    Dev(DevArgs),
+    /// The control plane: tenants, apps, API keys and connection tokens over REST and gRPC, on
+    /// Postgres.
+    ControlPlane(ControlPlaneArgs),
+    /// A data-plane node: WebSocket/SSE connections, channels, presence and history.
+    DataPlane(DataPlaneArgs),
+    /// Applies the database migrations and exits.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DevArgs {
+    /// Directory for the embedded store, the operator token and the demo credentials.
+    #[arg(long, env = "AVIARY_DATA_DIR", default_value = "./.aviary")]
+    pub data_dir: PathBuf,
+    /// Address for all HTTP traffic: REST, WebSocket, SSE, demo page, metrics.
+    #[arg(long, env = "AVIARY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Address for the gRPC control-plane API.
+    #[arg(long, env = "AVIARY_GRPC_LISTEN", default_value = "127.0.0.1:8071")]
+    pub grpc_listen: SocketAddr,
+    /// Operator token (administers tenants). Generated once and kept in the data dir if unset.
+    #[arg(long, env = "AVIARY_OPERATOR_TOKEN", hide_env_values = true)]
+    pub operator_token: Option<String>,
+    #[command(flatten)]
+    pub node: NodeTuning,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ControlPlaneArgs {
+    /// Postgres connection URL.
+    #[arg(long, env = "AVIARY_DATABASE_URL")]
+    pub database_url: String,
+    /// Address for the REST API.
+    #[arg(long, env = "AVIARY_LISTEN", default_value = "0.0.0.0:8070")]
+    pub listen: SocketAddr,
+    /// Address for the gRPC API.
+    #[arg(long, env = "AVIARY_GRPC_LISTEN", default_value = "0.0.0.0:8071")]
+    pub grpc_listen: SocketAddr,
+    /// Operator token (administers tenants). Required: a control plane never invents one.
+    #[arg(long, env = "AVIARY_OPERATOR_TOKEN", hide_env_values = true)]
+    pub operator_token: String,
+    /// Do not apply migrations at start (run `aviary migrate` separately).
+    #[arg(long, env = "AVIARY_NO_MIGRATE")]
+    pub no_migrate: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DataPlaneArgs {
+    /// Address for WebSocket, SSE and the REST publish API.
+    #[arg(long, env = "AVIARY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Postgres URL of the control plane's store, read for app config and key checks (off the
+    /// message path, refreshed every `--config-refresh-ms`).
+    #[arg(long, env = "AVIARY_DATABASE_URL")]
+    pub database_url: String,
+    /// How often the node reloads config from the store, in milliseconds.
+    #[arg(long, env = "AVIARY_CONFIG_REFRESH_MS", default_value_t = 1000)]
+    pub config_refresh_ms: u64,
+    #[command(flatten)]
+    pub node: NodeTuning,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// Postgres connection URL.
+    #[arg(long, env = "AVIARY_DATABASE_URL")]
+    pub database_url: String,
+}
+
+/// Data-plane knobs shared by `dev` and `data-plane`.
+#[derive(Debug, Clone, Args)]
+pub struct NodeTuning {
+    /// Seconds between WebSocket pings; a client silent for two intervals is dropped.
+    #[arg(long, env = "AVIARY_HEARTBEAT_S", default_value_t = 25)]
+    pub heartbeat_s: u64,
+    /// Frames queued per connection before it is cut as a slow consumer (close 4008).
+    #[arg(long, env = "AVIARY_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+    /// Seconds a draining node gives clients to leave before closing the rest.
+    #[arg(long, env = "AVIARY_DRAIN_DEADLINE_S", default_value_t = 10)]
+    pub drain_deadline_s: u64,
+}

@@ -1,0 +1,119 @@
+//! `aviary dev`: control plane, data plane and demo in one process, on the embedded SQLite store
+//! and the in-process broker.
+//!
+//! The control plane writes config straight into the `Registry` the data plane reads, so a key
+//! revoked through the API closes its connections at once, with no network hop in between.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use aviary_broker::memory::MemoryBroker;
+use aviary_control_plane::{ControlPlaneConfig, ControlPlaneState};
+use aviary_core::Registry;
+use aviary_data_plane::DataPlane;
+use rand::RngCore;
+
+use crate::args::DevArgs;
+use crate::nodes::{self, Servers};
+
+/// Runs until SIGTERM / Ctrl-C, then drains.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let operator_token = match args.operator_token.clone() {
+        Some(token) => token,
+        None => load_or_create_operator_token(&args.data_dir)?,
+    };
+    let store = aviary_control_plane::open_dev_store(&args.data_dir).await?;
+    let registry = Arc::new(Registry::new());
+    let control_plane =
+        ControlPlaneState::new(store, registry.clone(), ControlPlaneConfig::new(&operator_token)).await?;
+    let demo = match control_plane.bootstrap_demo().await? {
+        Some(created) => {
+            let app = crate::demo::remember(&args.data_dir, &created)?;
+            print_first_start(&created);
+            Some(app)
+        }
+        None => crate::demo::recall(&args.data_dir),
+    };
+
+    let shutdown = crate::shutdown::on_signal();
+    let broker = Arc::new(MemoryBroker::new());
+    let data_plane = DataPlane::new(
+        registry,
+        broker,
+        control_plane.api_key_authority(),
+        nodes::data_plane_config(&args.node),
+        shutdown.child_token(),
+    );
+
+    let http = nodes::ops_router(Some(&control_plane), Some(&data_plane))
+        .merge(aviary_control_plane::api::router(control_plane.clone()))
+        .merge(data_plane.router())
+        .merge(crate::demo::router(control_plane.clone(), demo));
+    let servers = Servers::bind(args.listen, Some(args.grpc_listen)).await?;
+    print_banner(servers.http_addr, servers.grpc_addr, &operator_token, args.operator_token.is_none());
+    servers.serve(http, Some(control_plane), Some(data_plane), shutdown).await
+}
+
+/// Writes `bytes` to `path`, readable by the owner only.
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(bytes)?;
+    Ok(())
+}
+
+fn load_or_create_operator_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("operator-token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        let token = token.trim().to_owned();
+        if !token.is_empty() {
+            return Ok(token);
+        }
+    }
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let token = format!("avo_{}", secret.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    write_private(&path, token.as_bytes())?;
+    Ok(token)
+}
+
+// The banner is for the person at the terminal, so it goes to stdout, never to the log.
+fn print_banner(http: SocketAddr, grpc: Option<SocketAddr>, operator_token: &str, token_in_data_dir: bool) {
+    println!();
+    println!("  Aviary dev is running");
+    println!("  demo chat      http://{http}/");
+    println!("  REST API       http://{http}/v1   (reference: http://{http}/docs)");
+    println!("  WebSocket      ws://{http}/v1/connect");
+    if let Some(grpc) = grpc {
+        println!("  gRPC           http://{grpc}");
+    }
+    println!("  metrics        http://{http}/metrics");
+    if token_in_data_dir {
+        println!("  operator token {operator_token}   (kept in the data dir)");
+    } else {
+        println!("  operator token (from AVIARY_OPERATOR_TOKEN)");
+    }
+    println!();
+    println!("listening on http://{http}");
+    let _ = std::io::stdout().flush();
+}
+
+fn print_first_start(created: &aviary_control_plane::DemoCredentials) {
+    println!();
+    println!("  First start: created the demo tenant, app and API key. These secrets are shown once.");
+    println!("  tenant id      {}", created.tenant_id);
+    println!("  admin key      {}", created.admin_key);
+    println!("  app id         {}", created.app_id);
+    println!("  API key        {}", created.api_key);
+}

@@ -1,0 +1,221 @@
+//! Wiring shared by every role: binding listeners, serving HTTP and gRPC until shutdown, the
+//! operational routes, and the `control-plane`, `data-plane` and `migrate` subcommands.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use aviary_broker::memory::MemoryBroker;
+use aviary_control_plane::{ControlPlaneConfig, ControlPlaneState};
+use aviary_core::Registry;
+use aviary_data_plane::{DataPlane, DataPlaneConfig};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::args::{ControlPlaneArgs, DataPlaneArgs, MigrateArgs, NodeTuning};
+use crate::ops::{Ops, ReadinessProbe};
+
+/// The OpenAPI document of everything Aviary serves over REST (both planes).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = aviary_control_plane::api::openapi();
+    doc.merge(aviary_data_plane::openapi());
+    doc
+}
+
+/// Data-plane settings from the command line.
+pub fn data_plane_config(tuning: &NodeTuning) -> DataPlaneConfig {
+    DataPlaneConfig {
+        ws_heartbeat_interval: Duration::from_secs(tuning.heartbeat_s.max(1)),
+        outbound_queue_capacity: tuning.outbound_queue.max(1),
+        drain_deadline: Duration::from_secs(tuning.drain_deadline_s),
+        ..DataPlaneConfig::default()
+    }
+}
+
+/// `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`, with readiness checks for the
+/// planes this process runs.
+pub fn ops_router(control_plane: Option<&ControlPlaneState>, data_plane: Option<&DataPlane>) -> Router {
+    let mut checks: Vec<(&'static str, ReadinessProbe)> = Vec::new();
+    if let Some(cp) = control_plane {
+        let cp = cp.clone();
+        checks.push((
+            "store",
+            Arc::new(move || {
+                let cp = cp.clone();
+                Box::pin(async move {
+                    if cp.ready().await { Ok("reachable".to_owned()) } else { Err("unreachable".to_owned()) }
+                })
+            }),
+        ));
+    }
+    if let Some(dp) = data_plane {
+        let dp = dp.clone();
+        checks.push((
+            "data_plane",
+            Arc::new(move || {
+                let dp = dp.clone();
+                Box::pin(async move {
+                    if dp.is_draining() {
+                        Err("draining".to_owned())
+                    } else {
+                        Ok(format!("{} connections, {} channels", dp.connection_count(), dp.channel_count()))
+                    }
+                })
+            }),
+        ));
+    }
+    crate::ops::router(Ops { checks, openapi: Arc::new(openapi()) })
+}
+
+/// Bound listeners of one process.
+pub struct Servers {
+    pub http_addr: SocketAddr,
+    pub grpc_addr: Option<SocketAddr>,
+    http: TcpListener,
+    grpc: Option<TcpListener>,
+}
+
+impl Servers {
+    /// Binds the HTTP (and optionally gRPC) listeners; port 0 picks a free port.
+    pub async fn bind(http: SocketAddr, grpc: Option<SocketAddr>) -> anyhow::Result<Self> {
+        let http = TcpListener::bind(http).await.with_context(|| format!("binding HTTP listener on {http}"))?;
+        let grpc = match grpc {
+            Some(addr) => {
+                Some(TcpListener::bind(addr).await.with_context(|| format!("binding gRPC listener on {addr}"))?)
+            }
+            None => None,
+        };
+        Ok(Servers {
+            http_addr: http.local_addr()?,
+            grpc_addr: grpc.as_ref().map(|g| g.local_addr()).transpose()?,
+            http,
+            grpc,
+        })
+    }
+
+    /// Serves until `shutdown` is cancelled; then the data plane drains (clients are told to
+    /// reconnect elsewhere) before the listeners close.
+    pub async fn serve(
+        self,
+        http: Router,
+        control_plane: Option<ControlPlaneState>,
+        data_plane: Option<DataPlane>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let grpc_task = match (self.grpc, control_plane) {
+            (Some(listener), Some(cp)) => {
+                let stop = shutdown.clone();
+                let incoming = tokio_stream_listener(listener);
+                Some(tokio::spawn(async move {
+                    tonic::transport::Server::builder()
+                        .add_routes(aviary_control_plane::grpc::grpc_router(cp))
+                        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                        .await
+                }))
+            }
+            _ => None,
+        };
+        let stop = shutdown.clone();
+        let graceful = async move {
+            stop.cancelled().await;
+            if let Some(dp) = data_plane {
+                let left = dp.drain().await;
+                tracing::info!(closed_at_deadline = left, "data plane drained");
+            }
+        };
+        axum::serve(self.http, http.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(graceful)
+            .await
+            .context("HTTP server failed")?;
+        if let Some(task) = grpc_task {
+            task.await.context("gRPC server task panicked")?.context("gRPC server failed")?;
+        }
+        Ok(())
+    }
+}
+
+fn tokio_stream_listener(listener: TcpListener) -> tokio_stream::wrappers::TcpListenerStream {
+    tokio_stream::wrappers::TcpListenerStream::new(listener)
+}
+
+/// `aviary control-plane`.
+pub async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
+    let store = aviary_control_plane::open_store(&args.database_url, !args.no_migrate).await?;
+    let registry = Arc::new(Registry::new());
+    let control_plane = ControlPlaneState::new(store, registry, ControlPlaneConfig::new(args.operator_token)).await?;
+    let http = ops_router(Some(&control_plane), None).merge(aviary_control_plane::api::router(control_plane.clone()));
+    let servers = Servers::bind(args.listen, Some(args.grpc_listen)).await?;
+    tracing::info!(http = %servers.http_addr, grpc = ?servers.grpc_addr, "control plane listening");
+    println!("listening on http://{}", servers.http_addr);
+    servers.serve(http, Some(control_plane), None, crate::shutdown::on_signal()).await
+}
+
+/// `aviary data-plane`: a node that reads app config from the control plane's store, off the
+/// message path, every `--config-refresh-ms`. (Config streaming over gRPC replaces this read.)
+pub async fn run_data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
+    let store = aviary_control_plane::open_store(&args.database_url, false).await?;
+    let registry = Arc::new(Registry::new());
+    // The node never serves the control-plane API, so its operator token is a random value
+    // nobody knows.
+    let unusable_operator_token = uuid::Uuid::new_v4().to_string();
+    let config = ControlPlaneConfig::new(unusable_operator_token);
+    let control_plane = ControlPlaneState::new(store, registry.clone(), config).await?;
+    let shutdown = crate::shutdown::on_signal();
+    tokio::spawn(refresh_config(
+        control_plane.clone(),
+        Duration::from_millis(args.config_refresh_ms.max(100)),
+        shutdown.clone(),
+    ));
+    let data_plane = DataPlane::new(
+        registry,
+        Arc::new(MemoryBroker::new()),
+        control_plane.api_key_authority(),
+        data_plane_config(&args.node),
+        shutdown.child_token(),
+    );
+    let http = ops_router(Some(&control_plane), Some(&data_plane)).merge(data_plane.router());
+    let servers = Servers::bind(args.listen, None).await?;
+    tracing::info!(http = %servers.http_addr, "data plane listening");
+    println!("listening on http://{}", servers.http_addr);
+    servers.serve(http, None, Some(data_plane), shutdown).await
+}
+
+/// Re-reads apps, revocations and signing keys from the store until `stop`; apps that vanished
+/// from the store are removed from the registry (closing their connections).
+async fn refresh_config(control_plane: ControlPlaneState, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let before: HashSet<String> = control_plane.registry().apps().iter().map(|a| a.app_id.clone()).collect();
+        if let Err(err) = control_plane.load_registry().await {
+            tracing::warn!(%err, "config refresh failed; keeping the last known config");
+            continue;
+        }
+        if let Err(err) = control_plane.keyring().reload().await {
+            tracing::warn!(%err, "signing key refresh failed; keeping the last known keys");
+        }
+        match control_plane.store().all_apps().await {
+            Ok(apps) => {
+                let live: HashSet<String> = apps.into_iter().map(|a| a.id).collect();
+                for gone in before.difference(&live) {
+                    control_plane.registry().remove_app(gone);
+                }
+            }
+            Err(err) => tracing::warn!(%err, "config refresh failed; keeping the last known config"),
+        }
+    }
+}
+
+/// `aviary migrate`.
+pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    aviary_control_plane::migrate(&args.database_url).await?;
+    println!("migrations applied");
+    Ok(())
+}
