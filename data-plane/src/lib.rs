@@ -1,1 +1,321 @@
-//! placeholder
+//! Aviary's data plane: what browsers and backends connect to.
+//!
+//! A [`DataPlane`] serves WebSocket (`/v1/connect`), Server-Sent Events (`/v1/sse`) and the
+//! backend REST API (`/v1/apps/{app_id}/...`) from the live [`Registry`], a [`Broker`] (the
+//! engine that orders, stores and fans out publications) and an [`ApiKeyAuthority`]. It reads
+//! no database on the message path: config arrives through the registry, messages through the
+//! broker.
+//!
+//! Code map: [`protocol`] (wire frames), [`transport`] (WebSocket and SSE byte pumps and
+//! heartbeats), [`session`] (one client's state and commands), [`hub`] (channel -> local
+//! subscribers, fan-out), [`quota`] (admission), [`rest`] (backend API), [`metrics`],
+//! [`error`]. `docs/protocol.md` documents the wire protocol for SDK authors.
+
+pub mod error;
+pub mod hub;
+pub mod metrics;
+pub mod protocol;
+pub mod quota;
+pub mod rest;
+pub mod session;
+pub mod transport;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use aviary_broker::Broker;
+use aviary_core::{ApiKeyAuthority, ConfigEvent, Registry};
+use axum::Router;
+use axum::routing::{get, post};
+use dashmap::DashMap;
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+
+pub use error::Error;
+pub use quota::{LocalQuotas, QuotaEnforcer};
+
+use crate::hub::Hub;
+use crate::protocol::{CloseReason, close};
+use crate::session::SessionHandle;
+
+/// Room a WebSocket frame may take beyond the app's `max_message_bytes`: the JSON around the
+/// payload (type, id, channel name up to 255 bytes, idempotency key).
+pub const FRAME_ENVELOPE_BYTES: usize = 4096;
+
+/// Tunables of a data-plane node. [`Default`] gives production values.
+#[derive(Debug, Clone)]
+pub struct DataPlaneConfig {
+    /// Identifies this node in logs and metrics.
+    pub node_id: String,
+    /// WebSocket ping interval; a connection silent for two intervals is closed.
+    pub ws_heartbeat_interval: Duration,
+    /// Interval of SSE comment heartbeats.
+    pub sse_heartbeat_interval: Duration,
+    /// Capacity of each connection's outbound queue; a full queue closes it with 4008.
+    pub outbound_queue_capacity: usize,
+    /// How long `drain` waits for connections to close after telling them to go.
+    pub drain_deadline: Duration,
+    /// How long a WebSocket may stay open without a successful `connect`.
+    pub connect_timeout: Duration,
+    /// Longest time spent writing the farewell (`disconnect` frame and close) to a client.
+    pub close_timeout: Duration,
+    /// TTL of presence entries; refreshed every heartbeat while the connection lives, so a
+    /// node that dies loses its members within this time.
+    pub presence_ttl: Duration,
+    /// Hard cap on an incoming WebSocket frame before the app (and its limit) is known.
+    pub max_frame_bytes: usize,
+    /// Consecutive malformed frames tolerated before closing with 4000.
+    pub max_malformed_frames: u32,
+}
+
+impl Default for DataPlaneConfig {
+    fn default() -> Self {
+        DataPlaneConfig {
+            node_id: format!("node_{}", uuid::Uuid::new_v4().simple()),
+            ws_heartbeat_interval: Duration::from_secs(25),
+            sse_heartbeat_interval: Duration::from_secs(15),
+            outbound_queue_capacity: 1024,
+            drain_deadline: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            presence_ttl: Duration::from_secs(60),
+            max_frame_bytes: 1024 * 1024,
+            max_malformed_frames: 10,
+        }
+    }
+}
+
+/// State shared by every connection and request of a node.
+pub struct Inner {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) api_keys: Arc<dyn ApiKeyAuthority>,
+    pub(crate) config: DataPlaneConfig,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) quotas: Arc<dyn QuotaEnforcer>,
+    /// Open connections by connection id, for drain and revocations.
+    pub(crate) sessions: DashMap<Arc<str>, Arc<SessionHandle>>,
+    pub(crate) shutdown: CancellationToken,
+    draining: AtomicBool,
+    /// Woken whenever a session ends, so `drain` can wait for zero without polling.
+    session_ended: Notify,
+}
+
+impl Inner {
+    pub(crate) fn presence_ttl_s(&self) -> u32 {
+        self.config.presence_ttl.as_secs().clamp(1, u64::from(u32::MAX)) as u32
+    }
+
+    pub(crate) fn forget(&self, connection_id: &str) {
+        self.sessions.remove(connection_id);
+        self.session_ended.notify_waiters();
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire) || self.shutdown.is_cancelled()
+    }
+}
+
+/// A data-plane node. Cheap to clone (an `Arc`).
+#[derive(Clone)]
+pub struct DataPlane {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for DataPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataPlane")
+            .field("node_id", &self.inner.config.node_id)
+            .field("connections", &self.connection_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DataPlane {
+    /// Builds a node with node-local quotas; see [`DataPlane::with_quotas`].
+    pub fn new(
+        registry: Arc<Registry>,
+        broker: Arc<dyn Broker>,
+        api_keys: Arc<dyn ApiKeyAuthority>,
+        config: DataPlaneConfig,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self::with_quotas(registry, broker, api_keys, config, shutdown, Arc::new(LocalQuotas::new()))
+    }
+
+    /// Builds a node, registers its hub as the broker's event sink and starts listening to
+    /// registry changes (revocations and app removal close connections). Cancelling
+    /// `shutdown` has the same effect on connections as [`DataPlane::drain`]. Must be called
+    /// inside a Tokio runtime.
+    pub fn with_quotas(
+        registry: Arc<Registry>,
+        broker: Arc<dyn Broker>,
+        api_keys: Arc<dyn ApiKeyAuthority>,
+        config: DataPlaneConfig,
+        shutdown: CancellationToken,
+        quotas: Arc<dyn QuotaEnforcer>,
+    ) -> Self {
+        let hub = Arc::new(Hub::new(broker.clone()));
+        broker.set_events(hub.clone());
+        let events = registry.subscribe();
+        let inner = Arc::new(Inner {
+            registry,
+            broker,
+            api_keys,
+            config,
+            hub,
+            quotas,
+            sessions: DashMap::new(),
+            shutdown,
+            draining: AtomicBool::new(false),
+            session_ended: Notify::new(),
+        });
+        tokio::spawn(watch_config(Arc::downgrade(&inner), events, inner.shutdown.clone()));
+        DataPlane { inner }
+    }
+
+    /// All routes of the data plane (WebSocket, SSE, REST); the binary adds health, metrics
+    /// and the demo page.
+    pub fn router(&self) -> Router {
+        router(self.clone())
+    }
+
+    /// True once draining started: new connections are refused.
+    pub fn is_draining(&self) -> bool {
+        self.inner.is_draining()
+    }
+
+    /// Open connections (WebSocket and SSE, authenticated or not).
+    pub fn connection_count(&self) -> usize {
+        self.inner.sessions.len()
+    }
+
+    /// Channels with at least one local subscriber.
+    pub fn channel_count(&self) -> usize {
+        self.inner.hub.channel_count()
+    }
+
+    /// Stops accepting connections, tells every client to reconnect elsewhere (`disconnect`
+    /// 1001, `reconnect: true`) and waits until they are closed or the drain deadline passes.
+    /// Returns the number of connections still open at the deadline.
+    pub async fn drain(&self) -> usize {
+        self.inner.draining.store(true, Ordering::Release);
+        self.inner.shutdown.cancel();
+        let reason = CloseReason::new(close::GOING_AWAY, "node draining");
+        for s in self.inner.sessions.iter() {
+            s.value().close(reason.clone());
+        }
+        let deadline = tokio::time::Instant::now() + self.inner.config.drain_deadline;
+        loop {
+            // Register interest before checking, so a session ending in between still wakes us.
+            let ended = self.inner.session_ended.notified();
+            let open = self.inner.sessions.len();
+            if open == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                let open = self.inner.sessions.len();
+                tracing::warn!(open, "drain deadline passed with connections still open");
+                return open;
+            }
+        }
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+}
+
+/// The data plane's routes over `state`.
+pub fn router(state: DataPlane) -> Router {
+    Router::new()
+        .route("/v1/connect", get(transport::ws::upgrade))
+        .route("/v1/sse", get(transport::sse::stream))
+        .route("/v1/apps/{app_id}/channels/{channel}/messages", post(rest::publish))
+        .route("/v1/apps/{app_id}/messages", post(rest::publish_batch))
+        .route("/v1/apps/{app_id}/channels/{channel}/history", get(rest::history))
+        .route("/v1/apps/{app_id}/channels/{channel}/presence", get(rest::presence))
+        .route("/v1/apps/{app_id}/channels", get(rest::channels))
+        .with_state(state)
+}
+
+/// The OpenAPI document of the REST API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+    rest::ApiDoc::openapi()
+}
+
+/// Applies registry changes to live connections: closes those of removed or disabled apps
+/// (4004) and those whose API key or client tokens were revoked (4010).
+async fn watch_config(
+    inner: std::sync::Weak<Inner>,
+    mut events: broadcast::Receiver<ConfigEvent>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            event = events.recv() => event,
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        match event {
+            Ok(event) => apply_config_event(&inner, &event),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                // Events were lost: re-check every connection against the registry's state.
+                tracing::warn!(missed, "config events lagged; re-checking all connections");
+                recheck_all(&inner);
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+fn close_matching(inner: &Inner, reason: CloseReason, matches: impl Fn(&session::Identity) -> bool) {
+    for s in inner.sessions.iter() {
+        if s.value().identity().is_some_and(|id| matches(&id)) {
+            s.value().close(reason.clone());
+        }
+    }
+}
+
+fn apply_config_event(inner: &Inner, event: &ConfigEvent) {
+    match event {
+        ConfigEvent::AppChanged(app) if !app.enabled => {
+            close_matching(inner, CloseReason::new(close::APP_UNAVAILABLE, "app disabled"), |id| {
+                id.app_id == app.app_id
+            })
+        }
+        ConfigEvent::AppRemoved { app_id, .. } => {
+            close_matching(inner, CloseReason::new(close::APP_UNAVAILABLE, "app deleted"), |id| &id.app_id == app_id)
+        }
+        ConfigEvent::ApiKeyRevoked { key_id, .. } => {
+            close_matching(inner, CloseReason::new(close::REVOKED, "API key revoked"), |id| &id.key_id == key_id)
+        }
+        ConfigEvent::ClientRevoked { app_id, client_id, issued_before } => {
+            close_matching(inner, CloseReason::new(close::REVOKED, "client tokens revoked"), |id| {
+                &id.app_id == app_id && &id.client_id == client_id && id.issued_at <= *issued_before
+            })
+        }
+        ConfigEvent::AppChanged(_) | ConfigEvent::KeysChanged => {}
+    }
+}
+
+fn recheck_all(inner: &Inner) {
+    for s in inner.sessions.iter() {
+        let Some(id) = s.value().identity() else { continue };
+        let reason = match inner.registry.app(&id.app_id) {
+            None => Some(CloseReason::new(close::APP_UNAVAILABLE, "app deleted")),
+            Some(app) if !app.enabled => Some(CloseReason::new(close::APP_UNAVAILABLE, "app disabled")),
+            _ if inner.registry.api_key_revoked(&id.key_id)
+                || inner.registry.client_revoked(&id.app_id, &id.client_id, id.issued_at) =>
+            {
+                Some(CloseReason::new(close::REVOKED, "credentials revoked"))
+            }
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            s.value().close(reason);
+        }
+    }
+}

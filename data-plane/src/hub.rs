@@ -1,0 +1,250 @@
+//! The node's channel index: which local connections subscribe to which channel, and the
+//! fan-out of broker events to them.
+//!
+//! The hub is the broker's [`BrokerEvents`] sink. Each publication is encoded once into a
+//! `message` frame ([`encode_message`]) and every subscriber gets a clone of the same
+//! [`Bytes`] handle through a non-blocking `try_send` into its bounded queue. A full queue is
+//! that connection's problem only: it is closed with 4008 (slow consumer) and the loop moves on.
+//!
+//! A new subscriber starts *buffering*: while its session replays history, live publications
+//! are parked in the subscriber; [`Subscriber::go_live`] then flushes the parked ones newer than
+//! the last replayed offset, under the same lock the fan-out takes, so nothing is lost,
+//! duplicated or reordered between history and live delivery.
+//!
+//! The broker subscription of a channel follows its local subscribers: subscribed when the
+//! first arrives, unsubscribed after the last leaves. Those two async steps are serialized per
+//! channel by an async gate so an unsubscribe can never overtake a later subscribe.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use aviary_broker::{Broker, BrokerError, BrokerEvents, ChannelKey, PresenceAction, PresenceMember, Publication};
+use bytes::Bytes;
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::protocol::{CloseReason, close, encode_message, encode_presence};
+use crate::session::SessionHandle;
+
+/// An item of a connection's outbound queue.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A frame for this connection only (a reply) or a presence event.
+    Frame(Bytes),
+    /// A frame that also tells the transport a channel's position (SSE `subscribed` events,
+    /// so resume ids stay in step with what was actually written).
+    Position { channel: Arc<str>, epoch: Arc<str>, offset: u64, frame: Bytes },
+    /// A publication's shared `message` frame, with the position transports need (SSE ids,
+    /// dedup after replay) and the broker timestamp for the latency histogram.
+    Message { channel: Arc<str>, epoch: Arc<str>, offset: u64, ts: i64, frame: Bytes },
+}
+
+impl Outbound {
+    pub fn message(key: &ChannelKey, p: &Publication, frame: Bytes) -> Self {
+        Outbound::Message { channel: key.channel.clone(), epoch: p.epoch.clone(), offset: p.offset, ts: p.ts, frame }
+    }
+}
+
+/// One connection's subscription to one channel, as the fan-out sees it.
+pub struct Subscriber {
+    session: Arc<SessionHandle>,
+    tx: mpsc::Sender<Outbound>,
+    /// Whether this subscription also receives presence events.
+    presence: bool,
+    /// False while the session replays history; deliveries are parked in `parked` meanwhile.
+    live: AtomicBool,
+    parked: Mutex<Vec<Outbound>>,
+    /// Most deliveries parked before the subscriber counts as a slow consumer.
+    park_limit: usize,
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber").field("connection_id", &self.session.connection_id).finish_non_exhaustive()
+    }
+}
+
+impl Subscriber {
+    pub fn new(session: Arc<SessionHandle>, tx: mpsc::Sender<Outbound>, presence: bool, park_limit: usize) -> Self {
+        Subscriber { session, tx, presence, live: AtomicBool::new(false), parked: Mutex::new(Vec::new()), park_limit }
+    }
+
+    fn slow_consumer(&self) {
+        self.session.close(CloseReason::new(close::SLOW_CONSUMER, "slow consumer: outbound queue full"));
+    }
+
+    fn push(&self, item: Outbound) {
+        match self.tx.try_send(item) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.slow_consumer(),
+            // The session is gone and will unsubscribe shortly.
+            Err(TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Hands one delivery to the connection without ever waiting.
+    fn offer(&self, item: Outbound) {
+        if !self.live.load(Ordering::Acquire) {
+            let mut parked = self.parked.lock();
+            // Re-check under the lock: `go_live` may have flipped the flag meanwhile, and then
+            // the parked items are already flushed and this one must go straight out.
+            if !self.live.load(Ordering::Acquire) {
+                if parked.len() >= self.park_limit {
+                    drop(parked);
+                    self.slow_consumer();
+                } else {
+                    parked.push(item);
+                }
+                return;
+            }
+        }
+        self.push(item);
+    }
+
+    /// Ends the replay: flushes parked deliveries that come after `(epoch, offset)` (the last
+    /// position the session delivered) and switches to direct delivery.
+    pub fn go_live(&self, epoch: &str, offset: u64) {
+        let mut parked = self.parked.lock();
+        for item in parked.drain(..) {
+            if let Outbound::Message { epoch: e, offset: o, .. } = &item
+                && &**e == epoch
+                && *o <= offset
+            {
+                continue;
+            }
+            self.push(item);
+        }
+        self.live.store(true, Ordering::Release);
+    }
+}
+
+/// The async part of a channel's state: whether the broker delivers it to this node.
+#[derive(Debug, Default)]
+struct Gate {
+    broker_subscribed: bool,
+    /// Set when the entry left the index; a subscriber that raced with the removal retries
+    /// with a fresh entry.
+    retired: bool,
+}
+
+#[derive(Debug, Default)]
+struct ChannelEntry {
+    subscribers: RwLock<Vec<Arc<Subscriber>>>,
+    gate: tokio::sync::Mutex<Gate>,
+}
+
+/// Channel -> local subscribers.
+pub struct Hub {
+    broker: Arc<dyn Broker>,
+    channels: DashMap<ChannelKey, Arc<ChannelEntry>>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("channels", &self.channels.len()).finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    pub fn new(broker: Arc<dyn Broker>) -> Self {
+        Hub { broker, channels: DashMap::new() }
+    }
+
+    /// Adds `subscriber` to `key` (buffering until [`Subscriber::go_live`]), subscribing this
+    /// node to the channel at the broker first if it is the channel's first local subscriber.
+    pub async fn subscribe(&self, key: &ChannelKey, subscriber: Arc<Subscriber>) -> Result<(), BrokerError> {
+        loop {
+            let entry = self.channels.entry(key.clone()).or_default().clone();
+            let mut gate = entry.gate.lock().await;
+            if gate.retired {
+                continue;
+            }
+            if !gate.broker_subscribed {
+                self.broker.subscribe(key).await?;
+                gate.broker_subscribed = true;
+            }
+            entry.subscribers.write().push(subscriber);
+            return Ok(());
+        }
+    }
+
+    /// Removes the connection's subscriber from `key`; unsubscribes the node at the broker when
+    /// it was the last one.
+    pub async fn unsubscribe(&self, key: &ChannelKey, connection_id: &str) {
+        let Some(entry) = self.channels.get(key).map(|e| e.clone()) else { return };
+        let mut gate = entry.gate.lock().await;
+        let now_empty = {
+            let mut subs = entry.subscribers.write();
+            subs.retain(|s| &*s.session.connection_id != connection_id);
+            subs.is_empty()
+        };
+        if !now_empty || gate.retired {
+            return;
+        }
+        if gate.broker_subscribed {
+            if let Err(e) = self.broker.unsubscribe(key).await {
+                tracing::warn!(channel = ?key, error = %e, "broker unsubscribe failed");
+            }
+            gate.broker_subscribed = false;
+        }
+        // Retire under the gate, after the broker call: a subscriber waiting on this gate
+        // sees `retired` and starts over with a new entry, whose broker subscribe then comes
+        // strictly after this unsubscribe.
+        gate.retired = true;
+        self.channels.remove_if(key, |_, e| Arc::ptr_eq(e, &entry));
+    }
+
+    /// Active channels of `app_id` starting with `prefix`, with their local subscriber counts.
+    pub fn channels(&self, app_id: &str, prefix: &str) -> Vec<(String, usize)> {
+        let mut out: Vec<(String, usize)> = self
+            .channels
+            .iter()
+            .filter(|e| &*e.key().app_id == app_id && e.key().channel.starts_with(prefix))
+            .map(|e| (e.key().channel.to_string(), e.value().subscribers.read().len()))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Channels with at least one local subscriber, across apps.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Local subscribers of one channel.
+    pub fn subscriber_count(&self, key: &ChannelKey) -> usize {
+        self.channels.get(key).map_or(0, |e| e.subscribers.read().len())
+    }
+
+    fn entry(&self, key: &ChannelKey) -> Option<Arc<ChannelEntry>> {
+        // Clone the Arc so the DashMap shard lock is released before fanning out.
+        self.channels.get(key).map(|e| e.clone())
+    }
+}
+
+impl BrokerEvents for Hub {
+    fn on_publication(&self, key: &ChannelKey, publication: Arc<Publication>) {
+        let Some(entry) = self.entry(key) else { return };
+        let subscribers = entry.subscribers.read();
+        if subscribers.is_empty() {
+            return;
+        }
+        let frame = encode_message(&key.channel, &publication);
+        for s in subscribers.iter() {
+            s.offer(Outbound::message(key, &publication, frame.clone()));
+        }
+    }
+
+    fn on_presence(&self, key: &ChannelKey, action: PresenceAction, member: &PresenceMember) {
+        let Some(entry) = self.entry(key) else { return };
+        let subscribers = entry.subscribers.read();
+        let mut frame: Option<Bytes> = None;
+        for s in subscribers.iter().filter(|s| s.presence) {
+            let f = frame.get_or_insert_with(|| encode_presence(&key.channel, action, member));
+            s.offer(Outbound::Frame(f.clone()));
+        }
+    }
+}

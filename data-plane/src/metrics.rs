@@ -1,0 +1,88 @@
+//! Metric names and per-connection handles, through the `metrics` facade.
+//!
+//! The binary installs the exporter (Prometheus); this crate only records. Every series carries
+//! `tenant` and `app` labels. Handles are resolved once per connection ([`ConnectionMetrics`])
+//! so the delivery path records without building label sets or allocating.
+
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+
+/// Open connections (gauge). Labels: tenant, app, transport (`ws` | `sse`).
+pub const CONNECTIONS: &str = "aviary_connections";
+/// Connections accepted (counter). Labels: tenant, app, transport.
+pub const CONNECTIONS_TOTAL: &str = "aviary_connections_total";
+/// Active channel subscriptions (gauge). Labels: tenant, app.
+pub const SUBSCRIPTIONS: &str = "aviary_subscriptions";
+/// Messages accepted for publishing (counter). Labels: tenant, app, source (`client` | `rest`).
+pub const MESSAGES_IN: &str = "aviary_messages_in_total";
+/// Payload bytes accepted for publishing (counter). Labels: tenant, app, source.
+pub const BYTES_IN: &str = "aviary_bytes_in_total";
+/// Messages written to client connections (counter). Labels: tenant, app.
+pub const MESSAGES_OUT: &str = "aviary_messages_out_total";
+/// Frame bytes written to client connections (counter). Labels: tenant, app.
+pub const BYTES_OUT: &str = "aviary_bytes_out_total";
+/// Refused operations and forced disconnects (counter). Labels: tenant, app, reason.
+pub const REJECTIONS: &str = "aviary_rejections_total";
+/// Seconds from the broker accepting a publication to its frame being written to a client's
+/// socket (histogram). Labels: tenant, app.
+pub const PUBLISH_TO_DELIVER: &str = "aviary_publish_to_deliver_seconds";
+
+/// Counts a refusal with its reason.
+pub fn rejection(tenant: &str, app: &str, reason: &'static str) {
+    counter!(REJECTIONS, "tenant" => tenant.to_owned(), "app" => app.to_owned(), "reason" => reason).increment(1);
+}
+
+/// Counts a message accepted for publishing.
+pub fn message_in(tenant: &str, app: &str, source: &'static str, bytes: usize) {
+    let labels = [("tenant", tenant.to_owned()), ("app", app.to_owned()), ("source", source.to_owned())];
+    counter!(MESSAGES_IN, &labels).increment(1);
+    counter!(BYTES_IN, &labels).increment(bytes as u64);
+}
+
+/// Handles for one connection, resolved once it knows its tenant and app. Not `Clone`: dropping
+/// it closes the connection's gauge, so share it behind an `Arc`.
+pub struct ConnectionMetrics {
+    connections: Gauge,
+    pub subscriptions: Gauge,
+    pub messages_out: Counter,
+    pub bytes_out: Counter,
+    pub latency: Histogram,
+}
+
+impl ConnectionMetrics {
+    /// Resolves the handles and counts the connection as open (until dropped).
+    pub fn open(tenant: &str, app: &str, transport: &'static str) -> Self {
+        let base = [("tenant", tenant.to_owned()), ("app", app.to_owned())];
+        let with_transport =
+            [("tenant", tenant.to_owned()), ("app", app.to_owned()), ("transport", transport.to_owned())];
+        counter!(CONNECTIONS_TOTAL, &with_transport).increment(1);
+        let connections = gauge!(CONNECTIONS, &with_transport);
+        connections.increment(1.0);
+        ConnectionMetrics {
+            connections,
+            subscriptions: gauge!(SUBSCRIPTIONS, &base),
+            messages_out: counter!(MESSAGES_OUT, &base),
+            bytes_out: counter!(BYTES_OUT, &base),
+            latency: histogram!(PUBLISH_TO_DELIVER, &base),
+        }
+    }
+
+    /// Records one delivered publication, accepted by the broker at `ts_ms`.
+    pub fn delivered(&self, frame_len: usize, ts_ms: i64) {
+        self.messages_out.increment(1);
+        self.bytes_out.increment(frame_len as u64);
+        let age_ms = aviary_core::unix_now_ms().saturating_sub(ts_ms).max(0);
+        self.latency.record(age_ms as f64 / 1000.0);
+    }
+}
+
+impl std::fmt::Debug for ConnectionMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionMetrics")
+    }
+}
+
+impl Drop for ConnectionMetrics {
+    fn drop(&mut self) {
+        self.connections.decrement(1.0);
+    }
+}

@@ -1,0 +1,403 @@
+//! The wire protocol: every frame a client sends or receives, in one place.
+//!
+//! `docs/protocol.md` mirrors this file for SDK authors; change both together. Frames are JSON
+//! text. Client frames are parsed in two steps (an [`Envelope`] naming the `type`, then the
+//! type's own struct) because payloads are kept as borrowed [`RawValue`]s, which serde cannot
+//! buffer through an internally tagged enum. Server frames are serialized straight to bytes;
+//! the hot one, [`encode_message`], is written by hand so a publication is encoded exactly once
+//! per node, whatever the number of subscribers.
+
+use std::io::Write;
+
+use aviary_broker::{PresenceAction, PresenceMember, Publication, StreamPosition};
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// WebSocket close codes (and the `code` of the `disconnect` frame sent before closing).
+pub mod close {
+    /// Node draining: reconnect (elsewhere).
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame exceeded the size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// Protocol error: repeated malformed frames, no `connect` in time, missed heartbeats.
+    pub const PROTOCOL_ERROR: u16 = 4000;
+    /// The token is invalid (bad signature, unknown key, malformed, wrong claims).
+    pub const INVALID_TOKEN: u16 = 4001;
+    /// The token expired without a `refresh`.
+    pub const TOKEN_EXPIRED: u16 = 4002;
+    /// Forbidden (e.g. an Origin the app does not allow).
+    pub const FORBIDDEN: u16 = 4003;
+    /// The app is disabled or deleted.
+    pub const APP_UNAVAILABLE: u16 = 4004;
+    /// The client did not read fast enough; its outbound queue filled.
+    pub const SLOW_CONSUMER: u16 = 4008;
+    /// A quota (connections) is exhausted.
+    pub const QUOTA_EXCEEDED: u16 = 4009;
+    /// The API key that minted the token, or the client's tokens, were revoked.
+    pub const REVOKED: u16 = 4010;
+}
+
+/// Why a connection is being closed: sent as a `disconnect` frame, then as the close code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: String,
+    pub reconnect: bool,
+}
+
+impl CloseReason {
+    pub fn new(code: u16, reason: impl Into<String>) -> Self {
+        // Whether a client should reconnect on its own follows from the code: only transient,
+        // server-side conditions invite an automatic retry.
+        let reconnect = matches!(code, close::GOING_AWAY | close::SLOW_CONSUMER | close::TOKEN_EXPIRED);
+        CloseReason { code, reason: reason.into(), reconnect }
+    }
+
+    /// The `disconnect` frame announcing this close.
+    pub fn frame(&self) -> Bytes {
+        #[derive(Serialize)]
+        struct Disconnect<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            code: u16,
+            reason: &'a str,
+            reconnect: bool,
+        }
+        to_bytes(&Disconnect { kind: "disconnect", code: self.code, reason: &self.reason, reconnect: self.reconnect })
+    }
+}
+
+/// Error codes of `error` frames (and of REST problems, as their slug).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    Forbidden,
+    BadRequest,
+    NotFound,
+    RateLimited,
+    QuotaExceeded,
+    PayloadTooLarge,
+    TokenExpired,
+    Unauthorized,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client -> server
+// ---------------------------------------------------------------------------------------------
+
+/// The part of every client frame read first: its type and optional correlation id.
+#[derive(Debug, Deserialize)]
+pub struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: std::borrow::Cow<'a, str>,
+    /// Echoed in the reply; any JSON value the client likes (a number, typically).
+    #[serde(default, borrow)]
+    pub id: Option<&'a RawValue>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Connect {
+    pub token: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Subscribe {
+    pub channel: String,
+    #[serde(default)]
+    pub since: Option<StreamPosition>,
+    /// Also deliver this channel's `presence` events.
+    #[serde(default)]
+    pub presence: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChannelOnly {
+    pub channel: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Publish<'a> {
+    pub channel: String,
+    #[serde(borrow)]
+    pub data: &'a RawValue,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PresenceSet {
+    pub channel: String,
+    #[serde(default)]
+    pub data: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct History {
+    pub channel: String,
+    #[serde(default)]
+    pub since: Option<StreamPosition>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Refresh {
+    pub token: String,
+}
+
+/// A parsed client frame.
+#[derive(Debug)]
+pub enum ClientFrame<'a> {
+    Connect(Connect),
+    Subscribe(Subscribe),
+    Unsubscribe(ChannelOnly),
+    Publish(Publish<'a>),
+    PresenceEnter(PresenceSet),
+    PresenceUpdate(PresenceSet),
+    PresenceLeave(ChannelOnly),
+    PresenceGet(ChannelOnly),
+    History(History),
+    Refresh(Refresh),
+    Ping,
+}
+
+/// Why a client frame could not be parsed; answered with `bad_request`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FrameError(pub String);
+
+/// A client frame's correlation id, borrowed from the frame text.
+pub type FrameId<'a> = Option<&'a RawValue>;
+
+/// Parses one text frame. On error the envelope's `id` is returned when it could be read, so
+/// the `error` reply can still be correlated.
+pub fn parse_client_frame(text: &str) -> Result<(FrameId<'_>, ClientFrame<'_>), (FrameId<'_>, FrameError)> {
+    let envelope: Envelope<'_> =
+        serde_json::from_str(text).map_err(|e| (None, FrameError(format!("malformed frame: {e}"))))?;
+    let id = envelope.id;
+    let bad = |e: serde_json::Error| (id, FrameError(format!("invalid {} frame: {e}", envelope.kind)));
+    let frame = match envelope.kind.as_ref() {
+        "connect" => ClientFrame::Connect(serde_json::from_str(text).map_err(bad)?),
+        "subscribe" => ClientFrame::Subscribe(serde_json::from_str(text).map_err(bad)?),
+        "unsubscribe" => ClientFrame::Unsubscribe(serde_json::from_str(text).map_err(bad)?),
+        "publish" => ClientFrame::Publish(serde_json::from_str(text).map_err(bad)?),
+        "presence.enter" => ClientFrame::PresenceEnter(serde_json::from_str(text).map_err(bad)?),
+        "presence.update" => ClientFrame::PresenceUpdate(serde_json::from_str(text).map_err(bad)?),
+        "presence.leave" => ClientFrame::PresenceLeave(serde_json::from_str(text).map_err(bad)?),
+        "presence.get" => ClientFrame::PresenceGet(serde_json::from_str(text).map_err(bad)?),
+        "history" => ClientFrame::History(serde_json::from_str(text).map_err(bad)?),
+        "refresh" => ClientFrame::Refresh(serde_json::from_str(text).map_err(bad)?),
+        "ping" => ClientFrame::Ping,
+        other => return Err((id, FrameError(format!("unknown frame type {other:?}")))),
+    };
+    Ok((id, frame))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server -> client
+// ---------------------------------------------------------------------------------------------
+
+fn to_bytes<T: Serialize>(value: &T) -> Bytes {
+    // Serializing our own plain structs to a Vec cannot fail (no maps with non-string keys,
+    // no failing Serialize impls).
+    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// `{"type":"connected",...}`.
+#[derive(Debug, Serialize)]
+pub struct Connected<'a> {
+    pub client_id: &'a str,
+    pub connection_id: &'a str,
+    pub heartbeat_s: u64,
+    pub expires_at: i64,
+}
+
+/// A typed reply: `{"type": kind, "id": id, ...body}`.
+pub fn reply<T: Serialize>(kind: &'static str, id: Option<&RawValue>, body: &T) -> Bytes {
+    #[derive(Serialize)]
+    struct Reply<'a, T> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+        #[serde(flatten)]
+        body: &'a T,
+    }
+    to_bytes(&Reply { kind, id, body })
+}
+
+/// `{"type":"ok","id":...,...body}`.
+pub fn ok<T: Serialize>(id: Option<&RawValue>, body: &T) -> Bytes {
+    reply("ok", id, body)
+}
+
+/// An empty body for replies that carry nothing but their type and id.
+#[derive(Debug, Serialize)]
+pub struct Empty {}
+
+/// `{"type":"error","id":...,"code":...,"message":...}`.
+pub fn error(id: Option<&RawValue>, code: ErrorCode, message: &str) -> Bytes {
+    #[derive(Serialize)]
+    struct ErrorBody<'a> {
+        code: ErrorCode,
+        message: &'a str,
+    }
+    reply("error", id, &ErrorBody { code, message })
+}
+
+/// Body of the `ok` answering `subscribe`.
+#[derive(Debug, Serialize)]
+pub struct Subscribed<'a> {
+    pub channel: &'a str,
+    pub position: &'a StreamPosition,
+    pub recovered: bool,
+}
+
+/// One publication inside a `history` reply.
+#[derive(Debug, Serialize)]
+pub struct HistoryItem<'a> {
+    pub epoch: &'a str,
+    pub offset: u64,
+    pub data: &'a RawValue,
+    pub client_id: Option<&'a str>,
+    pub ts: i64,
+}
+
+impl<'a> HistoryItem<'a> {
+    /// Borrows a publication; `None` only if the broker handed back bytes that are not JSON,
+    /// which the publish path never stores.
+    pub fn from_publication(p: &'a Publication) -> Option<Self> {
+        let data = std::str::from_utf8(&p.data).ok().and_then(|s| serde_json::from_str::<&RawValue>(s).ok())?;
+        Some(HistoryItem { epoch: &p.epoch, offset: p.offset, data, client_id: p.client_id.as_deref(), ts: p.ts })
+    }
+}
+
+/// Body of the `ok` answering `history`.
+#[derive(Debug, Serialize)]
+pub struct HistoryReply<'a> {
+    pub publications: Vec<HistoryItem<'a>>,
+    pub position: &'a StreamPosition,
+    pub recovered: bool,
+}
+
+/// Body of the `ok` answering `presence.get`.
+#[derive(Debug, Serialize)]
+pub struct PresenceReply<'a> {
+    pub channel: &'a str,
+    pub members: &'a [PresenceMember],
+}
+
+/// Writes `s` as a JSON string literal.
+fn write_json_str(out: &mut bytes::buf::Writer<BytesMut>, s: &str) {
+    // Writing a &str into an in-memory buffer cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// The `message` frame for one publication: encoded once per node and shared by every
+/// subscriber (WebSocket frames as-is, SSE `data:` lines wrap it).
+///
+/// `data` is the publication's raw JSON, copied verbatim: it was validated as JSON when it was
+/// published, so the frame stays valid JSON without a parse/serialize round trip.
+pub fn encode_message(channel: &str, p: &Publication) -> Bytes {
+    let cap = 96 + channel.len() + p.epoch.len() + p.data.len() + p.client_id.as_deref().map_or(4, str::len);
+    let mut out = BytesMut::with_capacity(cap).writer();
+    let _ = out.write_all(br#"{"type":"message","channel":"#);
+    write_json_str(&mut out, channel);
+    let _ = out.write_all(br#","epoch":"#);
+    write_json_str(&mut out, &p.epoch);
+    let _ = write!(out, r#","offset":{},"data":"#, p.offset);
+    let _ = out.write_all(&p.data);
+    let _ = out.write_all(br#","client_id":"#);
+    match p.client_id.as_deref() {
+        Some(c) => write_json_str(&mut out, c),
+        None => {
+            let _ = out.write_all(b"null");
+        }
+    }
+    let _ = write!(out, r#","ts":{}}}"#, p.ts);
+    out.into_inner().freeze()
+}
+
+/// The `presence` frame for one presence change, encoded once per node like a message.
+pub fn encode_presence(channel: &str, action: PresenceAction, member: &PresenceMember) -> Bytes {
+    #[derive(Serialize)]
+    struct Presence<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel: &'a str,
+        action: PresenceAction,
+        member: &'a PresenceMember,
+    }
+    to_bytes(&Presence { kind: "presence", channel, action, member })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn message_frames_are_valid_json_with_raw_data() {
+        let p = Publication {
+            offset: 7,
+            epoch: Arc::from("e1"),
+            data: Bytes::from_static(br#"{"text":"hi \"there\""}"#),
+            client_id: Some(Arc::from("u\"1")),
+            ts: 42,
+        };
+        let frame = encode_message("chat:lobby", &p);
+        let v: serde_json::Value = serde_json::from_slice(&frame).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"message","channel":"chat:lobby","epoch":"e1","offset":7,
+                "data":{"text":"hi \"there\""},"client_id":"u\"1","ts":42})
+        );
+        let backend = Publication { client_id: None, ..p };
+        let v: serde_json::Value = serde_json::from_slice(&encode_message("x", &backend)).unwrap();
+        assert_eq!(v["client_id"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn parses_frames_by_type_and_keeps_the_id_on_errors() {
+        let (id, frame) = parse_client_frame(r#"{"type":"publish","id":3,"channel":"a","data":{"x":[1,2]}}"#).unwrap();
+        assert_eq!(id.unwrap().get(), "3");
+        match frame {
+            ClientFrame::Publish(p) => assert_eq!(p.data.get(), r#"{"x":[1,2]}"#),
+            other => panic!("unexpected {other:?}"),
+        }
+        let (id, err) = parse_client_frame(r#"{"type":"subscribe","id":"a"}"#).unwrap_err();
+        assert_eq!(id.unwrap().get(), r#""a""#);
+        assert!(err.0.contains("channel"));
+        assert!(parse_client_frame("not json").is_err());
+        assert!(parse_client_frame(r#"{"type":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn replies_flatten_their_body() {
+        let id = serde_json::from_str::<&RawValue>("9").unwrap();
+        let b = ok(Some(id), &StreamPosition { epoch: "e".into(), offset: 2 });
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v, serde_json::json!({"type":"ok","id":9,"epoch":"e","offset":2}));
+        let v: serde_json::Value = serde_json::from_slice(&error(None, ErrorCode::RateLimited, "slow")).unwrap();
+        assert_eq!(v, serde_json::json!({"type":"error","code":"rate_limited","message":"slow"}));
+    }
+}

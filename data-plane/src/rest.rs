@@ -1,0 +1,528 @@
+//! The backend REST API: publish (one or many), history, presence and channel listing,
+//! authenticated with an app API key (`Authorization: Bearer avk_...`).
+//!
+//! Handlers are thin: extract, check the key against the app and its capabilities, call the
+//! broker, map the result. Every error is `application/problem+json` (see [`Error`]).
+
+use std::sync::Arc;
+
+use aviary_broker::{ChannelKey, PresenceMember, PublishRequest, StreamPosition};
+use aviary_core::channel::validate_channel;
+use aviary_core::problem::Problem;
+use aviary_core::{ApiKeyError, AppConfig, Operation, VerifiedApiKey};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+
+use crate::error::{Error, Result};
+use crate::metrics;
+use crate::session::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_PAGE};
+use crate::{DataPlane, Inner};
+
+/// Most messages one batch publish may carry.
+pub const MAX_BATCH: usize = 100;
+
+// ---------------------------------------------------------------------------------------------
+// Extractors whose rejections are problems, like every other error.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(Error))]
+pub struct Json<T>(pub T);
+
+impl<T: Serialize> axum::response::IntoResponse for Json<T> {
+    fn into_response(self) -> axum::response::Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(Error))]
+pub struct Path<T>(pub T);
+
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(Error))]
+pub struct Query<T>(pub T);
+
+impl From<JsonRejection> for Error {
+    fn from(r: JsonRejection) -> Self {
+        Error::BadRequest(r.body_text())
+    }
+}
+
+impl From<PathRejection> for Error {
+    fn from(r: PathRejection) -> Self {
+        Error::BadRequest(r.body_text())
+    }
+}
+
+impl From<QueryRejection> for Error {
+    fn from(r: QueryRejection) -> Self {
+        Error::BadRequest(r.body_text())
+    }
+}
+
+/// A verified app API key from `Authorization: Bearer avk_...`.
+#[derive(Debug)]
+pub struct AppKey(pub VerifiedApiKey);
+
+impl FromRequestParts<DataPlane> for AppKey {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, dp: &DataPlane) -> Result<Self> {
+        let presented = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|k| k.starts_with("avk_"))
+            .ok_or_else(|| Error::Unauthorized("an app API key is required: Authorization: Bearer avk_...".into()))?;
+        let inner = dp.inner();
+        let key = inner.api_keys.verify_api_key(presented).await.map_err(|e| match e {
+            ApiKeyError::Invalid => Error::Unauthorized("API key is invalid or revoked".into()),
+            ApiKeyError::Unavailable => Error::Unavailable("API key store unavailable".into()),
+        })?;
+        if inner.registry.api_key_revoked(&key.key_id) {
+            return Err(Error::Unauthorized("API key is invalid or revoked".into()));
+        }
+        Ok(AppKey(key))
+    }
+}
+
+impl AppKey {
+    /// The app the request targets, after checking the key belongs to it and it is enabled.
+    fn app(&self, inner: &Inner, app_id: &str) -> Result<Arc<AppConfig>> {
+        if self.0.app_id != app_id {
+            return Err(Error::Forbidden("API key belongs to another app".into()));
+        }
+        match inner.registry.app(app_id) {
+            None => Err(Error::NotFound("app not found".into())),
+            Some(app) if !app.enabled => Err(Error::AppDisabled),
+            Some(app) => Ok(app),
+        }
+    }
+
+    fn require(&self, channel: &str, op: Operation) -> Result<()> {
+        if self.0.capabilities.allows(channel, op) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!("API key does not allow {} on {channel:?}", op.as_str())))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bodies
+// ---------------------------------------------------------------------------------------------
+
+/// A message to publish on the channel in the path.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PublishBody {
+    /// Any JSON value; delivered to subscribers verbatim.
+    #[schema(value_type = Object)]
+    pub data: Box<RawValue>,
+    /// Retrying with the same key within 5 minutes returns the first result and publishes
+    /// nothing new.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// Where a publication landed in its channel's stream.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Position {
+    pub epoch: String,
+    pub offset: u64,
+}
+
+impl From<StreamPosition> for Position {
+    fn from(p: StreamPosition) -> Self {
+        Position { epoch: p.epoch, offset: p.offset }
+    }
+}
+
+/// One message of a batch.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct BatchMessage {
+    pub channel: String,
+    #[schema(value_type = Object)]
+    pub data: Box<RawValue>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// Up to 100 messages, on any channels of the app.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct BatchBody {
+    pub messages: Vec<BatchMessage>,
+}
+
+/// The result of one batch message, in request order.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BatchResult {
+    pub channel: String,
+    pub epoch: String,
+    pub offset: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BatchResponse {
+    pub results: Vec<BatchResult>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// Return publications after this offset (requires `epoch`).
+    pub since_offset: Option<u64>,
+    /// The epoch `since_offset` belongs to.
+    pub epoch: Option<String>,
+    /// At most this many publications (default 100, max 1000).
+    pub limit: Option<usize>,
+}
+
+/// One stored publication.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryPublication {
+    pub epoch: String,
+    pub offset: u64,
+    #[schema(value_type = Object)]
+    pub data: Box<RawValue>,
+    /// The publishing client; `null` for backend publishes.
+    pub client_id: Option<String>,
+    /// Milliseconds since the Unix epoch when it was accepted.
+    pub ts: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryResponse {
+    /// Oldest first.
+    pub publications: Vec<HistoryPublication>,
+    /// The channel's current position.
+    pub position: Position,
+    /// With `since_offset`: false when history no longer reaches back that far or the epoch
+    /// changed (the caller must reload state).
+    pub recovered: bool,
+}
+
+/// A presence member.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Member {
+    pub client_id: String,
+    pub connection_id: String,
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<serde_json::Value>,
+}
+
+impl From<PresenceMember> for Member {
+    fn from(m: PresenceMember) -> Self {
+        Member { client_id: m.client_id, connection_id: m.connection_id, data: m.data }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PresenceResponse {
+    pub members: Vec<Member>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ChannelsQuery {
+    /// Only channels whose name starts with this.
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ChannelInfo {
+    pub channel: String,
+    /// Subscribers connected to this node.
+    pub subscribers: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ChannelsResponse {
+    pub channels: Vec<ChannelInfo>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+// ---------------------------------------------------------------------------------------------
+
+/// A publish that passed every check, ready for the broker.
+struct Checked {
+    key: ChannelKey,
+    request: PublishRequest,
+}
+
+fn check_publish(
+    key: &AppKey,
+    app: &AppConfig,
+    channel: &str,
+    data: &RawValue,
+    idempotency_key: Option<String>,
+) -> Result<Checked> {
+    validate_channel(channel).map_err(|e| Error::BadRequest(e.to_string()))?;
+    let namespace = app.namespace_for(channel).ok_or_else(|| Error::NotFound("unknown channel namespace".into()))?;
+    key.require(channel, Operation::Publish)?;
+    let payload = data.get().as_bytes();
+    if payload.len() > app.quotas.max_message_bytes as usize {
+        return Err(Error::PayloadTooLarge { size: payload.len(), limit: app.quotas.max_message_bytes });
+    }
+    Ok(Checked {
+        key: ChannelKey::new(&app.app_id, channel),
+        request: PublishRequest {
+            data: bytes::Bytes::copy_from_slice(payload),
+            client_id: None,
+            idempotency_key,
+            history_size: namespace.history_size,
+            history_ttl_s: namespace.history_ttl_s,
+        },
+    })
+}
+
+fn rejected(app: &AppConfig, e: Error) -> Error {
+    metrics::rejection(&app.tenant_id, &app.app_id, e.reason());
+    e
+}
+
+/// Publish a message to one channel.
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app_id}/channels/{channel}/messages",
+    tag = "messages",
+    params(("app_id" = String, Path, description = "App id"), ("channel" = String, Path, description = "Channel name")),
+    request_body = PublishBody,
+    responses(
+        (status = 201, description = "Published", body = Position),
+        (status = 400, description = "Invalid channel or body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key not allowed to publish here, or app disabled", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown app or channel namespace", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Payload larger than the app's max_message_bytes", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Message rate quota exceeded", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Engine unavailable; retry with the same idempotency key", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn publish(
+    State(dp): State<DataPlane>,
+    key: AppKey,
+    Path((app_id, channel)): Path<(String, String)>,
+    Json(body): Json<PublishBody>,
+) -> Result<(StatusCode, Json<Position>)> {
+    let inner = dp.inner();
+    let app = key.app(inner, &app_id)?;
+    let checked =
+        check_publish(&key, &app, &channel, &body.data, body.idempotency_key).map_err(|e| rejected(&app, e))?;
+    if !inner.quotas.try_acquire_messages(&app, 1) {
+        return Err(rejected(&app, Error::RateLimited(app.quotas.max_messages_per_s)));
+    }
+    let size = checked.request.data.len();
+    let result = inner.broker.publish(&checked.key, checked.request).await?;
+    metrics::message_in(&app.tenant_id, &app.app_id, "rest", size);
+    Ok((StatusCode::CREATED, Json(result.position.into())))
+}
+
+/// Publish up to 100 messages to any channels of the app in one call.
+///
+/// Every message is checked (channel, capability, size, rate) before any is published; if one
+/// fails a check, nothing is published. Messages are then published in order; if the engine
+/// fails part-way, the earlier ones stay published, so retry with the same idempotency keys.
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app_id}/messages",
+    tag = "messages",
+    params(("app_id" = String, Path, description = "App id")),
+    request_body = BatchBody,
+    responses(
+        (status = 201, description = "All published; results in request order", body = BatchResponse),
+        (status = 400, description = "Invalid channel or body, or more than 100 messages", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key not allowed to publish on a channel, or app disabled", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown app or channel namespace", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "A payload is too large", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Message rate quota exceeded", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Engine unavailable", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn publish_batch(
+    State(dp): State<DataPlane>,
+    key: AppKey,
+    Path(app_id): Path<String>,
+    Json(body): Json<BatchBody>,
+) -> Result<(StatusCode, Json<BatchResponse>)> {
+    let inner = dp.inner();
+    let app = key.app(inner, &app_id)?;
+    if body.messages.is_empty() || body.messages.len() > MAX_BATCH {
+        return Err(Error::BadRequest(format!("send between 1 and {MAX_BATCH} messages")));
+    }
+    let mut checked = Vec::with_capacity(body.messages.len());
+    for m in body.messages {
+        checked.push(check_publish(&key, &app, &m.channel, &m.data, m.idempotency_key).map_err(|e| rejected(&app, e))?);
+    }
+    let n = u32::try_from(checked.len()).unwrap_or(u32::MAX);
+    if !inner.quotas.try_acquire_messages(&app, n) {
+        return Err(rejected(&app, Error::RateLimited(app.quotas.max_messages_per_s)));
+    }
+    let mut results = Vec::with_capacity(checked.len());
+    for c in checked {
+        let size = c.request.data.len();
+        let result = inner.broker.publish(&c.key, c.request).await?;
+        metrics::message_in(&app.tenant_id, &app.app_id, "rest", size);
+        results.push(BatchResult {
+            channel: c.key.channel.to_string(),
+            epoch: result.position.epoch,
+            offset: result.position.offset,
+        });
+    }
+    Ok((StatusCode::CREATED, Json(BatchResponse { results })))
+}
+
+fn channel_key(key: &AppKey, app: &AppConfig, channel: &str, op: Operation) -> Result<ChannelKey> {
+    validate_channel(channel).map_err(|e| Error::BadRequest(e.to_string()))?;
+    app.namespace_for(channel).ok_or_else(|| Error::NotFound("unknown channel namespace".into()))?;
+    key.require(channel, op)?;
+    Ok(ChannelKey::new(&app.app_id, channel))
+}
+
+/// Read a channel's history.
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app_id}/channels/{channel}/history",
+    tag = "channels",
+    params(("app_id" = String, Path, description = "App id"), ("channel" = String, Path, description = "Channel name"), HistoryQuery),
+    responses(
+        (status = 200, description = "Publications, oldest first", body = HistoryResponse),
+        (status = 400, description = "Invalid channel or query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key lacks the history capability", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown app or channel namespace", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn history(
+    State(dp): State<DataPlane>,
+    key: AppKey,
+    Path((app_id, channel)): Path<(String, String)>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<HistoryResponse>> {
+    let inner = dp.inner();
+    let app = key.app(inner, &app_id)?;
+    let ck = channel_key(&key, &app, &channel, Operation::History)?;
+    let since = match (q.since_offset, q.epoch) {
+        (Some(offset), Some(epoch)) => Some(StreamPosition { epoch, offset }),
+        (None, None) => None,
+        _ => return Err(Error::BadRequest("since_offset and epoch go together".into())),
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_HISTORY_LIMIT).clamp(1, MAX_HISTORY_PAGE);
+    let page = inner.broker.history(&ck, since.as_ref(), limit).await?;
+    let mut publications = Vec::with_capacity(page.publications.len());
+    for p in page.publications {
+        let text =
+            String::from_utf8(p.data.to_vec()).map_err(|_| Error::Internal("stored payload is not UTF-8".into()))?;
+        let data = RawValue::from_string(text).map_err(|_| Error::Internal("stored payload is not JSON".into()))?;
+        publications.push(HistoryPublication {
+            epoch: p.epoch.to_string(),
+            offset: p.offset,
+            data,
+            client_id: p.client_id.map(|c| c.to_string()),
+            ts: p.ts,
+        });
+    }
+    Ok(Json(HistoryResponse { publications, position: page.position.into(), recovered: page.recovered }))
+}
+
+/// List a channel's presence members.
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app_id}/channels/{channel}/presence",
+    tag = "channels",
+    params(("app_id" = String, Path, description = "App id"), ("channel" = String, Path, description = "Channel name")),
+    responses(
+        (status = 200, description = "Current members", body = PresenceResponse),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key lacks the presence capability", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown app or channel namespace", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn presence(
+    State(dp): State<DataPlane>,
+    key: AppKey,
+    Path((app_id, channel)): Path<(String, String)>,
+) -> Result<Json<PresenceResponse>> {
+    let inner = dp.inner();
+    let app = key.app(inner, &app_id)?;
+    let ck = channel_key(&key, &app, &channel, Operation::Presence)?;
+    let members = inner.broker.presence(&ck).await?;
+    Ok(Json(PresenceResponse { members: members.into_iter().map(Member::from).collect() }))
+}
+
+/// List the app's active channels (those with subscribers on this node).
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app_id}/channels",
+    tag = "channels",
+    params(("app_id" = String, Path, description = "App id"), ChannelsQuery),
+    responses(
+        (status = 200, description = "Active channels with subscriber counts", body = ChannelsResponse),
+        (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key belongs to another app, or app disabled", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn channels(
+    State(dp): State<DataPlane>,
+    key: AppKey,
+    Path(app_id): Path<String>,
+    Query(q): Query<ChannelsQuery>,
+) -> Result<Json<ChannelsResponse>> {
+    let inner = dp.inner();
+    let app = key.app(inner, &app_id)?;
+    let channels = inner
+        .hub
+        .channels(&app.app_id, q.prefix.as_deref().unwrap_or(""))
+        .into_iter()
+        .map(|(channel, subscribers)| ChannelInfo { channel, subscribers })
+        .collect();
+    Ok(Json(ChannelsResponse { channels }))
+}
+
+struct SecurityAddon;
+
+impl Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("avk_...")
+                    .description(Some("An app API key from the control plane."))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The data plane's OpenAPI document (merged into the product's by the binary).
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Aviary data plane", description = "Publish, history, presence and channel listing for app backends."),
+    paths(publish, publish_batch, history, presence, channels),
+    components(schemas(
+        PublishBody, Position, BatchMessage, BatchBody, BatchResult, BatchResponse, HistoryPublication,
+        HistoryResponse, Member, PresenceResponse, ChannelInfo, ChannelsResponse, Problem
+    )),
+    modifiers(&SecurityAddon),
+    tags((name = "messages", description = "Publishing"), (name = "channels", description = "Channel state"))
+)]
+pub struct ApiDoc;

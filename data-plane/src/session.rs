@@ -1,0 +1,640 @@
+//! One connected client: its authentication, subscriptions, presence, bounded outbound queue
+//! and the handling of every protocol command.
+//!
+//! A [`Session`] is owned by its transport task (WebSocket or SSE), which feeds it frames and
+//! drains its outbound queue; the session itself does no I/O on the socket. The small
+//! [`SessionHandle`] is the part others may touch: the hub (to cut a slow consumer), the
+//! config-event listener (to close revoked connections) and drain. Closing is a one-shot
+//! signal on the handle; the first reason wins.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use aviary_broker::{ChannelKey, PresenceMember, PublishRequest, StreamPosition};
+use aviary_core::channel::validate_channel;
+use aviary_core::token::{self, TokenError};
+use aviary_core::{AppConfig, ConnectionClaims, Namespace, Operation};
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, watch};
+
+use crate::Inner;
+use crate::error::{Error, Result};
+use crate::hub::{Outbound, Subscriber};
+use crate::metrics::{self, ConnectionMetrics};
+use crate::protocol::{self, ClientFrame, CloseReason, Connected, Empty, ErrorCode, close};
+use crate::quota::ConnectionPermit;
+
+/// Most publications one `history` command returns, and the page size of a resume replay.
+pub const MAX_HISTORY_PAGE: usize = 1000;
+/// Publications a `history` command returns when it names no `limit`.
+pub const DEFAULT_HISTORY_LIMIT: usize = 100;
+
+/// Who a connection is, as the config-event listener needs it to apply revocations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub tenant_id: String,
+    pub app_id: String,
+    pub client_id: String,
+    pub key_id: String,
+    pub issued_at: i64,
+}
+
+/// The shared, thread-safe face of a session.
+#[derive(Debug)]
+pub struct SessionHandle {
+    pub connection_id: Arc<str>,
+    close: watch::Sender<Option<CloseReason>>,
+    identity: Mutex<Option<Identity>>,
+    metrics: OnceLock<Arc<ConnectionMetrics>>,
+}
+
+impl SessionHandle {
+    pub fn new() -> Arc<Self> {
+        let (close, _) = watch::channel(None);
+        Arc::new(SessionHandle {
+            connection_id: format!("conn_{}", uuid::Uuid::now_v7().simple()).into(),
+            close,
+            identity: Mutex::new(None),
+            metrics: OnceLock::new(),
+        })
+    }
+
+    /// Asks the connection to close with `reason`. Returns false if it was already closing
+    /// (the earlier reason stands).
+    pub fn close(&self, reason: CloseReason) -> bool {
+        self.close.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(reason);
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    /// The reason the connection is closing, once it is.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.close.borrow().clone()
+    }
+
+    /// A receiver that changes once, when the connection starts closing.
+    pub fn close_signal(&self) -> watch::Receiver<Option<CloseReason>> {
+        self.close.subscribe()
+    }
+
+    pub fn identity(&self) -> Option<Identity> {
+        self.identity.lock().clone()
+    }
+
+    /// The connection's metric handles, once it is authenticated.
+    pub fn metrics(&self) -> Option<&Arc<ConnectionMetrics>> {
+        self.metrics.get()
+    }
+}
+
+/// Waits until `signal` carries a close reason.
+pub async fn closed(signal: &mut watch::Receiver<Option<CloseReason>>) {
+    // An error means the handle is gone, which also means "closed".
+    let _ = signal.wait_for(Option::is_some).await;
+}
+
+/// What the transport should do after a frame.
+#[derive(Debug)]
+pub enum Flow {
+    Continue,
+    Close(CloseReason),
+}
+
+/// The authenticated state of a session.
+struct Auth {
+    claims: ConnectionClaims,
+    app_id: Arc<str>,
+    client_id: Arc<str>,
+    tenant_id: String,
+    _permit: ConnectionPermit,
+}
+
+/// One connected client.
+pub struct Session {
+    dp: Arc<Inner>,
+    pub handle: Arc<SessionHandle>,
+    tx: mpsc::Sender<Outbound>,
+    transport: &'static str,
+    auth: Option<Auth>,
+    /// Channel name -> its subscription.
+    subscriptions: HashMap<Arc<str>, ChannelKey>,
+    /// Channels this connection entered presence on.
+    presence: HashMap<Arc<str>, ChannelKey>,
+    /// Consecutive frames that failed to parse.
+    malformed: u32,
+}
+
+impl Session {
+    /// A session with its outbound queue; the transport drains the returned receiver.
+    pub fn new(dp: Arc<Inner>, transport: &'static str) -> (Self, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(dp.config.outbound_queue_capacity.max(1));
+        let handle = SessionHandle::new();
+        dp.sessions.insert(handle.connection_id.clone(), handle.clone());
+        let session = Session {
+            dp,
+            handle,
+            tx,
+            transport,
+            auth: None,
+            subscriptions: HashMap::new(),
+            presence: HashMap::new(),
+            malformed: 0,
+        };
+        (session, rx)
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        self.auth.is_some()
+    }
+
+    /// When the current token expires (Unix seconds), once authenticated.
+    pub fn expires_at(&self) -> Option<i64> {
+        self.auth.as_ref().map(|a| a.claims.exp)
+    }
+
+    /// The app's largest accepted frame: its message limit plus room for the envelope.
+    pub fn max_frame_bytes(&self) -> Option<usize> {
+        let auth = self.auth.as_ref()?;
+        let app = self.dp.registry.app(&auth.app_id)?;
+        Some(app.quotas.max_message_bytes as usize + crate::FRAME_ENVELOPE_BYTES)
+    }
+
+    /// Queues a frame for this connection, waiting for room (a reply is the client's own
+    /// backpressure) unless the connection is closing.
+    pub async fn send(&self, item: Outbound) {
+        let mut signal = self.handle.close_signal();
+        tokio::select! {
+            _ = self.tx.send(item) => {}
+            _ = closed(&mut signal) => {}
+        }
+    }
+
+    async fn send_frame(&self, frame: Bytes) {
+        self.send(Outbound::Frame(frame)).await;
+    }
+
+    /// Verifies `token` and binds the session to its app and client.
+    pub async fn authenticate(&mut self, token: &str, origin: Option<&str>) -> Result<(), CloseReason> {
+        let claims = token::verify(token, &self.dp.registry).map_err(|e| {
+            let code = match e {
+                TokenError::Expired => close::TOKEN_EXPIRED,
+                TokenError::Revoked => close::REVOKED,
+                _ => close::INVALID_TOKEN,
+            };
+            CloseReason::new(code, e.to_string())
+        })?;
+        let app = match self.dp.registry.app(&claims.app) {
+            Some(app) if app.enabled => app,
+            Some(_) => return Err(CloseReason::new(close::APP_UNAVAILABLE, "app is disabled")),
+            None => return Err(CloseReason::new(close::APP_UNAVAILABLE, "app does not exist")),
+        };
+        if app.tenant_id != claims.tid {
+            return Err(CloseReason::new(close::INVALID_TOKEN, "token tenant does not match its app"));
+        }
+        if !app.origin_allowed(origin) {
+            metrics::rejection(&app.tenant_id, &app.app_id, "origin");
+            return Err(CloseReason::new(close::FORBIDDEN, "origin not allowed for this app"));
+        }
+        let Some(permit) = ConnectionPermit::acquire(&self.dp.quotas, &app) else {
+            metrics::rejection(&app.tenant_id, &app.app_id, "connection_quota");
+            return Err(CloseReason::new(close::QUOTA_EXCEEDED, "connection quota exceeded"));
+        };
+        let span = tracing::Span::current();
+        span.record("tenant_id", app.tenant_id.as_str());
+        span.record("app_id", app.app_id.as_str());
+        span.record("client_id", claims.sub.as_str());
+        let _ = self.handle.metrics.set(Arc::new(ConnectionMetrics::open(&app.tenant_id, &app.app_id, self.transport)));
+        *self.handle.identity.lock() = Some(Identity {
+            tenant_id: app.tenant_id.clone(),
+            app_id: app.app_id.clone(),
+            client_id: claims.sub.clone(),
+            key_id: claims.akid.clone(),
+            issued_at: claims.iat,
+        });
+        tracing::debug!(exp = claims.exp, "connection authenticated");
+        self.auth = Some(Auth {
+            app_id: app.app_id.as_str().into(),
+            client_id: claims.sub.as_str().into(),
+            tenant_id: app.tenant_id.clone(),
+            claims,
+            _permit: permit,
+        });
+        Ok(())
+    }
+
+    /// The `connected` frame for an authenticated session.
+    pub fn connected_frame(&self) -> Option<Bytes> {
+        let auth = self.auth.as_ref()?;
+        Some(protocol::reply(
+            "connected",
+            None,
+            &Connected {
+                client_id: &auth.client_id,
+                connection_id: &self.handle.connection_id,
+                heartbeat_s: self.dp.config.ws_heartbeat_interval.as_secs(),
+                expires_at: auth.claims.exp,
+            },
+        ))
+    }
+
+    /// Handles one text frame from a WebSocket client.
+    pub async fn handle_text(&mut self, text: &str, origin: Option<&str>) -> Flow {
+        let (id, frame) = match protocol::parse_client_frame(text) {
+            Ok(parsed) => {
+                self.malformed = 0;
+                parsed
+            }
+            Err((id, e)) => return self.malformed_frame(id, &e.0).await,
+        };
+        let frame = match frame {
+            ClientFrame::Connect(c) => {
+                if self.auth.is_some() {
+                    self.send_frame(protocol::error(id, ErrorCode::BadRequest, "already connected")).await;
+                    return Flow::Continue;
+                }
+                return match self.authenticate(&c.token, origin).await {
+                    Ok(()) => {
+                        if let Some(f) = self.connected_frame() {
+                            self.send_frame(f).await;
+                        }
+                        Flow::Continue
+                    }
+                    Err(reason) => Flow::Close(reason),
+                };
+            }
+            _ if self.auth.is_none() => {
+                self.send_frame(protocol::error(id, ErrorCode::Unauthorized, "send a connect frame first")).await;
+                return Flow::Continue;
+            }
+            other => other,
+        };
+        let result = match frame {
+            ClientFrame::Connect(_) => Ok(None),
+            ClientFrame::Ping => Ok(Some(protocol::reply("pong", id, &Empty {}))),
+            ClientFrame::Subscribe(s) => self
+                .subscribe(&s.channel, s.since, s.presence, |position, recovered| {
+                    Outbound::Frame(protocol::ok(
+                        id,
+                        &protocol::Subscribed { channel: &s.channel, position, recovered },
+                    ))
+                })
+                .await
+                .map(|()| None),
+            ClientFrame::Unsubscribe(c) => {
+                self.unsubscribe(&c.channel).await.map(|()| Some(protocol::ok(id, &Empty {})))
+            }
+            ClientFrame::Publish(p) => self
+                .publish(&p.channel, p.data, p.idempotency_key)
+                .await
+                .map(|position| Some(protocol::ok(id, &position))),
+            ClientFrame::PresenceEnter(p) | ClientFrame::PresenceUpdate(p) => {
+                self.presence_set(&p.channel, p.data).await.map(|()| Some(protocol::ok(id, &Empty {})))
+            }
+            ClientFrame::PresenceLeave(c) => {
+                self.presence_leave(&c.channel).await.map(|()| Some(protocol::ok(id, &Empty {})))
+            }
+            ClientFrame::PresenceGet(c) => self.presence_get(&c.channel).await.map(|members| {
+                Some(protocol::ok(id, &protocol::PresenceReply { channel: &c.channel, members: &members }))
+            }),
+            ClientFrame::History(h) => self.history(id, &h.channel, h.since, h.limit).await.map(Some),
+            ClientFrame::Refresh(r) => match self.refresh(&r.token) {
+                Ok(exp) => {
+                    #[derive(serde::Serialize)]
+                    struct Refreshed {
+                        expires_at: i64,
+                    }
+                    Ok(Some(protocol::ok(id, &Refreshed { expires_at: exp })))
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok(Some(reply)) => self.send_frame(reply).await,
+            Ok(None) => {}
+            Err(Error::AppDisabled) => {
+                return Flow::Close(CloseReason::new(close::APP_UNAVAILABLE, "app is disabled or deleted"));
+            }
+            Err(e) => {
+                if let Error::Internal(detail) = &e {
+                    tracing::error!(%detail, "command failed");
+                }
+                if let Some(auth) = &self.auth {
+                    metrics::rejection(&auth.tenant_id, &auth.app_id, e.reason());
+                }
+                self.send_frame(protocol::error(id, e.code(), &e.public_message())).await;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Answers an unparseable frame; too many in a row end the connection.
+    pub async fn malformed_frame(&mut self, id: Option<&RawValue>, message: &str) -> Flow {
+        self.malformed += 1;
+        if let Some(auth) = &self.auth {
+            metrics::rejection(&auth.tenant_id, &auth.app_id, "bad_request");
+        }
+        if self.malformed > self.dp.config.max_malformed_frames {
+            return Flow::Close(CloseReason::new(close::PROTOCOL_ERROR, "too many malformed frames"));
+        }
+        self.send_frame(protocol::error(id, ErrorCode::BadRequest, message)).await;
+        Flow::Continue
+    }
+
+    /// The session's app as configured now (config changes apply to the next command), with
+    /// the namespace of `channel` after validating the name.
+    fn context(&self, channel: &str) -> Result<(&Auth, Arc<AppConfig>, Namespace)> {
+        let auth = self.auth.as_ref().ok_or_else(|| Error::Unauthorized("send a connect frame first".into()))?;
+        let app = self.dp.registry.app(&auth.app_id).filter(|a| a.enabled).ok_or(Error::AppDisabled)?;
+        validate_channel(channel).map_err(|e| Error::BadRequest(e.to_string()))?;
+        let namespace =
+            app.namespace_for(channel).cloned().ok_or_else(|| Error::NotFound("unknown channel namespace".into()))?;
+        Ok((auth, app, namespace))
+    }
+
+    fn require(auth: &Auth, channel: &str, op: Operation) -> Result<()> {
+        if auth.claims.cap.allows(channel, op) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!("token does not allow {} on {channel:?}", op.as_str())))
+        }
+    }
+
+    /// Checks a subscription would be allowed (capabilities, namespace, quota) without making
+    /// it; returns the channel's key.
+    pub fn check_subscribe(&self, channel: &str, presence: bool) -> Result<ChannelKey> {
+        let (auth, app, namespace) = self.context(channel)?;
+        Self::require(auth, channel, Operation::Subscribe)?;
+        if presence {
+            Self::require(auth, channel, Operation::Presence)?;
+            if !namespace.presence {
+                return Err(Error::Forbidden("presence is disabled on this namespace".into()));
+            }
+        }
+        if self.subscriptions.contains_key(channel) {
+            return Err(Error::BadRequest(format!("already subscribed to {channel:?}")));
+        }
+        if self.subscriptions.len() >= app.quotas.max_subscriptions_per_connection as usize {
+            return Err(Error::QuotaExceeded("subscriptions per connection quota exceeded".into()));
+        }
+        Ok(ChannelKey::new(&auth.app_id, channel))
+    }
+
+    /// Subscribes to `channel`. `announce` builds the frame reporting the position (the `ok`
+    /// on WebSocket, a `subscribed` event on SSE), queued before any replayed or live message.
+    ///
+    /// With `since`, every publication after it is queued, oldest first, before any live one;
+    /// if history no longer reaches back (or the epoch changed), `recovered` is false and
+    /// nothing is replayed: the client must reload its state.
+    pub async fn subscribe(
+        &mut self,
+        channel: &str,
+        since: Option<StreamPosition>,
+        presence: bool,
+        announce: impl FnOnce(&StreamPosition, bool) -> Outbound,
+    ) -> Result<()> {
+        let key = self.check_subscribe(channel, presence)?;
+        let subscriber = Arc::new(Subscriber::new(
+            self.handle.clone(),
+            self.tx.clone(),
+            presence,
+            self.dp.config.outbound_queue_capacity.max(1),
+        ));
+        // Join the fan-out (parking live publications) *before* reading the stream position, so
+        // every publication is either in what we read or parked, never in neither.
+        self.dp.hub.subscribe(&key, subscriber.clone()).await?;
+        self.subscriptions.insert(key.channel.clone(), key.clone());
+        if let Some(m) = self.handle.metrics() {
+            m.subscriptions.increment(1.0);
+        }
+        match self.replay(&key, since, announce).await {
+            Ok(last) => {
+                subscriber.go_live(&last.epoch, last.offset);
+                Ok(())
+            }
+            Err(e) => {
+                self.unsubscribe(channel).await.ok();
+                Err(e)
+            }
+        }
+    }
+
+    /// Announces the position and queues missed publications; returns the last position
+    /// delivered (or skipped because the client already has it).
+    async fn replay(
+        &self,
+        key: &ChannelKey,
+        since: Option<StreamPosition>,
+        announce: impl FnOnce(&StreamPosition, bool) -> Outbound,
+    ) -> Result<StreamPosition> {
+        let broker = &self.dp.broker;
+        let Some(since) = since else {
+            let position = broker.position(key).await?;
+            self.send(announce(&position, true)).await;
+            return Ok(position);
+        };
+        let page = broker.history(key, Some(&since), MAX_HISTORY_PAGE).await?;
+        self.send(announce(&page.position, page.recovered)).await;
+        if !page.recovered {
+            return Ok(page.position);
+        }
+        let target = page.position.clone();
+        let mut last = since;
+        let mut page = page;
+        loop {
+            for p in &page.publications {
+                let frame = protocol::encode_message(&key.channel, p);
+                self.send(Outbound::message(key, p, frame)).await;
+                last.offset = p.offset;
+            }
+            if last.offset >= target.offset || page.publications.is_empty() {
+                break;
+            }
+            page = broker.history(key, Some(&last), MAX_HISTORY_PAGE).await?;
+            if !page.recovered {
+                // History was trimmed under a long replay; nothing can fill the gap now.
+                tracing::warn!(channel = ?key, "history trimmed during resume replay");
+                break;
+            }
+        }
+        Ok(StreamPosition { epoch: target.epoch, offset: last.offset.max(target.offset) })
+    }
+
+    pub async fn unsubscribe(&mut self, channel: &str) -> Result<()> {
+        let Some(key) = self.subscriptions.remove(channel) else {
+            return Err(Error::NotFound(format!("not subscribed to {channel:?}")));
+        };
+        self.dp.hub.unsubscribe(&key, &self.handle.connection_id).await;
+        if let Some(m) = self.handle.metrics() {
+            m.subscriptions.decrement(1.0);
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, channel: &str, data: &RawValue, idempotency_key: Option<String>) -> Result<StreamPosition> {
+        let (auth, app, namespace) = self.context(channel)?;
+        if !namespace.client_publish {
+            return Err(Error::Forbidden("clients may not publish on this namespace".into()));
+        }
+        Self::require(auth, channel, Operation::Publish)?;
+        let payload = data.get().as_bytes();
+        if payload.len() > app.quotas.max_message_bytes as usize {
+            return Err(Error::PayloadTooLarge { size: payload.len(), limit: app.quotas.max_message_bytes });
+        }
+        if !self.dp.quotas.try_acquire_messages(&app, 1) {
+            return Err(Error::RateLimited(app.quotas.max_messages_per_s));
+        }
+        let key = ChannelKey::new(&auth.app_id, channel);
+        let result = self
+            .dp
+            .broker
+            .publish(
+                &key,
+                PublishRequest {
+                    data: Bytes::copy_from_slice(payload),
+                    client_id: Some(auth.client_id.clone()),
+                    idempotency_key,
+                    history_size: namespace.history_size,
+                    history_ttl_s: namespace.history_ttl_s,
+                },
+            )
+            .await?;
+        metrics::message_in(&auth.tenant_id, &auth.app_id, "client", payload.len());
+        Ok(result.position)
+    }
+
+    fn presence_context(&self, channel: &str) -> Result<(&Auth, Arc<AppConfig>, ChannelKey)> {
+        let (auth, app, namespace) = self.context(channel)?;
+        if !namespace.presence {
+            return Err(Error::Forbidden("presence is disabled on this namespace".into()));
+        }
+        Self::require(auth, channel, Operation::Presence)?;
+        Ok((auth, app, ChannelKey::new(&auth.app_id, channel)))
+    }
+
+    async fn presence_set(&mut self, channel: &str, data: Option<serde_json::Value>) -> Result<()> {
+        let (auth, app, key) = self.presence_context(channel)?;
+        let data = data.or_else(|| auth.claims.info.clone());
+        if let Some(d) = &data {
+            let size = serde_json::to_vec(d).map(|v| v.len()).unwrap_or(0);
+            if size > app.quotas.max_message_bytes as usize {
+                return Err(Error::PayloadTooLarge { size, limit: app.quotas.max_message_bytes });
+            }
+        }
+        let member = PresenceMember {
+            client_id: auth.client_id.to_string(),
+            connection_id: self.handle.connection_id.to_string(),
+            data,
+        };
+        let ttl = self.dp.presence_ttl_s();
+        self.dp.broker.presence_join(&key, member, ttl, app.quotas.max_presence_members).await?;
+        self.presence.insert(key.channel.clone(), key);
+        Ok(())
+    }
+
+    async fn presence_leave(&mut self, channel: &str) -> Result<()> {
+        let Some(key) = self.presence.remove(channel) else {
+            return Err(Error::NotFound(format!("not present on {channel:?}")));
+        };
+        self.dp.broker.presence_leave(&key, &self.handle.connection_id).await?;
+        Ok(())
+    }
+
+    async fn presence_get(&self, channel: &str) -> Result<Vec<PresenceMember>> {
+        let (_, _, key) = self.presence_context(channel)?;
+        Ok(self.dp.broker.presence(&key).await?)
+    }
+
+    async fn history(
+        &self,
+        id: Option<&RawValue>,
+        channel: &str,
+        since: Option<StreamPosition>,
+        limit: Option<usize>,
+    ) -> Result<Bytes> {
+        let (auth, _, _) = self.context(channel)?;
+        Self::require(auth, channel, Operation::History)?;
+        let key = ChannelKey::new(&auth.app_id, channel);
+        let limit = limit.unwrap_or(DEFAULT_HISTORY_LIMIT).clamp(1, MAX_HISTORY_PAGE);
+        let page = self.dp.broker.history(&key, since.as_ref(), limit).await?;
+        let publications = page.publications.iter().filter_map(protocol::HistoryItem::from_publication).collect();
+        Ok(protocol::ok(
+            id,
+            &protocol::HistoryReply { publications, position: &page.position, recovered: page.recovered },
+        ))
+    }
+
+    /// Replaces the connection's token with a fresh one for the same app and client; returns
+    /// the new expiry.
+    fn refresh(&mut self, token: &str) -> Result<i64> {
+        let auth = self.auth.as_mut().ok_or_else(|| Error::Unauthorized("send a connect frame first".into()))?;
+        let claims = token::verify(token, &self.dp.registry).map_err(|e| match e {
+            TokenError::Expired => Error::TokenExpired(e.to_string()),
+            other => Error::Unauthorized(other.to_string()),
+        })?;
+        if claims.app != *auth.app_id || claims.sub != *auth.client_id {
+            return Err(Error::Unauthorized("refresh token is for another app or client".into()));
+        }
+        let exp = claims.exp;
+        if let Some(identity) = self.handle.identity.lock().as_mut() {
+            identity.key_id = claims.akid.clone();
+            identity.issued_at = claims.iat;
+        }
+        auth.claims = claims;
+        Ok(exp)
+    }
+
+    /// Extends the TTL of this connection's presence entries (called on each heartbeat tick).
+    pub async fn touch_presence(&self) {
+        let ids = [self.handle.connection_id.to_string()];
+        let ttl = self.dp.presence_ttl_s();
+        for key in self.presence.values() {
+            if let Err(e) = self.dp.broker.presence_touch(key, &ids, ttl).await {
+                tracing::warn!(channel = ?key, error = %e, "presence touch failed");
+            }
+        }
+    }
+
+    /// Leaves every channel and presence set and forgets the session. Call once, when the
+    /// transport ends, whatever the reason.
+    pub async fn finish(&mut self) {
+        for (_, key) in self.presence.drain() {
+            if let Err(e) = self.dp.broker.presence_leave(&key, &self.handle.connection_id).await {
+                tracing::warn!(channel = ?key, error = %e, "presence leave failed");
+            }
+        }
+        let subscriptions: Vec<_> = self.subscriptions.drain().collect();
+        for (_, key) in subscriptions {
+            self.dp.hub.unsubscribe(&key, &self.handle.connection_id).await;
+            if let Some(m) = self.handle.metrics() {
+                m.subscriptions.decrement(1.0);
+            }
+        }
+        if let Some(reason) = self.handle.close_reason()
+            && let Some(auth) = &self.auth
+            && reason.code >= 4000
+        {
+            metrics::rejection(&auth.tenant_id, &auth.app_id, disconnect_reason(reason.code));
+        }
+        self.dp.forget(&self.handle.connection_id);
+    }
+}
+
+/// Metric label for a forced disconnect.
+fn disconnect_reason(code: u16) -> &'static str {
+    match code {
+        close::PROTOCOL_ERROR => "disconnect_protocol_error",
+        close::TOKEN_EXPIRED => "disconnect_token_expired",
+        close::SLOW_CONSUMER => "disconnect_slow_consumer",
+        close::QUOTA_EXCEEDED => "disconnect_quota",
+        close::REVOKED => "disconnect_revoked",
+        close::APP_UNAVAILABLE => "disconnect_app_unavailable",
+        _ => "disconnect_other",
+    }
+}

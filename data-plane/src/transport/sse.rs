@@ -1,0 +1,310 @@
+//! Server-Sent Events transport (`GET /v1/sse?channels=a,b`): one-way delivery for clients
+//! that cannot (or need not) use a WebSocket.
+//!
+//! Every event carries an `id:` encoding the position of *every* channel of the stream (see
+//! [`encode_event_id`]), so a browser's automatic reconnect sends `Last-Event-ID` and the new
+//! stream replays exactly what was missed in each channel. Positions travel through the
+//! session's queue in order with the messages, so an id never claims a publication that has
+//! not been written yet. A comment line is sent every `sse_heartbeat_interval` to keep
+//! proxies from timing the stream out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use aviary_broker::StreamPosition;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, ORIGIN};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::time::{MissedTickBehavior, interval, sleep_until};
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
+
+use crate::error::Error;
+use crate::hub::Outbound;
+use crate::protocol::{self, CloseReason, close};
+use crate::session::{Session, closed};
+use crate::{DataPlane, Inner};
+
+/// Prefix of the current event-id format; bump it if the encoding changes so old ids are
+/// recognised (and ignored) rather than misread.
+const EVENT_ID_PREFIX: &str = "v1.";
+
+/// Most channels one SSE stream may carry (also bounded by the subscription quota).
+pub const MAX_SSE_CHANNELS: usize = 64;
+
+/// Chunks buffered between the driver and hyper; the real queue is the session's.
+const BODY_BUFFER: usize = 16;
+
+#[derive(Debug, Deserialize)]
+pub struct SseQuery {
+    /// Comma-separated channel names.
+    channels: String,
+    /// The connection token (EventSource cannot set headers).
+    token: Option<String>,
+    /// Resume point for clients that open a new EventSource (which does not carry
+    /// `Last-Event-ID` over); the header wins when both are present.
+    last_event_id: Option<String>,
+}
+
+/// Encodes each channel's position: `v1.` + base64url(JSON `{"channel":["epoch",offset]}`).
+/// Opaque to clients.
+pub fn encode_event_id(positions: &BTreeMap<Arc<str>, (Arc<str>, u64)>) -> String {
+    let map: BTreeMap<&str, (&str, u64)> = positions.iter().map(|(c, (e, o))| (&**c, (&**e, *o))).collect();
+    let json = serde_json::to_vec(&map).unwrap_or_default();
+    format!("{EVENT_ID_PREFIX}{}", URL_SAFE_NO_PAD.encode(json))
+}
+
+/// Decodes an id made by [`encode_event_id`]; `None` for anything else.
+pub fn decode_event_id(id: &str) -> Option<HashMap<String, StreamPosition>> {
+    let raw = URL_SAFE_NO_PAD.decode(id.trim().strip_prefix(EVENT_ID_PREFIX)?).ok()?;
+    let map: HashMap<String, (String, u64)> = serde_json::from_slice(&raw).ok()?;
+    Some(map.into_iter().map(|(c, (epoch, offset))| (c, StreamPosition { epoch, offset })).collect())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+fn refusal(reason: &CloseReason) -> Error {
+    match reason.code {
+        close::TOKEN_EXPIRED => Error::TokenExpired(reason.reason.clone()),
+        close::FORBIDDEN => Error::Forbidden(reason.reason.clone()),
+        close::APP_UNAVAILABLE => Error::AppDisabled,
+        close::QUOTA_EXCEEDED => Error::QuotaExceeded(reason.reason.clone()),
+        _ => Error::Unauthorized(reason.reason.clone()),
+    }
+}
+
+/// `GET /v1/sse`: opens an event stream on the listed channels.
+pub async fn stream(
+    State(dp): State<DataPlane>,
+    Query(query): Query<SseQuery>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let inner = dp.inner().clone();
+    if inner.is_draining() {
+        return Err(Error::Draining);
+    }
+    let token = bearer(&headers)
+        .or(query.token.as_deref())
+        .ok_or_else(|| Error::Unauthorized("a token is required (Authorization: Bearer or ?token=)".into()))?;
+    let mut channels: Vec<String> = Vec::new();
+    for c in query.channels.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        if !channels.iter().any(|x| x == c) {
+            channels.push(c.to_owned());
+        }
+    }
+    if channels.is_empty() || channels.len() > MAX_SSE_CHANNELS {
+        return Err(Error::BadRequest(format!("list between 1 and {MAX_SSE_CHANNELS} channels in ?channels=")));
+    }
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or(query.last_event_id.as_deref())
+        .and_then(decode_event_id)
+        .unwrap_or_default();
+    let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
+
+    let (mut session, rx) = Session::new(inner.clone(), "sse");
+    let span = tracing::info_span!(
+        "connection",
+        transport = "sse",
+        connection_id = %session.handle.connection_id,
+        node = %inner.config.node_id,
+        tenant_id = tracing::field::Empty,
+        app_id = tracing::field::Empty,
+        client_id = tracing::field::Empty,
+    );
+    // Refuse with an HTTP status while we still can: once the stream starts, it is 200.
+    let checked = async {
+        session.authenticate(token, origin).await.map_err(|r| refusal(&r))?;
+        if channels.len() > 1 {
+            // Quota on the whole list at once; `check_subscribe` sees one channel at a time.
+            let app = inner.registry.app(&session.handle.identity().map(|i| i.app_id).unwrap_or_default());
+            if app.is_some_and(|a| channels.len() > a.quotas.max_subscriptions_per_connection as usize) {
+                return Err(Error::QuotaExceeded("subscriptions per connection quota exceeded".into()));
+            }
+        }
+        for c in &channels {
+            session.check_subscribe(c, false)?;
+        }
+        Ok::<_, Error>(())
+    }
+    .instrument(span.clone())
+    .await;
+    if let Err(e) = checked {
+        session.finish().await;
+        return Err(e);
+    }
+
+    let (body_tx, body_rx) = mpsc::channel::<Bytes>(BODY_BUFFER);
+    tokio::spawn(drive(inner, session, rx, body_tx, channels, resume).instrument(span));
+    let body = Body::from_stream(ReceiverStream::new(body_rx).map(Ok::<_, Infallible>));
+    let mut response = (StatusCode::OK, body).into_response();
+    let h = response.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells nginx-style proxies not to buffer the stream.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// Subscribes the channels, then pumps the session's queue into the response body until the
+/// client leaves or the connection is closed.
+async fn drive(
+    inner: Arc<Inner>,
+    mut session: Session,
+    mut rx: mpsc::Receiver<Outbound>,
+    body: mpsc::Sender<Bytes>,
+    channels: Vec<String>,
+    resume: HashMap<String, StreamPosition>,
+) {
+    let handle = session.handle.clone();
+    let expires_at = session.expires_at().unwrap_or_default();
+    let pump = pump(&inner, &mut rx, &body, &handle, expires_at);
+    tokio::pin!(pump);
+    let subscribe_all = async {
+        for channel in &channels {
+            let since = resume.get(channel).cloned();
+            let seed = since.clone();
+            let name: Arc<str> = channel.as_str().into();
+            session
+                .subscribe(channel, since, false, |position, recovered| {
+                    // The id starts from what the client already has: `since` when the replay
+                    // will fill the gap, the current position otherwise.
+                    let start = match seed {
+                        Some(s) if recovered => s,
+                        _ => position.clone(),
+                    };
+                    let frame = protocol::reply(
+                        "subscribed",
+                        None,
+                        &protocol::Subscribed { channel: &name, position, recovered },
+                    );
+                    Outbound::Position {
+                        channel: name.clone(),
+                        epoch: start.epoch.as_str().into(),
+                        offset: start.offset,
+                        frame,
+                    }
+                })
+                .await?;
+        }
+        Ok::<_, Error>(())
+    };
+    // Pump while subscribing: a long replay must flow out, not fill the queue.
+    let subscribed = tokio::select! {
+        result = subscribe_all => Some(result),
+        _ = &mut pump => None,
+    };
+    match subscribed {
+        Some(Ok(())) => pump.await,
+        Some(Err(e)) => {
+            handle.close(CloseReason::new(close::PROTOCOL_ERROR, format!("subscribe failed: {}", e.public_message())));
+            pump.await;
+        }
+        None => {}
+    }
+    handle.close(CloseReason::new(1000, "closed"));
+    session.finish().await;
+}
+
+/// One SSE event: optional `event:` name and `id:`, then the JSON frame as its `data:` line
+/// (our frames never contain newlines, so one `data:` line suffices).
+fn event_head(event: Option<&str>, id: Option<&str>) -> Bytes {
+    let mut head = BytesMut::with_capacity(64 + id.map_or(0, str::len));
+    if let Some(e) = event {
+        head.put_slice(b"event: ");
+        head.put_slice(e.as_bytes());
+        head.put_u8(b'\n');
+    }
+    if let Some(id) = id {
+        head.put_slice(b"id: ");
+        head.put_slice(id.as_bytes());
+        head.put_u8(b'\n');
+    }
+    head.put_slice(b"data: ");
+    head.freeze()
+}
+
+async fn write_event(body: &mpsc::Sender<Bytes>, event: Option<&str>, id: Option<&str>, frame: Bytes) -> bool {
+    body.send(event_head(event, id)).await.is_ok()
+        && body.send(frame).await.is_ok()
+        && body.send(Bytes::from_static(b"\n\n")).await.is_ok()
+}
+
+async fn pump(
+    inner: &Inner,
+    rx: &mut mpsc::Receiver<Outbound>,
+    body: &mpsc::Sender<Bytes>,
+    handle: &crate::session::SessionHandle,
+    expires_at: i64,
+) {
+    let mut closing = handle.close_signal();
+    let mut heartbeat = interval(inner.config.sse_heartbeat_interval);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    heartbeat.tick().await;
+    let mut positions: BTreeMap<Arc<str>, (Arc<str>, u64)> = BTreeMap::new();
+    // Ask browsers to reconnect quickly after a drop.
+    if body.send(Bytes::from_static(b"retry: 2000\n\n")).await.is_err() {
+        return;
+    }
+    // SSE has no `refresh`: the stream ends at the token's expiry and the client reconnects
+    // with a new token (and its last event id).
+    let expiry = sleep_until(super::expiry_instant(expires_at));
+    tokio::pin!(expiry);
+    loop {
+        let ok = tokio::select! {
+            biased;
+            _ = closed(&mut closing) => break,
+            _ = inner.shutdown.cancelled() => {
+                handle.close(CloseReason::new(close::GOING_AWAY, "node draining"));
+                break;
+            }
+            _ = &mut expiry => {
+                handle.close(CloseReason::new(close::TOKEN_EXPIRED, "token expired"));
+                break;
+            }
+            _ = heartbeat.tick() => body.send(Bytes::from_static(b": ping\n\n")).await.is_ok(),
+            _ = body.closed() => false,
+            item = rx.recv() => match item {
+                None => false,
+                // Nothing subscribes SSE streams to presence or sends them replies; pass any such
+                // frame through under its own event name rather than as a message.
+                Some(Outbound::Frame(frame)) => write_event(body, Some("frame"), None, frame).await,
+                Some(Outbound::Position { channel, epoch, offset, frame }) => {
+                    positions.insert(channel, (epoch, offset));
+                    let id = encode_event_id(&positions);
+                    write_event(body, Some("subscribed"), Some(&id), frame).await
+                }
+                Some(Outbound::Message { channel, epoch, offset, ts, frame }) => {
+                    positions.insert(channel, (epoch, offset));
+                    let id = encode_event_id(&positions);
+                    if let Some(m) = handle.metrics() {
+                        m.delivered(frame.len(), ts);
+                    }
+                    write_event(body, None, Some(&id), frame).await
+                }
+            },
+        };
+        if !ok {
+            return;
+        }
+    }
+    if let Some(reason) = handle.close_reason() {
+        let _ = tokio::time::timeout(
+            inner.config.close_timeout,
+            write_event(body, Some("disconnect"), None, reason.frame()),
+        )
+        .await;
+    }
+}

@@ -1,0 +1,902 @@
+//! End-to-end tests of the data plane over real sockets: the router served on 127.0.0.1:0,
+//! the real in-memory broker, real WebSocket clients (tokio-tungstenite) and reqwest for SSE
+//! and REST. Each test starts its own node with its own app, so tests run in parallel.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aviary_broker::memory::MemoryBroker;
+use aviary_core::token::claims_for;
+use aviary_core::{
+    ApiKeyAuthority, ApiKeyError, AppConfig, Capabilities, Namespace, Operation, Quotas, Registry, SigningKey,
+    VerifiedApiKey,
+};
+use aviary_data_plane::{DataPlane, DataPlaneConfig};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------------
+
+/// Test-only API key authority: fixed secrets mapped to keys. The real one lives in the
+/// control plane.
+struct FixedKeys(Vec<(String, VerifiedApiKey)>);
+
+#[async_trait]
+impl ApiKeyAuthority for FixedKeys {
+    async fn verify_api_key(&self, presented: &str) -> Result<VerifiedApiKey, ApiKeyError> {
+        use subtle::ConstantTimeEq;
+        self.0
+            .iter()
+            .find(|(secret, _)| bool::from(secret.as_bytes().ct_eq(presented.as_bytes())))
+            .map(|(_, k)| k.clone())
+            .ok_or(ApiKeyError::Invalid)
+    }
+}
+
+struct Node {
+    base: String,
+    ws: String,
+    dp: DataPlane,
+    registry: Arc<Registry>,
+    signing: SigningKey,
+    app: AppConfig,
+    api_key: String,
+    other_app: AppConfig,
+    other_api_key: String,
+    http: reqwest::Client,
+}
+
+fn app_config(tenant: &str) -> AppConfig {
+    let id = format!("app_{}", uuid::Uuid::new_v4().simple());
+    AppConfig {
+        app_id: id.clone(),
+        tenant_id: tenant.into(),
+        name: id,
+        enabled: true,
+        allowed_origins: vec![],
+        max_token_ttl_s: 3600,
+        namespaces: vec![
+            Namespace::default_namespace(),
+            Namespace { name: "news".into(), client_publish: false, presence: false, ..Namespace::default_namespace() },
+        ],
+        tenant_quotas: Quotas::default(),
+        quotas: Quotas::default(),
+    }
+}
+
+fn test_config() -> DataPlaneConfig {
+    DataPlaneConfig {
+        ws_heartbeat_interval: Duration::from_secs(5),
+        sse_heartbeat_interval: Duration::from_secs(5),
+        outbound_queue_capacity: 256,
+        drain_deadline: Duration::from_secs(5),
+        close_timeout: Duration::from_secs(5),
+        ..DataPlaneConfig::default()
+    }
+}
+
+async fn start(configure: impl FnOnce(&mut AppConfig, &mut DataPlaneConfig)) -> Node {
+    let tenant = format!("ten_{}", uuid::Uuid::new_v4().simple());
+    let mut app = app_config(&tenant);
+    let mut config = test_config();
+    configure(&mut app, &mut config);
+    let other_app = app_config(&tenant);
+    let registry = Arc::new(Registry::new());
+    let signing = SigningKey::generate();
+    registry.set_verifying_keys([signing.verifying_key()]);
+    registry.upsert_app(app.clone());
+    registry.upsert_app(other_app.clone());
+    let api_key = format!("avk_{}", uuid::Uuid::new_v4().simple());
+    let other_api_key = format!("avk_{}", uuid::Uuid::new_v4().simple());
+    let verified = |app: &AppConfig, n: &str| VerifiedApiKey {
+        key_id: format!("key_{n}_{}", app.app_id),
+        tenant_id: app.tenant_id.clone(),
+        app_id: app.app_id.clone(),
+        capabilities: Capabilities::all(),
+    };
+    let keys =
+        FixedKeys(vec![(api_key.clone(), verified(&app, "1")), (other_api_key.clone(), verified(&other_app, "2"))]);
+    let broker = Arc::new(MemoryBroker::new());
+    let dp = DataPlane::new(registry.clone(), broker, Arc::new(keys), config, CancellationToken::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, dp.router()).into_future());
+    Node {
+        base: format!("http://{addr}"),
+        ws: format!("ws://{addr}/v1/connect"),
+        dp,
+        registry,
+        signing,
+        app,
+        api_key,
+        other_app,
+        other_api_key,
+        http: reqwest::Client::new(),
+    }
+}
+
+fn all_caps() -> Capabilities {
+    Capabilities::all()
+}
+
+impl Node {
+    fn token_for(&self, app: &AppConfig, client: &str, ttl_s: i64, cap: Capabilities) -> String {
+        let key_id = format!("key_1_{}", app.app_id);
+        self.signing.sign(&claims_for(&app.tenant_id, &app.app_id, &key_id, client, ttl_s, cap))
+    }
+
+    fn token(&self, client: &str) -> String {
+        self.token_for(&self.app, client, 600, all_caps())
+    }
+
+    async fn client(&self, client: &str) -> Client {
+        Client::connect(&self.ws, &self.token(client)).await
+    }
+
+    async fn rest_publish(&self, channel: &str, data: Value) -> Value {
+        let url = format!("{}/v1/apps/{}/channels/{channel}/messages", self.base, self.app.app_id);
+        let r = self.http.post(url).bearer_auth(&self.api_key).json(&json!({ "data": data })).send().await.unwrap();
+        assert_eq!(r.status(), 201, "{:?}", r.text().await);
+        r.json().await.unwrap()
+    }
+
+    async fn rest_batch(&self, messages: Vec<Value>) {
+        let url = format!("{}/v1/apps/{}/messages", self.base, self.app.app_id);
+        let r =
+            self.http.post(url).bearer_auth(&self.api_key).json(&json!({ "messages": messages })).send().await.unwrap();
+        assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    }
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A protocol client that keeps frames that arrive while it waits for a reply.
+struct Client {
+    ws: Ws,
+    pending: VecDeque<Value>,
+    next_id: u64,
+}
+
+/// How a connection ended, as the client saw it.
+#[derive(Debug)]
+struct Closed {
+    code: Option<u16>,
+    disconnect: Option<Value>,
+}
+
+impl Client {
+    async fn open(url: &str, origin: Option<&str>) -> Client {
+        let mut request = url.into_client_request().unwrap();
+        if let Some(o) = origin {
+            request.headers_mut().insert("origin", o.parse().unwrap());
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        Client { ws, pending: VecDeque::new(), next_id: 1 }
+    }
+
+    async fn connect(url: &str, token: &str) -> Client {
+        let mut c = Client::open(url, None).await;
+        c.send(json!({ "type": "connect", "token": token })).await;
+        let connected = c.recv().await;
+        assert_eq!(connected["type"], "connected", "{connected}");
+        c
+    }
+
+    async fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    /// The next text frame from the socket (not the pending queue).
+    async fn read(&mut self) -> Result<Value, Closed> {
+        let mut disconnect = None;
+        loop {
+            let msg = timeout(WAIT, self.ws.next()).await.expect("timed out waiting for a frame");
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["type"] == "disconnect" {
+                        disconnect = Some(v);
+                        continue;
+                    }
+                    return Ok(v);
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(Closed { code: frame.map(|f| u16::from(f.code)), disconnect });
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(Closed { code: None, disconnect }),
+            }
+        }
+    }
+
+    async fn recv(&mut self) -> Value {
+        if let Some(v) = self.pending.pop_front() {
+            return v;
+        }
+        match self.read().await {
+            Ok(v) => v,
+            Err(closed) => panic!("connection closed unexpectedly: {closed:?}"),
+        }
+    }
+
+    /// Sends `frame` with a fresh id and returns the reply carrying that id.
+    async fn request(&mut self, mut frame: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        frame["id"] = json!(id);
+        self.send(frame).await;
+        loop {
+            let v = match self.read().await {
+                Ok(v) => v,
+                Err(closed) => panic!("connection closed while waiting for reply {id}: {closed:?}"),
+            };
+            if v["id"] == json!(id) {
+                return v;
+            }
+            self.pending.push_back(v);
+        }
+    }
+
+    async fn ok(&mut self, frame: Value) -> Value {
+        let reply = self.request(frame).await;
+        assert_eq!(reply["type"], "ok", "{reply}");
+        reply
+    }
+
+    async fn subscribe(&mut self, channel: &str) -> Value {
+        self.ok(json!({ "type": "subscribe", "channel": channel })).await
+    }
+
+    /// The next `message` frame.
+    async fn message(&mut self) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == "message" {
+                return v;
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code and the `disconnect` frame.
+    async fn closed(&mut self) -> Closed {
+        loop {
+            match self.read().await {
+                Ok(_) => continue,
+                Err(closed) => return closed,
+            }
+        }
+    }
+
+    async fn expect_close(&mut self, code: u16) -> Closed {
+        let closed = self.closed().await;
+        assert_eq!(closed.code, Some(code), "{closed:?}");
+        closed
+    }
+}
+
+/// A minimal SSE reader over reqwest.
+struct Sse {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+    last_id: Option<String>,
+}
+
+#[derive(Debug)]
+struct SseEvent {
+    event: Option<String>,
+    id: Option<String>,
+    data: Value,
+}
+
+impl Sse {
+    async fn open(node: &Node, channels: &str, token: &str, last_event_id: Option<&str>) -> Sse {
+        let mut req = node.http.get(format!("{}/v1/sse?channels={channels}", node.base)).bearer_auth(token);
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        Sse { body: Box::pin(r.bytes_stream()), buf: String::new(), last_id: None }
+    }
+
+    async fn event(&mut self) -> SseEvent {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut event, mut id, mut data) = (None, None, None);
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        event = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        id = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data = Some(serde_json::from_str(v).unwrap());
+                    }
+                }
+                if let Some(id) = &id {
+                    self.last_id = Some(id.clone());
+                }
+                // Comments (heartbeats) and the retry hint carry no data.
+                if let Some(data) = data {
+                    return SseEvent { event, id, data };
+                }
+                continue;
+            }
+            let chunk = timeout(WAIT, self.body.next()).await.expect("timed out waiting for SSE").unwrap().unwrap();
+            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    async fn message(&mut self) -> Value {
+        loop {
+            let e = self.event().await;
+            if e.event.is_none() {
+                assert!(e.id.is_some(), "messages carry ids");
+                return e.data;
+            }
+        }
+    }
+}
+
+fn offsets(messages: &[Value]) -> Vec<u64> {
+    messages.iter().map(|m| m["offset"].as_u64().unwrap()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pub/sub
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publications_reach_websocket_and_sse_subscribers_in_order() {
+    let node = start(|_, _| {}).await;
+    let mut ws = node.client("alice").await;
+    let sub = ws.subscribe("chat:lobby").await;
+    assert_eq!(sub["recovered"], true);
+    assert_eq!(sub["position"]["offset"], 0);
+    let mut sse = Sse::open(&node, "chat:lobby", &node.token("bob"), None).await;
+    let subscribed = sse.event().await;
+    assert_eq!(subscribed.event.as_deref(), Some("subscribed"));
+
+    let published = node.rest_publish("chat:lobby", json!({"text": "from backend"})).await;
+    assert_eq!(published["offset"], 1);
+    let reply = ws.ok(json!({"type": "publish", "channel": "chat:lobby", "data": {"text": "from alice"}})).await;
+    assert_eq!(reply["offset"], 2);
+    assert_eq!(reply["epoch"], published["epoch"]);
+
+    for received in [ws.message().await, ws.message().await] {
+        assert_eq!(received["channel"], "chat:lobby");
+        assert!(received["ts"].as_i64().unwrap() > 0);
+    }
+    let first = sse.message().await;
+    let second = sse.message().await;
+    assert_eq!(first["data"], json!({"text": "from backend"}));
+    assert_eq!(first["client_id"], Value::Null);
+    assert_eq!(second["data"], json!({"text": "from alice"}));
+    assert_eq!(second["client_id"], "alice");
+    assert_eq!(offsets(&[first, second]), vec![1, 2]);
+
+    // The REST channel listing sees both local subscribers.
+    let r: Value = node
+        .http
+        .get(format!("{}/v1/apps/{}/channels?prefix=chat:", node.base, node.app.app_id))
+        .bearer_auth(&node.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"channels": [{"channel": "chat:lobby", "subscribers": 2}]}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_publish_and_idempotency_keys_return_the_first_result() {
+    let node = start(|_, _| {}).await;
+    let mut ws = node.client("alice").await;
+    ws.subscribe("a").await;
+    ws.subscribe("b").await;
+    node.rest_batch(vec![
+        json!({"channel": "a", "data": 1}),
+        json!({"channel": "b", "data": 2, "idempotency_key": "k1"}),
+        json!({"channel": "b", "data": 3, "idempotency_key": "k1"}),
+    ])
+    .await;
+    let m1 = ws.message().await;
+    let m2 = ws.message().await;
+    assert_eq!((m1["channel"].clone(), m1["data"].clone()), (json!("a"), json!(1)));
+    assert_eq!((m2["channel"].clone(), m2["data"].clone()), (json!("b"), json!(2)));
+    // The duplicate published nothing: the next message on b is offset 2.
+    node.rest_publish("b", json!(4)).await;
+    let m3 = ws.message().await;
+    assert_eq!((m3["data"].clone(), m3["offset"].clone()), (json!(4), json!(2)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Presence
+// ---------------------------------------------------------------------------------------------
+
+async fn presence_event(c: &mut Client) -> Value {
+    loop {
+        let v = c.recv().await;
+        if v["type"] == "presence" {
+            return v;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_tracks_join_update_leave_and_cleans_up_dead_sockets() {
+    let node = start(|_, c| {
+        c.ws_heartbeat_interval = Duration::from_millis(300);
+    })
+    .await;
+    let mut watcher = node.client("watcher").await;
+    watcher.ok(json!({"type": "subscribe", "channel": "room", "presence": true})).await;
+
+    let mut alice = node.client("alice").await;
+    alice.ok(json!({"type": "presence.enter", "channel": "room", "data": {"status": "here"}})).await;
+    let join = presence_event(&mut watcher).await;
+    assert_eq!(join["action"], "join");
+    assert_eq!(join["member"]["client_id"], "alice");
+    assert_eq!(join["member"]["data"], json!({"status": "here"}));
+    alice.ok(json!({"type": "presence.update", "channel": "room", "data": {"status": "away"}})).await;
+    let update = presence_event(&mut watcher).await;
+    assert_eq!(
+        (update["action"].clone(), update["member"]["data"].clone()),
+        (json!("update"), json!({"status": "away"}))
+    );
+    let members = alice.ok(json!({"type": "presence.get", "channel": "room"})).await;
+    assert_eq!(members["members"].as_array().unwrap().len(), 1);
+    let rest: Value = node
+        .http
+        .get(format!("{}/v1/apps/{}/channels/room/presence", node.base, node.app.app_id))
+        .bearer_auth(&node.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rest["members"][0]["client_id"], "alice");
+    alice.ok(json!({"type": "presence.leave", "channel": "room"})).await;
+    assert_eq!(presence_event(&mut watcher).await["action"], "leave");
+    // Presence is refused where the namespace disables it.
+    let refused = alice.request(json!({"type": "presence.enter", "channel": "news:x"})).await;
+    assert_eq!(refused["code"], "forbidden");
+    drop(alice);
+
+    // A socket dropped without a close handshake.
+    let mut bob = node.client("bob").await;
+    bob.ok(json!({"type": "presence.enter", "channel": "room"})).await;
+    assert_eq!(presence_event(&mut watcher).await["action"], "join");
+    drop(bob);
+    let leave = presence_event(&mut watcher).await;
+    assert_eq!((leave["action"].clone(), leave["member"]["client_id"].clone()), (json!("leave"), json!("bob")));
+
+    // A client that stops answering pings (never reads again) is removed after two intervals.
+    let mut carol = node.client("carol").await;
+    carol.ok(json!({"type": "presence.enter", "channel": "room"})).await;
+    assert_eq!(presence_event(&mut watcher).await["action"], "join");
+    let leave = presence_event(&mut watcher).await;
+    assert_eq!((leave["action"].clone(), leave["member"]["client_id"].clone()), (json!("leave"), json!("carol")));
+    drop(carol);
+}
+
+// ---------------------------------------------------------------------------------------------
+// History and resume
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_returns_publications_oldest_first_over_websocket_and_rest() {
+    let node = start(|_, _| {}).await;
+    for i in 1..=5 {
+        node.rest_publish("log", json!(i)).await;
+    }
+    let mut c = node.client("alice").await;
+    let h = c.ok(json!({"type": "history", "channel": "log", "limit": 3})).await;
+    let items = h["publications"].as_array().unwrap();
+    assert_eq!(items.iter().map(|p| p["data"].as_i64().unwrap()).collect::<Vec<_>>(), vec![3, 4, 5]);
+    assert_eq!(h["position"]["offset"], 5);
+    let epoch = h["position"]["epoch"].as_str().unwrap().to_owned();
+
+    let url = format!("{}/v1/apps/{}/channels/log/history?since_offset=2&epoch={epoch}", node.base, node.app.app_id);
+    let r: Value = node.http.get(url).bearer_auth(&node.api_key).send().await.unwrap().json().await.unwrap();
+    assert_eq!(r["recovered"], true);
+    assert_eq!(offsets(r["publications"].as_array().unwrap()), vec![3, 4, 5]);
+
+    let url = format!("{}/v1/apps/{}/channels/log/history?since_offset=2&epoch=gone", node.base, node.app.app_id);
+    let r: Value = node.http.get(url).bearer_auth(&node.api_key).send().await.unwrap().json().await.unwrap();
+    assert_eq!(r["recovered"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_a_dropped_connection_delivers_missed_publications_exactly_once_in_order() {
+    let node = Arc::new(start(|_, _| {}).await);
+    let mut c = node.client("alice").await;
+    c.subscribe("feed").await;
+    for i in 1..=3 {
+        node.rest_publish("feed", json!(i)).await;
+    }
+    let mut last = Value::Null;
+    for _ in 0..3 {
+        last = c.message().await;
+    }
+    let since = json!({"epoch": last["epoch"], "offset": last["offset"]});
+    drop(c);
+
+    for i in 4..=10 {
+        node.rest_publish("feed", json!(i)).await;
+    }
+    // Keep publishing while the client resubscribes, so live publications race the replay.
+    let publisher = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            for i in 11..=40 {
+                node.rest_publish("feed", json!(i)).await;
+            }
+        })
+    };
+    let mut c = node.client("alice").await;
+    let ok = c.ok(json!({"type": "subscribe", "channel": "feed", "since": since})).await;
+    assert_eq!(ok["recovered"], true);
+    let mut got = Vec::new();
+    while got.len() < 37 {
+        got.push(c.message().await);
+    }
+    publisher.await.unwrap();
+    assert_eq!(offsets(&got), (4..=40).collect::<Vec<u64>>());
+    assert_eq!(got.iter().map(|m| m["data"].as_u64().unwrap()).collect::<Vec<_>>(), (4..=40).collect::<Vec<u64>>());
+    // Nothing more (no duplicates): the next frame answers our ping.
+    assert_eq!(c.request(json!({"type": "ping"})).await["type"], "pong");
+    assert!(c.pending.is_empty(), "unexpected extra frames: {:?}", c.pending);
+
+    // A position from another epoch cannot be recovered.
+    let mut d = node.client("dave").await;
+    let ok = d.ok(json!({"type": "subscribe", "channel": "feed", "since": {"epoch": "old", "offset": 1}})).await;
+    assert_eq!(ok["recovered"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_resumes_every_channel_from_last_event_id() {
+    let node = start(|_, _| {}).await;
+    let token = node.token("bob");
+    let mut sse = Sse::open(&node, "a,b", &token, None).await;
+    node.rest_publish("a", json!("a1")).await;
+    node.rest_publish("b", json!("b1")).await;
+    assert_eq!(sse.message().await["data"], "a1");
+    assert_eq!(sse.message().await["data"], "b1");
+    let last_id = sse.last_id.clone().unwrap();
+    drop(sse);
+
+    node.rest_publish("a", json!("a2")).await;
+    node.rest_publish("b", json!("b2")).await;
+    node.rest_publish("a", json!("a3")).await;
+    let mut sse = Sse::open(&node, "a,b", &token, Some(&last_id)).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(sse.message().await["data"].as_str().unwrap().to_owned());
+    }
+    got.sort();
+    assert_eq!(got, vec!["a2", "a3", "b2"]);
+    node.rest_publish("b", json!("b3")).await;
+    assert_eq!(sse.message().await["data"], "b3", "live after replay, no duplicates");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokens
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_token_closes_with_4002_and_refresh_keeps_the_connection() {
+    let node = start(|_, _| {}).await;
+    let short = node.token_for(&node.app, "alice", 2, all_caps());
+    let mut expiring = Client::connect(&node.ws, &short).await;
+    let mut refreshed = Client::open(&node.ws, None).await;
+    refreshed.send(json!({"type": "connect", "token": node.token_for(&node.app, "bob", 2, all_caps())})).await;
+    let first_exp = refreshed.recv().await["expires_at"].as_i64().unwrap();
+    let ok = refreshed.ok(json!({"type": "refresh", "token": node.token_for(&node.app, "bob", 60, all_caps())})).await;
+    assert!(ok["expires_at"].as_i64().unwrap() > aviary_core::unix_now() + 30);
+    // Refreshing with another client's token is refused.
+    let refused = refreshed.request(json!({"type": "refresh", "token": node.token("mallory")})).await;
+    assert_eq!(refused["code"], "unauthorized");
+
+    let closed = expiring.expect_close(4002).await;
+    assert_eq!(closed.disconnect.unwrap()["code"], 4002);
+    // Let the refreshed connection live past its first token's expiry (plus a margin), then
+    // check it is still served.
+    while aviary_core::unix_now() <= first_exp + 1 {
+        assert_eq!(refreshed.request(json!({"type": "ping"})).await["type"], "pong");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(refreshed.request(json!({"type": "ping"})).await["type"], "pong");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_token_and_query_token_connections() {
+    let node = start(|_, _| {}).await;
+    let mut c = Client::open(&node.ws, None).await;
+    c.send(json!({"type": "connect", "token": "garbage"})).await;
+    c.expect_close(4001).await;
+    // ?token= authenticates without a connect frame.
+    let mut q = Client::open(&format!("{}?token={}", node.ws, node.token("q")), None).await;
+    assert_eq!(q.recv().await["type"], "connected");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusals: each gets its documented answer, and bystanders see nothing wrong
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_get_their_documented_answers_and_leave_other_clients_alone() {
+    let node = start(|app, _| {
+        app.allowed_origins = vec!["https://good.example".into()];
+        app.quotas.max_message_bytes = 1024;
+    })
+    .await;
+    let mut bystander = node.client("bystander").await;
+    bystander.subscribe("chat:x").await;
+
+    // Forbidden channel: the token only allows chat:*.
+    let limited = Capabilities::from_pairs([("chat:*", &[Operation::Subscribe, Operation::Publish][..])]);
+    let mut c = Client::connect(&node.ws, &node.token_for(&node.app, "lim", 600, limited)).await;
+    let r = c.request(json!({"type": "subscribe", "channel": "secret"})).await;
+    assert_eq!((r["type"].clone(), r["code"].clone()), (json!("error"), json!("forbidden")));
+    let r = c.request(json!({"type": "history", "channel": "chat:x"})).await;
+    assert_eq!(r["code"], "forbidden");
+    // Clients may not publish on news:*, whatever their token says.
+    let mut full = node.client("full").await;
+    assert_eq!(full.request(json!({"type": "publish", "channel": "news:1", "data": 1})).await["code"], "forbidden");
+    // Payload over max_message_bytes: refused, connection kept.
+    let big = "x".repeat(1500);
+    let r = full.request(json!({"type": "publish", "channel": "chat:x", "data": big})).await;
+    assert_eq!(r["code"], "payload_too_large");
+    // Malformed JSON: bad_request, connection kept.
+    full.ws.send(Message::text("{not json")).await.unwrap();
+    assert_eq!(full.recv().await["code"], "bad_request");
+    assert_eq!(full.request(json!({"type": "ping"})).await["type"], "pong");
+
+    // Wrong app: a REST key of another app, and a token of a disabled app.
+    let url = format!("{}/v1/apps/{}/channels/chat:x/messages", node.base, node.app.app_id);
+    let r = node.http.post(&url).bearer_auth(&node.other_api_key).json(&json!({"data": 1})).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["type"], "https://aviary.dev/problems/forbidden");
+    let r = node.http.post(&url).json(&json!({"data": 1})).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let mut disabled = node.other_app.clone();
+    disabled.enabled = false;
+    node.registry.upsert_app(disabled.clone());
+    let mut c = Client::open(&node.ws, None).await;
+    c.send(json!({"type": "connect", "token": node.token_for(&disabled, "x", 600, all_caps())})).await;
+    c.expect_close(4004).await;
+
+    // Wrong Origin.
+    let mut c = Client::open(&node.ws, Some("https://evil.example")).await;
+    c.send(json!({"type": "connect", "token": node.token("o")})).await;
+    c.expect_close(4003).await;
+    let mut good = Client::open(&node.ws, Some("https://good.example")).await;
+    good.send(json!({"type": "connect", "token": node.token("o")})).await;
+    assert_eq!(good.recv().await["type"], "connected");
+
+    // Oversized frame: closed with 1009.
+    let mut c = node.client("big").await;
+    c.send(json!({"type": "publish", "channel": "chat:x", "data": "y".repeat(20_000)})).await;
+    c.expect_close(1009).await;
+
+    // The bystander saw nothing wrong and still receives.
+    node.rest_publish("chat:x", json!("still here")).await;
+    let m = bystander.message().await;
+    assert_eq!(m["data"], "still here");
+    assert_eq!(m["offset"], 1, "none of the refused publishes went through");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_never_see_each_others_channels() {
+    let node = start(|_, _| {}).await;
+    let mut mine = node.client("a").await;
+    mine.subscribe("shared").await;
+    let mut theirs = Client::connect(&node.ws, &node.token_for(&node.other_app, "b", 600, all_caps())).await;
+    theirs.subscribe("shared").await;
+    theirs.ok(json!({"type": "publish", "channel": "shared", "data": "theirs"})).await;
+    node.rest_publish("shared", json!("mine")).await;
+    assert_eq!(mine.message().await["data"], "mine");
+    assert_eq!(theirs.message().await["data"], "theirs");
+    assert_eq!(mine.request(json!({"type": "ping"})).await["type"], "pong");
+    assert!(mine.pending.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_garbage_closes_with_4000() {
+    let node = start(|_, c| c.max_malformed_frames = 3).await;
+    let mut c = node.client("g").await;
+    for _ in 0..3 {
+        c.ws.send(Message::text("][")).await.unwrap();
+        assert_eq!(c.recv().await["code"], "bad_request");
+    }
+    c.ws.send(Message::text("][")).await.unwrap();
+    c.expect_close(4000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flooding_past_the_rate_quota_is_rate_limited_without_closing() {
+    let node = start(|app, _| app.quotas.max_messages_per_s = 5).await;
+    let mut bystander = node.client("b").await;
+    bystander.subscribe("f").await;
+    let mut flooder = node.client("f").await;
+    let mut limited = 0;
+    for i in 0..20 {
+        let r = flooder.request(json!({"type": "publish", "channel": "f", "data": i})).await;
+        if r["type"] == "error" {
+            assert_eq!(r["code"], "rate_limited");
+            limited += 1;
+        }
+    }
+    assert!(limited >= 10, "only {limited} publishes were limited");
+    assert_eq!(flooder.request(json!({"type": "ping"})).await["type"], "pong");
+    // The bystander receives the accepted ones, in order.
+    let accepted = 20 - limited;
+    let mut got = Vec::new();
+    for _ in 0..accepted {
+        got.push(bystander.message().await);
+    }
+    assert_eq!(offsets(&got), (1..=accepted as u64).collect::<Vec<_>>());
+    // REST shares the budget.
+    let url = format!("{}/v1/apps/{}/channels/f/messages", node.base, node.app.app_id);
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(
+            node.http.post(&url).bearer_auth(&node.api_key).json(&json!({"data": 0})).send().await.unwrap().status(),
+        );
+    }
+    assert!(statuses.contains(&reqwest::StatusCode::TOO_MANY_REQUESTS));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_quota_rejects_with_4009() {
+    let node = start(|app, _| app.quotas.max_connections = 2).await;
+    let mut a = node.client("a").await;
+    let _b = node.client("b").await;
+    let mut c = Client::open(&node.ws, None).await;
+    c.send(json!({"type": "connect", "token": node.token("c")})).await;
+    let closed = c.expect_close(4009).await;
+    assert_eq!(closed.disconnect.unwrap()["reason"], "connection quota exceeded");
+    assert_eq!(a.request(json!({"type": "ping"})).await["type"], "pong");
+    // SSE counts too, and is refused with a problem.
+    let r =
+        node.http.get(format!("{}/v1/sse?channels=x", node.base)).bearer_auth(node.token("d")).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    // A closed connection frees its slot.
+    drop(a);
+    let mut freed = None;
+    for _ in 0..50 {
+        let mut d = Client::open(&node.ws, None).await;
+        d.send(json!({"type": "connect", "token": node.token("d")})).await;
+        match d.read().await {
+            Ok(v) if v["type"] == "connected" => {
+                freed = Some(d);
+                break;
+            }
+            // The old connection may still be winding down; try again.
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert!(freed.is_some());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backpressure, revocation, drain
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_is_cut_with_4008_while_a_fast_one_keeps_receiving() {
+    let node = start(|app, c| {
+        app.quotas.max_messages_per_s = 1_000_000;
+        app.tenant_quotas.max_messages_per_s = 1_000_000;
+        c.outbound_queue_capacity = 16;
+        c.close_timeout = Duration::from_secs(20);
+    })
+    .await;
+    let mut slow = node.client("slow").await;
+    slow.subscribe("firehose").await;
+    let mut fast = node.client("fast").await;
+    fast.subscribe("firehose").await;
+    // The fast client reads continuously in its own task.
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        loop {
+            let m = fast.message().await;
+            if seen_tx.send(m["offset"].as_u64().unwrap()).is_err() {
+                return fast;
+            }
+        }
+    });
+
+    let payload = "z".repeat(32 * 1024);
+    let mut published = 0u64;
+    // Publish until the slow client (which never reads) has been cut; bounded at ~200 MB.
+    while node.dp.connection_count() > 1 {
+        assert!(published < 6_000, "slow consumer was never cut");
+        let batch: Vec<Value> = (0..10).map(|_| json!({"channel": "firehose", "data": payload})).collect();
+        node.rest_batch(batch).await;
+        published += 10;
+        for expected in published - 9..=published {
+            let got = timeout(WAIT, seen_rx.recv()).await.unwrap().unwrap();
+            assert_eq!(got, expected, "the fast client receives everything, in order");
+        }
+    }
+    // The fast client is unaffected: one more round trip of publications.
+    node.rest_publish("firehose", json!("after")).await;
+    assert_eq!(timeout(WAIT, seen_rx.recv()).await.unwrap().unwrap(), published + 1);
+    drop(seen_rx);
+    drop(reader);
+
+    // When the slow client finally reads, it finds what the kernel buffered, then 4008.
+    let closed = slow.closed().await;
+    assert_eq!(closed.code, Some(4008), "{closed:?}");
+    assert_eq!(closed.disconnect.unwrap()["reconnect"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_and_app_removal_close_connections() {
+    let node = start(|_, _| {}).await;
+    let mut a = node.client("alice").await;
+    let mut b = node.client("bob").await;
+    node.registry.revoke_client(&node.app.app_id, "alice", aviary_core::unix_now());
+    a.expect_close(4010).await;
+    assert_eq!(b.request(json!({"type": "ping"})).await["type"], "pong");
+    node.registry.revoke_api_key(&node.app.app_id, &format!("key_1_{}", node.app.app_id));
+    b.expect_close(4010).await;
+
+    let mut other = Client::connect(&node.ws, &node.token_for(&node.other_app, "c", 600, all_caps())).await;
+    node.registry.remove_app(&node.other_app.app_id);
+    other.expect_close(4004).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_tells_clients_to_reconnect_elsewhere_and_refuses_new_ones() {
+    let node = start(|_, _| {}).await;
+    let mut ws = node.client("a").await;
+    ws.subscribe("x").await;
+    let mut sse = Sse::open(&node, "x", &node.token("b"), None).await;
+    assert_eq!(sse.event().await.event.as_deref(), Some("subscribed"));
+    let dp = node.dp.clone();
+    let drained = tokio::spawn(async move { dp.drain().await });
+    let closed = ws.expect_close(1001).await;
+    assert_eq!(closed.disconnect.unwrap()["reconnect"], true);
+    let last = sse.event().await;
+    assert_eq!((last.event.as_deref(), last.data["code"].clone()), (Some("disconnect"), json!(1001)));
+    assert_eq!(timeout(WAIT, drained).await.unwrap().unwrap(), 0);
+    assert!(node.dp.is_draining());
+    assert!(tokio_tungstenite::connect_async(&node.ws).await.is_err());
+    assert_eq!(CloseCode::from(1001), CloseCode::Away);
+}
+
+#[test]
+fn openapi_documents_every_rest_route() {
+    let doc = aviary_data_plane::openapi();
+    let paths: Vec<&String> = doc.paths.paths.keys().collect();
+    for p in [
+        "/v1/apps/{app_id}/channels/{channel}/messages",
+        "/v1/apps/{app_id}/messages",
+        "/v1/apps/{app_id}/channels/{channel}/history",
+        "/v1/apps/{app_id}/channels/{channel}/presence",
+        "/v1/apps/{app_id}/channels",
+    ] {
+        assert!(doc.paths.paths.contains_key(p), "{p} missing from {paths:?}");
+    }
+}
