@@ -162,7 +162,14 @@ impl Hub {
                 continue;
             }
             if !gate.broker_subscribed {
-                self.broker.subscribe(key).await?;
+                if let Err(e) = self.broker.subscribe(key).await {
+                    // Don't leave an empty entry behind for a channel nobody could join.
+                    if entry.subscribers.read().is_empty() {
+                        gate.retired = true;
+                        self.channels.remove_if(key, |_, e| Arc::ptr_eq(e, &entry));
+                    }
+                    return Err(e);
+                }
                 gate.broker_subscribed = true;
             }
             entry.subscribers.write().push(subscriber);

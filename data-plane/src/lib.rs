@@ -103,8 +103,11 @@ pub struct Inner {
 }
 
 impl Inner {
+    /// Presence TTL in seconds: the configured one, but never less than three heartbeats, since
+    /// entries are refreshed once per heartbeat.
     pub(crate) fn presence_ttl_s(&self) -> u32 {
-        self.config.presence_ttl.as_secs().clamp(1, u64::from(u32::MAX)) as u32
+        let ttl = self.config.presence_ttl.max(self.config.ws_heartbeat_interval * 3);
+        ttl.as_secs().clamp(1, u64::from(u32::MAX)) as u32
     }
 
     pub(crate) fn forget(&self, connection_id: &str) {

@@ -798,6 +798,37 @@ async fn connection_quota_rejects_with_4009() {
     assert!(freed.is_some());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_and_presence_quotas_answer_quota_exceeded() {
+    let node = start(|app, _| {
+        app.quotas.max_subscriptions_per_connection = 2;
+        app.quotas.max_presence_members = 1;
+    })
+    .await;
+    let mut c = node.client("a").await;
+    c.subscribe("one").await;
+    c.subscribe("two").await;
+    assert_eq!(c.request(json!({"type": "subscribe", "channel": "three"})).await["code"], "quota_exceeded");
+    c.ok(json!({"type": "unsubscribe", "channel": "one"})).await;
+    c.subscribe("three").await;
+    c.ok(json!({"type": "presence.enter", "channel": "room"})).await;
+    let mut d = node.client("d").await;
+    assert_eq!(d.request(json!({"type": "presence.enter", "channel": "room"})).await["code"], "quota_exceeded");
+    // Both connections carry on.
+    assert_eq!(c.request(json!({"type": "ping"})).await["type"], "pong");
+    assert_eq!(d.request(json!({"type": "ping"})).await["type"], "pong");
+    // SSE asking for more channels than allowed is refused up front.
+    let r = node
+        .http
+        .get(format!("{}/v1/sse?channels=a,b,c", node.base))
+        .bearer_auth(node.token("s"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Backpressure, revocation, drain
 // ---------------------------------------------------------------------------------------------
