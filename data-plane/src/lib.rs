@@ -67,6 +67,9 @@ pub struct DataPlaneConfig {
     pub max_frame_bytes: usize,
     /// Consecutive malformed frames tolerated before closing with 4000.
     pub max_malformed_frames: u32,
+    /// Initial read buffer of each WebSocket. Small, because most connections are idle and
+    /// client frames are small; it grows on demand for larger frames.
+    pub ws_read_buffer_bytes: usize,
 }
 
 impl Default for DataPlaneConfig {
@@ -82,6 +85,7 @@ impl Default for DataPlaneConfig {
             presence_ttl: Duration::from_secs(60),
             max_frame_bytes: 1024 * 1024,
             max_malformed_frames: 10,
+            ws_read_buffer_bytes: 8 * 1024,
         }
     }
 }

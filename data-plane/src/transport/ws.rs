@@ -50,7 +50,10 @@ pub async fn upgrade(
     }
     let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let max = inner.config.max_frame_bytes;
-    ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| serve(inner, socket, query.token, origin))
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(inner.config.ws_read_buffer_bytes)
+        .on_upgrade(move |socket| serve(inner, socket, query.token, origin))
 }
 
 async fn serve(inner: Arc<Inner>, socket: WebSocket, token: Option<String>, origin: Option<String>) {
