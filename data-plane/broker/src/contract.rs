@@ -456,7 +456,7 @@ pub async fn presence_member_expires_with_a_leave_event_without_any_call<B: Brok
     broker.set_events(sink);
     let channel = unique_channel("expiring");
     broker.subscribe(&channel).await.expect("subscribe");
-    let ghost = member("ghost", serde_json::json!(null));
+    let ghost = member("ghost", serde_json::json!({"status": "away"}));
     broker.presence_join(&channel, ghost.clone(), 1, 10).await.expect("join");
     assert_eq!(events.next_presence().await.1, PresenceAction::Join);
     assert_eq!(events.next_presence().await, (channel.clone(), PresenceAction::Leave, ghost));

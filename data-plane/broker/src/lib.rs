@@ -1,8 +1,8 @@
 //! The engine between data-plane nodes: publication fan-out, history and presence.
 //!
 //! [`Broker`] is the contract every engine keeps; its doc comments are the spec and
-//! `broker::contract` is the one test suite every implementation passes (the in-process
-//! [`memory::MemoryBroker`] for `aviary dev`, the Redis engine for clusters).
+//! [`contract`] is the one test suite every implementation passes (the in-process
+//! [`memory::MemoryBroker`] for `aviary dev`, [`redis::RedisBroker`] for clusters).
 //!
 //! # Contract
 //! - **Streams.** Each channel (keyed by [`ChannelKey`], so two apps never share one) has a
@@ -25,6 +25,7 @@
 
 pub mod contract;
 pub mod memory;
+pub mod redis;
 
 use std::fmt;
 use std::sync::Arc;
@@ -160,6 +161,13 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Starts delivering `channel`'s publications and presence events to this node's
     /// [`BrokerEvents`]. Called when the first local subscriber arrives; idempotent.
+    ///
+    /// Race-free with reads: once this returns, every publication with an offset greater than
+    /// a [`Broker::position`] or [`Broker::history`] read made afterwards reaches the sink. The
+    /// sink may also get publications at or below that position (and, after an engine
+    /// reconnect, a jump in offsets or a new epoch where history could not fill the gap); the
+    /// hub drops what it already delivered by offset and treats a jump or an epoch change
+    /// like a resume with `recovered: false`.
     async fn subscribe(&self, channel: &ChannelKey) -> Result<(), BrokerError>;
 
     /// Stops delivery for `channel` to this node. Called after the last local subscriber left.

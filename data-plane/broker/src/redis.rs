@@ -1,0 +1,1054 @@
+//! [`RedisBroker`]: the engine for several data-plane nodes, with Redis between them.
+//!
+//! # Key layout
+//! Every key of one channel carries the same hash tag `T = {<app_id>|<channel>}` (channel names
+//! cannot contain `{`, `}` or `|`), so one channel's keys always live together: on one shard of
+//! our consistent-hash ring, and in one slot on Redis Cluster (a Lua script may only touch
+//! keys of one slot). With `P` the configured prefix:
+//!
+//! | key             | type   | holds                                                      | TTL |
+//! |-----------------|--------|------------------------------------------------------------|-----|
+//! | `P:s:T`         | hash   | `epoch`, `offset`: the stream's identity and last offset   | `history_ttl_s` after the latest publish ([`EMPTY_STREAM_TTL_S`] if none yet) |
+//! | `P:h:T`         | list   | the latest `history_size` publications, oldest first       | same as `P:s:T` |
+//! | `P:i:T:<key>`   | string | `<offset>:<epoch>` of the publish that used idempotency `<key>` | [`IDEMPOTENCY_WINDOW_S`] |
+//! | `P:p:T`         | hash   | connection id → presence member (JSON)                     | longest member TTL + 60 s |
+//! | `P:e:T`         | zset   | connection id → expiry (Redis server time, ms)             | same as `P:p:T` |
+//! | `P:t:T`         | pub/sub topic | every publication and presence change of the channel | — |
+//!
+//! A history entry is `<offset>|<ts>|<client id length or ->|<client id><data>`; a topic
+//! message is `p<epoch length>|<epoch><entry>` for a publication, or `j`/`u`/`l` followed by
+//! the member's JSON for a presence join/update/leave. Every node decodes a message once and
+//! hands one `Arc<Publication>` to its sink.
+//!
+//! # Atomicity
+//! Publish is one Lua script on the channel's shard. Redis runs a script to completion before
+//! any other command, so these steps are one indivisible step for every node: check the
+//! idempotency key (returning the earlier position), create the stream with the caller's fresh
+//! epoch if `P:s:T` is missing (deleting any orphaned history), `HINCRBY` the offset, append to
+//! and trim the history list, refresh both TTLs, remember the idempotency key, and `PUBLISH` to
+//! the channel's topic. Offsets are therefore gap-free and ordered per channel across all
+//! nodes, and topic messages leave Redis in offset order. Because epoch and offset live in one
+//! hash with one TTL, a stream is lost as a whole (TTL, flush, restart without persistence)
+//! and the next access starts a new epoch: clients resuming with the old one get
+//! `recovered: false`. History reads and `position` run as one script too, so the epoch,
+//! offset and entries they return are consistent with each other.
+//!
+//! # Subscriptions
+//! Each shard has one dedicated pub/sub connection owned by an actor task; `subscribe` and
+//! `unsubscribe` are commands to that task, applied in call order, so they never race each
+//! other. The node subscribes only to topics of channels with local subscribers.
+//! [`Broker::subscribe`] returns after Redis acknowledged `SUBSCRIBE`; from then on every
+//! publication reaches this node. So a hub that subscribes first and then reads the position
+//! or history misses nothing: whatever that read did not include has a greater offset and is
+//! published after the acknowledgement. (It may also receive publications the read did
+//! include; the hub drops those by offset.)
+//!
+//! The actor remembers the last position it delivered per channel. When the pub/sub connection
+//! drops (Redis restart, network), it reconnects with backoff, resubscribes every topic by
+//! itself, and then fills what was published meanwhile from history, in order, before live
+//! messages; a publication arriving with a gap in its offsets is filled the same way. Where
+//! history no longer reaches back, or the epoch changed, the hub sees the jump in positions.
+//!
+//! # Presence
+//! Members live in `P:p:T` with their expiry in `P:e:T`, scored with Redis server time so node
+//! clocks do not matter. `presence_touch` (the node heartbeat) moves live members' expiry
+//! forward and never revives an expired one. Every node sweeps the channels it subscribes to
+//! once per [`PRESENCE_SWEEP_INTERVAL`] (at most [`SWEEP_BATCH`] expirations per channel and
+//! call): expired members are removed and a `leave` is published, atomically, so exactly one
+//! node announces each leave. Reads and joins expire members too.
+//!
+//! # Failure
+//! Every command is bounded by [`COMMAND_TIMEOUT`]; an unreachable Redis yields
+//! [`BrokerError::Unavailable`] quickly, while the connections keep reconnecting in the
+//! background. A publish that times out may still have happened (the reply was lost); it is
+//! reported as unavailable, never as published, and a retry with the same idempotency key
+//! returns the original position.
+//!
+//! # Sharding
+//! With several Redis URLs, channels are spread over them by consistent hashing of the hash tag
+//! (160 virtual nodes per URL, a stable FNV-1a/SplitMix64 hash), so every node maps a channel
+//! to the same Redis as long as all nodes get the same URLs, spelled the same way. On Redis
+//! Cluster, the hash tags keep each script on one slot; the production path there is sharded
+//! pub/sub (`SSUBSCRIBE`/`SPUBLISH`), which this implementation does not use yet.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream;
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::{RedisError, Script};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::memory::new_epoch;
+use crate::{
+    Broker, BrokerError, BrokerEvents, ChannelKey, EMPTY_STREAM_TTL_S, HistoryPage, IDEMPOTENCY_WINDOW_S,
+    PresenceAction, PresenceMember, Publication, PublishRequest, PublishResult, StreamPosition,
+};
+
+/// Upper bound on any one Redis round trip, so callers learn quickly that Redis is down.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Upper bound on establishing a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often each node expires presence members of the channels it subscribes to.
+pub const PRESENCE_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Most members one script call expires, so no single call blocks Redis for long.
+pub const SWEEP_BATCH: u32 = 1_000;
+/// Sweep scripts in flight at once per shard.
+const SWEEP_CONCURRENCY: usize = 16;
+/// How often an idle pub/sub connection is checked with `PING`.
+const PUBSUB_PING_INTERVAL: Duration = Duration::from_secs(5);
+/// Reconnect backoff bounds for the pub/sub connection.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Pending subscribe/unsubscribe commands per shard.
+const PUBSUB_QUEUE: usize = 4_096;
+/// Topics per `SUBSCRIBE`/`UNSUBSCRIBE` command when batching.
+const TOPICS_PER_COMMAND: usize = 256;
+/// Publications fetched at most to fill a gap after a reconnect.
+const MAX_GAP_FILL: usize = 10_000;
+/// Presence keys outlive their longest member by this much, so sweeps can still announce leaves.
+const PRESENCE_KEY_SLACK_MS: u64 = 60_000;
+/// Virtual nodes per Redis URL on the hash ring.
+const VIRTUAL_NODES: usize = 160;
+
+/// Shared Lua helpers: server time in ms, and expiring presence members with leave events.
+const LUA_PRELUDE: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- KEYS[1] members hash, KEYS[2] expiry zset, ARGV[1] topic
+local function expire_members(now, batch)
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, batch)
+  for _, id in ipairs(gone) do
+    local m = redis.call('HGET', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], id)
+    if m then
+      redis.call('HDEL', KEYS[1], id)
+      redis.call('PUBLISH', ARGV[1], 'l' .. m)
+    end
+  end
+end
+local function keep_keys(ms)
+  for i = 1, 2 do
+    if redis.call('PTTL', KEYS[i]) < ms then redis.call('PEXPIRE', KEYS[i], ms) end
+  end
+end
+"#;
+
+/// KEYS: stream hash, history list, [idempotency key].
+/// ARGV: topic, epoch candidate, history_size, ttl_s, idempotency ttl_s, client id, has client, data.
+/// Returns {duplicate (0|1), epoch, offset}.
+static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{LUA_PRELUDE}{}",
+        r#"
+if KEYS[3] then
+  local earlier = redis.call('GET', KEYS[3])
+  if earlier then
+    local sep = string.find(earlier, ':', 1, true)
+    return {1, string.sub(earlier, sep + 1), tonumber(string.sub(earlier, 1, sep - 1))}
+  end
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local ttl = tonumber(ARGV[4])
+redis.call('EXPIRE', KEYS[1], ttl)
+local off = string.format('%d', offset)
+local client = '-'
+if ARGV[7] == '1' then client = tostring(#ARGV[6]) end
+local entry = off .. '|' .. string.format('%d', now_ms()) .. '|' .. client .. '|' .. ARGV[6] .. ARGV[8]
+local size = tonumber(ARGV[3])
+if size > 0 then
+  redis.call('RPUSH', KEYS[2], entry)
+  redis.call('LTRIM', KEYS[2], -size, -1)
+  redis.call('EXPIRE', KEYS[2], ttl)
+else
+  redis.call('DEL', KEYS[2])
+end
+if KEYS[3] then redis.call('SET', KEYS[3], off .. ':' .. epoch, 'EX', tonumber(ARGV[5])) end
+redis.call('PUBLISH', ARGV[1], 'p' .. #epoch .. '|' .. epoch .. entry)
+return {0, epoch, offset}
+"#
+    ))
+});
+
+/// KEYS: stream hash, history list.
+/// ARGV: epoch candidate, empty stream ttl_s, since offset ('' for the latest), since epoch, limit.
+/// Returns {epoch, offset, first offset held, entries}.
+static HISTORY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local offset = 0
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+else
+  offset = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
+end
+local len = redis.call('LLEN', KEYS[2])
+local first = offset - len + 1
+local limit = tonumber(ARGV[5])
+local items = {}
+if limit > 0 then
+  if ARGV[3] == '' then
+    items = redis.call('LRANGE', KEYS[2], -limit, -1)
+  elseif ARGV[4] == epoch then
+    local start = tonumber(ARGV[3]) + 1 - first
+    if start < 0 then start = 0 end
+    if start < len then items = redis.call('LRANGE', KEYS[2], start, start + limit - 1) end
+  end
+end
+return {epoch, offset, first, items}
+"#,
+    )
+});
+
+/// KEYS: members, expiries. ARGV: topic, connection id, member json, ttl ms, max members, key ttl ms.
+/// Returns 1, or 0 when the set is full.
+static PRESENCE_JOIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{LUA_PRELUDE}{}",
+        r#"
+local now = now_ms()
+expire_members(now, tonumber(ARGV[7]))
+local expires = now + tonumber(ARGV[4])
+local existing = redis.call('HGET', KEYS[1], ARGV[2])
+if existing then
+  redis.call('ZADD', KEYS[2], expires, ARGV[2])
+  if existing ~= ARGV[3] then
+    redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+    redis.call('PUBLISH', ARGV[1], 'u' .. ARGV[3])
+  end
+else
+  if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then return 0 end
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+  redis.call('ZADD', KEYS[2], expires, ARGV[2])
+  redis.call('PUBLISH', ARGV[1], 'j' .. ARGV[3])
+end
+keep_keys(tonumber(ARGV[6]))
+return 1
+"#
+    ))
+});
+
+/// KEYS: members, expiries. ARGV: topic, connection id. Returns 1 if the member was present.
+static PRESENCE_LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local m = redis.call('HGET', KEYS[1], ARGV[2])
+if not m then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('PUBLISH', ARGV[1], 'l' .. m)
+return 1
+"#,
+    )
+});
+
+/// KEYS: members, expiries. ARGV: topic, ttl ms, key ttl ms, batch, connection ids...
+/// Expired members leave first, so a touch never revives one.
+static PRESENCE_TOUCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{LUA_PRELUDE}{}",
+        r#"
+local now = now_ms()
+expire_members(now, tonumber(ARGV[4]))
+local expires = now + tonumber(ARGV[2])
+for i = 5, #ARGV do
+  redis.call('ZADD', KEYS[2], 'XX', expires, ARGV[i])
+end
+keep_keys(tonumber(ARGV[3]))
+return 1
+"#
+    ))
+});
+
+/// KEYS: members, expiries. ARGV: topic, batch, '1' to return the members.
+static PRESENCE_READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{LUA_PRELUDE}{}",
+        r#"
+expire_members(now_ms(), tonumber(ARGV[2]))
+if ARGV[3] == '1' then return redis.call('HVALS', KEYS[1]) end
+return {}
+"#
+    ))
+});
+
+/// The Redis [`Broker`]. See the module docs for key layout, atomicity and failure behaviour.
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+struct Inner {
+    prefix: String,
+    shards: Vec<Shard>,
+    /// Sorted (point, shard index) pairs of the consistent-hash ring.
+    ring: Vec<(u64, usize)>,
+    events: OnceLock<Arc<dyn BrokerEvents>>,
+}
+
+struct Shard {
+    commands: ConnectionManager,
+    /// Commands to this shard's pub/sub actor.
+    pubsub: mpsc::Sender<PubSubCommand>,
+    /// Topics this node subscribes to and the channel each carries. Written only by the actor
+    /// (in command order); read by the actor per message and by the presence sweep.
+    topics: Mutex<HashMap<String, ChannelKey>>,
+}
+
+enum PubSubCommand {
+    Subscribe { topic: String, channel: ChannelKey, done: oneshot::Sender<Result<(), BrokerError>> },
+    Unsubscribe { topic: String, done: oneshot::Sender<Result<(), BrokerError>> },
+}
+
+/// The Redis keys and topic of one channel.
+struct ChannelKeys {
+    tag: String,
+    stream: String,
+    history: String,
+    members: String,
+    expiries: String,
+    topic: String,
+}
+
+impl RedisBroker {
+    /// Creates a broker over one or more Redis URLs (channels are sharded by consistent hashing
+    /// when several are given) with keys and topics under `prefix`. Connections are made lazily
+    /// and re-made in the background, so this succeeds while Redis is down (operations then
+    /// return [`BrokerError::Unavailable`]); use [`RedisBroker::ping`] as a readiness check.
+    /// Must be called inside a Tokio runtime.
+    pub fn new(urls: &[String], prefix: &str) -> Result<Self, BrokerError> {
+        if urls.is_empty() {
+            return Err(BrokerError::Internal("at least one Redis URL is required".into()));
+        }
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| BrokerError::Internal("RedisBroker must be created inside a Tokio runtime".into()))?;
+        let mut shards = Vec::with_capacity(urls.len());
+        let mut actors = Vec::with_capacity(urls.len());
+        for (index, url) in urls.iter().enumerate() {
+            let client = redis::Client::open(url.as_str())
+                .map_err(|e| BrokerError::Internal(format!("invalid Redis URL #{index}: {e}")))?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(COMMAND_TIMEOUT))
+                .set_number_of_retries(1)
+                .set_max_delay(MAX_BACKOFF);
+            let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)
+                .map_err(|e| BrokerError::Internal(format!("Redis connection manager #{index}: {e}")))?;
+            let (tx, rx) = mpsc::channel(PUBSUB_QUEUE);
+            shards.push(Shard { commands, pubsub: tx, topics: Mutex::new(HashMap::new()) });
+            actors.push((client, rx));
+        }
+        let inner =
+            Arc::new(Inner { prefix: prefix.to_owned(), ring: build_ring(urls), shards, events: OnceLock::new() });
+        let mut tasks = Vec::new();
+        for (index, (client, rx)) in actors.into_iter().enumerate() {
+            tasks.push(runtime.spawn(pubsub_actor(Arc::clone(&inner), index, client, rx)).abort_handle());
+            tasks.push(runtime.spawn(presence_sweeper(Arc::clone(&inner), index)).abort_handle());
+        }
+        Ok(RedisBroker { inner, tasks })
+    }
+
+    /// Checks that every shard answers `PING` within [`COMMAND_TIMEOUT`].
+    pub async fn ping(&self) -> Result<(), BrokerError> {
+        for shard in &self.inner.shards {
+            let mut conn = shard.commands.clone();
+            let _: String = with_timeout(redis::cmd("PING").query_async(&mut conn)).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("prefix", &self.inner.prefix)
+            .field("shards", &self.inner.shards.len())
+            .finish()
+    }
+}
+
+impl Inner {
+    fn keys(&self, channel: &ChannelKey) -> ChannelKeys {
+        let tag = format!("{{{}|{}}}", channel.app_id, channel.channel);
+        let p = &self.prefix;
+        ChannelKeys {
+            stream: format!("{p}:s:{tag}"),
+            history: format!("{p}:h:{tag}"),
+            members: format!("{p}:p:{tag}"),
+            expiries: format!("{p}:e:{tag}"),
+            topic: format!("{p}:t:{tag}"),
+            tag,
+        }
+    }
+
+    fn shard(&self, keys: &ChannelKeys) -> &Shard {
+        let point = stable_hash(keys.tag.as_bytes());
+        let at = self.ring.partition_point(|(p, _)| *p < point) % self.ring.len();
+        &self.shards[self.ring[at].1]
+    }
+
+    /// Runs the history script: the stream's epoch, offset, first offset held and entries.
+    async fn read_history(
+        &self,
+        channel: &ChannelKey,
+        since: Option<&StreamPosition>,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError> {
+        let keys = self.keys(channel);
+        let shard = self.shard(&keys);
+        let mut invocation = HISTORY.prepare_invoke();
+        invocation
+            .key(&keys.stream)
+            .key(&keys.history)
+            .arg(new_epoch())
+            .arg(EMPTY_STREAM_TTL_S)
+            .arg(since.map(|s| s.offset.to_string()).unwrap_or_default())
+            .arg(since.map(|s| s.epoch.as_str()).unwrap_or(""))
+            .arg(limit);
+        let mut conn = shard.commands.clone();
+        let (epoch, offset, first_held, entries): (String, u64, i64, Vec<Bytes>) =
+            with_timeout(invocation.invoke_async(&mut conn)).await?;
+        let epoch_arc: Arc<str> = epoch.as_str().into();
+        let publications = entries
+            .into_iter()
+            .map(|entry| {
+                decode_entry(entry, Arc::clone(&epoch_arc))
+                    .ok_or_else(|| BrokerError::Internal(format!("undecodable history entry in {channel:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let recovered = match since {
+            None => true,
+            Some(since) if since.epoch != epoch => false,
+            Some(since) if since.offset >= offset => since.offset == offset,
+            Some(since) => i128::from(first_held) <= i128::from(since.offset) + 1,
+        };
+        Ok(HistoryPage { publications, position: StreamPosition { epoch, offset }, recovered })
+    }
+
+    async fn pubsub_command(&self, channel: &ChannelKey, subscribe: bool) -> Result<(), BrokerError> {
+        let keys = self.keys(channel);
+        let shard = self.shard(&keys);
+        let (done, result) = oneshot::channel();
+        let command = if subscribe {
+            PubSubCommand::Subscribe { topic: keys.topic, channel: channel.clone(), done }
+        } else {
+            PubSubCommand::Unsubscribe { topic: keys.topic, done }
+        };
+        let sent = tokio::time::timeout(COMMAND_TIMEOUT, shard.pubsub.send(command)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return Err(BrokerError::Unavailable("pub/sub command queue is full".into()));
+        }
+        match tokio::time::timeout(COMMAND_TIMEOUT * 2, result).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(BrokerError::Internal("pub/sub actor stopped".into())),
+            Err(_) => Err(BrokerError::Unavailable("Redis pub/sub did not answer in time".into())),
+        }
+    }
+}
+
+/// Awaits a Redis call with [`COMMAND_TIMEOUT`], mapping failures to [`BrokerError`].
+async fn with_timeout<T>(call: impl Future<Output = Result<T, RedisError>>) -> Result<T, BrokerError> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(map_error(&e)),
+        Err(_) => Err(BrokerError::Unavailable("Redis did not answer in time".into())),
+    }
+}
+
+/// Connection-level and transient server errors mean "try again later"; anything else (a
+/// script or type error) is a bug worth surfacing as internal.
+fn map_error(e: &RedisError) -> BrokerError {
+    const TRANSIENT: [&str; 7] = ["LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "READONLY", "MOVED"];
+    let transient = e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+        || e.code().is_some_and(|code| TRANSIENT.contains(&code));
+    if transient { BrokerError::Unavailable(e.to_string()) } else { BrokerError::Internal(e.to_string()) }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn set_events(&self, events: Arc<dyn BrokerEvents>) {
+        if self.inner.events.set(events).is_err() {
+            tracing::warn!("RedisBroker::set_events called more than once; keeping the first sink");
+        }
+    }
+
+    async fn subscribe(&self, channel: &ChannelKey) -> Result<(), BrokerError> {
+        self.inner.pubsub_command(channel, true).await
+    }
+
+    async fn unsubscribe(&self, channel: &ChannelKey) -> Result<(), BrokerError> {
+        self.inner.pubsub_command(channel, false).await
+    }
+
+    async fn publish(&self, channel: &ChannelKey, request: PublishRequest) -> Result<PublishResult, BrokerError> {
+        let keys = self.inner.keys(channel);
+        let shard = self.inner.shard(&keys);
+        let mut invocation = PUBLISH.prepare_invoke();
+        invocation.key(&keys.stream).key(&keys.history);
+        if let Some(key) = &request.idempotency_key {
+            invocation.key(format!("{}:i:{}:{key}", self.inner.prefix, keys.tag));
+        }
+        invocation
+            .arg(&keys.topic)
+            .arg(new_epoch())
+            .arg(request.history_size)
+            .arg(request.history_ttl_s.max(1))
+            .arg(IDEMPOTENCY_WINDOW_S)
+            .arg(request.client_id.as_deref().unwrap_or(""))
+            .arg(if request.client_id.is_some() { "1" } else { "0" })
+            .arg(&request.data[..]);
+        let mut conn = shard.commands.clone();
+        let (duplicate, epoch, offset): (i64, String, u64) = with_timeout(invocation.invoke_async(&mut conn)).await?;
+        Ok(PublishResult { position: StreamPosition { epoch, offset }, duplicate: duplicate == 1 })
+    }
+
+    async fn history(
+        &self,
+        channel: &ChannelKey,
+        since: Option<&StreamPosition>,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError> {
+        self.inner.read_history(channel, since, limit).await
+    }
+
+    async fn position(&self, channel: &ChannelKey) -> Result<StreamPosition, BrokerError> {
+        Ok(self.inner.read_history(channel, None, 0).await?.position)
+    }
+
+    async fn presence_join(
+        &self,
+        channel: &ChannelKey,
+        member: PresenceMember,
+        ttl_s: u32,
+        max_members: u32,
+    ) -> Result<(), BrokerError> {
+        let keys = self.inner.keys(channel);
+        let shard = self.inner.shard(&keys);
+        let json = serde_json::to_string(&member).map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let ttl_ms = u64::from(ttl_s.max(1)) * 1_000;
+        let mut invocation = PRESENCE_JOIN.prepare_invoke();
+        invocation
+            .key(&keys.members)
+            .key(&keys.expiries)
+            .arg(&keys.topic)
+            .arg(&member.connection_id)
+            .arg(json)
+            .arg(ttl_ms)
+            .arg(max_members)
+            .arg(ttl_ms + PRESENCE_KEY_SLACK_MS)
+            .arg(SWEEP_BATCH);
+        let mut conn = shard.commands.clone();
+        let joined: i64 = with_timeout(invocation.invoke_async(&mut conn)).await?;
+        if joined == 1 { Ok(()) } else { Err(BrokerError::PresenceFull) }
+    }
+
+    async fn presence_leave(&self, channel: &ChannelKey, connection_id: &str) -> Result<(), BrokerError> {
+        let keys = self.inner.keys(channel);
+        let shard = self.inner.shard(&keys);
+        let mut invocation = PRESENCE_LEAVE.prepare_invoke();
+        invocation.key(&keys.members).key(&keys.expiries).arg(&keys.topic).arg(connection_id);
+        let mut conn = shard.commands.clone();
+        let _: i64 = with_timeout(invocation.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    async fn presence_touch(
+        &self,
+        channel: &ChannelKey,
+        connection_ids: &[String],
+        ttl_s: u32,
+    ) -> Result<(), BrokerError> {
+        let keys = self.inner.keys(channel);
+        let shard = self.inner.shard(&keys);
+        let ttl_ms = u64::from(ttl_s.max(1)) * 1_000;
+        let mut invocation = PRESENCE_TOUCH.prepare_invoke();
+        invocation
+            .key(&keys.members)
+            .key(&keys.expiries)
+            .arg(&keys.topic)
+            .arg(ttl_ms)
+            .arg(ttl_ms + PRESENCE_KEY_SLACK_MS)
+            .arg(SWEEP_BATCH)
+            .arg(connection_ids);
+        let mut conn = shard.commands.clone();
+        let _: i64 = with_timeout(invocation.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    async fn presence(&self, channel: &ChannelKey) -> Result<Vec<PresenceMember>, BrokerError> {
+        let keys = self.inner.keys(channel);
+        let shard = self.inner.shard(&keys);
+        let mut invocation = PRESENCE_READ.prepare_invoke();
+        invocation.key(&keys.members).key(&keys.expiries).arg(&keys.topic).arg(SWEEP_BATCH).arg("1");
+        let mut conn = shard.commands.clone();
+        let members: Vec<Bytes> = with_timeout(invocation.invoke_async(&mut conn)).await?;
+        members
+            .iter()
+            .map(|m| serde_json::from_slice(m).map_err(|e| BrokerError::Internal(format!("bad presence member: {e}"))))
+            .collect()
+    }
+}
+
+/// Expires presence members of this shard's subscribed channels every
+/// [`PRESENCE_SWEEP_INTERVAL`]; the scripts publish the leave events.
+async fn presence_sweeper(inner: Arc<Inner>, index: usize) {
+    let mut ticker = tokio::time::interval(PRESENCE_SWEEP_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let shard = &inner.shards[index];
+        let channels: Vec<ChannelKey> = shard.topics.lock().values().cloned().collect();
+        let inner = &inner;
+        stream::iter(channels)
+            .for_each_concurrent(SWEEP_CONCURRENCY, |channel| async move {
+                let keys = inner.keys(&channel);
+                let mut invocation = PRESENCE_READ.prepare_invoke();
+                invocation.key(&keys.members).key(&keys.expiries).arg(&keys.topic).arg(SWEEP_BATCH).arg("0");
+                let mut conn = shard.commands.clone();
+                let swept: Result<Vec<Bytes>, _> = with_timeout(invocation.invoke_async(&mut conn)).await;
+                if let Err(e) = swept {
+                    tracing::debug!(shard = index, ?channel, error = %e, "presence sweep failed");
+                }
+            })
+            .await;
+    }
+}
+
+/// What the pub/sub actor tracks per subscribed topic: the last position it delivered.
+struct Delivered {
+    channel: ChannelKey,
+    last: Option<(Arc<str>, u64)>,
+}
+
+/// Owns shard `index`'s pub/sub connection: applies subscribe/unsubscribe commands in order,
+/// delivers topic messages to the sink, and reconnects and resubscribes when the connection
+/// drops.
+async fn pubsub_actor(
+    inner: Arc<Inner>,
+    index: usize,
+    client: redis::Client,
+    mut commands: mpsc::Receiver<PubSubCommand>,
+) {
+    let shard = &inner.shards[index];
+    let mut delivered: HashMap<String, Delivered> = HashMap::new();
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        // Connect. Commands arriving meanwhile wait for the outcome (at most CONNECT_TIMEOUT),
+        // so a node that just started does not refuse its first subscribers.
+        let connect = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub());
+        tokio::pin!(connect);
+        let mut pending = Vec::new();
+        let connected = loop {
+            tokio::select! {
+                result = &mut connect => break result,
+                Some(command) = commands.recv() => {
+                    if pending.len() < PUBSUB_QUEUE {
+                        pending.push(command);
+                    } else {
+                        apply_offline(shard, &mut delivered, command);
+                    }
+                }
+            }
+        };
+        let pubsub = match connected {
+            Ok(Ok(pubsub)) => pubsub,
+            failed => {
+                match failed {
+                    Ok(Err(e)) => {
+                        tracing::warn!(shard = index, error = %e, "Redis pub/sub connection failed; retrying")
+                    }
+                    _ => tracing::warn!(shard = index, "Redis pub/sub connection timed out; retrying"),
+                }
+                for command in pending {
+                    apply_offline(shard, &mut delivered, command);
+                }
+                wait_backoff(shard, &mut delivered, &mut commands, &mut backoff).await;
+                continue;
+            }
+        };
+        let (mut sink, mut messages) = pubsub.split();
+
+        // Resubscribe everything wanted, then fill what was published while disconnected.
+        let topics: Vec<String> = delivered.keys().cloned().collect();
+        if let Err(e) = subscribe_all(&mut sink, &topics).await {
+            tracing::warn!(shard = index, error = %e, "Redis resubscribe failed; reconnecting");
+            for command in pending {
+                apply_offline(shard, &mut delivered, command);
+            }
+            wait_backoff(shard, &mut delivered, &mut commands, &mut backoff).await;
+            continue;
+        }
+        backoff = MIN_BACKOFF;
+        if !topics.is_empty() {
+            tracing::info!(shard = index, topics = topics.len(), "Redis pub/sub resubscribed");
+        }
+        for topic in &topics {
+            catch_up(&inner, &mut delivered, topic, None).await;
+        }
+        if !pending.is_empty() && apply_online(shard, &mut delivered, &mut sink, pending).await.is_err() {
+            continue;
+        }
+
+        let mut ping = tokio::time::interval(PUBSUB_PING_INTERVAL);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                message = messages.next() => match message {
+                    Some(message) => on_message(&inner, &mut delivered, message).await,
+                    None => break,
+                },
+                Some(command) = commands.recv() => {
+                    let mut batch = vec![command];
+                    while batch.len() < TOPICS_PER_COMMAND {
+                        match commands.try_recv() {
+                            Ok(command) => batch.push(command),
+                            Err(_) => break,
+                        }
+                    }
+                    if apply_online(shard, &mut delivered, &mut sink, batch).await.is_err() {
+                        break;
+                    }
+                }
+                _ = ping.tick() => {
+                    let pong = tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::warn!(shard = index, "Redis pub/sub connection lost; reconnecting");
+    }
+}
+
+async fn wait_backoff(
+    shard: &Shard,
+    delivered: &mut HashMap<String, Delivered>,
+    commands: &mut mpsc::Receiver<PubSubCommand>,
+    backoff: &mut Duration,
+) {
+    let sleep = tokio::time::sleep(*backoff);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            _ = &mut sleep => break,
+            Some(command) = commands.recv() => apply_offline(shard, delivered, command),
+        }
+    }
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+}
+
+/// While disconnected: subscribes fail (the caller learns Redis is down, and nothing is
+/// remembered), unsubscribes succeed (there is nothing to stop on Redis, and the topic will not
+/// be resubscribed).
+fn apply_offline(shard: &Shard, delivered: &mut HashMap<String, Delivered>, command: PubSubCommand) {
+    match command {
+        PubSubCommand::Subscribe { done, .. } => {
+            let _ = done.send(Err(BrokerError::Unavailable("Redis pub/sub is reconnecting".into())));
+        }
+        PubSubCommand::Unsubscribe { topic, done } => {
+            delivered.remove(&topic);
+            shard.topics.lock().remove(&topic);
+            let _ = done.send(Ok(()));
+        }
+    }
+}
+
+/// Applies a batch of commands in order, merging runs of the same kind into one Redis command.
+/// Returns `Err` when the connection failed (the caller reconnects).
+async fn apply_online(
+    shard: &Shard,
+    delivered: &mut HashMap<String, Delivered>,
+    sink: &mut PubSubSink,
+    batch: Vec<PubSubCommand>,
+) -> Result<(), ()> {
+    let mut commands = batch.into_iter().peekable();
+    while let Some(first) = commands.next() {
+        let subscribing = matches!(first, PubSubCommand::Subscribe { .. });
+        let mut run = vec![first];
+        while let Some(next) = commands.peek() {
+            if matches!(next, PubSubCommand::Subscribe { .. }) != subscribing {
+                break;
+            }
+            run.extend(commands.next());
+        }
+        if subscribing {
+            // Wanted before asking Redis, so a message arriving right after the
+            // acknowledgement is not dropped.
+            let mut topics = Vec::with_capacity(run.len());
+            {
+                let mut wanted = shard.topics.lock();
+                for command in &run {
+                    if let PubSubCommand::Subscribe { topic, channel, .. } = command {
+                        wanted.insert(topic.clone(), channel.clone());
+                        delivered.entry(topic.clone()).or_insert(Delivered { channel: channel.clone(), last: None });
+                        topics.push(topic.clone());
+                    }
+                }
+            }
+            let result = with_timeout(sink.subscribe(&topics)).await;
+            if result.is_err() {
+                // Not acknowledged: forget them, the callers are told to retry.
+                let mut wanted = shard.topics.lock();
+                for topic in &topics {
+                    wanted.remove(topic);
+                    delivered.remove(topic);
+                }
+            }
+            let failed = result.is_err();
+            for command in run {
+                if let PubSubCommand::Subscribe { done, .. } = command {
+                    let _ = done.send(result.clone().map(|_| ()));
+                }
+            }
+            if failed {
+                return Err(());
+            }
+        } else {
+            // Unwanted at once: nothing more is delivered even before Redis acknowledges.
+            let mut topics = Vec::with_capacity(run.len());
+            {
+                let mut wanted = shard.topics.lock();
+                for command in &run {
+                    if let PubSubCommand::Unsubscribe { topic, .. } = command {
+                        wanted.remove(topic);
+                        delivered.remove(topic);
+                        topics.push(topic.clone());
+                    }
+                }
+            }
+            let result = with_timeout(sink.unsubscribe(&topics)).await;
+            for command in run {
+                if let PubSubCommand::Unsubscribe { done, .. } = command {
+                    // Locally stopped either way; a dropped connection forgets its subscriptions.
+                    let _ = done.send(Ok(()));
+                }
+            }
+            if result.is_err() {
+                return Err(());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn subscribe_all(sink: &mut PubSubSink, topics: &[String]) -> Result<(), BrokerError> {
+    for chunk in topics.chunks(TOPICS_PER_COMMAND) {
+        with_timeout(sink.subscribe(chunk)).await?;
+    }
+    Ok(())
+}
+
+/// Delivers what `topic`'s channel published after the last delivered position and before
+/// `until` (exclusive; `None` = everything), from history, in order. Best effort: when history
+/// no longer reaches back or the epoch changed, the hub sees the jump in positions.
+async fn catch_up(inner: &Inner, delivered: &mut HashMap<String, Delivered>, topic: &str, until: Option<u64>) {
+    let Some(entry) = delivered.get(topic) else { return };
+    let Some((epoch, offset)) = entry.last.clone() else { return };
+    let channel = entry.channel.clone();
+    let since = StreamPosition { epoch: epoch.to_string(), offset };
+    let limit = until.map_or(MAX_GAP_FILL, |u| usize::try_from(u.saturating_sub(offset + 1)).unwrap_or(MAX_GAP_FILL));
+    let page = match inner.read_history(&channel, Some(&since), limit.min(MAX_GAP_FILL)).await {
+        Ok(page) => page,
+        Err(e) => {
+            tracing::warn!(?channel, error = %e, "could not fill a gap from history");
+            return;
+        }
+    };
+    let Some(events) = inner.events.get() else { return };
+    let Some(entry) = delivered.get_mut(topic) else { return };
+    for publication in page.publications {
+        if until.is_some_and(|u| publication.offset >= u) {
+            break;
+        }
+        entry.last = Some((Arc::clone(&publication.epoch), publication.offset));
+        events.on_publication(&channel, Arc::new(publication));
+    }
+}
+
+async fn on_message(inner: &Inner, delivered: &mut HashMap<String, Delivered>, message: redis::Msg) {
+    let topic = message.get_channel_name();
+    let Some(entry) = delivered.get(topic) else { return };
+    let channel = entry.channel.clone();
+    let Some(events) = inner.events.get() else { return };
+    match decode_message(message.get_payload_bytes()) {
+        Some(Message::Publication(publication)) => {
+            let topic = topic.to_owned();
+            if let Some((epoch, last)) = entry.last.clone()
+                && *epoch == *publication.epoch
+            {
+                if publication.offset <= last {
+                    return; // already delivered (by a gap fill)
+                }
+                if publication.offset > last + 1 {
+                    catch_up(inner, delivered, &topic, Some(publication.offset)).await;
+                }
+            }
+            deliver(delivered, &topic, events, &channel, publication);
+        }
+        Some(Message::Presence(action, member)) => events.on_presence(&channel, action, &member),
+        None => tracing::warn!(?channel, "undecodable pub/sub message"),
+    }
+}
+
+fn deliver(
+    delivered: &mut HashMap<String, Delivered>,
+    topic: &str,
+    events: &Arc<dyn BrokerEvents>,
+    channel: &ChannelKey,
+    publication: Publication,
+) {
+    if let Some(entry) = delivered.get_mut(topic) {
+        entry.last = Some((Arc::clone(&publication.epoch), publication.offset));
+        events.on_publication(channel, Arc::new(publication));
+    }
+}
+
+enum Message {
+    Publication(Publication),
+    Presence(PresenceAction, PresenceMember),
+}
+
+fn decode_message(payload: &[u8]) -> Option<Message> {
+    let (&kind, rest) = payload.split_first()?;
+    let action = match kind {
+        b'p' => {
+            let (epoch_len, rest) = split_field(rest)?;
+            let epoch_len: usize = parse(epoch_len)?;
+            let epoch = std::str::from_utf8(rest.get(..epoch_len)?).ok()?;
+            let entry = Bytes::copy_from_slice(rest.get(epoch_len..)?);
+            return decode_entry(entry, epoch.into()).map(Message::Publication);
+        }
+        b'j' => PresenceAction::Join,
+        b'u' => PresenceAction::Update,
+        b'l' => PresenceAction::Leave,
+        _ => return None,
+    };
+    serde_json::from_slice(rest).ok().map(|member| Message::Presence(action, member))
+}
+
+/// Decodes `<offset>|<ts>|<client id length or ->|<client id><data>`; `data` shares `entry`.
+fn decode_entry(entry: Bytes, epoch: Arc<str>) -> Option<Publication> {
+    let (offset, rest) = split_field(&entry)?;
+    let (ts, rest) = split_field(rest)?;
+    let (client_len, rest) = split_field(rest)?;
+    let (client_id, data) = if client_len == b"-" {
+        (None, rest)
+    } else {
+        let len: usize = parse(client_len)?;
+        (Some(Arc::<str>::from(std::str::from_utf8(rest.get(..len)?).ok()?)), rest.get(len..)?)
+    };
+    let data_start = entry.len() - data.len();
+    Some(Publication { offset: parse(offset)?, epoch, data: entry.slice(data_start..), client_id, ts: parse(ts)? })
+}
+
+fn split_field(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = bytes.iter().position(|&b| b == b'|')?;
+    Some((&bytes[..at], &bytes[at + 1..]))
+}
+
+fn parse<T: std::str::FromStr>(bytes: &[u8]) -> Option<T> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+/// A hash that every node and every Rust release computes identically (unlike `std`'s):
+/// FNV-1a, finished with SplitMix64 for a good spread of similar keys over the ring.
+fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+fn build_ring(urls: &[String]) -> Vec<(u64, usize)> {
+    let mut ring: Vec<(u64, usize)> = urls
+        .iter()
+        .enumerate()
+        .flat_map(|(index, url)| (0..VIRTUAL_NODES).map(move |v| (stable_hash(format!("{url}#{v}").as_bytes()), index)))
+        .collect();
+    ring.sort_unstable();
+    ring
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_with_and_without_client_id() {
+        let entry = Bytes::from_static(b"42|1700000000000|5|alice{\"a\":\"|x|\"}");
+        let p = decode_entry(entry, "ep".into()).expect("decodes");
+        assert_eq!((p.offset, p.ts, p.client_id.as_deref()), (42, 1_700_000_000_000, Some("alice")));
+        assert_eq!(p.data, Bytes::from_static(b"{\"a\":\"|x|\"}"));
+        let p = decode_entry(Bytes::from_static(b"1|2|-|null"), "ep".into()).expect("decodes");
+        assert_eq!((p.client_id, p.data), (None, Bytes::from_static(b"null")));
+        assert!(decode_entry(Bytes::from_static(b"1|2|9|short"), "ep".into()).is_none());
+    }
+
+    #[test]
+    fn topic_messages_decode_publications_and_presence() {
+        let Some(Message::Publication(p)) = decode_message(b"p3|abc7|9|-|[1]") else { panic!("publication") };
+        assert_eq!((&*p.epoch, p.offset, p.data.as_ref()), ("abc", 7, &b"[1]"[..]));
+        let Some(Message::Presence(action, member)) =
+            decode_message(br#"l{"client_id":"c","connection_id":"x","data":null}"#)
+        else {
+            panic!("presence")
+        };
+        assert_eq!((action, member.connection_id.as_str()), (PresenceAction::Leave, "x"));
+        assert!(decode_message(b"zzz").is_none());
+    }
+
+    #[test]
+    fn ring_spreads_channels_and_moves_few_when_a_shard_is_added() {
+        let two: Vec<String> = vec!["redis://a".into(), "redis://b".into()];
+        let three: Vec<String> = vec!["redis://a".into(), "redis://b".into(), "redis://c".into()];
+        let (ring2, ring3) = (build_ring(&two), build_ring(&three));
+        let pick = |ring: &[(u64, usize)], key: &str| {
+            let point = stable_hash(key.as_bytes());
+            ring[ring.partition_point(|(p, _)| *p < point) % ring.len()].1
+        };
+        let keys: Vec<String> = (0..3_000).map(|i| format!("{{app|room-{i}}}")).collect();
+        let on_b = keys.iter().filter(|k| pick(&ring2, k) == 1).count();
+        assert!((1_000..2_000).contains(&on_b), "two shards share the channels: {on_b} of 3000 on b");
+        let moved = keys.iter().filter(|k| pick(&ring2, k) != pick(&ring3, k)).count();
+        let moved_elsewhere =
+            keys.iter().filter(|k| pick(&ring2, k) != pick(&ring3, k) && pick(&ring3, k) != 2).count();
+        assert_eq!(moved_elsewhere, 0, "adding a shard only moves channels onto it");
+        assert!(moved < 1_600, "about a third moves, not most: {moved}");
+    }
+}
