@@ -24,6 +24,8 @@ use crate::args::{Cli, Command};
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init_tracing(&cli.log, cli.log_format);
+    // Install the recorder before anything emits a metric, or early counts would be lost.
+    telemetry::prometheus();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {

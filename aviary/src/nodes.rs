@@ -22,6 +22,13 @@ use crate::ops::{Ops, ReadinessProbe};
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = aviary_control_plane::api::openapi();
     doc.merge(aviary_data_plane::openapi());
+    doc.info.title = "Aviary".to_owned();
+    doc.info.description = Some(
+        "Control plane (tenants, apps, API keys, connection tokens) and data plane (publish, history, presence, \
+         channels) REST APIs. Errors are RFC 9457 problem documents whose `type` is a stable URI \
+         `https://aviary.dev/problems/<slug>`. The WebSocket and SSE protocol is in docs/protocol.md."
+            .to_owned(),
+    );
     doc
 }
 
