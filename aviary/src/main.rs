@@ -10,6 +10,7 @@
 //! dispatches; each role's wiring lives in its own module.
 
 mod args;
+mod console;
 mod demo;
 mod dev;
 mod nodes;

@@ -74,7 +74,7 @@ pub fn ops_router(control_plane: Option<&ControlPlaneState>, data_plane: Option<
             }),
         ));
     }
-    crate::ops::router(Ops { checks, openapi: Arc::new(openapi()) })
+    crate::ops::router(Ops { checks, openapi: Arc::new(openapi()) }).merge(crate::console::router())
 }
 
 /// Bound listeners of one process.
