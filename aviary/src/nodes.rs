@@ -74,7 +74,9 @@ pub fn ops_router(control_plane: Option<&ControlPlaneState>, data_plane: Option<
             }),
         ));
     }
-    crate::ops::router(Ops { checks, openapi: Arc::new(openapi()) }).merge(crate::console::router())
+    let ops = crate::ops::router(Ops { checks, openapi: Arc::new(openapi()) });
+    // The console talks to the control-plane API, so it is served where that API is.
+    if control_plane.is_some() { ops.merge(crate::console::router()) } else { ops }
 }
 
 /// Bound listeners of one process.
