@@ -55,7 +55,9 @@
 //! forward and never revives an expired one. Every node sweeps the channels it subscribes to
 //! once per [`PRESENCE_SWEEP_INTERVAL`] (at most [`SWEEP_BATCH`] expirations per channel and
 //! call): expired members are removed and a `leave` is published, atomically, so exactly one
-//! node announces each leave. Reads and joins expire members too.
+//! node announces each leave. Reads and joins expire members too. Each node also remembers
+//! the members it joined; after its pub/sub connection comes back it joins them again, which
+//! is a no-op for members Redis kept and a `join` for members a restarted Redis lost.
 //!
 //! # Failure
 //! Every command is bounded by [`COMMAND_TIMEOUT`]; an unreachable Redis yields
@@ -302,6 +304,15 @@ struct Inner {
     /// Sorted (point, shard index) pairs of the consistent-hash ring.
     ring: Vec<(u64, usize)>,
     events: OnceLock<Arc<dyn BrokerEvents>>,
+    /// Presence members this node joined and has not removed, to re-join them after the
+    /// pub/sub connection comes back (Redis may have restarted and lost them).
+    local_members: Mutex<HashMap<ChannelKey, HashMap<String, LocalMember>>>,
+}
+
+struct LocalMember {
+    member: PresenceMember,
+    ttl_s: u32,
+    max_members: u32,
 }
 
 struct Shard {
@@ -356,8 +367,13 @@ impl RedisBroker {
             shards.push(Shard { commands, pubsub: tx, topics: Mutex::new(HashMap::new()) });
             actors.push((client, rx));
         }
-        let inner =
-            Arc::new(Inner { prefix: prefix.to_owned(), ring: build_ring(urls), shards, events: OnceLock::new() });
+        let inner = Arc::new(Inner {
+            prefix: prefix.to_owned(),
+            ring: build_ring(urls),
+            shards,
+            events: OnceLock::new(),
+            local_members: Mutex::new(HashMap::new()),
+        });
         let mut tasks = Vec::new();
         for (index, (client, rx)) in actors.into_iter().enumerate() {
             tasks.push(runtime.spawn(pubsub_actor(Arc::clone(&inner), index, client, rx)).abort_handle());
@@ -449,6 +465,61 @@ impl Inner {
             Some(since) => i128::from(first_held) <= i128::from(since.offset) + 1,
         };
         Ok(HistoryPage { publications, position: StreamPosition { epoch, offset }, recovered })
+    }
+
+    /// Runs the join script: adds or updates `member`, publishing join/update.
+    async fn join(
+        &self,
+        channel: &ChannelKey,
+        member: &PresenceMember,
+        ttl_s: u32,
+        max_members: u32,
+    ) -> Result<(), BrokerError> {
+        let keys = self.keys(channel);
+        let shard = self.shard(&keys);
+        let json = serde_json::to_string(member).map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let ttl_ms = u64::from(ttl_s.max(1)) * 1_000;
+        let mut invocation = PRESENCE_JOIN.prepare_invoke();
+        invocation
+            .key(&keys.members)
+            .key(&keys.expiries)
+            .arg(&keys.topic)
+            .arg(&member.connection_id)
+            .arg(json)
+            .arg(ttl_ms)
+            .arg(max_members)
+            .arg(ttl_ms + PRESENCE_KEY_SLACK_MS)
+            .arg(SWEEP_BATCH);
+        let mut conn = shard.commands.clone();
+        let joined: i64 = with_timeout(invocation.invoke_async(&mut conn)).await?;
+        if joined == 1 { Ok(()) } else { Err(BrokerError::PresenceFull) }
+    }
+
+    /// Joins again every member this node owns on shard `index`. Idempotent for members Redis
+    /// still has (no event); members Redis lost are announced with `join` again.
+    async fn rejoin_local_members(&self, index: usize) {
+        let members: Vec<(ChannelKey, PresenceMember, u32, u32)> = {
+            let local = self.local_members.lock();
+            local
+                .iter()
+                .filter(|(channel, _)| std::ptr::eq(self.shard(&self.keys(channel)), &self.shards[index]))
+                .flat_map(|(channel, members)| {
+                    members.values().map(|m| (channel.clone(), m.member.clone(), m.ttl_s, m.max_members))
+                })
+                .collect()
+        };
+        if members.is_empty() {
+            return;
+        }
+        let count = members.len();
+        stream::iter(members)
+            .for_each_concurrent(SWEEP_CONCURRENCY, |(channel, member, ttl_s, max_members)| async move {
+                if let Err(e) = self.join(&channel, &member, ttl_s, max_members).await {
+                    tracing::warn!(?channel, error = %e, "could not re-join a presence member");
+                }
+            })
+            .await;
+        tracing::info!(shard = index, members = count, "re-joined local presence members");
     }
 
     async fn pubsub_command(&self, channel: &ChannelKey, subscribe: bool) -> Result<(), BrokerError> {
@@ -552,27 +623,29 @@ impl Broker for RedisBroker {
         ttl_s: u32,
         max_members: u32,
     ) -> Result<(), BrokerError> {
-        let keys = self.inner.keys(channel);
-        let shard = self.inner.shard(&keys);
-        let json = serde_json::to_string(&member).map_err(|e| BrokerError::Internal(e.to_string()))?;
-        let ttl_ms = u64::from(ttl_s.max(1)) * 1_000;
-        let mut invocation = PRESENCE_JOIN.prepare_invoke();
-        invocation
-            .key(&keys.members)
-            .key(&keys.expiries)
-            .arg(&keys.topic)
-            .arg(&member.connection_id)
-            .arg(json)
-            .arg(ttl_ms)
-            .arg(max_members)
-            .arg(ttl_ms + PRESENCE_KEY_SLACK_MS)
-            .arg(SWEEP_BATCH);
-        let mut conn = shard.commands.clone();
-        let joined: i64 = with_timeout(invocation.invoke_async(&mut conn)).await?;
-        if joined == 1 { Ok(()) } else { Err(BrokerError::PresenceFull) }
+        self.inner.join(channel, &member, ttl_s, max_members).await?;
+        let connection_id = member.connection_id.clone();
+        self.inner
+            .local_members
+            .lock()
+            .entry(channel.clone())
+            .or_default()
+            .insert(connection_id, LocalMember { member, ttl_s, max_members });
+        Ok(())
     }
 
     async fn presence_leave(&self, channel: &ChannelKey, connection_id: &str) -> Result<(), BrokerError> {
+        // Forgotten locally first: even if Redis is unreachable now, the member is not
+        // re-joined later, and its TTL removes it from Redis.
+        {
+            let mut local = self.inner.local_members.lock();
+            if let Some(members) = local.get_mut(channel) {
+                members.remove(connection_id);
+                if members.is_empty() {
+                    local.remove(channel);
+                }
+            }
+        }
         let keys = self.inner.keys(channel);
         let shard = self.inner.shard(&keys);
         let mut invocation = PRESENCE_LEAVE.prepare_invoke();
@@ -718,6 +791,10 @@ async fn pubsub_actor(
         if !pending.is_empty() && apply_online(shard, &mut delivered, &mut sink, pending).await.is_err() {
             continue;
         }
+        // Redis may have restarted empty: put this node's presence members back (off the actor,
+        // so messages keep flowing meanwhile).
+        let rejoin = Arc::clone(&inner);
+        tokio::spawn(async move { rejoin.rejoin_local_members(index).await });
 
         let mut ping = tokio::time::interval(PUBSUB_PING_INTERVAL);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

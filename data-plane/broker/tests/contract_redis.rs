@@ -146,7 +146,7 @@ impl Drop for PrivateRedis {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn redis_outage_fails_fast_then_resubscribes_and_reports_the_lost_stream() {
+async fn redis_outage_fails_fast_then_resubscribes_rejoins_presence_and_reports_the_lost_stream() {
     let port = PrivateRedis::free_port();
     let mut server = PrivateRedis::start(port).await;
     let prefix = unique_prefix();
@@ -158,6 +158,9 @@ async fn redis_outage_fails_fast_then_resubscribes_and_reports_the_lost_stream()
     broker.subscribe(&channel).await.expect("subscribe");
     let before = broker.publish(&channel, request("1")).await.expect("publish").position;
     assert_eq!(events.next_publication().await.1.offset, 1);
+    let member = PresenceMember { client_id: "c".into(), connection_id: "kept".into(), data: None };
+    broker.presence_join(&channel, member.clone(), 30, 10).await.expect("join");
+    assert_eq!(events.next_presence().await.1, PresenceAction::Join);
 
     server.stop();
     let failed = tokio::time::timeout(EVENT_TIMEOUT, broker.publish(&channel, request("2")))
@@ -170,6 +173,9 @@ async fn redis_outage_fails_fast_then_resubscribes_and_reports_the_lost_stream()
     let server = PrivateRedis::start(port).await;
     // Nobody calls subscribe again: the broker resubscribes by itself.
     server.await_subscriptions(&prefix, 1).await;
+    // The restarted Redis lost the member; the node that owns it puts it back and says so.
+    assert_eq!(events.next_presence().await, (channel.clone(), PresenceAction::Join, member.clone()));
+    assert_eq!(broker.presence(&channel).await.expect("presence"), vec![member]);
     let after = broker.publish(&channel, request("3")).await.expect("publish after the restart").position;
     assert_ne!(after.epoch, before.epoch, "the stream was lost with the restart");
     assert_eq!(after.offset, 1);
