@@ -1,1 +1,194 @@
-//! placeholder
+//! The Aviary control plane: tenants, apps, API keys and connection tokens, over REST and gRPC,
+//! on Postgres or SQLite.
+//!
+//! Code map:
+//! - [`store`]: the `Store` trait (its docs are the contract), Postgres and SQLite implementations,
+//!   and the contract suite both pass.
+//! - [`auth`]: operator token, admin keys (`avt_`), API keys (`avk_`), argon2id, the verified-key
+//!   cache, axum extractors.
+//! - [`tokens`]: signing keyring (rotation, JWKS) and minting connection tokens.
+//! - [`service`]: every domain operation (validation, store write, registry push), shared by
+//!   REST and gRPC so both apply the same rules.
+//! - [`sync`]: mirrors the store into the `aviary_core::Registry` the data plane reads.
+//! - [`api`]: the REST surface (`router()`, `openapi()`); [`grpc`]: `aviary.v1.ControlPlane`.
+//!
+//! Invariant: after any successful mutation returns, the registry already reflects it, so an
+//! in-process data plane (`aviary dev`) never sees a revoked key or a deleted app as live.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aviary_core::Registry;
+
+pub mod api;
+pub mod auth;
+mod demo;
+pub mod error;
+pub mod grpc;
+mod rate_limit;
+pub mod service;
+pub mod store;
+pub mod sync;
+pub mod tokens;
+pub mod usage;
+
+pub use auth::KeyVerifier;
+pub use demo::DemoCredentials;
+pub use error::{Error, Result};
+pub use rate_limit::RateLimitConfig;
+pub use store::{PgStore, SqliteStore, Store};
+pub use usage::{UsageSource, ZeroUsage};
+
+/// Settings of one control plane process.
+#[derive(Clone)]
+pub struct ControlPlaneConfig {
+    /// The secret that administers tenants. Compared in constant time; never logged.
+    pub operator_token: String,
+    /// Ceiling on any app's `max_token_ttl_s`; also how long a rotated-out signing key stays in
+    /// the JWKS.
+    pub max_token_ttl_s: u32,
+    /// How long a verified API/admin key is trusted without re-running argon2.
+    pub key_cache_ttl: Duration,
+    /// Largest accepted request body, in bytes.
+    pub body_limit_bytes: usize,
+    pub rate_limits: RateLimitConfig,
+}
+
+impl std::fmt::Debug for ControlPlaneConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlaneConfig")
+            .field("max_token_ttl_s", &self.max_token_ttl_s)
+            .field("key_cache_ttl", &self.key_cache_ttl)
+            .field("body_limit_bytes", &self.body_limit_bytes)
+            .field("rate_limits", &self.rate_limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlPlaneConfig {
+    /// Defaults for everything but the operator token: 24 h token TTL ceiling, 60 s key cache,
+    /// 64 KiB bodies, [`RateLimitConfig::default`].
+    pub fn new(operator_token: impl Into<String>) -> Self {
+        ControlPlaneConfig {
+            operator_token: operator_token.into(),
+            max_token_ttl_s: 24 * 3600,
+            key_cache_ttl: Duration::from_secs(60),
+            body_limit_bytes: 64 * 1024,
+            rate_limits: RateLimitConfig::default(),
+        }
+    }
+}
+
+/// Everything a request handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct ControlPlaneState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    registry: Arc<Registry>,
+    keys: KeyVerifier,
+    keyring: Arc<tokens::Keyring>,
+    usage: Arc<dyn UsageSource>,
+    config: ControlPlaneConfig,
+}
+
+impl ControlPlaneState {
+    /// Builds the state: loads (or creates) the signing keys and fills `registry` with every
+    /// app, trusted key and revoked API key in the store. The store must be migrated.
+    pub async fn new(store: Arc<dyn Store>, registry: Arc<Registry>, config: ControlPlaneConfig) -> Result<Self> {
+        let keyring = Arc::new(tokens::Keyring::load(store.clone(), registry.clone(), config.max_token_ttl_s).await?);
+        let keys = KeyVerifier::new(store.clone(), config.key_cache_ttl);
+        let state = ControlPlaneState {
+            inner: Arc::new(Inner { store, registry, keys, keyring, usage: Arc::new(ZeroUsage), config }),
+        };
+        state.load_registry().await?;
+        Ok(state)
+    }
+
+    /// Replaces the source of usage figures (the data plane plugs its counters in here).
+    pub fn with_usage_source(self, usage: Arc<dyn UsageSource>) -> Self {
+        let inner = &self.inner;
+        ControlPlaneState {
+            inner: Arc::new(Inner {
+                store: inner.store.clone(),
+                registry: inner.registry.clone(),
+                keys: inner.keys.clone(),
+                keyring: inner.keyring.clone(),
+                usage,
+                config: inner.config.clone(),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The live config the data plane reads.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.inner.registry
+    }
+
+    /// The API key verifier; also an [`aviary_core::ApiKeyAuthority`] for the data plane.
+    pub fn keys(&self) -> &KeyVerifier {
+        &self.inner.keys
+    }
+
+    /// The key verifier as the trait object the data plane takes.
+    pub fn api_key_authority(&self) -> Arc<dyn aviary_core::ApiKeyAuthority> {
+        Arc::new(self.inner.keys.clone())
+    }
+
+    pub fn keyring(&self) -> &tokens::Keyring {
+        &self.inner.keyring
+    }
+
+    pub fn usage(&self) -> &Arc<dyn UsageSource> {
+        &self.inner.usage
+    }
+
+    pub fn config(&self) -> &ControlPlaneConfig {
+        &self.inner.config
+    }
+
+    /// Is the store reachable? (`/readyz`)
+    pub async fn ready(&self) -> bool {
+        self.inner.store.ping().await.is_ok()
+    }
+}
+
+/// Opens the store named by `url` (`postgres://...` or `sqlite:...`), migrating it first when
+/// `migrate` is set.
+pub async fn open_store(url: &str, migrate: bool) -> Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = PgStore::connect(url).await?;
+        if migrate {
+            store.migrate().await?;
+        }
+        Ok(Arc::new(store))
+    } else if url.starts_with("sqlite:") {
+        let store = SqliteStore::connect(url).await?;
+        if migrate {
+            store.migrate().await?;
+        }
+        Ok(Arc::new(store))
+    } else {
+        Err(Error::invalid("database URL must start with postgres://, postgresql:// or sqlite:"))
+    }
+}
+
+/// Applies the embedded migrations to the database at `url` (`aviary migrate`).
+pub async fn migrate(url: &str) -> Result<()> {
+    open_store(url, true).await.map(|_| ())
+}
+
+/// Opens (creating and migrating) the SQLite store `aviary dev` keeps in `data_dir`.
+pub async fn open_dev_store(data_dir: &Path) -> Result<Arc<dyn Store>> {
+    std::fs::create_dir_all(data_dir).map_err(|e| Error::Internal(format!("creating {}: {e}", data_dir.display())))?;
+    let store = SqliteStore::open(&data_dir.join("aviary.db")).await?;
+    store.migrate().await?;
+    Ok(Arc::new(store))
+}

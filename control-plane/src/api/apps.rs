@@ -1,0 +1,125 @@
+//! Tenant admin endpoints: apps and their API keys.
+
+use aviary_core::problem::Problem;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+
+use super::extract::{Json, Query};
+use crate::ControlPlaneState;
+use crate::auth::TenantAdmin;
+use crate::error::Result;
+use crate::service::{ApiKeyCreated, ApiKeyView, CreateApiKey, CreateApp, ListParams, Listing, UpdateApp};
+use crate::store::App;
+
+/// Creates an app in the tenant.
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/apps", tag = "apps", security(("tenant_admin" = [])),
+    request_body = CreateApp,
+    responses(
+        (status = 201, body = App),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_app(
+    State(state): State<ControlPlaneState>,
+    admin: TenantAdmin,
+    Path(tenant_id): Path<String>,
+    Json(req): Json<CreateApp>,
+) -> Result<impl IntoResponse> {
+    Ok((StatusCode::CREATED, axum::Json(state.create_app(&admin, &tenant_id, req).await?)))
+}
+
+/// Lists the tenant's apps.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/apps", tag = "apps", security(("tenant_admin" = [])), params(ListParams),
+    responses((status = 200, body = Listing<App>), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn list_apps(
+    State(state): State<ControlPlaneState>,
+    admin: TenantAdmin,
+    Path(tenant_id): Path<String>,
+    Query(params): Query<ListParams>,
+) -> Result<axum::Json<Listing<App>>> {
+    Ok(axum::Json(state.list_apps(&admin, &tenant_id, &params).await?))
+}
+
+/// Reads an app.
+#[utoipa::path(get, path = "/v1/apps/{app_id}", tag = "apps", security(("tenant_admin" = [])),
+    responses((status = 200, body = App), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn get_app(
+    State(state): State<ControlPlaneState>,
+    admin: TenantAdmin,
+    Path(app_id): Path<String>,
+) -> Result<axum::Json<App>> {
+    Ok(axum::Json(state.get_app(&admin, &app_id).await?))
+}
+
+/// Changes an app's settings; takes effect on the data plane at once.
+#[utoipa::path(patch, path = "/v1/apps/{app_id}", tag = "apps", security(("tenant_admin" = [])),
+    request_body = UpdateApp,
+    responses(
+        (status = 200, body = App),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn update_app(
+    State(state): State<ControlPlaneState>,
+    admin: TenantAdmin,
+    Path(app_id): Path<String>,
+    Json(req): Json<UpdateApp>,
+) -> Result<axum::Json<App>> {
+    Ok(axum::Json(state.update_app(&admin, &app_id, req).await?))
+}
+
+/// Deletes an app and its keys; its connections are closed.
+#[utoipa::path(delete, path = "/v1/apps/{app_id}", tag = "apps", security(("tenant_admin" = [])),
+    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn delete_app(
+    State(state): State<ControlPlaneState>,
+    admin: TenantAdmin,
+    Path(app_id): Path<String>,
+) -> Result<StatusCode> {
+    state.delete_app(&admin, &app_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Creates an API key for the app; the secret is in the answer and nowhere else.
+#[utoipa::path(post, path = "/v1/apps/{app_id}/keys", tag = "keys", security(("tenant_admin" = [])),
+    request_body = CreateApiKey,
+    responses(
+        (status = 201, body = ApiKeyCreated),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_api_key(
+    State(state): State<ControlPlaneState>,
+    admin: TenantAdmin,
+    Path(app_id): Path<String>,
+    Json(req): Json<CreateApiKey>,
+) -> Result<impl IntoResponse> {
+    Ok((StatusCode::CREATED, axum::Json(state.create_api_key(&admin, &app_id, req).await?)))
+}
+
+/// Lists the app's API keys (never their secrets).
+#[utoipa::path(get, path = "/v1/apps/{app_id}/keys", tag = "keys", security(("tenant_admin" = [])), params(ListParams),
+    responses((status = 200, body = Listing<ApiKeyView>), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn list_api_keys(
+    State(state): State<ControlPlaneState>,
+    admin: TenantAdmin,
+    Path(app_id): Path<String>,
+    Query(params): Query<ListParams>,
+) -> Result<axum::Json<Listing<ApiKeyView>>> {
+    Ok(axum::Json(state.list_api_keys(&admin, &app_id, &params).await?))
+}
+
+/// Revokes an API key at once: it mints nothing more and its connections are closed.
+#[utoipa::path(delete, path = "/v1/apps/{app_id}/keys/{key_id}", tag = "keys", security(("tenant_admin" = [])),
+    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn revoke_api_key(
+    State(state): State<ControlPlaneState>,
+    admin: TenantAdmin,
+    Path((app_id, key_id)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    state.revoke_api_key(&admin, &app_id, &key_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

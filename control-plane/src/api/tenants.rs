@@ -1,0 +1,105 @@
+//! Operator endpoints (tenants, admin keys) and the tenant usage report.
+
+use aviary_core::problem::Problem;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+
+use super::extract::{Json, Query};
+use crate::ControlPlaneState;
+use crate::auth::{Operator, TenantAdmin};
+use crate::error::Result;
+use crate::service::{CreateTenant, CreatedSecret, ListParams, Listing, TenantCreated, UpdateTenant};
+use crate::store::Tenant;
+use crate::usage::TenantUsage;
+
+/// Creates a tenant and its first admin key (shown once).
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", security(("operator" = [])),
+    request_body = CreateTenant,
+    responses(
+        (status = 201, body = TenantCreated),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_tenant(
+    State(state): State<ControlPlaneState>,
+    _: Operator,
+    Json(req): Json<CreateTenant>,
+) -> Result<impl IntoResponse> {
+    Ok((StatusCode::CREATED, axum::Json(state.create_tenant(req).await?)))
+}
+
+/// Lists tenants.
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", security(("operator" = [])), params(ListParams),
+    responses((status = 200, body = Listing<Tenant>), (status = 401, body = Problem, content_type = "application/problem+json")))]
+pub async fn list_tenants(
+    State(state): State<ControlPlaneState>,
+    _: Operator,
+    Query(params): Query<ListParams>,
+) -> Result<axum::Json<Listing<Tenant>>> {
+    Ok(axum::Json(state.list_tenants(&params).await?))
+}
+
+/// Reads a tenant (the operator, or the tenant's own admin key).
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}", tag = "tenants", security(("operator" = []), ("tenant_admin" = [])),
+    responses((status = 200, body = Tenant), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn get_tenant(
+    State(state): State<ControlPlaneState>,
+    admin: TenantAdmin,
+    Path(tenant_id): Path<String>,
+) -> Result<axum::Json<Tenant>> {
+    Ok(axum::Json(state.get_tenant(&admin, &tenant_id).await?))
+}
+
+/// Changes a tenant's name, enabled flag or quotas. Disabling a tenant disables all its apps.
+#[utoipa::path(patch, path = "/v1/tenants/{tenant_id}", tag = "tenants", security(("operator" = [])),
+    request_body = UpdateTenant,
+    responses(
+        (status = 200, body = Tenant),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn update_tenant(
+    State(state): State<ControlPlaneState>,
+    _: Operator,
+    Path(tenant_id): Path<String>,
+    Json(req): Json<UpdateTenant>,
+) -> Result<axum::Json<Tenant>> {
+    Ok(axum::Json(state.update_tenant(&tenant_id, req).await?))
+}
+
+/// Deletes a tenant with all its apps and keys.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant_id}", tag = "tenants", security(("operator" = [])),
+    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn delete_tenant(
+    State(state): State<ControlPlaneState>,
+    _: Operator,
+    Path(tenant_id): Path<String>,
+) -> Result<StatusCode> {
+    state.delete_tenant(&tenant_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Creates another admin key for a tenant (shown once).
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/admin-keys", tag = "tenants", security(("operator" = [])),
+    responses((status = 201, body = CreatedSecret), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn create_admin_key(
+    State(state): State<ControlPlaneState>,
+    _: Operator,
+    Path(tenant_id): Path<String>,
+) -> Result<impl IntoResponse> {
+    Ok((StatusCode::CREATED, axum::Json(state.create_admin_key(&tenant_id).await?)))
+}
+
+/// Current usage of a tenant, in total and per app.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/usage", tag = "tenants", security(("tenant_admin" = []), ("operator" = [])),
+    responses((status = 200, body = TenantUsage), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn tenant_usage(
+    State(state): State<ControlPlaneState>,
+    admin: TenantAdmin,
+    Path(tenant_id): Path<String>,
+) -> Result<axum::Json<TenantUsage>> {
+    Ok(axum::Json(state.tenant_usage(&admin, &tenant_id).await?))
+}

@@ -1,0 +1,199 @@
+//! The gRPC service `aviary.v1.ControlPlane` (proto: `control-plane/proto/aviary/v1/control_plane.proto`).
+//!
+//! A thin adapter over [`crate::service`]: the same credentials (the `authorization` metadata
+//! entry, `Bearer <secret>`), the same validation and the same tenant isolation as REST; errors
+//! map to canonical status codes in `impl From<Error> for tonic::Status`.
+
+use std::collections::BTreeMap;
+
+use aviary_core::{Capabilities, Namespace, Operation};
+use tonic::{Request, Response, Status};
+
+use crate::ControlPlaneState;
+use crate::auth::TenantAdmin;
+use crate::error::Error;
+use crate::service::{CreateApiKey, CreateApp, ListParams};
+use crate::store::App;
+use crate::tokens::TokenRequest;
+
+/// Generated messages, server and client.
+pub mod pb {
+    tonic::include_proto!("aviary.v1");
+}
+
+pub use pb::control_plane_client::ControlPlaneClient;
+pub use pb::control_plane_server::ControlPlaneServer;
+
+/// The service implementation.
+#[derive(Clone)]
+pub struct ControlPlaneGrpc {
+    state: ControlPlaneState,
+}
+
+/// The service, ready to add to a `tonic::transport::Server`.
+pub fn grpc_service(state: ControlPlaneState) -> ControlPlaneServer<ControlPlaneGrpc> {
+    ControlPlaneServer::new(ControlPlaneGrpc { state })
+}
+
+/// The service as routes (`Server::builder().add_routes(grpc_router(state))`).
+pub fn grpc_router(state: ControlPlaneState) -> tonic::service::Routes {
+    tonic::service::Routes::new(grpc_service(state))
+}
+
+fn bearer<T>(request: &Request<T>) -> Option<&str> {
+    let value = request.metadata().get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+impl ControlPlaneGrpc {
+    async fn admin<T>(&self, request: &Request<T>) -> Result<TenantAdmin, Status> {
+        Ok(self.state.tenant_admin(bearer(request)).await?)
+    }
+}
+
+fn capabilities(map: BTreeMap<String, pb::Operations>) -> Result<Capabilities, Error> {
+    map.into_iter()
+        .map(|(glob, ops)| {
+            let ops = ops
+                .operations
+                .into_iter()
+                .map(|op| {
+                    serde_json::from_value::<Operation>(serde_json::Value::String(op.clone()))
+                        .map_err(|_| Error::invalid(format!("unknown operation {op:?}")))
+                })
+                .collect::<Result<_, _>>()?;
+            Ok((glob, ops))
+        })
+        .collect::<Result<_, _>>()
+        .map(Capabilities)
+}
+
+fn namespace_from_pb(ns: pb::Namespace) -> Namespace {
+    Namespace {
+        name: ns.name,
+        history_size: ns.history_size,
+        history_ttl_s: ns.history_ttl_s,
+        presence: ns.presence,
+        client_publish: ns.client_publish,
+    }
+}
+
+fn app_to_pb(app: App) -> pb::App {
+    pb::App {
+        id: app.id,
+        tenant_id: app.tenant_id,
+        name: app.name,
+        enabled: app.enabled,
+        allowed_origins: app.allowed_origins,
+        max_token_ttl_s: app.max_token_ttl_s,
+        namespaces: app
+            .namespaces
+            .into_iter()
+            .map(|ns| pb::Namespace {
+                name: ns.name,
+                history_size: ns.history_size,
+                history_ttl_s: ns.history_ttl_s,
+                presence: ns.presence,
+                client_publish: ns.client_publish,
+            })
+            .collect(),
+        created_at: app.created_at.to_rfc3339(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::control_plane_server::ControlPlane for ControlPlaneGrpc {
+    async fn issue_token(
+        &self,
+        request: Request<pb::IssueTokenRequest>,
+    ) -> Result<Response<pb::IssueTokenResponse>, Status> {
+        let presented = bearer(&request).ok_or(Error::Unauthorized)?;
+        let key = self.state.keys().verify_api_key(presented).await?;
+        let req = request.into_inner();
+        let info = req
+            .info_json
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| Error::invalid(format!("info_json is not JSON: {e}")))?;
+        let caps = if req.capabilities.is_empty() {
+            None
+        } else {
+            Some(capabilities(req.capabilities.into_iter().collect())?)
+        };
+        let issued = self.state.issue_token(
+            &key,
+            &req.app_id,
+            TokenRequest {
+                client_id: req.client_id,
+                ttl_s: (req.ttl_s != 0).then_some(req.ttl_s),
+                capabilities: caps,
+                info,
+            },
+        )?;
+        Ok(Response::new(pb::IssueTokenResponse { token: issued.token, expires_at: issued.expires_at.timestamp() }))
+    }
+
+    async fn create_app(&self, request: Request<pb::CreateAppRequest>) -> Result<Response<pb::App>, Status> {
+        let admin = self.admin(&request).await?;
+        let req = request.into_inner();
+        let namespaces = if req.namespaces.is_empty() {
+            None
+        } else {
+            Some(req.namespaces.into_iter().map(namespace_from_pb).collect())
+        };
+        let app = self
+            .state
+            .create_app(
+                &admin,
+                &req.tenant_id,
+                CreateApp {
+                    name: req.name,
+                    enabled: true,
+                    allowed_origins: req.allowed_origins,
+                    max_token_ttl_s: (req.max_token_ttl_s != 0).then_some(req.max_token_ttl_s),
+                    namespaces,
+                    quotas: None,
+                },
+            )
+            .await?;
+        Ok(Response::new(app_to_pb(app)))
+    }
+
+    async fn list_apps(&self, request: Request<pb::ListAppsRequest>) -> Result<Response<pb::ListAppsResponse>, Status> {
+        let admin = self.admin(&request).await?;
+        let req = request.into_inner();
+        let params = ListParams {
+            limit: (req.limit != 0).then_some(req.limit),
+            cursor: (!req.cursor.is_empty()).then_some(req.cursor),
+        };
+        let listing = self.state.list_apps(&admin, &req.tenant_id, &params).await?;
+        Ok(Response::new(pb::ListAppsResponse {
+            apps: listing.items.into_iter().map(app_to_pb).collect(),
+            next_cursor: listing.next_cursor.unwrap_or_default(),
+        }))
+    }
+
+    async fn create_api_key(
+        &self,
+        request: Request<pb::CreateApiKeyRequest>,
+    ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
+        let admin = self.admin(&request).await?;
+        let req = request.into_inner();
+        let caps = capabilities(req.capabilities.into_iter().collect())?;
+        let created =
+            self.state.create_api_key(&admin, &req.app_id, CreateApiKey { name: req.name, capabilities: caps }).await?;
+        Ok(Response::new(pb::CreateApiKeyResponse { key_id: created.key.id, secret: created.secret }))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
+        let admin = self.admin(&request).await?;
+        let req = request.into_inner();
+        self.state.revoke_api_key(&admin, &req.app_id, &req.key_id).await?;
+        Ok(Response::new(pb::RevokeApiKeyResponse {}))
+    }
+}

@@ -1,0 +1,254 @@
+//! The [`Store`] contract as executable checks. Every implementation runs all of them
+//! (`tests/control_plane.rs` runs each against Postgres in a private schema and against a
+//! fresh SQLite file). Each check starts from an empty, migrated store.
+
+use aviary_core::{Capabilities, Namespace, Operation, Quotas};
+use chrono::TimeDelta;
+
+use super::{AdminKeyRecord, ApiKeyRecord, App, PageRequest, SigningKeyRecord, Store, Tenant, now};
+use crate::error::Error;
+
+fn id(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::now_v7().simple())
+}
+
+fn tenant(name: &str) -> Tenant {
+    let at = now();
+    Tenant {
+        id: id("ten_"),
+        name: name.into(),
+        enabled: true,
+        quotas: Quotas::default(),
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+fn admin_key(tenant_id: &str) -> AdminKeyRecord {
+    AdminKeyRecord {
+        id: uuid::Uuid::now_v7().simple().to_string(),
+        tenant_id: tenant_id.into(),
+        secret_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        created_at: now(),
+        last_used_at: None,
+        revoked_at: None,
+    }
+}
+
+fn app(tenant_id: &str, name: &str) -> App {
+    let at = now();
+    App {
+        id: id("app_"),
+        tenant_id: tenant_id.into(),
+        name: name.into(),
+        enabled: true,
+        allowed_origins: vec!["https://example.com".into()],
+        max_token_ttl_s: 3600,
+        namespaces: vec![
+            Namespace::default_namespace(),
+            Namespace { name: "chat".into(), ..Namespace::default_namespace() },
+        ],
+        quotas: Some(Quotas { max_connections: 10, ..Quotas::default() }),
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+fn api_key(app: &App) -> ApiKeyRecord {
+    ApiKeyRecord {
+        id: uuid::Uuid::now_v7().simple().to_string(),
+        app_id: app.id.clone(),
+        tenant_id: app.tenant_id.clone(),
+        name: "backend".into(),
+        capabilities: Capabilities::from_pairs([("chat:*", &[Operation::Subscribe, Operation::Publish][..])]),
+        secret_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        created_at: now(),
+        last_used_at: None,
+        revoked_at: None,
+    }
+}
+
+async fn seed(store: &dyn Store, name: &str) -> Tenant {
+    let t = tenant(name);
+    store.create_tenant(&t, &admin_key(&t.id)).await.expect("create tenant");
+    t
+}
+
+/// Records come back exactly as written; tenant names are unique and a clash writes nothing.
+pub async fn tenants_round_trip_and_names_are_unique(store: &dyn Store) {
+    store.ping().await.expect("ping");
+    let t = tenant("acme");
+    let key = admin_key(&t.id);
+    store.create_tenant(&t, &key).await.unwrap();
+    assert_eq!(store.tenant(&t.id).await.unwrap(), Some(t.clone()));
+    assert_eq!(store.admin_key(&key.id).await.unwrap(), Some(key));
+
+    let clash = tenant("acme");
+    let clash_key = admin_key(&clash.id);
+    assert!(matches!(store.create_tenant(&clash, &clash_key).await, Err(Error::Conflict(_))));
+    assert_eq!(store.tenant(&clash.id).await.unwrap(), None, "a refused tenant leaves nothing behind");
+    assert_eq!(store.admin_key(&clash_key.id).await.unwrap(), None, "the admin key is in the same transaction");
+
+    let mut changed = t.clone();
+    changed.name = "acme-2".into();
+    changed.enabled = false;
+    changed.quotas.max_connections = 5;
+    changed.updated_at = now();
+    assert!(store.update_tenant(&changed).await.unwrap());
+    assert_eq!(store.tenant(&t.id).await.unwrap(), Some(changed));
+    assert!(!store.update_tenant(&tenant("ghost")).await.unwrap());
+    assert_eq!(store.tenant("ten_missing").await.unwrap(), None);
+}
+
+/// Keyset pagination visits every record once, in creation order.
+pub async fn lists_paginate_without_gaps_or_repeats(store: &dyn Store) {
+    let mut created = Vec::new();
+    for i in 0..7 {
+        created.push(seed(store, &format!("tenant {i}")).await.id);
+    }
+    let mut seen = Vec::new();
+    let mut page = PageRequest::first(3);
+    loop {
+        let got = store.list_tenants(&page).await.unwrap();
+        assert!(got.items.len() <= 3);
+        seen.extend(got.items.into_iter().map(|t| t.id));
+        match got.next_after {
+            Some(after) => page.after = Some(after),
+            None => break,
+        }
+    }
+    assert_eq!(seen, created);
+
+    let owner = seed(store, "owner").await;
+    let apps: Vec<App> = (0..5).map(|i| app(&owner.id, &format!("app {i}"))).collect();
+    for a in &apps {
+        store.create_app(a).await.unwrap();
+    }
+    let first = store.list_apps(&owner.id, &PageRequest::first(2)).await.unwrap();
+    assert_eq!(first.items, apps[..2]);
+    let rest = store.list_apps(&owner.id, &PageRequest { after: first.next_after, limit: 10 }).await.unwrap();
+    assert_eq!(rest.items, apps[2..]);
+    assert_eq!(rest.next_after, None);
+    assert_eq!(store.all_apps().await.unwrap(), apps);
+}
+
+/// App names are unique per tenant, need an existing tenant, and updates replace settings.
+pub async fn apps_are_unique_per_tenant_and_need_a_tenant(store: &dyn Store) {
+    let a = seed(store, "a").await;
+    let b = seed(store, "b").await;
+    let first = app(&a.id, "web");
+    store.create_app(&first).await.unwrap();
+    assert!(matches!(store.create_app(&app(&a.id, "web")).await, Err(Error::Conflict(_))));
+    store.create_app(&app(&b.id, "web")).await.expect("same name in another tenant is fine");
+    assert!(matches!(store.create_app(&app("ten_missing", "web")).await, Err(Error::NotFound(_))));
+
+    let mut changed = first.clone();
+    changed.enabled = false;
+    changed.allowed_origins = vec![];
+    changed.quotas = None;
+    changed.namespaces = vec![Namespace::default_namespace()];
+    changed.max_token_ttl_s = 60;
+    changed.updated_at = now();
+    assert!(store.update_app(&changed).await.unwrap());
+    assert_eq!(store.app(&first.id).await.unwrap(), Some(changed));
+    assert_eq!(store.list_apps(&a.id, &PageRequest::first(10)).await.unwrap().items.len(), 1);
+}
+
+/// Deleting a tenant removes its admin keys, apps and API keys; deleting an app its keys.
+pub async fn deletes_cascade(store: &dyn Store) {
+    let t = tenant("doomed");
+    let key = admin_key(&t.id);
+    store.create_tenant(&t, &key).await.unwrap();
+    let a1 = app(&t.id, "one");
+    let a2 = app(&t.id, "two");
+    store.create_app(&a1).await.unwrap();
+    store.create_app(&a2).await.unwrap();
+    let k1 = api_key(&a1);
+    let k2 = api_key(&a2);
+    store.create_api_key(&k1).await.unwrap();
+    store.create_api_key(&k2).await.unwrap();
+
+    assert!(store.delete_app(&a1.id).await.unwrap());
+    assert_eq!(store.api_key(&k1.id).await.unwrap(), None);
+    assert!(!store.delete_app(&a1.id).await.unwrap());
+
+    assert!(store.delete_tenant(&t.id).await.unwrap());
+    assert_eq!(store.tenant(&t.id).await.unwrap(), None);
+    assert_eq!(store.admin_key(&key.id).await.unwrap(), None);
+    assert_eq!(store.app(&a2.id).await.unwrap(), None);
+    assert_eq!(store.api_key(&k2.id).await.unwrap(), None);
+    assert!(!store.delete_tenant(&t.id).await.unwrap());
+    assert!(matches!(store.create_api_key(&api_key(&a2)).await, Err(Error::NotFound(_))));
+}
+
+/// Revocation is scoped to the key's app, keeps the first revocation time, and is listed.
+pub async fn api_key_revocation_is_recorded_once(store: &dyn Store) {
+    let t = seed(store, "keys").await;
+    let a = app(&t.id, "app");
+    let other = app(&t.id, "other");
+    store.create_app(&a).await.unwrap();
+    store.create_app(&other).await.unwrap();
+    let k = api_key(&a);
+    store.create_api_key(&k).await.unwrap();
+    assert_eq!(store.api_key(&k.id).await.unwrap(), Some(k.clone()));
+
+    let used = now();
+    store.touch_api_key(&k.id, used).await.unwrap();
+    store.touch_api_key("missing", used).await.expect("touching a missing key is not an error");
+    assert_eq!(store.api_key(&k.id).await.unwrap().unwrap().last_used_at, Some(used));
+
+    assert!(!store.revoke_api_key(&other.id, &k.id, now()).await.unwrap(), "wrong app");
+    assert_eq!(store.api_key(&k.id).await.unwrap().unwrap().revoked_at, None);
+    let at = now();
+    assert!(store.revoke_api_key(&a.id, &k.id, at).await.unwrap());
+    assert!(store.revoke_api_key(&a.id, &k.id, at + TimeDelta::seconds(10)).await.unwrap(), "idempotent");
+    assert_eq!(store.api_key(&k.id).await.unwrap().unwrap().revoked_at, Some(at));
+    assert_eq!(store.revoked_api_keys().await.unwrap(), vec![(a.id.clone(), k.id.clone())]);
+    let listed = store.list_api_keys(&a.id, &PageRequest::first(10)).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].revoked_at, Some(at));
+}
+
+/// Rotation retires the current key, inserts the new one and purges long-retired keys.
+pub async fn signing_key_rotation_retires_and_purges(store: &dyn Store) {
+    assert!(store.signing_keys().await.unwrap().is_empty());
+    let t0 = now() - TimeDelta::hours(48);
+    let k =
+        |kid: &str, at| SigningKeyRecord { kid: kid.into(), pkcs8: vec![1, 2, 3], created_at: at, retired_at: None };
+    store.rotate_signing_key(&k("k1", t0), t0 - TimeDelta::days(1)).await.unwrap();
+    let t1 = t0 + TimeDelta::hours(1);
+    store.rotate_signing_key(&k("k2", t1), t1 - TimeDelta::days(1)).await.unwrap();
+    let keys = store.signing_keys().await.unwrap();
+    assert_eq!(keys.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>(), ["k2", "k1"]);
+    assert_eq!(keys[0].retired_at, None);
+    assert_eq!(keys[1].retired_at, Some(t1));
+    assert_eq!(keys[1].pkcs8, vec![1, 2, 3]);
+
+    // k1 retired at t1, which is before the cutoff: purged. k2 retires now and is kept.
+    let t2 = now();
+    store.rotate_signing_key(&k("k3", t2), t1 + TimeDelta::minutes(1)).await.unwrap();
+    let keys = store.signing_keys().await.unwrap();
+    assert_eq!(keys.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>(), ["k3", "k2"]);
+    assert_eq!(keys.iter().filter(|k| k.retired_at.is_none()).count(), 1);
+}
+
+/// A marker is set by exactly one call.
+pub async fn markers_are_set_once(store: &dyn Store) {
+    assert!(!store.has_marker("demo").await.unwrap());
+    assert!(store.set_marker("demo").await.unwrap());
+    assert!(!store.set_marker("demo").await.unwrap());
+    assert!(store.has_marker("demo").await.unwrap());
+}
+
+/// Strings that look like SQL are data: stored and returned verbatim, nothing executed.
+pub async fn sql_looking_values_are_stored_literally(store: &dyn Store) {
+    let name = "x'); DROP TABLE tenants; --";
+    let t = seed(store, name).await;
+    assert_eq!(store.tenant(&t.id).await.unwrap().unwrap().name, name);
+    let mut a = app(&t.id, "'; DELETE FROM apps WHERE '1'='1");
+    a.allowed_origins = vec!["https://x.com\"); DROP TABLE apps; --".into()];
+    store.create_app(&a).await.unwrap();
+    assert_eq!(store.app(&a.id).await.unwrap(), Some(a));
+    assert_eq!(store.tenant("' OR '1'='1").await.unwrap(), None);
+    assert_eq!(store.list_tenants(&PageRequest::first(10)).await.unwrap().items.len(), 1);
+}

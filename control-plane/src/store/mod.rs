@@ -1,0 +1,206 @@
+//! The control plane's durable state: the [`Store`] trait (its doc comments are the contract),
+//! the records it holds, and its two implementations.
+//!
+//! - [`postgres::PgStore`] for `aviary control-plane` (shared by every control plane replica),
+//! - [`sqlite::SqliteStore`] for `aviary dev` (one file in the data directory, WAL mode).
+//!
+//! Both run the same SQL (see `sql.rs`); [`contract`] is the one test suite every implementation
+//! must pass. The store knows nothing about HTTP, hashing or the registry: callers validate input
+//! and hash secrets before anything reaches it, so every value it is given is already legal.
+
+use async_trait::async_trait;
+use aviary_core::{Capabilities, Namespace, Quotas};
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::Serialize;
+
+use crate::error::Result;
+
+pub mod contract;
+pub mod postgres;
+mod sql;
+pub mod sqlite;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// The current time at the precision every store keeps (microseconds, Postgres' limit), so a
+/// record read back compares equal to the one written.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// An organisation: owns apps and sets the quotas they share.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    /// A disabled tenant's apps accept no connections or publishes.
+    pub enabled: bool,
+    /// Ceiling for every app of the tenant; set by the operator.
+    pub quotas: Quotas,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One application of a tenant: its own channels, settings and API keys.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct App {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub enabled: bool,
+    /// Browser Origins allowed to connect; empty allows any.
+    pub allowed_origins: Vec<String>,
+    /// Longest connection token lifetime this app allows, in seconds.
+    pub max_token_ttl_s: u32,
+    /// Channel namespaces (history, presence, client publish).
+    pub namespaces: Vec<Namespace>,
+    /// App-level quota overrides; never above the tenant's. `None` inherits the tenant's.
+    pub quotas: Option<Quotas>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A tenant admin key (`avt_...`) as stored: only the argon2id hash of its secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminKeyRecord {
+    pub id: String,
+    pub tenant_id: String,
+    /// argon2id PHC string.
+    pub secret_hash: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// An app API key (`avk_...`) as stored: only the argon2id hash of its secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub app_id: String,
+    pub tenant_id: String,
+    /// Human label, e.g. "backend-prod".
+    pub name: String,
+    /// What tokens minted with this key may at most allow.
+    pub capabilities: Capabilities,
+    /// argon2id PHC string.
+    pub secret_hash: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A token signing key: Ed25519 private key as PKCS#8 DER.
+#[derive(Clone, PartialEq)]
+pub struct SigningKeyRecord {
+    pub kid: String,
+    pub pkcs8: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+    /// When a newer key replaced this one; `None` for the current key.
+    pub retired_at: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for SigningKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("SigningKeyRecord")
+            .field("kid", &self.kid)
+            .field("created_at", &self.created_at)
+            .field("retired_at", &self.retired_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which page of a list to read: records with an id strictly after `after`, at most `limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    pub after: Option<String>,
+    /// 1..=[`MAX_PAGE`]; callers clamp.
+    pub limit: u32,
+}
+
+/// Largest page any list returns.
+pub const MAX_PAGE: u32 = 200;
+
+impl PageRequest {
+    pub fn first(limit: u32) -> Self {
+        PageRequest { after: None, limit }
+    }
+}
+
+/// One page of a list, in id (= creation) order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// The id to pass as [`PageRequest::after`] for the next page; `None` on the last page.
+    pub next_after: Option<String>,
+}
+
+/// Durable control plane state.
+///
+/// Contract (checked by [`contract`] against every implementation):
+/// - Ids are chosen by the caller and are unique per record kind; lists are ordered by id and
+///   paginate by keyset (`id > after`), so a page boundary never skips or repeats a record that
+///   existed when the listing started.
+/// - Tenant names are unique; app names are unique within a tenant. Breaking either returns
+///   [`crate::Error::Conflict`] and writes nothing.
+/// - Creating a record under a parent that does not exist returns [`crate::Error::NotFound`].
+/// - Deleting a tenant deletes its admin keys, apps and their API keys; deleting an app deletes
+///   its API keys. Deletes report whether anything was there.
+/// - Values are stored and returned exactly (strings are bound as parameters, never spliced into
+///   SQL), timestamps at microsecond precision (see [`now`]).
+/// - Every method is one transaction: a failure leaves the store as it was.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Succeeds when the store answers a trivial query (readiness).
+    async fn ping(&self) -> Result<()>;
+
+    /// Creates a tenant together with its first admin key, atomically.
+    async fn create_tenant(&self, tenant: &Tenant, admin_key: &AdminKeyRecord) -> Result<()>;
+    async fn tenant(&self, id: &str) -> Result<Option<Tenant>>;
+    async fn list_tenants(&self, page: &PageRequest) -> Result<Page<Tenant>>;
+    /// Replaces the mutable fields (name, enabled, quotas, updated_at) of an existing tenant.
+    /// `false` if it does not exist.
+    async fn update_tenant(&self, tenant: &Tenant) -> Result<bool>;
+    /// Deletes a tenant and everything it owns. `false` if it did not exist.
+    async fn delete_tenant(&self, id: &str) -> Result<bool>;
+
+    async fn create_admin_key(&self, key: &AdminKeyRecord) -> Result<()>;
+    async fn admin_key(&self, id: &str) -> Result<Option<AdminKeyRecord>>;
+    /// Records that the key was used at `at` (best effort bookkeeping, never fails on a missing key).
+    async fn touch_admin_key(&self, id: &str, at: DateTime<Utc>) -> Result<()>;
+
+    async fn create_app(&self, app: &App) -> Result<()>;
+    async fn app(&self, id: &str) -> Result<Option<App>>;
+    async fn list_apps(&self, tenant_id: &str, page: &PageRequest) -> Result<Page<App>>;
+    /// Every app of every tenant (loading the registry at start).
+    async fn all_apps(&self) -> Result<Vec<App>>;
+    /// Replaces the mutable fields of an existing app (everything but id, tenant_id, created_at).
+    /// `false` if it does not exist.
+    async fn update_app(&self, app: &App) -> Result<bool>;
+    /// Deletes an app and its API keys. `false` if it did not exist.
+    async fn delete_app(&self, id: &str) -> Result<bool>;
+
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<()>;
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>>;
+    /// The app's keys, revoked ones included (they show `revoked_at`).
+    async fn list_api_keys(&self, app_id: &str, page: &PageRequest) -> Result<Page<ApiKeyRecord>>;
+    /// Marks the key revoked at `at` (an earlier revocation time is kept). `true` if the key
+    /// exists and belongs to `app_id`, whether or not it was already revoked.
+    async fn revoke_api_key(&self, app_id: &str, key_id: &str, at: DateTime<Utc>) -> Result<bool>;
+    /// `(app_id, key_id)` of every revoked key of an existing app.
+    async fn revoked_api_keys(&self) -> Result<Vec<(String, String)>>;
+    /// Records that the key was used at `at` (best effort, never fails on a missing key).
+    async fn touch_api_key(&self, id: &str, at: DateTime<Utc>) -> Result<()>;
+
+    /// Every stored signing key, newest first. At most one has `retired_at == None`.
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;
+    /// Makes `new` the current key in one transaction: the previous current key gets
+    /// `retired_at = new.created_at`, `new` is inserted, and keys retired before
+    /// `purge_retired_before` (whose tokens have all expired) are deleted.
+    async fn rotate_signing_key(&self, new: &SigningKeyRecord, purge_retired_before: DateTime<Utc>) -> Result<()>;
+
+    /// Sets a one-shot marker. `true` if this call set it, `false` if it was already set.
+    async fn set_marker(&self, name: &str) -> Result<bool>;
+    async fn has_marker(&self, name: &str) -> Result<bool>;
+}
