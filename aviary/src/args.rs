@@ -84,6 +84,14 @@ pub struct DataPlaneArgs {
     /// How often the node reloads config from the store, in milliseconds.
     #[arg(long, env = "AVIARY_CONFIG_REFRESH_MS", default_value_t = 1000)]
     pub config_refresh_ms: u64,
+    /// Redis URL(s) of the broker shared by all nodes; repeat (or comma-separate) to shard
+    /// channels over several Redis servers. Without it the node uses the in-process broker and
+    /// works alone.
+    #[arg(long = "redis-url", env = "AVIARY_REDIS_URL", value_delimiter = ',')]
+    pub redis_urls: Vec<String>,
+    /// Prefix of every Redis key and pub/sub topic, so several Aviary clusters can share Redis.
+    #[arg(long, env = "AVIARY_REDIS_PREFIX", default_value = "aviary")]
+    pub redis_prefix: String,
     #[command(flatten)]
     pub node: NodeTuning,
 }

@@ -50,7 +50,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         shutdown.child_token(),
     );
 
-    let http = nodes::ops_router(Some(&control_plane), Some(&data_plane))
+    let http = nodes::ops_router(Some(&control_plane), Some(&data_plane), Vec::new())
         .merge(aviary_control_plane::api::router(control_plane.clone()))
         .merge(data_plane.router())
         .merge(crate::demo::router(control_plane.clone(), demo));

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use aviary_broker::Broker;
 use aviary_broker::memory::MemoryBroker;
+use aviary_broker::redis::RedisBroker;
 use aviary_control_plane::{ControlPlaneConfig, ControlPlaneState};
 use aviary_core::Registry;
 use aviary_data_plane::{DataPlane, DataPlaneConfig};
@@ -44,8 +46,12 @@ pub fn data_plane_config(tuning: &NodeTuning) -> DataPlaneConfig {
 
 /// `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`, with readiness checks for the
 /// planes this process runs.
-pub fn ops_router(control_plane: Option<&ControlPlaneState>, data_plane: Option<&DataPlane>) -> Router {
-    let mut checks: Vec<(&'static str, ReadinessProbe)> = Vec::new();
+pub fn ops_router(
+    control_plane: Option<&ControlPlaneState>,
+    data_plane: Option<&DataPlane>,
+    extra_checks: Vec<(&'static str, ReadinessProbe)>,
+) -> Router {
+    let mut checks: Vec<(&'static str, ReadinessProbe)> = extra_checks;
     if let Some(cp) = control_plane {
         let cp = cp.clone();
         checks.push((
@@ -155,7 +161,8 @@ pub async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let store = aviary_control_plane::open_store(&args.database_url, !args.no_migrate).await?;
     let registry = Arc::new(Registry::new());
     let control_plane = ControlPlaneState::new(store, registry, ControlPlaneConfig::new(args.operator_token)).await?;
-    let http = ops_router(Some(&control_plane), None).merge(aviary_control_plane::api::router(control_plane.clone()));
+    let http = ops_router(Some(&control_plane), None, Vec::new())
+        .merge(aviary_control_plane::api::router(control_plane.clone()));
     let servers = Servers::bind(args.listen, Some(args.grpc_listen)).await?;
     tracing::info!(http = %servers.http_addr, grpc = ?servers.grpc_addr, "control plane listening");
     println!("listening on http://{}", servers.http_addr);
@@ -178,14 +185,31 @@ pub async fn run_data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
         Duration::from_millis(args.config_refresh_ms.max(100)),
         shutdown.clone(),
     ));
+    let (broker, redis): (Arc<dyn Broker>, Option<Arc<RedisBroker>>) = if args.redis_urls.is_empty() {
+        tracing::warn!("no --redis-url: using the in-process broker; this node cannot share channels with others");
+        (Arc::new(MemoryBroker::new()), None)
+    } else {
+        let redis = Arc::new(RedisBroker::new(&args.redis_urls, &args.redis_prefix)?);
+        (redis.clone(), Some(redis))
+    };
     let data_plane = DataPlane::new(
         registry,
-        Arc::new(MemoryBroker::new()),
+        broker,
         control_plane.api_key_authority(),
         data_plane_config(&args.node),
         shutdown.child_token(),
     );
-    let http = ops_router(Some(&control_plane), Some(&data_plane)).merge(data_plane.router());
+    let mut extra: Vec<(&'static str, ReadinessProbe)> = Vec::new();
+    if let Some(redis) = redis {
+        extra.push((
+            "redis",
+            Arc::new(move || {
+                let redis = redis.clone();
+                Box::pin(async move { redis.ping().await.map(|_| "reachable".to_owned()).map_err(|e| e.to_string()) })
+            }),
+        ));
+    }
+    let http = ops_router(Some(&control_plane), Some(&data_plane), extra).merge(data_plane.router());
     let servers = Servers::bind(args.listen, None).await?;
     tracing::info!(http = %servers.http_addr, "data plane listening");
     println!("listening on http://{}", servers.http_addr);
