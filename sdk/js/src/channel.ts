@@ -125,7 +125,12 @@ export class Presence<T = unknown> extends Emitter<PresenceEvents> {
     for (const w of waiters) w.resolve();
     // Not connected: the server removed us with the connection and we won't re-enter.
     if (!this.channel.host.canRequest) return;
-    await this.channel.host.request({ type: 'presence.leave', channel: this.channel.name }, { wait: false });
+    try {
+      await this.channel.host.request({ type: 'presence.leave', channel: this.channel.name }, { wait: false });
+    } catch (err) {
+      // Not entered on this connection (yet): leaving is already true.
+      if (!isAviaryError(err, 'not_found') && !isAviaryError(err, 'disconnected')) throw err;
+    }
   }
 
   /** The current members, from the server. */

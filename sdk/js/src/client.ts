@@ -19,7 +19,7 @@ import { Emitter } from './emitter.js';
 import {
   AviaryError,
   CloseCode,
-  closePolicy,
+  effectivePolicy,
   errorFromClose,
   errorFromFrame,
   isAviaryError,
@@ -200,7 +200,8 @@ export class Aviary extends Emitter<ClientEvents> {
   private pingOutstanding = false;
   private pingIntervalMs = 25_000;
   private disconnectFrame: DisconnectFrame | null = null;
-  private invalidTokenStreak = 0;
+  /** Consecutive 4001/4010 closes: the second in a row is final. */
+  private tokenRefusals = 0;
   private platformListeners: Array<() => void> = [];
   private lastEventId: string | null = null;
   /** The channels of the stream that produced `lastEventId`: only those resume through it. */
@@ -268,7 +269,7 @@ export class Aviary extends Emitter<ClientEvents> {
     if (this.platformListeners.length === 0) this.listenToPlatform();
     this.clock.clearTimeout(this.timers.reconnect);
     this.backoff.reset();
-    this.invalidTokenStreak = 0;
+    this.tokenRefusals = 0;
     this.failure = null;
     this.start();
   }
@@ -429,7 +430,7 @@ export class Aviary extends Emitter<ClientEvents> {
     this.clock.clearTimeout(this.timers.connect);
     this.clientId = typeof frame.client_id === 'string' ? frame.client_id : null;
     this.connectionId = typeof frame.connection_id === 'string' ? frame.connection_id : null;
-    this.invalidTokenStreak = 0;
+    this.tokenRefusals = 0;
     // SSE's heartbeat is the server's comment interval, not ours to choose; 0 disables.
     this.pingIntervalMs = kind === 'sse' || heartbeatMs <= 0 ? heartbeatMs : (this.options.heartbeatIntervalMs ?? heartbeatMs);
     this.lastInbound = this.clock.now();
@@ -504,10 +505,8 @@ export class Aviary extends Emitter<ClientEvents> {
     const d = this.disconnectFrame;
     const closeCode = d?.code ?? code;
     const error = errorFromClose(closeCode, d?.reason || reason);
-    let policy = closePolicy(closeCode);
-    if (d?.reconnect === false) policy = 'fatal';
-    else if (d?.reconnect === true && policy === 'fatal') policy = 'reconnect';
-    if (closeCode === CloseCode.InvalidToken && ++this.invalidTokenStreak >= 2) policy = 'fatal';
+    let policy = effectivePolicy(closeCode, d?.reconnect ?? null);
+    if (policy === 'new_token' && closeCode !== CloseCode.TokenExpired && ++this.tokenRefusals >= 2) policy = 'fatal';
     this.lost(generation, error, policy);
   }
 
@@ -888,8 +887,7 @@ export class Aviary extends Emitter<ClientEvents> {
       if (chunk.done) {
         const d = this.disconnectFrame;
         const error = d?.code ? errorFromClose(d.code, d.reason) : new AviaryError('connection_lost', 'event stream ended');
-        const policy = d?.reconnect === false ? 'fatal' : d?.code ? closePolicy(d.code) : 'reconnect';
-        this.lost(generation, error, policy === 'fatal' && d?.reconnect !== false ? 'reconnect' : policy);
+        this.lost(generation, error, d?.code ? effectivePolicy(d.code, d.reconnect) : 'reconnect');
         return;
       }
       this.lastInbound = this.clock.now();
@@ -977,6 +975,8 @@ function streamStatusError(status: number): [AviaryError, ClosePolicy] {
       return [new AviaryError('bad_request', 'event stream request refused (too many channels?)'), 'fatal'];
     case 403:
       return [new AviaryError('forbidden', 'event stream forbidden'), 'fatal'];
+    case 404:
+      return [new AviaryError('not_found', 'event stream: unknown channel namespace'), 'fatal'];
     case 429:
       return [new AviaryError('quota_exceeded', 'event stream quota exceeded'), 'reconnect'];
     default:

@@ -138,8 +138,10 @@ const SERVER_CODES = new Set<string>([
 export type ClosePolicy = 'reconnect' | 'reconnect_now' | 'new_token' | 'fatal';
 
 /**
- * The reconnect policy per close code. A `disconnect` frame's `reconnect:false` overrides this with
- * `fatal`; its `reconnect:true` turns a `fatal` here into `reconnect`.
+ * The reconnect policy per close code, when the server sent no `disconnect` frame. With one,
+ * `reconnect:true` turns a `fatal` here into `reconnect`, and `reconnect:false` makes every code
+ * `fatal` except the token codes 4001 and 4010, which get one more try with a fresh token (see
+ * {@link effectivePolicy}).
  */
 export function closePolicy(closeCode: number): ClosePolicy {
   switch (closeCode) {
@@ -149,14 +151,23 @@ export function closePolicy(closeCode: number): ClosePolicy {
     case CloseCode.TokenExpired:
       return 'new_token';
     case CloseCode.InvalidToken:
-      // A fresh token may be valid (key rotation); the client gives up after two in a row.
+    case CloseCode.CredentialsRevoked:
+      // docs/protocol.md: "fetch a new token, then reconnect". A fresh token may be valid (key
+      // rotation, re-login); the client gives up after two such closes in a row.
       return 'new_token';
     case CloseCode.ProtocolError:
     case CloseCode.Forbidden:
     case CloseCode.AppDisabled:
-    case CloseCode.CredentialsRevoked:
       return 'fatal';
     default:
       return 'reconnect';
   }
+}
+
+/** The policy for a close, given the `disconnect` frame's `reconnect` flag when there was one. */
+export function effectivePolicy(closeCode: number, reconnect: boolean | null): ClosePolicy {
+  const policy = closePolicy(closeCode);
+  if (reconnect === false) return policy === 'new_token' ? 'new_token' : 'fatal';
+  if (reconnect === true && policy === 'fatal') return 'reconnect';
+  return policy;
 }

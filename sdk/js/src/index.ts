@@ -15,7 +15,7 @@ export type {
 } from './client.js';
 export { Channel, Presence } from './channel.js';
 export type { ChannelEvents, DiscontinuityEvent, MessageHandler, PresenceEvents } from './channel.js';
-export { AviaryError, CloseCode, closePolicy, errorFromClose, errorFromFrame, isAviaryError } from './errors.js';
+export { AviaryError, CloseCode, closePolicy, effectivePolicy, errorFromClose, errorFromFrame, isAviaryError } from './errors.js';
 export type { ClientErrorCode, CloseErrorCode, ClosePolicy, ErrorCode, ServerErrorCode } from './errors.js';
 export { Backoff } from './backoff.js';
 export type { BackoffOptions } from './backoff.js';

@@ -52,17 +52,12 @@ test('a dropped socket goes disconnected, reconnecting, connecting, connected wi
 });
 
 test('backoff grows while connections keep failing, and resets after a stable period', async (t) => {
-  const refusing = await new FakeServer({ auth: () => ({ closeCode: 1011, reason: 'overloaded' }) }).start();
+  const refusing = await new FakeServer({ auth: () => ({ closeCode: 1011, reason: 'overloaded', reconnect: true }) }).start();
   t.after(() => refusing.stop());
   const c = client(refusing, { random: () => 0.999, backoff: { initialDelayMs: 4, maxDelayMs: 40 } });
   t.after(() => c.close());
   const delays = [];
-  await new Promise((resolve) => {
-    c.on('reconnecting', ({ delayMs }) => {
-      delays.push(delayMs);
-      if (delays.length === 6) resolve();
-    });
-  });
+  await next(c, 'reconnecting', ({ delayMs }) => delays.push(delayMs) === 6);
   assert.deepEqual(delays, [3, 7, 15, 31, 39, 39]);
 
   // Against a server that accepts: a quick second drop keeps counting attempts…
@@ -128,6 +123,17 @@ test('two invalid-token closes in a row fail the client instead of looping', asy
   t.after(() => c.close());
   const failed = await next(c, 'failed');
   assert.equal(failed.reason.code, 'invalid_token');
+});
+
+test('a token refused with 4001 (reconnect:false) gets one retry with a fresh token', async (t) => {
+  let n = 0;
+  const c = client(server, { getToken: async () => (++n === 1 ? 'revoked-token' : `tok-fresh-${n}`) });
+  t.after(() => c.close());
+  const d = await next(c, 'disconnected');
+  assert.equal(d.reason.code, 'invalid_token');
+  assert.equal(d.willReconnect, true);
+  await next(c, 'connected');
+  assert.equal(n, 2);
 });
 
 test('getToken failures are reported and retried with backoff', async (t) => {

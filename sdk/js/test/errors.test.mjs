@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { AviaryError, CloseCode, closePolicy, errorFromClose, errorFromFrame, isAviaryError } from '../dist/esm/index.js';
+import { AviaryError, CloseCode, closePolicy, effectivePolicy, errorFromClose, errorFromFrame, isAviaryError } from '../dist/esm/index.js';
 
 test('every documented close code maps to a stable error code', () => {
   const expected = {
@@ -27,7 +27,7 @@ test('every documented close code maps to a stable error code', () => {
 test('close policy: fatal codes stop, 4002 fetches a new token, 1001 reconnects at once', () => {
   assert.equal(closePolicy(CloseCode.Forbidden), 'fatal');
   assert.equal(closePolicy(CloseCode.AppDisabled), 'fatal');
-  assert.equal(closePolicy(CloseCode.CredentialsRevoked), 'fatal');
+  assert.equal(closePolicy(CloseCode.CredentialsRevoked), 'new_token');
   assert.equal(closePolicy(CloseCode.ProtocolError), 'fatal');
   assert.equal(closePolicy(CloseCode.TokenExpired), 'new_token');
   assert.equal(closePolicy(CloseCode.InvalidToken), 'new_token');
@@ -54,4 +54,17 @@ test('isAviaryError narrows by code', () => {
   assert.ok(isAviaryError(err, 'queue_full'));
   assert.ok(!isAviaryError(err, 'timeout'));
   assert.ok(!isAviaryError(new Error('x')));
+});
+
+test('reconnect:false is final except for token refusals, which get a fresh token', () => {
+  assert.equal(effectivePolicy(4009, false), 'fatal');
+  assert.equal(effectivePolicy(4000, false), 'fatal');
+  assert.equal(effectivePolicy(1009, false), 'fatal');
+  assert.equal(effectivePolicy(4001, false), 'new_token');
+  assert.equal(effectivePolicy(4010, false), 'new_token');
+  assert.equal(effectivePolicy(4003, true), 'reconnect');
+  assert.equal(effectivePolicy(4008, true), 'reconnect');
+  assert.equal(effectivePolicy(1001, true), 'reconnect_now');
+  assert.equal(effectivePolicy(4002, true), 'new_token');
+  assert.equal(effectivePolicy(1006, null), 'reconnect');
 });

@@ -279,7 +279,9 @@ class Conn {
       case 'connect': {
         const verdict = s.authorize(frame.token);
         if (verdict.closeCode) {
-          this.send({ type: 'disconnect', code: verdict.closeCode, reason: verdict.reason ?? '', reconnect: true });
+          // As the real server: only 1001, 4002 and 4008 invite an automatic reconnect.
+          const reconnect = verdict.reconnect ?? [1001, 4002, 4008].includes(verdict.closeCode);
+          this.send({ type: 'disconnect', code: verdict.closeCode, reason: verdict.reason ?? '', reconnect });
           return this.ws.close(verdict.closeCode, verdict.reason ?? '');
         }
         this.clientId = verdict.clientId;
