@@ -8,10 +8,12 @@ use std::collections::BTreeMap;
 
 use aviary_core::{Capabilities, Namespace, Operation};
 use tonic::{Request, Response, Status};
+use tower_governor::GovernorLayer;
 
 use crate::ControlPlaneState;
 use crate::auth::TenantAdmin;
 use crate::error::Error;
+use crate::rate_limit::{Credential, PeerIp, grpc_refusal, limiter};
 use crate::service::{CreateApiKey, CreateApp, ListParams};
 use crate::store::App;
 use crate::tokens::TokenRequest;
@@ -35,9 +37,20 @@ pub fn grpc_service(state: ControlPlaneState) -> ControlPlaneServer<ControlPlane
     ControlPlaneServer::new(ControlPlaneGrpc { state })
 }
 
-/// The service as routes (`Server::builder().add_routes(grpc_router(state))`).
+/// The service as routes (`Server::builder().add_routes(grpc_router(state))`), with the same
+/// per-IP and per-credential rate limits and message size limit as REST.
 pub fn grpc_router(state: ControlPlaneState) -> tonic::service::Routes {
-    tonic::service::Routes::new(grpc_service(state))
+    let limits = state.config().rate_limits;
+    let max_message = state.config().body_limit_bytes;
+    let service = grpc_service(state).max_decoding_message_size(max_message);
+    let mut router = tonic::service::Routes::new(service).into_axum_router();
+    if let Some(per_key) = limiter(Credential, limits.per_key_per_s, limits.per_key_burst) {
+        router = router.layer(GovernorLayer::new(per_key).error_handler(grpc_refusal));
+    }
+    if let Some(per_ip) = limiter(PeerIp, limits.per_ip_per_s, limits.per_ip_burst) {
+        router = router.layer(GovernorLayer::new(per_ip).error_handler(grpc_refusal));
+    }
+    tonic::service::Routes::from(router)
 }
 
 fn bearer<T>(request: &Request<T>) -> Option<&str> {

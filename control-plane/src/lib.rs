@@ -100,6 +100,7 @@ impl ControlPlaneState {
     /// app, trusted key and revoked API key in the store. The store must be migrated.
     pub async fn new(store: Arc<dyn Store>, registry: Arc<Registry>, config: ControlPlaneConfig) -> Result<Self> {
         let keyring = Arc::new(tokens::Keyring::load(store.clone(), registry.clone(), config.max_token_ttl_s).await?);
+        keyring.spawn_refresh(Duration::from_secs(60));
         let keys = KeyVerifier::new(store.clone(), config.key_cache_ttl);
         let state = ControlPlaneState {
             inner: Arc::new(Inner { store, registry, keys, keyring, usage: Arc::new(ZeroUsage), config }),

@@ -46,10 +46,13 @@ impl RateLimitConfig {
     }
 }
 
+/// The TCP peer as axum (`ConnectInfo`) or tonic (`TcpConnectInfo`) recorded it.
 fn peer_ip<T>(req: &Request<T>) -> IpAddr {
-    req.extensions()
+    let extensions = req.extensions();
+    extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
+        .or_else(|| extensions.get::<tonic::transport::server::TcpConnectInfo>()?.remote_addr().map(|a| a.ip()))
         // Served without connect info (a misconfigured binary): one shared bucket.
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
@@ -126,6 +129,20 @@ where
             config.limiter().shrink_to_fit();
         }
     });
+}
+
+/// The gRPC answer for a governor refusal: `RESOURCE_EXHAUSTED` with `retry-after` metadata.
+pub fn grpc_refusal(error: GovernorError) -> Response {
+    match error {
+        GovernorError::TooManyRequests { wait_time, .. } => {
+            let mut response: Response =
+                tonic::Status::resource_exhausted(format!("rate limit exceeded; retry after {} s", wait_time.max(1)))
+                    .into_http();
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, wait_time.max(1).into());
+            response
+        }
+        other => tonic::Status::internal(format!("rate limiter: {other}")).into_http(),
+    }
 }
 
 /// The 429 (or 500) answer for a governor refusal, as a problem document.

@@ -105,14 +105,38 @@ impl Keyring {
         Ok(self.current().kid.clone())
     }
 
-    /// Re-reads the keys from the store (another replica may have rotated) and republishes them.
+    /// Re-reads the keys from the store (another replica may have rotated, or a retired key's
+    /// retention ran out) and republishes them if the set changed.
     pub async fn reload(&self) -> Result<()> {
         let state = Self::read(&*self.store, self.retention)
             .await?
             .ok_or_else(|| Error::Internal("no current signing key".into()))?;
+        let kids =
+            |s: &KeyringState| (s.current.kid.clone(), s.trusted.iter().map(|k| k.kid.clone()).collect::<Vec<_>>());
+        if kids(&state) == kids(&self.state.read()) {
+            return Ok(());
+        }
         self.registry.set_verifying_keys(state.trusted.iter().cloned());
         *self.state.write() = Arc::new(state);
         Ok(())
+    }
+
+    /// Reloads every `every` so replicas converge on rotations made elsewhere and retired keys
+    /// leave the JWKS once their tokens have expired. Stops when the keyring is dropped.
+    pub fn spawn_refresh(self: &Arc<Self>, every: std::time::Duration) {
+        let keyring = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(keyring) = keyring.upgrade() else { return };
+                if let Err(e) = keyring.reload().await {
+                    tracing::warn!(error = %e, "could not reload signing keys");
+                }
+            }
+        });
     }
 
     /// The key new tokens are signed with.

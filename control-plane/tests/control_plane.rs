@@ -694,6 +694,7 @@ async fn rotation_keeps_the_previous_key_in_the_jwks(store: TestStore) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_bootstrap_runs_once_and_its_key_mints() {
     let s = start(sqlite_store().await, |_| {}).await;
+    assert!(s.state.ready().await);
     let demo = s.state.bootstrap_demo().await.unwrap().expect("first start creates the demo");
     assert!(s.state.bootstrap_demo().await.unwrap().is_none(), "second start does not");
     let app = s.state.registry().app(&demo.app_id).unwrap();
@@ -732,6 +733,20 @@ async fn rate_limits_answer_429_with_retry_after() {
     assert!(retry >= 1);
     // Another credential has its own bucket.
     s.get("/v1/tenants", OPERATOR).await.expect(StatusCode::OK);
+
+    // gRPC shares the rules.
+    let mut client = ControlPlaneClient::connect(format!("http://{}", s.grpc)).await.unwrap();
+    let mut codes = Vec::new();
+    for _ in 0..10 {
+        let request = with_auth(pb::ListAppsRequest { tenant_id: "ten_x".into(), ..Default::default() }, "grpc-guess");
+        let code = client.list_apps(request).await.unwrap_err().code();
+        codes.push(code);
+        if code == tonic::Code::ResourceExhausted {
+            break;
+        }
+    }
+    assert_eq!(codes.last(), Some(&tonic::Code::ResourceExhausted), "{codes:?}");
+    assert!(codes[..codes.len() - 1].iter().all(|c| *c == tonic::Code::Unauthenticated));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
