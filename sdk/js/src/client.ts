@@ -443,6 +443,9 @@ export class Aviary extends Emitter<ClientEvents> {
     if (kind === 'websocket') {
       for (const channel of this.channelMap.values()) channel.onConnected();
       this.flushOutbox();
+    } else {
+      // Channels subscribed while the stream was opening are not in it yet.
+      this.subscriptionsChanged();
     }
     const waiters = this.connectWaiters;
     this.connectWaiters = [];

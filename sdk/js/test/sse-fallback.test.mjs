@@ -121,3 +121,21 @@ test('a stream refused with 401 fetches a new token', async (t) => {
   await c.channel(unique('sse-auth')).subscribe(() => {});
   assert.equal(n, 2);
 });
+
+test('a channel subscribed while the stream is opening is added once it is open', async (t) => {
+  const a = unique('sse-early-a');
+  const b = unique('sse-early-b');
+  const c = client(server, { transports: ['sse'], autoConnect: false });
+  t.after(() => c.close());
+  const gotA = collector();
+  const gotB = collector();
+  const first = c.channel(a).subscribe(gotA);
+  // b is added while the request for the [a] stream is in flight.
+  const requested = new Promise((resolve) => server.once('sse', resolve));
+  c.connect();
+  await requested;
+  const second = c.channel(b).subscribe(gotB);
+  await Promise.all([first, second]);
+  server.publish(b, 'b1');
+  await gotB.until(1);
+});
