@@ -25,6 +25,7 @@
 
 pub mod contract;
 pub mod memory;
+pub mod quota;
 pub mod redis;
 
 use std::fmt;

@@ -119,7 +119,7 @@ const PRESENCE_KEY_SLACK_MS: u64 = 60_000;
 const VIRTUAL_NODES: usize = 160;
 
 /// Shared Lua helpers: server time in ms, and expiring presence members with leave events.
-const LUA_PRELUDE: &str = r#"
+pub(crate) const LUA_PRELUDE: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
 local function now_ms()
   local t = redis.call('TIME')
@@ -354,15 +354,7 @@ impl RedisBroker {
         let mut shards = Vec::with_capacity(urls.len());
         let mut actors = Vec::with_capacity(urls.len());
         for (index, url) in urls.iter().enumerate() {
-            let client = redis::Client::open(url.as_str())
-                .map_err(|e| BrokerError::Internal(format!("invalid Redis URL #{index}: {e}")))?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                .set_response_timeout(Some(COMMAND_TIMEOUT))
-                .set_number_of_retries(1)
-                .set_max_delay(MAX_BACKOFF);
-            let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)
-                .map_err(|e| BrokerError::Internal(format!("Redis connection manager #{index}: {e}")))?;
+            let (client, commands) = connect_lazy(url, index)?;
             let (tx, rx) = mpsc::channel(PUBSUB_QUEUE);
             shards.push(Shard { commands, pubsub: tx, topics: Mutex::new(HashMap::new()) });
             actors.push((client, rx));
@@ -424,9 +416,7 @@ impl Inner {
     }
 
     fn shard(&self, keys: &ChannelKeys) -> &Shard {
-        let point = stable_hash(keys.tag.as_bytes());
-        let at = self.ring.partition_point(|(p, _)| *p < point) % self.ring.len();
-        &self.shards[self.ring[at].1]
+        &self.shards[ring_pick(&self.ring, &keys.tag)]
     }
 
     /// Runs the history script: the stream's epoch, offset, first offset held and entries.
@@ -544,7 +534,7 @@ impl Inner {
 }
 
 /// Awaits a Redis call with [`COMMAND_TIMEOUT`], mapping failures to [`BrokerError`].
-async fn with_timeout<T>(call: impl Future<Output = Result<T, RedisError>>) -> Result<T, BrokerError> {
+pub(crate) async fn with_timeout<T>(call: impl Future<Output = Result<T, RedisError>>) -> Result<T, BrokerError> {
     match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(map_error(&e)),
@@ -1061,7 +1051,7 @@ fn parse<T: std::str::FromStr>(bytes: &[u8]) -> Option<T> {
 
 /// A hash that every node and every Rust release computes identically (unlike `std`'s):
 /// FNV-1a, finished with SplitMix64 for a good spread of similar keys over the ring.
-fn stable_hash(bytes: &[u8]) -> u64 {
+pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         h ^= u64::from(b);
@@ -1072,7 +1062,28 @@ fn stable_hash(bytes: &[u8]) -> u64 {
     h ^ (h >> 31)
 }
 
-fn build_ring(urls: &[String]) -> Vec<(u64, usize)> {
+/// The shard index the ring assigns to a hash tag.
+pub(crate) fn ring_pick(ring: &[(u64, usize)], tag: &str) -> usize {
+    let point = stable_hash(tag.as_bytes());
+    ring[ring.partition_point(|(p, _)| *p < point) % ring.len()].1
+}
+
+/// A client and a lazily connecting, self-reconnecting command connection for one Redis URL,
+/// with short timeouts so an unreachable Redis is reported quickly.
+pub(crate) fn connect_lazy(url: &str, index: usize) -> Result<(redis::Client, ConnectionManager), BrokerError> {
+    let client =
+        redis::Client::open(url).map_err(|e| BrokerError::Internal(format!("invalid Redis URL #{index}: {e}")))?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(COMMAND_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_max_delay(MAX_BACKOFF);
+    let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)
+        .map_err(|e| BrokerError::Internal(format!("Redis connection manager #{index}: {e}")))?;
+    Ok((client, commands))
+}
+
+pub(crate) fn build_ring(urls: &[String]) -> Vec<(u64, usize)> {
     let mut ring: Vec<(u64, usize)> = urls
         .iter()
         .enumerate()
@@ -1115,10 +1126,7 @@ mod tests {
         let two: Vec<String> = vec!["redis://a".into(), "redis://b".into()];
         let three: Vec<String> = vec!["redis://a".into(), "redis://b".into(), "redis://c".into()];
         let (ring2, ring3) = (build_ring(&two), build_ring(&three));
-        let pick = |ring: &[(u64, usize)], key: &str| {
-            let point = stable_hash(key.as_bytes());
-            ring[ring.partition_point(|(p, _)| *p < point) % ring.len()].1
-        };
+        let pick = ring_pick;
         let keys: Vec<String> = (0..3_000).map(|i| format!("{{app|room-{i}}}")).collect();
         let on_b = keys.iter().filter(|k| pick(&ring2, k) == 1).count();
         assert!((1_000..2_000).contains(&on_b), "two shards share the channels: {on_b} of 3000 on b");

@@ -1,0 +1,364 @@
+//! [`RedisQuotas`]: per-tenant (and per-app) connection counts and message rates shared by
+//! every data-plane node through Redis, so limits hold across the cluster.
+//!
+//! # Key layout
+//! All keys of one tenant carry the hash tag `{q|<tenant_id>}`, so one script can check the
+//! tenant and app levels together (on one shard of the ring, or one Redis Cluster slot):
+//!
+//! | key                    | type | holds                                              |
+//! |------------------------|------|----------------------------------------------------|
+//! | `P:qt:{q\|T}`          | hash | node id → the tenant's open connections on that node |
+//! | `P:qa:{q\|T}:<app_id>` | hash | node id → the app's open connections on that node    |
+//! | `P:qn:{q\|T}`          | zset | node id → liveness deadline (Redis server time, ms)  |
+//! | `P:qr:{q\|T}`          | hash | token buckets: `<level>:t` tokens, `<level>:l` last refill (ms) |
+//!
+//! # Connections
+//! Counts are kept per node, never as one shared total, so a node that dies without releasing
+//! anything cannot leak capacity: every node refreshes its liveness deadline for the tenants it
+//! holds connections of every [`RedisQuotas::node_ttl`]/3 (re-asserting its exact local counts,
+//! which also repairs counts a restarted Redis lost), and the admission script drops the counts
+//! of nodes whose deadline passed before summing. A crashed node's connections are therefore
+//! released within one node TTL (30 s by default). The check and the increment are one
+//! script, so concurrent admissions on different nodes never overshoot. The one imprecision:
+//! a heartbeat racing an admission or release on the same node may write a count that is off
+//! by one; the node notices (a generation counter) and writes again at once.
+//!
+//! # Message rate
+//! One token bucket per tenant and per app, refilled continuously at the limit per second and
+//! holding one second of burst; one script checks both levels and takes `n` from both or from
+//! neither, using Redis server time so node clocks do not matter.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use crate::BrokerError;
+use crate::redis::{LUA_PRELUDE, build_ring, connect_lazy, ring_pick, with_timeout};
+
+/// Default time after which a silent node's connections no longer count.
+pub const DEFAULT_NODE_TTL: Duration = Duration::from_secs(30);
+
+/// Writes per tenant and heartbeat at most, when local changes keep racing the write.
+const HEARTBEAT_ATTEMPTS: usize = 3;
+
+/// KEYS: tenant counts, app counts, liveness. ARGV: node, tenant max, app max, node ttl ms.
+/// Returns 1 when admitted (and counted), 0 when a limit is reached.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{LUA_PRELUDE}{}",
+        r#"
+local now = now_ms()
+local ttl = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
+local function live_sum(key)
+  local sum = 0
+  local fields = redis.call('HGETALL', key)
+  for i = 1, #fields, 2 do
+    if redis.call('ZSCORE', KEYS[3], fields[i]) then
+      sum = sum + tonumber(fields[i + 1])
+    else
+      redis.call('HDEL', key, fields[i])
+    end
+  end
+  return sum
+end
+if live_sum(KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+if live_sum(KEYS[2]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl * 2) end
+return 1
+"#
+    ))
+});
+
+/// KEYS: tenant counts, app counts. ARGV: node.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+for i = 1, 2 do
+  if redis.call('HINCRBY', KEYS[i], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[i], ARGV[1]) end
+end
+return 1
+"#,
+    )
+});
+
+/// KEYS: liveness, tenant counts, app counts... ARGV: node, node ttl ms, tenant count, app counts...
+/// Refreshes the node's deadline and re-asserts its exact counts.
+static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{LUA_PRELUDE}{}",
+        r#"
+local now = now_ms()
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+for i = 2, #KEYS do
+  local count = tonumber(ARGV[i + 1])
+  if count > 0 then
+    redis.call('HSET', KEYS[i], ARGV[1], count)
+  else
+    redis.call('HDEL', KEYS[i], ARGV[1])
+  end
+end
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl * 2) end
+return 1
+"#
+    ))
+});
+
+/// KEYS: buckets. ARGV: app field, tenant rate, app rate, n. Returns 1 when taken, 0 when not.
+static TAKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{LUA_PRELUDE}{}",
+        r#"
+local now = now_ms()
+local n = tonumber(ARGV[4])
+local function refill(field, rate)
+  local tokens = tonumber(redis.call('HGET', KEYS[1], field .. ':t') or rate)
+  local last = tonumber(redis.call('HGET', KEYS[1], field .. ':l') or now)
+  return math.min(rate, tokens + math.max(0, now - last) * rate / 1000)
+end
+local tenant = refill('t', tonumber(ARGV[2]))
+local app = refill(ARGV[1], tonumber(ARGV[3]))
+if tenant < n or app < n then return 0 end
+redis.call('HSET', KEYS[1], 't:t', tenant - n, 't:l', now, ARGV[1] .. ':t', app - n, ARGV[1] .. ':l', now)
+redis.call('PEXPIRE', KEYS[1], 10000)
+return 1
+"#
+    ))
+});
+
+/// Cluster-wide quota counters in Redis; see the module docs. Cheap to share behind an `Arc`.
+pub struct RedisQuotas {
+    inner: Arc<Inner>,
+    heartbeat: tokio::task::AbortHandle,
+}
+
+struct Inner {
+    prefix: String,
+    node_id: String,
+    node_ttl: Duration,
+    shards: Vec<ConnectionManager>,
+    ring: Vec<(u64, usize)>,
+    /// This node's open connections per tenant and app: the truth it re-asserts in Redis.
+    local: Mutex<HashMap<String, TenantCounts>>,
+}
+
+#[derive(Default, Clone)]
+struct TenantCounts {
+    connections: u32,
+    apps: HashMap<String, u32>,
+    /// Bumped by every local change, so a heartbeat can tell it raced one.
+    generation: u64,
+}
+
+struct TenantKeys {
+    tenant: String,
+    liveness: String,
+    buckets: String,
+    tag: String,
+}
+
+impl RedisQuotas {
+    /// Quotas over the same Redis URLs (sharded by tenant) and prefix as the broker, with
+    /// [`DEFAULT_NODE_TTL`]. Must be called inside a Tokio runtime.
+    pub fn new(urls: &[String], prefix: &str) -> Result<Self, BrokerError> {
+        Self::with_node_ttl(urls, prefix, DEFAULT_NODE_TTL)
+    }
+
+    /// As [`RedisQuotas::new`], with the time after which a silent node's connections stop
+    /// counting (its heartbeat runs three times per TTL).
+    pub fn with_node_ttl(urls: &[String], prefix: &str, node_ttl: Duration) -> Result<Self, BrokerError> {
+        if urls.is_empty() {
+            return Err(BrokerError::Internal("at least one Redis URL is required".into()));
+        }
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| BrokerError::Internal("RedisQuotas must be created inside a Tokio runtime".into()))?;
+        let shards = urls
+            .iter()
+            .enumerate()
+            .map(|(index, url)| connect_lazy(url, index).map(|(_, commands)| commands))
+            .collect::<Result<Vec<_>, _>>()?;
+        let inner = Arc::new(Inner {
+            prefix: prefix.to_owned(),
+            node_id: uuid::Uuid::new_v4().simple().to_string(),
+            node_ttl: node_ttl.max(Duration::from_secs(1)),
+            shards,
+            ring: build_ring(urls),
+            local: Mutex::new(HashMap::new()),
+        });
+        let heartbeat = runtime.spawn(heartbeat_loop(Arc::clone(&inner))).abort_handle();
+        Ok(RedisQuotas { inner, heartbeat })
+    }
+
+    /// The time after which a silent node's connections stop counting.
+    pub fn node_ttl(&self) -> Duration {
+        self.inner.node_ttl
+    }
+
+    /// Counts a new connection for the app and its tenant, or returns `false` (counting
+    /// nothing) when either is at its limit. Release it with [`RedisQuotas::release_connection`].
+    pub async fn try_acquire_connection(
+        &self,
+        tenant_id: &str,
+        app_id: &str,
+        tenant_max: u32,
+        app_max: u32,
+    ) -> Result<bool, BrokerError> {
+        let keys = self.inner.keys(tenant_id);
+        let mut invocation = ACQUIRE.prepare_invoke();
+        invocation
+            .key(&keys.tenant)
+            .key(self.inner.app_key(&keys, app_id))
+            .key(&keys.liveness)
+            .arg(&self.inner.node_id)
+            .arg(tenant_max)
+            .arg(app_max)
+            .arg(self.inner.node_ttl_ms());
+        let mut conn = self.inner.shard(&keys).clone();
+        let admitted: i64 = with_timeout(invocation.invoke_async(&mut conn)).await?;
+        if admitted == 1 {
+            let mut local = self.inner.local.lock();
+            let counts = local.entry(tenant_id.to_owned()).or_default();
+            counts.connections += 1;
+            counts.generation += 1;
+            *counts.apps.entry(app_id.to_owned()).or_default() += 1;
+        }
+        Ok(admitted == 1)
+    }
+
+    /// Forgets a connection counted by [`RedisQuotas::try_acquire_connection`]. Locally at
+    /// once; if Redis is unreachable now, the next heartbeat re-asserts the right count.
+    pub async fn release_connection(&self, tenant_id: &str, app_id: &str) -> Result<(), BrokerError> {
+        {
+            let mut local = self.inner.local.lock();
+            if let Some(counts) = local.get_mut(tenant_id) {
+                counts.connections = counts.connections.saturating_sub(1);
+                counts.generation += 1;
+                if let Some(app) = counts.apps.get_mut(app_id) {
+                    *app = app.saturating_sub(1);
+                }
+                // Zero counts stay until the next heartbeat has written them to Redis.
+            }
+        }
+        let keys = self.inner.keys(tenant_id);
+        let mut invocation = RELEASE.prepare_invoke();
+        invocation.key(&keys.tenant).key(self.inner.app_key(&keys, app_id)).arg(&self.inner.node_id);
+        let mut conn = self.inner.shard(&keys).clone();
+        let _: i64 = with_timeout(invocation.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    /// Takes `n` messages from the tenant's and the app's per-second budgets, or returns
+    /// `false` (taking nothing) when either lacks `n`.
+    pub async fn try_acquire_messages(
+        &self,
+        tenant_id: &str,
+        app_id: &str,
+        tenant_rate: u32,
+        app_rate: u32,
+        n: u32,
+    ) -> Result<bool, BrokerError> {
+        let keys = self.inner.keys(tenant_id);
+        let mut invocation = TAKE.prepare_invoke();
+        invocation.key(&keys.buckets).arg(format!("a|{app_id}")).arg(tenant_rate).arg(app_rate).arg(n);
+        let mut conn = self.inner.shard(&keys).clone();
+        let taken: i64 = with_timeout(invocation.invoke_async(&mut conn)).await?;
+        Ok(taken == 1)
+    }
+}
+
+impl Drop for RedisQuotas {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
+impl std::fmt::Debug for RedisQuotas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisQuotas").field("prefix", &self.inner.prefix).field("node_id", &self.inner.node_id).finish()
+    }
+}
+
+impl Inner {
+    fn keys(&self, tenant_id: &str) -> TenantKeys {
+        let tag = format!("{{q|{tenant_id}}}");
+        let p = &self.prefix;
+        TenantKeys {
+            tenant: format!("{p}:qt:{tag}"),
+            liveness: format!("{p}:qn:{tag}"),
+            buckets: format!("{p}:qr:{tag}"),
+            tag,
+        }
+    }
+
+    fn app_key(&self, keys: &TenantKeys, app_id: &str) -> String {
+        format!("{}:qa:{}:{app_id}", self.prefix, keys.tag)
+    }
+
+    fn shard(&self, keys: &TenantKeys) -> &ConnectionManager {
+        &self.shards[ring_pick(&self.ring, &keys.tag)]
+    }
+
+    fn node_ttl_ms(&self) -> u64 {
+        u64::try_from(self.node_ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Refreshes this node's liveness and counts for every tenant it holds connections of,
+    /// then forgets tenants whose counts reached zero (now written to Redis).
+    async fn heartbeat(&self) {
+        let tenants: Vec<String> = self.local.lock().keys().cloned().collect();
+        for tenant in tenants {
+            // A local change landing between the snapshot and the write may have been
+            // overwritten with a stale count: write again until no change raced (bounded).
+            for _ in 0..HEARTBEAT_ATTEMPTS {
+                let Some(snapshot) = self.local.lock().get(&tenant).cloned() else { break };
+                if let Err(e) = self.heartbeat_tenant(&tenant, &snapshot).await {
+                    tracing::debug!(tenant, error = %e, "quota heartbeat failed");
+                    break;
+                }
+                let mut local = self.local.lock();
+                let Some(counts) = local.get_mut(&tenant) else { break };
+                if counts.generation == snapshot.generation {
+                    counts.apps.retain(|_, n| *n > 0);
+                    if counts.connections == 0 && counts.apps.is_empty() {
+                        local.remove(&tenant);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn heartbeat_tenant(&self, tenant: &str, counts: &TenantCounts) -> Result<(), BrokerError> {
+        let keys = self.keys(tenant);
+        let mut invocation = HEARTBEAT.prepare_invoke();
+        invocation
+            .key(&keys.liveness)
+            .key(&keys.tenant)
+            .arg(&self.node_id)
+            .arg(self.node_ttl_ms())
+            .arg(counts.connections);
+        for (app, count) in &counts.apps {
+            invocation.key(self.app_key(&keys, app)).arg(*count);
+        }
+        let mut conn = self.shard(&keys).clone();
+        let _: i64 = with_timeout(invocation.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+}
+
+async fn heartbeat_loop(inner: Arc<Inner>) {
+    let mut ticker = tokio::time::interval(inner.node_ttl / 3);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        inner.heartbeat().await;
+    }
+}

@@ -1,0 +1,85 @@
+//! [`RedisQuotas`] against the Redis at 127.0.0.1:6379: limits that hold across nodes, and the
+//! connections of a node that stops heartbeating released. Each test uses a unique prefix.
+
+use std::time::Duration;
+
+use aviary_broker::contract::EVENT_TIMEOUT;
+use aviary_broker::quota::RedisQuotas;
+
+const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+fn unique_prefix() -> String {
+    format!("aviary-test-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn node(prefix: &str) -> RedisQuotas {
+    RedisQuotas::new(&[REDIS_URL.to_owned()], prefix).expect("quotas")
+}
+
+#[tokio::test]
+async fn tenant_connection_limit_holds_across_nodes() {
+    let prefix = unique_prefix();
+    let (node1, node2) = (node(&prefix), node(&prefix));
+    assert!(node1.try_acquire_connection("ten", "app1", 3, 10).await.expect("acquire"));
+    assert!(node2.try_acquire_connection("ten", "app2", 3, 10).await.expect("acquire"));
+    assert!(node1.try_acquire_connection("ten", "app1", 3, 10).await.expect("acquire"));
+    assert!(!node2.try_acquire_connection("ten", "app2", 3, 10).await.expect("acquire"), "tenant is at 3");
+    assert!(!node1.try_acquire_connection("ten", "app1", 3, 10).await.expect("acquire"), "refusals count nothing");
+    node1.release_connection("ten", "app1").await.expect("release");
+    assert!(node2.try_acquire_connection("ten", "app2", 3, 10).await.expect("acquire"), "a slot was released");
+    assert!(node1.try_acquire_connection("other-tenant", "app9", 1, 1).await.expect("acquire"), "tenants are separate");
+}
+
+#[tokio::test]
+async fn app_connection_limit_is_checked_with_the_tenant_limit() {
+    let prefix = unique_prefix();
+    let (node1, node2) = (node(&prefix), node(&prefix));
+    assert!(node1.try_acquire_connection("ten", "small", 10, 1).await.expect("acquire"));
+    assert!(!node2.try_acquire_connection("ten", "small", 10, 1).await.expect("acquire"), "app is at 1");
+    assert!(node2.try_acquire_connection("ten", "big", 10, 5).await.expect("acquire"), "sibling app unaffected");
+}
+
+#[tokio::test]
+async fn connections_of_a_silent_node_are_released_after_its_ttl() {
+    let prefix = unique_prefix();
+    let ttl = Duration::from_secs(2);
+    let doomed = RedisQuotas::with_node_ttl(&[REDIS_URL.to_owned()], &prefix, ttl).expect("quotas");
+    let survivor = RedisQuotas::with_node_ttl(&[REDIS_URL.to_owned()], &prefix, ttl).expect("quotas");
+    assert!(doomed.try_acquire_connection("ten", "app", 2, 2).await.expect("acquire"));
+    assert!(doomed.try_acquire_connection("ten", "app", 2, 2).await.expect("acquire"));
+    assert!(!survivor.try_acquire_connection("ten", "app", 2, 2).await.expect("acquire"));
+    drop(doomed); // crashes: no release, no heartbeat
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    while !survivor.try_acquire_connection("ten", "app", 2, 2).await.expect("acquire") {
+        assert!(tokio::time::Instant::now() < deadline, "the silent node's connections were never released");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn live_nodes_keep_their_connections_counted_past_the_ttl() {
+    let prefix = unique_prefix();
+    let ttl = Duration::from_secs(1);
+    let live = RedisQuotas::with_node_ttl(&[REDIS_URL.to_owned()], &prefix, ttl).expect("quotas");
+    let other = RedisQuotas::with_node_ttl(&[REDIS_URL.to_owned()], &prefix, ttl).expect("quotas");
+    assert!(live.try_acquire_connection("ten", "app", 1, 1).await.expect("acquire"));
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !other.try_acquire_connection("ten", "app", 1, 1).await.expect("acquire"),
+            "heartbeat keeps it counted"
+        );
+    }
+}
+
+#[tokio::test]
+async fn message_rate_is_shared_by_nodes_and_takes_from_both_levels_or_neither() {
+    let prefix = unique_prefix();
+    let (node1, node2) = (node(&prefix), node(&prefix));
+    assert!(node1.try_acquire_messages("ten", "app", 100, 10, 6).await.expect("take"));
+    assert!(node2.try_acquire_messages("ten", "app", 100, 10, 4).await.expect("take"));
+    assert!(!node2.try_acquire_messages("ten", "app", 100, 10, 5).await.expect("take"), "app budget is spent");
+    // The refusal took nothing from the tenant: a sibling app still gets the tenant's remaining 90.
+    assert!(node1.try_acquire_messages("ten", "sibling", 100, 1_000, 90).await.expect("take"));
+    assert!(!node1.try_acquire_messages("ten", "sibling", 100, 1_000, 5).await.expect("take"), "tenant is spent");
+}
