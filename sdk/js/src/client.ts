@@ -41,23 +41,29 @@ export type ConnectionState = 'idle' | 'connecting' | 'connected' | 'disconnecte
 
 export type TransportKind = 'websocket' | 'sse';
 
-/** The part of the WebSocket API the client uses: browsers' `WebSocket` and the `ws` package fit. */
+/* eslint-disable @typescript-eslint/no-explicit-any */
+/** The part of the WebSocket API the client uses: browsers' `WebSocket` and the `ws` package fit.
+ * Handler events are `any` so both implementations' own event types are assignable. */
 export interface WebSocketLike {
   readonly readyState: number;
-  onopen: ((event: unknown) => void) | null;
-  onmessage: ((event: { data: unknown }) => void) | null;
-  onclose: ((event: { code: number; reason: string }) => void) | null;
-  onerror: ((event: unknown) => void) | null;
+  onopen: ((event: any) => void) | null;
+  onmessage: ((event: any) => void) | null;
+  onclose: ((event: any) => void) | null;
+  onerror: ((event: any) => void) | null;
   send(data: string): void;
   close(code?: number, reason?: string): void;
 }
 
+/* eslint-enable @typescript-eslint/no-explicit-any */
+
 export type WebSocketConstructor = new (url: string) => WebSocketLike;
 
-/** The part of `fetch` the SSE transport uses. */
+/** The part of `fetch` the SSE transport uses. `signal` is an `AbortSignal`; it is typed loosely
+ * so these declarations compile without the DOM or Node type libraries. */
 export type FetchLike = (
   url: string,
-  init: { headers: Record<string, string>; signal: AbortSignal; cache?: string },
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  init: { headers: Record<string, string>; signal: any; cache?: any },
 ) => Promise<{
   ok: boolean;
   status: number;
@@ -480,14 +486,14 @@ export class Aviary extends Emitter<ClientEvents> {
       this.wsFailuresBeforeOpen = 0;
       this.rawSend({ type: 'connect', token });
     };
-    socket.onmessage = (event) => {
+    socket.onmessage = (event: { data: unknown }) => {
       if (generation !== this.generation) return;
       this.onSocketData(generation, event.data);
     };
     socket.onerror = () => {
       // The close event that follows carries the information.
     };
-    socket.onclose = (event) => {
+    socket.onclose = (event: { code: number; reason: string }) => {
       if (generation !== this.generation) return;
       if (!opened) this.noteWebSocketFailure();
       this.onSocketClose(generation, event.code, event.reason);
