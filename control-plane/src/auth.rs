@@ -12,6 +12,7 @@
 //! behind a semaphore so a flood of wrong keys cannot occupy every thread.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::rand_core::OsRng;
@@ -92,9 +93,14 @@ pub fn secrets_equal(a: &str, b: &str) -> bool {
 }
 
 /// A short-lived map from key id to "this secret verified, here is what it grants".
+///
+/// Evictions bump `epoch` *before* removing; an insert checks the epoch it started from while
+/// holding the entry's shard lock. So a verification that read the store before a revocation
+/// and finishes after it can never put the revoked key back.
 struct VerifiedCache<V> {
     entries: DashMap<String, CacheEntry<V>>,
     ttl: Duration,
+    epoch: AtomicU64,
 }
 
 struct CacheEntry<V> {
@@ -105,7 +111,7 @@ struct CacheEntry<V> {
 
 impl<V: Clone> VerifiedCache<V> {
     fn new(ttl: Duration) -> Self {
-        VerifiedCache { entries: DashMap::new(), ttl }
+        VerifiedCache { entries: DashMap::new(), ttl, epoch: AtomicU64::new(0) }
     }
 
     fn get(&self, id: &str, secret_sha256: &[u8; 32]) -> Option<V> {
@@ -114,7 +120,12 @@ impl<V: Clone> VerifiedCache<V> {
         (same && entry.expires > Instant::now()).then(|| entry.value.clone())
     }
 
-    fn insert(&self, id: &str, secret_sha256: [u8; 32], value: V) {
+    /// The epoch to pass to [`Self::insert`]; read it before looking the key up in the store.
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn insert(&self, id: &str, secret_sha256: [u8; 32], value: V, epoch: u64) {
         if self.ttl.is_zero() {
             return;
         }
@@ -125,15 +136,47 @@ impl<V: Clone> VerifiedCache<V> {
                 return;
             }
         }
-        self.entries.insert(id.to_owned(), CacheEntry { secret_sha256, value, expires: Instant::now() + self.ttl });
+        let entry = self.entries.entry(id.to_owned());
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        entry.insert(CacheEntry { secret_sha256, value, expires: Instant::now() + self.ttl });
     }
 
     fn evict(&self, id: &str) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         self.entries.remove(id);
     }
 
     fn evict_where(&self, pred: impl Fn(&V) -> bool) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         self.entries.retain(|_, e| !pred(&e.value));
+    }
+}
+
+/// Counts a refused verification and returns the error to show.
+fn refused(kind: &'static str) -> Error {
+    metrics::counter!("aviary_key_verifications_total", "kind" => kind, "result" => "refused").increment(1);
+    Error::Unauthorized
+}
+
+/// Holds a key id's verification turn; on drop, removes the id's lock if nobody else waits.
+struct InFlightGuard {
+    verifier: KeyVerifier,
+    id: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self._guard.take();
+        // Two references mean only the map's and ours: no waiter would lose its lock. The check
+        // runs under the map's shard lock, which `entry()` in `one_at_a_time` also takes.
+        self.verifier
+            .inner
+            .in_flight
+            .remove_if(&self.id, |_, lock| Arc::ptr_eq(lock, &self.lock) && Arc::strong_count(lock) == 2);
     }
 }
 
@@ -155,6 +198,9 @@ struct VerifierInner {
     api_keys: VerifiedCache<VerifiedApiKey>,
     admin_keys: VerifiedCache<VerifiedAdminKey>,
     hashing: Semaphore,
+    /// One verification per key id at a time: a burst of requests on a cold key waits for the
+    /// first argon2 run and then hits the cache, instead of running argon2 once per request.
+    in_flight: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl KeyVerifier {
@@ -166,6 +212,7 @@ impl KeyVerifier {
                 api_keys: VerifiedCache::new(cache_ttl),
                 admin_keys: VerifiedCache::new(cache_ttl),
                 hashing: Semaphore::new(cpus),
+                in_flight: DashMap::new(),
             }),
         }
     }
@@ -174,20 +221,28 @@ impl KeyVerifier {
     pub async fn verify_api_key(&self, presented: &str) -> Result<VerifiedApiKey> {
         let (id, secret) = parse_key(presented, API_KEY_PREFIX).ok_or(Error::Unauthorized)?;
         let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-        if let Some(hit) = self.inner.api_keys.get(id, &digest) {
+        let cache = &self.inner.api_keys;
+        if let Some(hit) = cache.get(id, &digest) {
+            metrics::counter!("aviary_key_verifications_total", "kind" => "api", "result" => "cached").increment(1);
             return Ok(hit);
         }
-        let record = self.inner.store.api_key(id).await?.ok_or(Error::Unauthorized)?;
-        if record.revoked_at.is_some() || !self.check_secret(record.secret_hash, secret).await? {
-            return Err(Error::Unauthorized);
+        let _turn = self.one_at_a_time(id).await;
+        if let Some(hit) = cache.get(id, &digest) {
+            return Ok(hit);
         }
+        let epoch = cache.epoch();
+        let record = match self.inner.store.api_key(id).await?.filter(|r| r.revoked_at.is_none()) {
+            Some(r) if self.check_secret(r.secret_hash.clone(), secret).await? => r,
+            _ => return Err(refused("api")),
+        };
+        metrics::counter!("aviary_key_verifications_total", "kind" => "api", "result" => "verified").increment(1);
         let verified = VerifiedApiKey {
             key_id: record.id,
             tenant_id: record.tenant_id,
             app_id: record.app_id,
             capabilities: record.capabilities,
         };
-        self.inner.api_keys.insert(id, digest, verified.clone());
+        cache.insert(id, digest, verified.clone(), epoch);
         self.touch(id, false);
         Ok(verified)
     }
@@ -196,17 +251,32 @@ impl KeyVerifier {
     pub async fn verify_admin_key(&self, presented: &str) -> Result<VerifiedAdminKey> {
         let (id, secret) = parse_key(presented, ADMIN_KEY_PREFIX).ok_or(Error::Unauthorized)?;
         let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-        if let Some(hit) = self.inner.admin_keys.get(id, &digest) {
+        let cache = &self.inner.admin_keys;
+        if let Some(hit) = cache.get(id, &digest) {
+            metrics::counter!("aviary_key_verifications_total", "kind" => "admin", "result" => "cached").increment(1);
             return Ok(hit);
         }
-        let record = self.inner.store.admin_key(id).await?.ok_or(Error::Unauthorized)?;
-        if record.revoked_at.is_some() || !self.check_secret(record.secret_hash, secret).await? {
-            return Err(Error::Unauthorized);
+        let _turn = self.one_at_a_time(id).await;
+        if let Some(hit) = cache.get(id, &digest) {
+            return Ok(hit);
         }
+        let epoch = cache.epoch();
+        let record = match self.inner.store.admin_key(id).await?.filter(|r| r.revoked_at.is_none()) {
+            Some(r) if self.check_secret(r.secret_hash.clone(), secret).await? => r,
+            _ => return Err(refused("admin")),
+        };
+        metrics::counter!("aviary_key_verifications_total", "kind" => "admin", "result" => "verified").increment(1);
         let verified = VerifiedAdminKey { key_id: record.id, tenant_id: record.tenant_id };
-        self.inner.admin_keys.insert(id, digest, verified.clone());
+        cache.insert(id, digest, verified.clone(), epoch);
         self.touch(id, true);
         Ok(verified)
+    }
+
+    /// Serializes verifications of one key id; the guard's drop forgets the lock when unused.
+    async fn one_at_a_time(&self, id: &str) -> InFlightGuard {
+        let lock = self.inner.in_flight.entry(id.to_owned()).or_default().clone();
+        let guard = lock.clone().lock_owned().await;
+        InFlightGuard { verifier: self.clone(), id: id.to_owned(), lock, _guard: Some(guard) }
     }
 
     /// Runs argon2id verification on the blocking pool, at most one per CPU at a time.
@@ -373,6 +443,18 @@ mod tests {
         assert!(secrets_equal("op-token", "op-token"));
         assert!(!secrets_equal("op-token", "op-tokem"));
         assert!(!secrets_equal("op-token", "op-token-longer"));
+    }
+
+    #[test]
+    fn a_verification_that_started_before_an_eviction_is_not_cached() {
+        let cache = VerifiedCache::new(Duration::from_secs(60));
+        let started = cache.epoch();
+        cache.evict("k");
+        cache.insert("k", [1; 32], 7u8, started);
+        assert_eq!(cache.get("k", &[1; 32]), None, "a revoked key must not come back");
+        cache.insert("k", [1; 32], 7u8, cache.epoch());
+        assert_eq!(cache.get("k", &[1; 32]), Some(7));
+        assert_eq!(cache.get("k", &[2; 32]), None, "another secret for the same id misses");
     }
 
     #[tokio::test]

@@ -99,6 +99,9 @@ impl ControlPlaneState {
     /// Builds the state: loads (or creates) the signing keys and fills `registry` with every
     /// app, trusted key and revoked API key in the store. The store must be migrated.
     pub async fn new(store: Arc<dyn Store>, registry: Arc<Registry>, config: ControlPlaneConfig) -> Result<Self> {
+        if config.operator_token.trim().is_empty() {
+            return Err(Error::invalid("the operator token must not be empty"));
+        }
         let keyring = Arc::new(tokens::Keyring::load(store.clone(), registry.clone(), config.max_token_ttl_s).await?);
         keyring.spawn_refresh(Duration::from_secs(60));
         let keys = KeyVerifier::new(store.clone(), config.key_cache_ttl);

@@ -367,6 +367,7 @@ impl ControlPlaneState {
         self.existing_tenant(id).await
     }
 
+    #[tracing::instrument(skip_all, fields(tenant_id = %id))]
     pub async fn update_tenant(&self, id: &str, req: UpdateTenant) -> Result<Tenant> {
         let mut tenant = self.existing_tenant(id).await?;
         if let Some(name) = req.name {
@@ -389,6 +390,7 @@ impl ControlPlaneState {
         Ok(tenant)
     }
 
+    #[tracing::instrument(skip_all, fields(tenant_id = %id))]
     pub async fn delete_tenant(&self, id: &str) -> Result<()> {
         let apps = self.tenant_apps(id).await?;
         if !self.store().delete_tenant(id).await? {
@@ -402,6 +404,7 @@ impl ControlPlaneState {
         Ok(())
     }
 
+    #[tracing::instrument(skip_all, fields(tenant_id = %tenant_id))]
     pub async fn create_admin_key(&self, tenant_id: &str) -> Result<CreatedSecret> {
         self.existing_tenant(tenant_id).await?;
         let key = mint_key(ADMIN_KEY_PREFIX).await?;
@@ -428,6 +431,7 @@ impl ControlPlaneState {
 
     // ----- tenant admin -----
 
+    #[tracing::instrument(skip_all, fields(tenant_id = %tenant_id))]
     pub async fn create_app(&self, admin: &TenantAdmin, tenant_id: &str, req: CreateApp) -> Result<App> {
         admin.check(tenant_id, "tenant")?;
         let tenant = self.existing_tenant(tenant_id).await?;
@@ -459,6 +463,7 @@ impl ControlPlaneState {
         Ok(app)
     }
 
+    #[tracing::instrument(skip_all, fields(tenant_id = %tenant_id))]
     pub async fn list_apps(&self, admin: &TenantAdmin, tenant_id: &str, params: &ListParams) -> Result<Listing<App>> {
         admin.check(tenant_id, "tenant")?;
         let page = params.page()?;
@@ -466,10 +471,12 @@ impl ControlPlaneState {
         Ok(Listing::from_page(self.store().list_apps(tenant_id, &page).await?, |a| a))
     }
 
+    #[tracing::instrument(skip_all, fields(app_id = %app_id))]
     pub async fn get_app(&self, admin: &TenantAdmin, app_id: &str) -> Result<App> {
         self.visible_app(admin, app_id).await
     }
 
+    #[tracing::instrument(skip_all, fields(app_id = %app_id))]
     pub async fn update_app(&self, admin: &TenantAdmin, app_id: &str, req: UpdateApp) -> Result<App> {
         let mut app = self.visible_app(admin, app_id).await?;
         let tenant = self.existing_tenant(&app.tenant_id).await?;
@@ -507,6 +514,7 @@ impl ControlPlaneState {
         Ok(app)
     }
 
+    #[tracing::instrument(skip_all, fields(app_id = %app_id))]
     pub async fn delete_app(&self, admin: &TenantAdmin, app_id: &str) -> Result<()> {
         let app = self.visible_app(admin, app_id).await?;
         if !self.store().delete_app(&app.id).await? {
@@ -518,6 +526,7 @@ impl ControlPlaneState {
         Ok(())
     }
 
+    #[tracing::instrument(skip_all, fields(app_id = %app_id))]
     pub async fn create_api_key(&self, admin: &TenantAdmin, app_id: &str, req: CreateApiKey) -> Result<ApiKeyCreated> {
         let app = self.visible_app(admin, app_id).await?;
         validate_name("name", &req.name)?;
@@ -539,6 +548,7 @@ impl ControlPlaneState {
         Ok(ApiKeyCreated { key: record.into(), secret: key.secret })
     }
 
+    #[tracing::instrument(skip_all, fields(app_id = %app_id))]
     pub async fn list_api_keys(
         &self,
         admin: &TenantAdmin,
@@ -552,6 +562,7 @@ impl ControlPlaneState {
 
     /// Revokes a key: the store first (durable), then this process's cache and the registry,
     /// so the key stops minting and its live connections are cut before this returns.
+    #[tracing::instrument(skip_all, fields(app_id = %app_id, key_id = %key_id))]
     pub async fn revoke_api_key(&self, admin: &TenantAdmin, app_id: &str, key_id: &str) -> Result<()> {
         let app = self.visible_app(admin, app_id).await?;
         if !self.store().revoke_api_key(&app.id, key_id, now()).await? {
@@ -563,6 +574,7 @@ impl ControlPlaneState {
         Ok(())
     }
 
+    #[tracing::instrument(skip_all, fields(tenant_id = %tenant_id))]
     pub async fn tenant_usage(&self, admin: &TenantAdmin, tenant_id: &str) -> Result<TenantUsage> {
         admin.check(tenant_id, "tenant")?;
         self.existing_tenant(tenant_id).await?;
@@ -579,7 +591,8 @@ impl ControlPlaneState {
 
     /// Mints a connection token (rules in [`crate::tokens`]).
     pub fn issue_token(&self, key: &VerifiedApiKey, app_id: &str, req: TokenRequest) -> Result<IssuedToken> {
-        let _span = tracing::debug_span!("issue_token", tenant_id = %key.tenant_id, app_id).entered();
+        let _span =
+            tracing::info_span!("issue_token", tenant_id = %key.tenant_id, app_id, key_id = %key.key_id).entered();
         crate::tokens::mint(self.registry(), self.keyring(), key, app_id, req)
     }
 }

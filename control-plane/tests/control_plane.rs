@@ -713,6 +713,25 @@ async fn demo_bootstrap_runs_once_and_its_key_mints() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_on_a_cold_key_all_mints() {
+    let s = Arc::new(start(sqlite_store().await, |_| {}).await);
+    let (_, _, app_id, api_key) = s.tenant_with_key("burst", chat_caps()).await;
+    let mints: Vec<_> = (0..16)
+        .map(|i| {
+            let (s, app_id, api_key) = (s.clone(), app_id.clone(), api_key.clone());
+            tokio::spawn(async move {
+                s.post(&format!("/v1/apps/{app_id}/tokens"), &api_key, json!({ "client_id": format!("user-{i}") }))
+                    .await
+                    .status
+            })
+        })
+        .collect();
+    for mint in mints {
+        assert_eq!(mint.await.unwrap(), StatusCode::OK);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_answer_429_with_retry_after() {
     let s = start(sqlite_store().await, |c| {
         c.rate_limits = RateLimitConfig { per_ip_per_s: 1000, per_ip_burst: 1000, per_key_per_s: 1, per_key_burst: 3 }
