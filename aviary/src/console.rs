@@ -28,7 +28,10 @@ pub fn router() -> Router {
     Router::new()
         .route("/console", get(|| async { asset("index.html") }))
         .route("/console/", get(|| async { Redirect::permanent("/console") }))
-        .route("/console/{file}", get(|axum::extract::Path(file): axum::extract::Path<String>| async move { asset(&file) }))
+        .route(
+            "/console/{file}",
+            get(|axum::extract::Path(file): axum::extract::Path<String>| async move { asset(&file) }),
+        )
 }
 
 /// One embedded file with its content type and the security headers, or 404.
