@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aviary_core::Registry;
+use parking_lot::RwLock;
 
 pub mod api;
 pub mod auth;
@@ -91,9 +92,12 @@ struct Inner {
     registry: Arc<Registry>,
     keys: KeyVerifier,
     keyring: Arc<tokens::Keyring>,
-    usage: Arc<dyn UsageSource>,
+    usage: RwLock<Arc<dyn UsageSource>>,
     config: ControlPlaneConfig,
 }
+
+/// How often the store is re-read for changes made elsewhere.
+const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 
 impl ControlPlaneState {
     /// Builds the state: loads (or creates) the signing keys and fills `registry` with every
@@ -103,28 +107,42 @@ impl ControlPlaneState {
             return Err(Error::invalid("the operator token must not be empty"));
         }
         let keyring = Arc::new(tokens::Keyring::load(store.clone(), registry.clone(), config.max_token_ttl_s).await?);
-        keyring.spawn_refresh(Duration::from_secs(60));
         let keys = KeyVerifier::new(store.clone(), config.key_cache_ttl);
-        let state = ControlPlaneState {
-            inner: Arc::new(Inner { store, registry, keys, keyring, usage: Arc::new(ZeroUsage), config }),
-        };
+        let usage = RwLock::new(Arc::new(ZeroUsage) as Arc<dyn UsageSource>);
+        let state = ControlPlaneState { inner: Arc::new(Inner { store, registry, keys, keyring, usage, config }) };
         state.load_registry().await?;
+        state.spawn_refresh(REFRESH_INTERVAL);
         Ok(state)
     }
 
     /// Replaces the source of usage figures (the data plane plugs its counters in here).
     pub fn with_usage_source(self, usage: Arc<dyn UsageSource>) -> Self {
-        let inner = &self.inner;
-        ControlPlaneState {
-            inner: Arc::new(Inner {
-                store: inner.store.clone(),
-                registry: inner.registry.clone(),
-                keys: inner.keys.clone(),
-                keyring: inner.keyring.clone(),
-                usage,
-                config: inner.config.clone(),
-            }),
-        }
+        *self.inner.usage.write() = usage;
+        self
+    }
+
+    /// Every `every`, re-reads signing keys and app config from the store and republishes what
+    /// differs. Mutations through this process are pushed at once; this catches what other
+    /// replicas changed, retired keys whose retention ran out, and any push that lost a race.
+    /// Stops when the last clone of the state is dropped.
+    fn spawn_refresh(&self, every: Duration) {
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = inner.upgrade() else { return };
+                let state = ControlPlaneState { inner };
+                if let Err(e) = state.keyring().reload().await {
+                    tracing::warn!(error = %e, "could not reload signing keys");
+                }
+                if let Err(e) = state.resync_registry().await {
+                    tracing::warn!(error = %e, "could not resync the registry");
+                }
+            }
+        });
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -150,8 +168,9 @@ impl ControlPlaneState {
         &self.inner.keyring
     }
 
-    pub fn usage(&self) -> &Arc<dyn UsageSource> {
-        &self.inner.usage
+    /// The current source of usage figures.
+    pub fn usage(&self) -> Arc<dyn UsageSource> {
+        self.inner.usage.read().clone()
     }
 
     pub fn config(&self) -> &ControlPlaneConfig {

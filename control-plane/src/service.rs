@@ -578,11 +578,12 @@ impl ControlPlaneState {
     pub async fn tenant_usage(&self, admin: &TenantAdmin, tenant_id: &str) -> Result<TenantUsage> {
         admin.check(tenant_id, "tenant")?;
         self.existing_tenant(tenant_id).await?;
+        let usage = self.usage();
         let apps = self
             .tenant_apps(tenant_id)
             .await?
             .into_iter()
-            .map(|app| AppUsage { counters: self.usage().app_usage(&app.id), app_id: app.id })
+            .map(|app| AppUsage { counters: usage.app_usage(&app.id), app_id: app.id })
             .collect();
         Ok(TenantUsage::from_apps(tenant_id.to_owned(), apps))
     }

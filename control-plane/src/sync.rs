@@ -5,7 +5,7 @@
 //! An app's effective config folds in its tenant: quotas are the field-wise minimum of tenant
 //! and app quotas, and a disabled tenant disables all its apps.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use aviary_core::AppConfig;
 
@@ -45,6 +45,61 @@ impl ControlPlaneState {
         }
         tracing::info!(apps = loaded, tenants = tenants.len(), "registry loaded from store");
         Ok(())
+    }
+
+    /// Re-reads every app and revocation and republishes what differs from the registry.
+    ///
+    /// Before changing anything it re-reads that one app and its tenant, so a listing taken
+    /// just before a concurrent mutation cannot undo that mutation's push; a push that still
+    /// loses a race is corrected by the next resync. Returns how many apps changed.
+    pub async fn resync_registry(&self) -> Result<usize> {
+        let mut in_store = HashSet::new();
+        let mut changed = 0;
+        let tenants: HashMap<String, Tenant> =
+            self.all_tenants().await?.into_iter().map(|t| (t.id.clone(), t)).collect();
+        for app in self.store().all_apps().await? {
+            let Some(tenant) = tenants.get(&app.tenant_id) else { continue };
+            in_store.insert(app.id.clone());
+            if self.registry().app(&app.id).as_deref() != Some(&app_config(&app, tenant)) {
+                changed += usize::from(self.refresh_app(&app.id).await?);
+            }
+        }
+        for published in self.registry().apps() {
+            if !in_store.contains(&published.app_id) {
+                changed += usize::from(self.refresh_app(&published.app_id).await?);
+            }
+        }
+        for (app_id, key_id) in self.store().revoked_api_keys().await? {
+            if !self.registry().api_key_revoked(&key_id) {
+                self.keys().evict_api_key(&key_id);
+                self.registry().revoke_api_key(&app_id, &key_id);
+            }
+        }
+        if changed > 0 {
+            tracing::info!(changed, "registry resynced from store");
+        }
+        Ok(changed)
+    }
+
+    /// Publishes the store's current view of one app (or forgets it). `true` if the registry changed.
+    async fn refresh_app(&self, app_id: &str) -> Result<bool> {
+        let current = match self.store().app(app_id).await? {
+            Some(app) => self.store().tenant(&app.tenant_id).await?.map(|tenant| app_config(&app, &tenant)),
+            None => None,
+        };
+        let published = self.registry().app(app_id);
+        match current {
+            Some(config) if published.as_deref() != Some(&config) => {
+                self.registry().upsert_app(config);
+                Ok(true)
+            }
+            None if published.is_some() => {
+                self.keys().evict_app(app_id);
+                self.registry().remove_app(app_id);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn all_tenants(&self) -> Result<Vec<Tenant>> {

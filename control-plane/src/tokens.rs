@@ -121,24 +121,6 @@ impl Keyring {
         Ok(())
     }
 
-    /// Reloads every `every` so replicas converge on rotations made elsewhere and retired keys
-    /// leave the JWKS once their tokens have expired. Stops when the keyring is dropped.
-    pub fn spawn_refresh(self: &Arc<Self>, every: std::time::Duration) {
-        let keyring = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(keyring) = keyring.upgrade() else { return };
-                if let Err(e) = keyring.reload().await {
-                    tracing::warn!(error = %e, "could not reload signing keys");
-                }
-            }
-        });
-    }
-
     /// The key new tokens are signed with.
     pub fn current(&self) -> Arc<SigningKey> {
         self.state.read().current.clone()

@@ -286,6 +286,7 @@ api_tests!(
     revocation_takes_effect_at_once_despite_the_cache,
     registry_follows_every_mutation,
     rotation_keeps_the_previous_key_in_the_jwks,
+    a_second_replica_converges_on_resync,
 );
 
 async fn newcomer_flow_mints_a_token_that_verifies_against_the_jwks(store: TestStore) {
@@ -687,6 +688,46 @@ async fn rotation_keeps_the_previous_key_in_the_jwks(store: TestStore) {
     let claims = verify(new["token"].as_str().unwrap(), &jwks).expect("new tokens verify");
     assert!(verify(new["token"].as_str().unwrap(), s.state.registry()).is_ok(), "the in-process registry has both");
     assert_eq!(claims.app, app_id);
+}
+
+async fn a_second_replica_converges_on_resync(store: TestStore) {
+    let s = start(store, |_| {}).await;
+    let replica_registry = Arc::new(Registry::new());
+    let replica =
+        ControlPlaneState::new(s.state.store().clone(), replica_registry.clone(), ControlPlaneConfig::new(OPERATOR))
+            .await
+            .unwrap();
+    assert_eq!(replica.resync_registry().await.unwrap(), 0, "nothing to do when in step");
+
+    let (_, admin, app_id, api_key) = s.tenant_with_key("replicas", chat_caps()).await;
+    assert!(replica_registry.app(&app_id).is_none(), "made on the other replica");
+    // The replica verifies (and caches) the key before it is revoked elsewhere.
+    assert!(replica.keys().verify_api_key(&api_key).await.is_ok());
+
+    s.call(reqwest::Method::PATCH, &format!("/v1/apps/{app_id}"), Some(&admin), Some(json!({ "enabled": false })))
+        .await
+        .expect(StatusCode::OK);
+    let key_id = &api_key[4..36];
+    s.call(reqwest::Method::DELETE, &format!("/v1/apps/{app_id}/keys/{key_id}"), Some(&admin), None)
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    assert_eq!(replica.resync_registry().await.unwrap(), 1);
+    assert_eq!(replica_registry.app(&app_id), s.state.registry().app(&app_id));
+    assert!(!replica_registry.app(&app_id).unwrap().enabled);
+    assert!(replica_registry.api_key_revoked(key_id));
+    assert!(replica.keys().verify_api_key(&api_key).await.is_err(), "the replica's cache forgot the revoked key");
+
+    s.call(reqwest::Method::DELETE, &format!("/v1/apps/{app_id}"), Some(&admin), None)
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    assert_eq!(replica.resync_registry().await.unwrap(), 1);
+    assert!(replica_registry.app(&app_id).is_none());
+
+    // A rotation on one replica reaches the other's JWKS on its next reload.
+    let kid = s.state.rotate_signing_key().await.unwrap();
+    replica.keyring().reload().await.unwrap();
+    assert_eq!(replica.keyring().current().kid, kid);
+    assert!(replica_registry.verifying_key(&kid).is_some());
 }
 
 // ---------- single-store behaviour ----------

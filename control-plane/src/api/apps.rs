@@ -13,7 +13,7 @@ use crate::service::{ApiKeyCreated, ApiKeyView, CreateApiKey, CreateApp, ListPar
 use crate::store::App;
 
 /// Creates an app in the tenant.
-#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/apps", tag = "apps", security(("tenant_admin" = [])),
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/apps", tag = "apps", security(("tenant_admin" = []), ("operator" = [])),
     request_body = CreateApp,
     responses(
         (status = 201, body = App),
@@ -32,7 +32,7 @@ pub async fn create_app(
 }
 
 /// Lists the tenant's apps.
-#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/apps", tag = "apps", security(("tenant_admin" = [])), params(ListParams),
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/apps", tag = "apps", security(("tenant_admin" = []), ("operator" = [])), params(ListParams),
     responses((status = 200, body = Listing<App>), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_apps(
     State(state): State<ControlPlaneState>,
@@ -44,7 +44,7 @@ pub async fn list_apps(
 }
 
 /// Reads an app.
-#[utoipa::path(get, path = "/v1/apps/{app_id}", tag = "apps", security(("tenant_admin" = [])),
+#[utoipa::path(get, path = "/v1/apps/{app_id}", tag = "apps", security(("tenant_admin" = []), ("operator" = [])),
     responses((status = 200, body = App), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn get_app(
     State(state): State<ControlPlaneState>,
@@ -55,7 +55,7 @@ pub async fn get_app(
 }
 
 /// Changes an app's settings; takes effect on the data plane at once.
-#[utoipa::path(patch, path = "/v1/apps/{app_id}", tag = "apps", security(("tenant_admin" = [])),
+#[utoipa::path(patch, path = "/v1/apps/{app_id}", tag = "apps", security(("tenant_admin" = []), ("operator" = [])),
     request_body = UpdateApp,
     responses(
         (status = 200, body = App),
@@ -72,7 +72,7 @@ pub async fn update_app(
 }
 
 /// Deletes an app and its keys; its connections are closed.
-#[utoipa::path(delete, path = "/v1/apps/{app_id}", tag = "apps", security(("tenant_admin" = [])),
+#[utoipa::path(delete, path = "/v1/apps/{app_id}", tag = "apps", security(("tenant_admin" = []), ("operator" = [])),
     responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_app(
     State(state): State<ControlPlaneState>,
@@ -84,7 +84,7 @@ pub async fn delete_app(
 }
 
 /// Creates an API key for the app; the secret is in the answer and nowhere else.
-#[utoipa::path(post, path = "/v1/apps/{app_id}/keys", tag = "keys", security(("tenant_admin" = [])),
+#[utoipa::path(post, path = "/v1/apps/{app_id}/keys", tag = "keys", security(("tenant_admin" = []), ("operator" = [])),
     request_body = CreateApiKey,
     responses(
         (status = 201, body = ApiKeyCreated),
@@ -101,7 +101,7 @@ pub async fn create_api_key(
 }
 
 /// Lists the app's API keys (never their secrets).
-#[utoipa::path(get, path = "/v1/apps/{app_id}/keys", tag = "keys", security(("tenant_admin" = [])), params(ListParams),
+#[utoipa::path(get, path = "/v1/apps/{app_id}/keys", tag = "keys", security(("tenant_admin" = []), ("operator" = [])), params(ListParams),
     responses((status = 200, body = Listing<ApiKeyView>), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_api_keys(
     State(state): State<ControlPlaneState>,
@@ -113,7 +113,7 @@ pub async fn list_api_keys(
 }
 
 /// Revokes an API key at once: it mints nothing more and its connections are closed.
-#[utoipa::path(delete, path = "/v1/apps/{app_id}/keys/{key_id}", tag = "keys", security(("tenant_admin" = [])),
+#[utoipa::path(delete, path = "/v1/apps/{app_id}/keys/{key_id}", tag = "keys", security(("tenant_admin" = []), ("operator" = [])),
     responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn revoke_api_key(
     State(state): State<ControlPlaneState>,
