@@ -112,6 +112,10 @@ pub struct NodeTuning {
     /// Frames queued per connection before it is cut as a slow consumer (close 4008).
     #[arg(long, env = "AVIARY_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub outbound_queue: usize,
+    /// Seconds a presence member outlives its node's last refresh: how long the members of a
+    /// node that crashed stay visible.
+    #[arg(long, env = "AVIARY_PRESENCE_TTL_S", default_value_t = 30)]
+    pub presence_ttl_s: u64,
     /// Seconds a draining node gives clients to leave before closing the rest.
     #[arg(long, env = "AVIARY_DRAIN_DEADLINE_S", default_value_t = 10)]
     pub drain_deadline_s: u64,

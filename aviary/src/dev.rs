@@ -23,7 +23,9 @@ use crate::nodes::{self, Servers};
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
-    let operator_token = match args.operator_token.clone() {
+    // An empty AVIARY_OPERATOR_TOKEN counts as unset: never run with an empty secret.
+    let configured_token = args.operator_token.clone().filter(|t| !t.trim().is_empty());
+    let operator_token = match configured_token.clone() {
         Some(token) => token,
         None => load_or_create_operator_token(&args.data_dir)?,
     };
@@ -55,7 +57,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .merge(data_plane.router())
         .merge(crate::demo::router(control_plane.clone(), demo));
     let servers = Servers::bind(args.listen, Some(args.grpc_listen)).await?;
-    print_banner(servers.http_addr, servers.grpc_addr, &operator_token, args.operator_token.is_none());
+    print_banner(servers.http_addr, servers.grpc_addr, &operator_token, configured_token.is_none());
     servers.serve(http, Some(control_plane), Some(data_plane), shutdown).await
 }
 

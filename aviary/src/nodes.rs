@@ -40,6 +40,7 @@ pub fn data_plane_config(tuning: &NodeTuning) -> DataPlaneConfig {
         ws_heartbeat_interval: Duration::from_secs(tuning.heartbeat_s.max(1)),
         outbound_queue_capacity: tuning.outbound_queue.max(1),
         drain_deadline: Duration::from_secs(tuning.drain_deadline_s),
+        presence_ttl: Duration::from_secs(tuning.presence_ttl_s.max(1)),
         ..DataPlaneConfig::default()
     }
 }

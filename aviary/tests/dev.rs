@@ -1,24 +1,21 @@
 //! `aviary dev` as a user runs it: the real binary on port 0 with a fresh data dir, driven over
 //! real HTTP, WebSocket and gRPC-free REST flows. Each test starts its own process.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use aviary_core::Registry;
 use aviary_core::token::{Jwks, verify};
-use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-const WAIT: Duration = Duration::from_secs(10);
+use common::{Proc, WAIT, next_of_type, send};
+use futures::{SinkExt, StreamExt};
 
 /// A running `aviary dev` process and what it printed at start.
 struct Dev {
-    child: Child,
-    addr: SocketAddr,
+    proc: Proc,
     data_dir: PathBuf,
     operator_token: String,
     app_id: Option<String>,
@@ -32,108 +29,43 @@ impl Dev {
     }
 
     fn start_in(data_dir: PathBuf) -> Dev {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_aviary"))
-            .args(["dev", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data_dir)
-            .env("AVIARY_LOG", "warn")
-            .env_remove("AVIARY_OPERATOR_TOKEN")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the aviary binary starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let (mut operator_token, mut app_id, mut api_key, mut addr) = (None, None, None, None);
-        for line in lines.by_ref() {
-            let line = line.expect("stdout is readable");
-            let field = |label: &str| {
-                line.trim().strip_prefix(label).map(|v| v.split_whitespace().next().unwrap_or("").to_owned())
-            };
-            if let Some(v) = field("operator token") {
-                operator_token = Some(v);
-            }
-            if let Some(v) = field("app id") {
-                app_id = Some(v);
-            }
-            if let Some(v) = field("API key") {
-                api_key = Some(v);
-            }
-            if let Some(v) = line.strip_prefix("listening on http://") {
-                addr = Some(v.trim().parse().expect("a socket address"));
-                break;
-            }
-        }
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let dir = data_dir.to_str().expect("temp dirs are UTF-8").to_owned();
+        let proc = Proc::spawn(
+            &["dev", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--data-dir", &dir],
+            &[("AVIARY_OPERATOR_TOKEN", "")],
+        );
         Dev {
-            child,
-            addr: addr.expect("aviary dev printed its address"),
+            operator_token: proc.banner_value("operator token").expect("aviary dev printed the operator token"),
+            app_id: proc.banner_value("app id"),
+            api_key: proc.banner_value("API key"),
+            proc,
             data_dir,
-            operator_token: operator_token.expect("aviary dev printed the operator token"),
-            app_id,
-            api_key,
         }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn ws_url(&self) -> String {
-        format!("ws://{}/v1/connect", self.addr)
+        self.proc.url(path)
     }
 
     fn stop(mut self) -> PathBuf {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.kill();
         std::mem::take(&mut self.data_dir)
     }
 }
 
 impl Drop for Dev {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.kill();
         if !self.data_dir.as_os_str().is_empty() {
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }
     }
 }
 
-async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
-    let res = req.send().await.expect("request sent");
-    let status = res.status().as_u16();
-    let body = res.json::<Value>().await.unwrap_or(Value::Null);
-    (status, body)
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn next_json(ws: &mut Ws) -> Value {
-    loop {
-        let msg =
-            tokio::time::timeout(WAIT, ws.next()).await.expect("a frame in time").expect("socket open").expect("frame");
-        if let Message::Text(text) = msg {
-            return serde_json::from_str(&text).expect("JSON frame");
-        }
-    }
-}
-
-async fn next_of_type(ws: &mut Ws, kind: &str) -> Value {
-    loop {
-        let frame = next_json(ws).await;
-        if frame["type"] == kind {
-            return frame;
-        }
-    }
-}
+type Ws = common::Ws;
 
 async fn connect(dev: &Dev, token: &str) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(dev.ws_url()).await.expect("WebSocket connects");
-    ws.send(Message::text(json!({"type": "connect", "token": token}).to_string())).await.unwrap();
-    let connected = next_json(&mut ws).await;
-    assert_eq!(connected["type"], "connected", "{connected}");
-    ws
+    common::connect(&dev.proc.ws_url(), token).await
 }
 
 #[tokio::test]
@@ -287,8 +219,7 @@ async fn sigterm_drains_connections_with_a_reconnect_hint() {
     let http = reqwest::Client::new();
     let (_, minted) = send(http.post(dev.url("/demo/token")).json(&json!({"client_id": "erin"}))).await;
     let mut ws = connect(&dev, minted["token"].as_str().unwrap()).await;
-    let status = Command::new("kill").args(["-TERM", &dev.child.id().to_string()]).status().unwrap();
-    assert!(status.success());
+    dev.proc.signal("-TERM");
     let disconnect = next_of_type(&mut ws, "disconnect").await;
     assert_eq!(disconnect["code"], 1001, "{disconnect}");
     assert_eq!(disconnect["reconnect"], true);

@@ -1,0 +1,448 @@
+//! Several real `aviary` processes behaving as one: a control plane on Postgres and three
+//! data-plane nodes sharing Redis. Each test gets its own database and Redis key prefix (or its
+//! own Redis server when it restarts Redis), so tests run in parallel without cross-talk.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use common::{Proc, Ws, connect, next_matching, next_of_type, request, send};
+
+const ADMIN_DB: &str = "postgres://postgres@127.0.0.1:5432/test";
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+/// A fresh Postgres database, dropped when the test ends.
+struct Database {
+    name: String,
+}
+
+impl Database {
+    async fn create() -> Database {
+        let name = format!("aviary_t_{}", uuid::Uuid::new_v4().simple());
+        let admin = sqlx::PgPool::connect(ADMIN_DB).await.expect("Postgres at 127.0.0.1:5432 answers");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("database created");
+        admin.close().await;
+        Database { name }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside any runtime guarantee; use a private one on a plain thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async {
+                if let Ok(admin) = sqlx::PgPool::connect(ADMIN_DB).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                        .execute(&admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A private redis-server on a free port, for tests that restart Redis.
+struct PrivateRedis {
+    port: u16,
+    child: Child,
+}
+
+impl PrivateRedis {
+    fn start_on(port: u16) -> PrivateRedis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let redis = PrivateRedis { port, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "private redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
+    fn start() -> PrivateRedis {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        PrivateRedis::start_on(port)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A control plane, three data-plane nodes, and an app with an all-powerful API key.
+struct Cluster {
+    _db: Database,
+    _cp: Proc,
+    nodes: Vec<Proc>,
+    node_args: Vec<String>,
+    app_id: String,
+    admin_key: String,
+    api_key: String,
+    cp_url: String,
+}
+
+const OPERATOR: &str = "avo_cluster_test_operator_token_0123456789";
+
+impl Cluster {
+    async fn start(redis_url: &str, tenant_quotas: Option<Value>) -> Cluster {
+        let db = Database::create().await;
+        let db_url = db.url();
+        let cp = Proc::spawn(
+            &[
+                "control-plane",
+                "--database-url",
+                &db_url,
+                "--listen",
+                "127.0.0.1:0",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--operator-token",
+                OPERATOR,
+            ],
+            &[],
+        );
+        let http = reqwest::Client::new();
+        let mut tenant_req = json!({"name": "acme"});
+        if let Some(q) = tenant_quotas {
+            tenant_req["quotas"] = q;
+        }
+        let (status, tenant) = send(http.post(cp.url("/v1/tenants")).bearer_auth(OPERATOR).json(&tenant_req)).await;
+        assert_eq!(status, 201, "{tenant}");
+        let tenant_id = tenant["tenant"]["id"].as_str().unwrap().to_owned();
+        let admin_key = tenant["admin_key"]["secret"].as_str().unwrap().to_owned();
+        let (status, app) = send(
+            http.post(cp.url(&format!("/v1/tenants/{tenant_id}/apps")))
+                .bearer_auth(&admin_key)
+                .json(&json!({"name": "app", "namespaces": [{"name": "", "history_size": 1000}]})),
+        )
+        .await;
+        assert_eq!(status, 201, "{app}");
+        let app_id = app["id"].as_str().unwrap().to_owned();
+        let (status, key) =
+            send(http.post(cp.url(&format!("/v1/apps/{app_id}/keys"))).bearer_auth(&admin_key).json(
+                &json!({"name": "backend", "capabilities": {"*": ["subscribe", "publish", "presence", "history"]}}),
+            ))
+            .await;
+        assert_eq!(status, 201, "{key}");
+        let api_key = key["secret"].as_str().unwrap().to_owned();
+
+        let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+        let node_args: Vec<String> = [
+            "data-plane",
+            "--database-url",
+            &db_url,
+            "--listen",
+            "127.0.0.1:0",
+            "--redis-url",
+            redis_url,
+            "--redis-prefix",
+            &prefix,
+            "--heartbeat-s",
+            "1",
+            "--presence-ttl-s",
+            "3",
+            "--config-refresh-ms",
+            "200",
+            "--drain-deadline-s",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let nodes = (0..3).map(|_| spawn_node(&node_args)).collect();
+        Cluster { cp_url: cp.url(""), _db: db, _cp: cp, nodes, node_args, app_id, admin_key, api_key }
+    }
+
+    async fn token(&self, client_id: &str) -> String {
+        let (status, minted) = send(
+            reqwest::Client::new()
+                .post(format!("{}/v1/apps/{}/tokens", self.cp_url, self.app_id))
+                .bearer_auth(&self.api_key)
+                .json(&json!({"client_id": client_id, "ttl_s": 600})),
+        )
+        .await;
+        assert_eq!(status, 200, "{minted}");
+        minted["token"].as_str().unwrap().to_owned()
+    }
+
+    async fn client(&self, node: usize, client_id: &str) -> Ws {
+        connect(&self.nodes[node].ws_url(), &self.token(client_id).await).await
+    }
+
+    fn publish_url(&self, node: usize, channel: &str) -> String {
+        self.nodes[node].url(&format!("/v1/apps/{}/channels/{channel}/messages", self.app_id))
+    }
+}
+
+fn spawn_node(args: &[String]) -> Proc {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Proc::spawn(&args, &[])
+}
+
+async fn subscribe(ws: &mut Ws, id: u64, channel: &str, extra: Value) -> Value {
+    let mut frame = json!({"type": "subscribe", "channel": channel});
+    if let Value::Object(extra) = extra {
+        for (k, v) in extra {
+            frame[k] = v;
+        }
+    }
+    let reply = request(ws, id, frame).await;
+    assert_eq!(reply["type"], "ok", "{reply}");
+    reply
+}
+
+async fn next_message(ws: &mut Ws) -> Value {
+    next_of_type(ws, "message").await
+}
+
+#[tokio::test]
+async fn a_publication_on_one_node_reaches_every_node_in_order() {
+    let cluster = Cluster::start(REDIS, None).await;
+    let mut receivers = Vec::new();
+    for node in 0..3 {
+        let mut ws = cluster.client(node, &format!("reader-{node}")).await;
+        subscribe(&mut ws, 1, "room:1", json!({})).await;
+        receivers.push(ws);
+    }
+    let mut publisher = cluster.client(2, "writer").await;
+    for i in 0..30u64 {
+        let ok =
+            request(&mut publisher, 100 + i, json!({"type": "publish", "channel": "room:1", "data": {"n": i}})).await;
+        assert_eq!(ok["offset"], i + 1, "{ok}");
+    }
+    // A backend publishes through another node's REST API.
+    let (status, rest) = send(
+        reqwest::Client::new()
+            .post(cluster.publish_url(1, "room:1"))
+            .bearer_auth(&cluster.api_key)
+            .json(&json!({"data": "rest"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{rest}");
+    assert_eq!(rest["offset"], 31);
+    for ws in &mut receivers {
+        for i in 0..30u64 {
+            let m = next_message(ws).await;
+            assert_eq!((m["offset"].as_u64(), &m["data"]), (Some(i + 1), &json!({"n": i})));
+        }
+        assert_eq!(next_message(ws).await["data"], "rest");
+    }
+}
+
+#[tokio::test]
+async fn presence_and_history_are_the_same_seen_from_any_node() {
+    let cluster = Cluster::start(REDIS, None).await;
+    let mut alice = cluster.client(0, "alice").await;
+    let mut bob = cluster.client(1, "bob").await;
+    for (ws, name) in [(&mut alice, "alice"), (&mut bob, "bob")] {
+        let ok = request(ws, 1, json!({"type": "presence.enter", "channel": "room:p", "data": {"name": name}})).await;
+        assert_eq!(ok["type"], "ok", "{ok}");
+        let ok = request(ws, 2, json!({"type": "publish", "channel": "room:p", "data": name})).await;
+        assert_eq!(ok["type"], "ok", "{ok}");
+    }
+    let mut carol = cluster.client(2, "carol").await;
+    let members = request(&mut carol, 1, json!({"type": "presence.get", "channel": "room:p"})).await;
+    let mut names: Vec<&str> =
+        members["members"].as_array().unwrap().iter().map(|m| m["client_id"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["alice", "bob"], "{members}");
+    for node in 0..3 {
+        let res = reqwest::Client::new()
+            .get(cluster.nodes[node].url(&format!("/v1/apps/{}/channels/room:p/history", cluster.app_id)))
+            .bearer_auth(&cluster.api_key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        let data: Vec<&Value> = body["publications"].as_array().unwrap().iter().map(|p| &p["data"]).collect();
+        assert_eq!(data, [&json!("alice"), &json!("bob")], "history from node {node}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_killed_node_loses_its_members_and_its_clients_resume_elsewhere_without_gaps() {
+    let mut cluster = Cluster::start(REDIS, None).await;
+    let mut watcher = cluster.client(1, "watcher").await;
+    subscribe(&mut watcher, 1, "room:k", json!({"presence": true})).await;
+
+    let mut doomed = cluster.client(0, "doomed").await;
+    subscribe(&mut doomed, 1, "room:k", json!({})).await;
+    let ok = request(&mut doomed, 2, json!({"type": "presence.enter", "channel": "room:k"})).await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let join = next_of_type(&mut watcher, "presence").await;
+    assert_eq!((join["action"].as_str(), join["member"]["client_id"].as_str()), (Some("join"), Some("doomed")));
+
+    // The publisher is a backend on node 3 (REST), so no idle test socket misses its pings.
+    let http = reqwest::Client::new();
+    let (publish_url, api_key) = (cluster.publish_url(2, "room:k"), cluster.api_key.clone());
+    let publish = |data: Value| {
+        let req = http.post(&publish_url).bearer_auth(&api_key).json(&json!({"data": data}));
+        async move {
+            let (status, body) = send(req).await;
+            assert_eq!(status, 201, "{body}");
+        }
+    };
+    let mut last_seen = None;
+    for i in 0..5u64 {
+        publish(json!(i)).await;
+        let m = next_message(&mut doomed).await;
+        last_seen = Some((m["epoch"].clone(), m["offset"].clone()));
+    }
+    let (epoch, offset) = last_seen.unwrap();
+
+    cluster.nodes[0].kill();
+    let killed_at = Instant::now();
+    // Messages published while the client is away.
+    for i in 5..15u64 {
+        publish(json!(i)).await;
+    }
+    // The dead node's member leaves, seen from another node, within the presence TTL (3 s)
+    // plus a sweep interval.
+    let leave = tokio::time::timeout(
+        Duration::from_secs(20),
+        next_matching(&mut watcher, |f| f["type"] == "presence" && f["action"] == "leave"),
+    )
+    .await
+    .expect("leave event for the dead node's member");
+    assert_eq!(leave["member"]["client_id"], "doomed");
+    eprintln!("member of a killed node left after {:?}", killed_at.elapsed());
+    let members = request(&mut watcher, 50, json!({"type": "presence.get", "channel": "room:k"})).await;
+    assert_eq!(members["members"], json!([]), "no ghosts");
+
+    // The client resumes on another node from its last position: exactly the missed ones.
+    let mut resumed = cluster.client(1, "doomed").await;
+    let ok = subscribe(&mut resumed, 1, "room:k", json!({"since": {"epoch": epoch, "offset": offset}})).await;
+    assert_eq!(ok["recovered"], true, "{ok}");
+    for i in 5..15u64 {
+        let m = next_message(&mut resumed).await;
+        assert_eq!((m["offset"].as_u64(), m["data"].as_u64()), (Some(i + 1), Some(i)));
+    }
+    publish(json!("live")).await;
+    let m = next_message(&mut resumed).await;
+    assert_eq!((m["offset"].as_u64(), &m["data"]), (Some(16), &json!("live")), "no duplicates, then live");
+    // Restart the killed node: it serves again with the same config.
+    cluster.nodes[0] = spawn_node(&cluster.node_args);
+    let mut back = cluster.client(0, "back").await;
+    subscribe(&mut back, 1, "room:k", json!({})).await;
+}
+
+#[tokio::test]
+async fn restarting_redis_yields_recovered_false_rather_than_a_silent_gap() {
+    let mut redis = PrivateRedis::start();
+    let cluster = Cluster::start(&redis.url(), None).await;
+    let http = reqwest::Client::new();
+    let mut reader = cluster.client(0, "reader").await;
+    subscribe(&mut reader, 1, "room:r", json!({})).await;
+    let (status, first) =
+        send(http.post(cluster.publish_url(1, "room:r")).bearer_auth(&cluster.api_key).json(&json!({"data": 1}))).await;
+    assert_eq!(status, 201, "{first}");
+    let m = next_message(&mut reader).await;
+    let (epoch, offset) = (m["epoch"].clone(), m["offset"].clone());
+
+    let port = redis.port;
+    redis.stop();
+    // While Redis is down a publish is refused, never reported as delivered.
+    let (status, refused) =
+        send(http.post(cluster.publish_url(1, "room:r")).bearer_auth(&cluster.api_key).json(&json!({"data": 2}))).await;
+    assert_eq!(status, 503, "{refused}");
+    let _redis = PrivateRedis::start_on(port);
+    // Nodes reconnect by themselves; publishing works again, on a new stream.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let published = loop {
+        let (status, body) =
+            send(http.post(cluster.publish_url(1, "room:r")).bearer_auth(&cluster.api_key).json(&json!({"data": 3})))
+                .await;
+        if status == 201 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "publishing did not recover after Redis came back: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_ne!(published["epoch"], epoch, "a lost stream gets a new epoch");
+    // The client resuming from before the loss is told it cannot recover.
+    let mut resumed = cluster.client(2, "reader").await;
+    let ok = subscribe(&mut resumed, 1, "room:r", json!({"since": {"epoch": epoch, "offset": offset}})).await;
+    assert_eq!(ok["recovered"], false, "{ok}");
+}
+
+#[tokio::test]
+async fn revoking_a_key_closes_its_connections_on_every_node() {
+    let cluster = Cluster::start(REDIS, None).await;
+    let http = reqwest::Client::new();
+    // A second key, whose tokens we revoke; the first keeps working.
+    let (status, key) = send(
+        http.post(format!("{}/v1/apps/{}/keys", cluster.cp_url, cluster.app_id))
+            .bearer_auth(&cluster.admin_key)
+            .json(&json!({"name": "doomed", "capabilities": {"*": ["subscribe"]}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{key}");
+    let (key_id, secret) = (key["key"]["id"].as_str().unwrap().to_owned(), key["secret"].as_str().unwrap().to_owned());
+    let (status, minted) = send(
+        http.post(format!("{}/v1/apps/{}/tokens", cluster.cp_url, cluster.app_id))
+            .bearer_auth(&secret)
+            .json(&json!({"client_id": "victim"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{minted}");
+    let doomed_token = minted["token"].as_str().unwrap().to_owned();
+    let mut victims = Vec::new();
+    for node in 0..3 {
+        let mut ws = connect(&cluster.nodes[node].ws_url(), &doomed_token).await;
+        subscribe(&mut ws, 1, "room:v", json!({})).await;
+        victims.push(ws);
+    }
+    let mut bystander = cluster.client(0, "bystander").await;
+    subscribe(&mut bystander, 1, "room:v", json!({})).await;
+
+    let revoked_at = Instant::now();
+    let res = http
+        .delete(format!("{}/v1/apps/{}/keys/{key_id}", cluster.cp_url, cluster.app_id))
+        .bearer_auth(&cluster.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    for ws in &mut victims {
+        let disconnect = next_of_type(ws, "disconnect").await;
+        assert_eq!(disconnect["code"], 4010, "{disconnect}");
+    }
+    eprintln!("revocation closed connections on 3 nodes after {:?}", revoked_at.elapsed());
+    // The revoked token is refused on every node; other clients are untouched.
+    let (mut ws, _) = tokio_tungstenite::connect_async(cluster.nodes[2].ws_url()).await.unwrap();
+    common::send_frame(&mut ws, json!({"type": "connect", "token": doomed_token})).await;
+    let refused = next_of_type(&mut ws, "disconnect").await;
+    assert_eq!(refused["code"], 4010, "{refused}");
+    let ok = request(&mut bystander, 2, json!({"type": "publish", "channel": "room:v", "data": "still here"})).await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+}

@@ -1,0 +1,135 @@
+//! Helpers shared by the binary's end-to-end tests: start real `aviary` processes, talk to them
+//! over HTTP and WebSocket, await frames with a timeout (never sleep for them).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running `aviary` process, killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// `label value` lines printed before `listening on`, e.g. `operator token`.
+    pub banner: Vec<String>,
+}
+
+impl Proc {
+    /// Spawns `aviary <args>` and waits for its `listening on http://ADDR` line.
+    pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Proc {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_aviary"));
+        command.args(args).env("AVIARY_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::inherit());
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("the aviary binary starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut banner = Vec::new();
+        let mut addr = None;
+        for line in lines.by_ref() {
+            let line = line.expect("stdout is readable");
+            if let Some(v) = line.strip_prefix("listening on http://") {
+                addr = Some(v.trim().parse().expect("a socket address"));
+                break;
+            }
+            banner.push(line.trim().to_owned());
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Proc { child, addr: addr.unwrap_or_else(|| panic!("aviary {args:?} printed no address")), banner }
+    }
+
+    /// The first word after `label` in the start banner.
+    pub fn banner_value(&self, label: &str) -> Option<String> {
+        self.banner
+            .iter()
+            .find_map(|l| l.strip_prefix(label).and_then(|v| v.split_whitespace().next()).map(str::to_owned))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/connect", self.addr)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let res = req.send().await.expect("request sent");
+    let status = res.status().as_u16();
+    let body = res.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let msg =
+            tokio::time::timeout(WAIT, ws.next()).await.expect("a frame in time").expect("socket open").expect("frame");
+        match msg {
+            Message::Text(text) => return serde_json::from_str(&text).expect("JSON frame"),
+            Message::Close(frame) => panic!("socket closed by the server: {frame:?}"),
+            _ => {}
+        }
+    }
+}
+
+pub async fn next_of_type(ws: &mut Ws, kind: &str) -> Value {
+    next_matching(ws, |f| f["type"] == kind).await
+}
+
+pub async fn next_matching(ws: &mut Ws, pred: impl Fn(&Value) -> bool) -> Value {
+    loop {
+        let frame = next_json(ws).await;
+        if pred(&frame) {
+            return frame;
+        }
+    }
+}
+
+pub async fn send_frame(ws: &mut Ws, frame: Value) {
+    ws.send(Message::text(frame.to_string())).await.expect("frame sent");
+}
+
+/// Sends a command with `id` and returns its `ok`/`error` reply (pushed frames are skipped).
+pub async fn request(ws: &mut Ws, id: u64, mut frame: Value) -> Value {
+    frame["id"] = json!(id);
+    send_frame(ws, frame).await;
+    next_matching(ws, |f| (f["type"] == "ok" || f["type"] == "error") && f["id"] == id).await
+}
+
+/// Opens a WebSocket to `url` and completes the `connect` handshake.
+pub async fn connect(url: &str, token: &str) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("WebSocket connects");
+    send_frame(&mut ws, json!({"type": "connect", "token": token})).await;
+    let connected = next_json(&mut ws).await;
+    assert_eq!(connected["type"], "connected", "{connected}");
+    ws
+}
