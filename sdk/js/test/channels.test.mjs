@@ -90,6 +90,7 @@ test('many forced disconnects mid-stream lose and duplicate nothing', async (t) 
     big.dropAll();
     for (let i = 0; i < 5; i++) big.publish(name, ++sent);
     await resubscribed;
+    await got.until(sent);
   }
   await got.until(sent);
   assert.equal(got.items.length, sent);

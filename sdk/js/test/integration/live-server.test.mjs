@@ -156,7 +156,17 @@ test('forced disconnects mid-stream lose and duplicate nothing', { skip }, async
   await publisher.whenConnected();
   let sent = 0;
   let disconnects = 0;
-  subscriber.on('disconnected', () => disconnects++);
+  let discontinuities = 0;
+  subscriber.channel(channel).on('discontinuity', () => discontinuities++);
+  subscriber.on('disconnected', ({ reason }) => {
+    disconnects++;
+    if (process.env.AVIARY_TEST_DEBUG) console.log('disconnected', reason.code, reason.closeCode, reason.message);
+  });
+  if (process.env.AVIARY_TEST_DEBUG) {
+    subscriber.on('statechange', ({ current }) => console.log('state', current));
+    subscriber.channel(channel).on('subscribed', (e) => console.log('subscribed', JSON.stringify(e)));
+    subscriber.on('discontinuity', (e) => console.log('discontinuity', JSON.stringify(e)));
+  }
   for (let round = 0; round < ROUNDS; round++) {
     const batch = [];
     for (let i = 0; i < 20; i++) batch.push(publisher.channel(channel).publish({ n: ++sent }));
@@ -165,11 +175,19 @@ test('forced disconnects mid-stream lose and duplicate nothing', { skip }, async
     for (let i = 0; i < 10; i++) batch.push(publisher.channel(channel).publish({ n: ++sent }));
     await Promise.all(batch);
     await resubscribed;
+    // Let the replay finish before the next cut: cutting again mid-replay is fine for
+    // correctness (the next resume asks again) but after enough rounds the channel's history no
+    // longer reaches back, which the client reports as a discontinuity, not as loss.
+    await got.until(sent);
   }
   await got.until(sent);
   const received = got.items.map((m) => m.data.n);
   const duplicates = received.length - new Set(received).size;
-  t.diagnostic(`loss/duplication: sent ${sent}, received ${received.length}, duplicates ${duplicates}, forced disconnects ${disconnects}`);
+  t.diagnostic(
+    `loss/duplication: sent ${sent}, received ${received.length}, duplicates ${duplicates}, ` +
+      `forced disconnects ${disconnects}, discontinuities ${discontinuities}`,
+  );
+  assert.equal(discontinuities, 0);
   assert.equal(duplicates, 0);
   assert.deepEqual(
     received,
@@ -204,8 +222,15 @@ test('offline queue: publishes made while cut off arrive once after reconnecting
 });
 
 test('the token is refreshed across exp without reconnecting', { skip }, async (t) => {
-  const probe = await mintToken('it-refresh', { ttl_s: 6 });
-  const ttl = Date.parse(probe.expires_at) - Date.now();
+  // Needs short-lived tokens: the demo endpoint must accept {"ttl_s"} (it may refuse unknown fields).
+  let probe;
+  try {
+    probe = await mintToken('it-refresh', { ttl_s: 6 });
+  } catch (err) {
+    t.skip(`the token endpoint does not accept {"ttl_s"} (${err.message.slice(0, 80)}); refresh is unit-tested`);
+    return;
+  }
+  const ttl = (typeof probe.expires_at === 'number' ? probe.expires_at * 1000 : Date.parse(probe.expires_at)) - Date.now();
   if (!(ttl < 120_000)) {
     t.skip(`demo tokens live ${Math.round(ttl / 1000)} s; the token endpoint must honour {"ttl_s"} for this test`);
     return;
