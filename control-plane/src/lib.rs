@@ -54,6 +54,9 @@ pub struct ControlPlaneConfig {
     /// Largest accepted request body, in bytes.
     pub body_limit_bytes: usize,
     pub rate_limits: RateLimitConfig,
+    /// How often the store is re-read for changes made elsewhere (other replicas, expired
+    /// signing keys); see [`ControlPlaneState::resync_registry`].
+    pub refresh_interval: Duration,
 }
 
 impl std::fmt::Debug for ControlPlaneConfig {
@@ -63,13 +66,14 @@ impl std::fmt::Debug for ControlPlaneConfig {
             .field("key_cache_ttl", &self.key_cache_ttl)
             .field("body_limit_bytes", &self.body_limit_bytes)
             .field("rate_limits", &self.rate_limits)
+            .field("refresh_interval", &self.refresh_interval)
             .finish_non_exhaustive()
     }
 }
 
 impl ControlPlaneConfig {
     /// Defaults for everything but the operator token: 24 h token TTL ceiling, 60 s key cache,
-    /// 64 KiB bodies, [`RateLimitConfig::default`].
+    /// 64 KiB bodies, [`RateLimitConfig::default`], 30 s store refresh.
     pub fn new(operator_token: impl Into<String>) -> Self {
         ControlPlaneConfig {
             operator_token: operator_token.into(),
@@ -77,6 +81,7 @@ impl ControlPlaneConfig {
             key_cache_ttl: Duration::from_secs(60),
             body_limit_bytes: 64 * 1024,
             rate_limits: RateLimitConfig::default(),
+            refresh_interval: Duration::from_secs(30),
         }
     }
 }
@@ -96,9 +101,6 @@ struct Inner {
     config: ControlPlaneConfig,
 }
 
-/// How often the store is re-read for changes made elsewhere.
-const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
-
 impl ControlPlaneState {
     /// Builds the state: loads (or creates) the signing keys and fills `registry` with every
     /// app, trusted key and revoked API key in the store. The store must be migrated.
@@ -111,7 +113,7 @@ impl ControlPlaneState {
         let usage = RwLock::new(Arc::new(ZeroUsage) as Arc<dyn UsageSource>);
         let state = ControlPlaneState { inner: Arc::new(Inner { store, registry, keys, keyring, usage, config }) };
         state.load_registry().await?;
-        state.spawn_refresh(REFRESH_INTERVAL);
+        state.spawn_refresh(state.config().refresh_interval.max(Duration::from_millis(100)));
         Ok(state)
     }
 
