@@ -250,6 +250,29 @@ test('the token is refreshed across exp without reconnecting', { skip }, async (
   assert.deepEqual(disconnects, []);
 });
 
+test('refresh round-trips with the real server (clock skewed to just before exp)', { skip }, async (t) => {
+  // Demo tokens live minutes; a clock running ahead makes the client refresh within seconds, so
+  // the refresh frame and its answer are checked against the real server without waiting.
+  const probe = await mintToken('it-skew');
+  const exp = typeof probe.expires_at === 'number' ? probe.expires_at * 1000 : Date.parse(probe.expires_at);
+  const skew = exp - Date.now() - 8_000;
+  const clock = {
+    now: () => Date.now() + skew,
+    setTimeout: (fn, ms) => setTimeout(fn, ms),
+    clearTimeout: (h) => clearTimeout(h),
+  };
+  const c = connect('it-skew', { clock });
+  t.after(() => c.close());
+  const disconnects = [];
+  c.on('disconnected', (d) => disconnects.push(d));
+  await c.whenConnected();
+  const first = await next(c, 'refreshed', () => true, 15_000);
+  assert.ok(first.expiresAt > exp - 60_000, 'the server answered with a new expiry');
+  await next(c, 'refreshed', () => true, 15_000);
+  assert.deepEqual(disconnects, []);
+  assert.equal(c.state, 'connected');
+});
+
 test('SSE transport receives and resumes', { skip }, async (t) => {
   const channel = channelName('sse');
   const reader = connect('it-sse', { url: proxy.url, transports: ['sse'] });
