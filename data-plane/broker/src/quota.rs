@@ -14,14 +14,19 @@
 //!
 //! # Connections
 //! Counts are kept per node, never as one shared total, so a node that dies without releasing
-//! anything cannot leak capacity: every node refreshes its liveness deadline for the tenants it
-//! holds connections of every [`RedisQuotas::node_ttl`]/3 (re-asserting its exact local counts,
-//! which also repairs counts a restarted Redis lost), and the admission script drops the counts
-//! of nodes whose deadline passed before summing. A crashed node's connections are therefore
-//! released within one node TTL (30 s by default). The check and the increment are one
-//! script, so concurrent admissions on different nodes never overshoot. The one imprecision:
-//! a heartbeat racing an admission or release on the same node may write a count that is off
-//! by one; the node notices (a generation counter) and writes again at once.
+//! anything cannot leak capacity. A node is *live* for a tenant while its deadline in
+//! `P:qn` is in the future; it pushes the deadline forward on every admission and on a
+//! heartbeat every [`RedisQuotas::node_ttl`]/3. Admission drops dead nodes and their counts,
+//! sums the live counts and increments this node's, all in one script, so concurrent
+//! admissions on different nodes never overshoot; a crashed node's connections stop counting
+//! within one node TTL (30 s by default).
+//!
+//! Each node also keeps its own counts locally, the truth it can restore: when its liveness
+//! entry is missing (Redis restarted or was flushed, or the node was silent past its TTL and
+//! was declared dead), admission refuses to count on top of lost state and the node first
+//! rewrites its exact counts (a heartbeat). A release Redis did not acknowledge is retried by
+//! the next heartbeat. A rewrite racing a local admission or release is detected (generation
+//! counter) and repeated at once.
 //!
 //! # Message rate
 //! One token bucket per tenant and per app, refilled continuously at the limit per second and
@@ -42,11 +47,12 @@ use crate::redis::{LUA_PRELUDE, build_ring, connect_lazy, ring_pick, with_timeou
 /// Default time after which a silent node's connections no longer count.
 pub const DEFAULT_NODE_TTL: Duration = Duration::from_secs(30);
 
-/// Writes per tenant and heartbeat at most, when local changes keep racing the write.
+/// Attempts per admission (restoring lost state) and per heartbeat rewrite (racing changes).
 const HEARTBEAT_ATTEMPTS: usize = 3;
 
 /// KEYS: tenant counts, app counts, liveness. ARGV: node, tenant max, app max, node ttl ms.
-/// Returns 1 when admitted (and counted), 0 when a limit is reached.
+/// Returns 1 when admitted (and counted), 0 when a limit is reached, -1 when this node is not
+/// live (its counts must be rewritten first).
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{LUA_PRELUDE}{}",
@@ -54,6 +60,7 @@ static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
 local now = now_ms()
 local ttl = tonumber(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+if not redis.call('ZSCORE', KEYS[3], ARGV[1]) then return -1 end
 redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
 local function live_sum(key)
   local sum = 0
@@ -77,10 +84,12 @@ return 1
     ))
 });
 
-/// KEYS: tenant counts, app counts. ARGV: node.
+/// KEYS: tenant counts, app counts, liveness. ARGV: node. Returns 0 (nothing to do) when this
+/// node is not live: its counts are gone and the next rewrite has the released one removed.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+if not redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 0 end
 for i = 1, 2 do
   if redis.call('HINCRBY', KEYS[i], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[i], ARGV[1]) end
 end
@@ -89,25 +98,31 @@ return 1
     )
 });
 
-/// KEYS: liveness, tenant counts, app counts... ARGV: node, node ttl ms, tenant count, app counts...
-/// Refreshes the node's deadline and re-asserts its exact counts.
+/// KEYS: liveness, tenant counts, app counts...
+/// ARGV: node, node ttl ms, force ('1'), then for KEYS[i] (i >= 2): ARGV[2i] the exact count,
+/// ARGV[2i+1] releases not yet applied.
+/// Refreshes the node's deadline. When the node was not live (or `force`), rewrites its exact
+/// counts and returns 1; otherwise applies the pending releases and returns 0.
 static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{LUA_PRELUDE}{}",
         r#"
 local now = now_ms()
 local ttl = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local rewrite = redis.call('ZADD', KEYS[1], now + ttl, ARGV[1]) == 1 or ARGV[3] == '1'
 for i = 2, #KEYS do
-  local count = tonumber(ARGV[i + 1])
-  if count > 0 then
-    redis.call('HSET', KEYS[i], ARGV[1], count)
-  else
-    redis.call('HDEL', KEYS[i], ARGV[1])
+  local exact = tonumber(ARGV[2 * i])
+  local unreleased = tonumber(ARGV[2 * i + 1])
+  if rewrite then
+    if exact > 0 then redis.call('HSET', KEYS[i], ARGV[1], exact) else redis.call('HDEL', KEYS[i], ARGV[1]) end
+  elseif unreleased > 0 then
+    if redis.call('HINCRBY', KEYS[i], ARGV[1], -unreleased) <= 0 then redis.call('HDEL', KEYS[i], ARGV[1]) end
   end
 end
 for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl * 2) end
-return 1
+if rewrite then return 1 end
+return 0
 "#
     ))
 });
@@ -154,8 +169,17 @@ struct Inner {
 struct TenantCounts {
     connections: u32,
     apps: HashMap<String, u32>,
-    /// Bumped by every local change, so a heartbeat can tell it raced one.
+    /// Releases Redis did not acknowledge, applied by the next heartbeat.
+    unreleased: u32,
+    unreleased_apps: HashMap<String, u32>,
+    /// Bumped by every local change, so a rewrite can tell it raced one.
     generation: u64,
+}
+
+impl TenantCounts {
+    fn is_empty(&self) -> bool {
+        self.connections == 0 && self.apps.is_empty() && self.unreleased == 0 && self.unreleased_apps.is_empty()
+    }
 }
 
 struct TenantKeys {
@@ -221,37 +245,55 @@ impl RedisQuotas {
             .arg(tenant_max)
             .arg(app_max)
             .arg(self.inner.node_ttl_ms());
-        let mut conn = self.inner.shard(&keys).clone();
-        let admitted: i64 = with_timeout(invocation.invoke_async(&mut conn)).await?;
-        if admitted == 1 {
-            let mut local = self.inner.local.lock();
-            let counts = local.entry(tenant_id.to_owned()).or_default();
-            counts.connections += 1;
-            counts.generation += 1;
-            *counts.apps.entry(app_id.to_owned()).or_default() += 1;
+        for _ in 0..HEARTBEAT_ATTEMPTS {
+            let mut conn = self.inner.shard(&keys).clone();
+            match with_timeout(invocation.invoke_async::<i64>(&mut conn)).await? {
+                1 => {
+                    let mut local = self.inner.local.lock();
+                    let counts = local.entry(tenant_id.to_owned()).or_default();
+                    counts.connections += 1;
+                    *counts.apps.entry(app_id.to_owned()).or_default() += 1;
+                    counts.generation += 1;
+                    return Ok(true);
+                }
+                0 => return Ok(false),
+                // Not live here: restore this node's counts, then try again.
+                _ => self.inner.heartbeat_tenant(tenant_id).await?,
+            }
         }
-        Ok(admitted == 1)
+        Err(BrokerError::Unavailable("could not establish this node's quota liveness".into()))
     }
 
-    /// Forgets a connection counted by [`RedisQuotas::try_acquire_connection`]. Locally at
-    /// once; if Redis is unreachable now, the next heartbeat re-asserts the right count.
+    /// Forgets a connection counted by [`RedisQuotas::try_acquire_connection`]: locally at
+    /// once, in Redis now or (if Redis did not answer) by the next heartbeat.
     pub async fn release_connection(&self, tenant_id: &str, app_id: &str) -> Result<(), BrokerError> {
         {
             let mut local = self.inner.local.lock();
             if let Some(counts) = local.get_mut(tenant_id) {
                 counts.connections = counts.connections.saturating_sub(1);
-                counts.generation += 1;
                 if let Some(app) = counts.apps.get_mut(app_id) {
                     *app = app.saturating_sub(1);
                 }
-                // Zero counts stay until the next heartbeat has written them to Redis.
+                counts.generation += 1;
+                // Zero counts stay until a heartbeat has written them to Redis.
             }
         }
         let keys = self.inner.keys(tenant_id);
         let mut invocation = RELEASE.prepare_invoke();
-        invocation.key(&keys.tenant).key(self.inner.app_key(&keys, app_id)).arg(&self.inner.node_id);
+        invocation
+            .key(&keys.tenant)
+            .key(self.inner.app_key(&keys, app_id))
+            .key(&keys.liveness)
+            .arg(&self.inner.node_id);
         let mut conn = self.inner.shard(&keys).clone();
-        let _: i64 = with_timeout(invocation.invoke_async(&mut conn)).await?;
+        if let Err(e) = with_timeout(invocation.invoke_async::<i64>(&mut conn)).await {
+            let mut local = self.inner.local.lock();
+            if let Some(counts) = local.get_mut(tenant_id) {
+                counts.unreleased += 1;
+                *counts.unreleased_apps.entry(app_id.to_owned()).or_default() += 1;
+            }
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -310,46 +352,65 @@ impl Inner {
         u64::try_from(self.node_ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Refreshes this node's liveness and counts for every tenant it holds connections of,
-    /// then forgets tenants whose counts reached zero (now written to Redis).
+    /// Heartbeats every tenant this node holds connections of.
     async fn heartbeat(&self) {
         let tenants: Vec<String> = self.local.lock().keys().cloned().collect();
         for tenant in tenants {
-            // A local change landing between the snapshot and the write may have been
-            // overwritten with a stale count: write again until no change raced (bounded).
-            for _ in 0..HEARTBEAT_ATTEMPTS {
-                let Some(snapshot) = self.local.lock().get(&tenant).cloned() else { break };
-                if let Err(e) = self.heartbeat_tenant(&tenant, &snapshot).await {
-                    tracing::debug!(tenant, error = %e, "quota heartbeat failed");
-                    break;
-                }
-                let mut local = self.local.lock();
-                let Some(counts) = local.get_mut(&tenant) else { break };
-                if counts.generation == snapshot.generation {
-                    counts.apps.retain(|_, n| *n > 0);
-                    if counts.connections == 0 && counts.apps.is_empty() {
-                        local.remove(&tenant);
-                    }
-                    break;
-                }
+            if let Err(e) = self.heartbeat_tenant(&tenant).await {
+                tracing::debug!(tenant, error = %e, "quota heartbeat failed");
             }
         }
     }
 
-    async fn heartbeat_tenant(&self, tenant: &str, counts: &TenantCounts) -> Result<(), BrokerError> {
+    /// Refreshes this node's liveness for `tenant`, applies unacknowledged releases, and
+    /// rewrites its exact counts when Redis had lost them (repeating the rewrite, bounded,
+    /// while local changes race it). Forgets the tenant locally once everything is zero.
+    async fn heartbeat_tenant(&self, tenant: &str) -> Result<(), BrokerError> {
         let keys = self.keys(tenant);
-        let mut invocation = HEARTBEAT.prepare_invoke();
-        invocation
-            .key(&keys.liveness)
-            .key(&keys.tenant)
-            .arg(&self.node_id)
-            .arg(self.node_ttl_ms())
-            .arg(counts.connections);
-        for (app, count) in &counts.apps {
-            invocation.key(self.app_key(&keys, app)).arg(*count);
+        let mut force = false;
+        for _ in 0..HEARTBEAT_ATTEMPTS {
+            let snapshot = self.local.lock().get(tenant).cloned().unwrap_or_default();
+            let mut invocation = HEARTBEAT.prepare_invoke();
+            invocation
+                .key(&keys.liveness)
+                .key(&keys.tenant)
+                .arg(&self.node_id)
+                .arg(self.node_ttl_ms())
+                .arg(if force { "1" } else { "0" })
+                .arg(snapshot.connections)
+                .arg(snapshot.unreleased);
+            let mut apps: Vec<&String> = snapshot.apps.keys().chain(snapshot.unreleased_apps.keys()).collect();
+            apps.sort_unstable();
+            apps.dedup();
+            for app in apps {
+                invocation
+                    .key(self.app_key(&keys, app))
+                    .arg(snapshot.apps.get(app).copied().unwrap_or(0))
+                    .arg(snapshot.unreleased_apps.get(app).copied().unwrap_or(0));
+            }
+            let mut conn = self.shard(&keys).clone();
+            let rewrote = with_timeout(invocation.invoke_async::<i64>(&mut conn)).await? == 1;
+
+            let mut local = self.local.lock();
+            let Some(counts) = local.get_mut(tenant) else { return Ok(()) };
+            // What was sent is now applied (or superseded by the rewrite).
+            counts.unreleased = counts.unreleased.saturating_sub(snapshot.unreleased);
+            for (app, sent) in &snapshot.unreleased_apps {
+                if let Some(n) = counts.unreleased_apps.get_mut(app) {
+                    *n = n.saturating_sub(*sent);
+                }
+            }
+            counts.unreleased_apps.retain(|_, n| *n > 0);
+            if rewrote && counts.generation != snapshot.generation {
+                force = true;
+                continue;
+            }
+            counts.apps.retain(|_, n| *n > 0);
+            if counts.is_empty() {
+                local.remove(tenant);
+            }
+            return Ok(());
         }
-        let mut conn = self.shard(&keys).clone();
-        let _: i64 = with_timeout(invocation.invoke_async(&mut conn)).await?;
         Ok(())
     }
 }

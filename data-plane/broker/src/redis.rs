@@ -775,9 +775,7 @@ async fn pubsub_actor(
         if !topics.is_empty() {
             tracing::info!(shard = index, topics = topics.len(), "Redis pub/sub resubscribed");
         }
-        for topic in &topics {
-            catch_up(&inner, &mut delivered, topic, None).await;
-        }
+        catch_up_all(&inner, &mut delivered).await;
         if !pending.is_empty() && apply_online(shard, &mut delivered, &mut sink, pending).await.is_err() {
             continue;
         }
@@ -871,24 +869,35 @@ async fn apply_online(
             run.extend(commands.next());
         }
         if subscribing {
+            // A caller that gave up waiting was told "unavailable": do not subscribe behind
+            // its back (nobody would unsubscribe).
+            run.retain(|command| !matches!(command, PubSubCommand::Subscribe { done, .. } if done.is_closed()));
+            if run.is_empty() {
+                continue;
+            }
             // Wanted before asking Redis, so a message arriving right after the
             // acknowledgement is not dropped.
             let mut topics = Vec::with_capacity(run.len());
+            let mut added = Vec::new();
             {
                 let mut wanted = shard.topics.lock();
                 for command in &run {
                     if let PubSubCommand::Subscribe { topic, channel, .. } = command {
                         wanted.insert(topic.clone(), channel.clone());
-                        delivered.entry(topic.clone()).or_insert(Delivered { channel: channel.clone(), last: None });
+                        if !delivered.contains_key(topic) {
+                            delivered.insert(topic.clone(), Delivered { channel: channel.clone(), last: None });
+                            added.push(topic.clone());
+                        }
                         topics.push(topic.clone());
                     }
                 }
             }
             let result = with_timeout(sink.subscribe(&topics)).await;
             if result.is_err() {
-                // Not acknowledged: forget them, the callers are told to retry.
+                // Not acknowledged: forget the new ones, their callers are told to retry.
+                // Topics subscribed before stay wanted and are resubscribed on reconnect.
                 let mut wanted = shard.topics.lock();
-                for topic in &topics {
+                for topic in &added {
                     wanted.remove(topic);
                     delivered.remove(topic);
                 }
@@ -937,30 +946,61 @@ async fn subscribe_all(sink: &mut PubSubSink, topics: &[String]) -> Result<(), B
     Ok(())
 }
 
-/// Delivers what `topic`'s channel published after the last delivered position and before
-/// `until` (exclusive; `None` = everything), from history, in order. Best effort: when history
-/// no longer reaches back or the epoch changed, the hub sees the jump in positions.
-async fn catch_up(inner: &Inner, delivered: &mut HashMap<String, Delivered>, topic: &str, until: Option<u64>) {
-    let Some(entry) = delivered.get(topic) else { return };
-    let Some((epoch, offset)) = entry.last.clone() else { return };
-    let channel = entry.channel.clone();
-    let since = StreamPosition { epoch: epoch.to_string(), offset };
-    let limit = until.map_or(MAX_GAP_FILL, |u| usize::try_from(u.saturating_sub(offset + 1)).unwrap_or(MAX_GAP_FILL));
-    let page = match inner.read_history(&channel, Some(&since), limit.min(MAX_GAP_FILL)).await {
-        Ok(page) => page,
+/// Reads what `channel` published after `since`, at most `limit` (and [`MAX_GAP_FILL`]).
+async fn fetch_gap(inner: &Inner, channel: &ChannelKey, since: StreamPosition, limit: usize) -> Option<HistoryPage> {
+    match inner.read_history(channel, Some(&since), limit.min(MAX_GAP_FILL)).await {
+        Ok(page) => Some(page),
         Err(e) => {
             tracing::warn!(?channel, error = %e, "could not fill a gap from history");
-            return;
+            None
         }
-    };
-    let Some(events) = inner.events.get() else { return };
-    let Some(entry) = delivered.get_mut(topic) else { return };
+    }
+}
+
+/// Delivers a gap read by [`fetch_gap`], in order, skipping what was delivered meanwhile and
+/// stopping before `until`. Best effort: where history no longer reaches back or the epoch
+/// changed, the hub sees the jump in positions.
+fn fill_gap(
+    delivered: &mut HashMap<String, Delivered>,
+    topic: &str,
+    events: &Arc<dyn BrokerEvents>,
+    channel: &ChannelKey,
+    page: HistoryPage,
+    until: Option<u64>,
+) {
     for publication in page.publications {
         if until.is_some_and(|u| publication.offset >= u) {
             break;
         }
-        entry.last = Some((Arc::clone(&publication.epoch), publication.offset));
-        events.on_publication(&channel, Arc::new(publication));
+        let Some(entry) = delivered.get(topic) else { return };
+        if entry.last.as_ref().is_some_and(|(e, last)| **e == *publication.epoch && publication.offset <= *last) {
+            continue;
+        }
+        deliver(delivered, topic, events, channel, publication);
+    }
+}
+
+/// After a reconnect: delivers, per channel, what was published while the node was not
+/// subscribed. History is read concurrently; each channel's gap is delivered in order.
+async fn catch_up_all(inner: &Inner, delivered: &mut HashMap<String, Delivered>) {
+    let Some(events) = inner.events.get() else { return };
+    let gaps: Vec<(String, ChannelKey, StreamPosition)> = delivered
+        .iter()
+        .filter_map(|(topic, d)| {
+            let (epoch, offset) = d.last.as_ref()?;
+            Some((topic.clone(), d.channel.clone(), StreamPosition { epoch: epoch.to_string(), offset: *offset }))
+        })
+        .collect();
+    let mut pages = stream::iter(gaps)
+        .map(|(topic, channel, since)| async move {
+            let page = fetch_gap(inner, &channel, since, MAX_GAP_FILL).await;
+            (topic, channel, page)
+        })
+        .buffer_unordered(SWEEP_CONCURRENCY);
+    while let Some((topic, channel, page)) = pages.next().await {
+        if let Some(page) = page {
+            fill_gap(delivered, &topic, events, &channel, page, None);
+        }
     }
 }
 
@@ -971,7 +1011,6 @@ async fn on_message(inner: &Inner, delivered: &mut HashMap<String, Delivered>, m
     let Some(events) = inner.events.get() else { return };
     match decode_message(message.get_payload_bytes()) {
         Some(Message::Publication(publication)) => {
-            let topic = topic.to_owned();
             if let Some((epoch, last)) = entry.last.clone()
                 && *epoch == *publication.epoch
             {
@@ -979,10 +1018,14 @@ async fn on_message(inner: &Inner, delivered: &mut HashMap<String, Delivered>, m
                     return; // already delivered (by a gap fill)
                 }
                 if publication.offset > last + 1 {
-                    catch_up(inner, delivered, &topic, Some(publication.offset)).await;
+                    let since = StreamPosition { epoch: epoch.to_string(), offset: last };
+                    let missing = usize::try_from(publication.offset - last - 1).unwrap_or(MAX_GAP_FILL);
+                    if let Some(page) = fetch_gap(inner, &channel, since, missing).await {
+                        fill_gap(delivered, topic, events, &channel, page, Some(publication.offset));
+                    }
                 }
             }
-            deliver(delivered, &topic, events, &channel, publication);
+            deliver(delivered, topic, events, &channel, publication);
         }
         Some(Message::Presence(action, member)) => events.on_presence(&channel, action, &member),
         None => tracing::warn!(?channel, "undecodable pub/sub message"),

@@ -83,3 +83,35 @@ async fn message_rate_is_shared_by_nodes_and_takes_from_both_levels_or_neither()
     assert!(node1.try_acquire_messages("ten", "sibling", 100, 1_000, 90).await.expect("take"));
     assert!(!node1.try_acquire_messages("ten", "sibling", 100, 1_000, 5).await.expect("take"), "tenant is spent");
 }
+
+#[tokio::test]
+async fn counts_redis_lost_are_restored_by_the_nodes_that_hold_them() {
+    let prefix = unique_prefix();
+    let ttl = Duration::from_secs(1);
+    let holder = RedisQuotas::with_node_ttl(&[REDIS_URL.to_owned()], &prefix, ttl).expect("quotas");
+    let other = RedisQuotas::with_node_ttl(&[REDIS_URL.to_owned()], &prefix, ttl).expect("quotas");
+    assert!(holder.try_acquire_connection("ten", "app", 2, 2).await.expect("acquire"));
+    assert!(holder.try_acquire_connection("ten", "app", 2, 2).await.expect("acquire"));
+
+    // Redis loses everything under the prefix (a restart without persistence, a flush).
+    let client = redis::Client::open(REDIS_URL).expect("url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut conn).await.expect("keys");
+    assert!(!keys.is_empty());
+    let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.expect("del");
+
+    // The holder's heartbeat writes its two connections back; then the limit holds again.
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{prefix}:qt:*")).query_async(&mut conn).await.expect("keys");
+        if !keys.is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "counts were never restored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!other.try_acquire_connection("ten", "app", 2, 2).await.expect("acquire"), "restored counts hold");
+    holder.release_connection("ten", "app").await.expect("release");
+    assert!(other.try_acquire_connection("ten", "app", 2, 2).await.expect("acquire"));
+}
