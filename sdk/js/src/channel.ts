@@ -402,9 +402,10 @@ export class Channel<T = unknown> extends Emitter<ChannelEvents> {
     this.presence.rejectAll(err);
   }
 
-  /** @internal Delivers a `message` frame unless it is a duplicate. */
+  /** @internal Delivers a `message` frame unless it is a duplicate. The position advances even
+   * without handlers (a presence-only subscription) so a resume never replays what was seen. */
   dispatch(frame: Frame): void {
-    if (this.handlers.size === 0) return;
+    if (this.state === 'detached' && this.host.transport === 'websocket') return;
     const message = decodeMessage(this.name, frame);
     if (!message) return;
     const last = this.delivered;

@@ -710,7 +710,11 @@ export class Aviary extends Emitter<ClientEvents> {
         },
       };
       this.connectWaiters.push(waiter);
-    }).then(() => this.send(frame, Math.max(1, timeoutMs - (this.clock.now() - started))));
+    }).then(() =>
+      this.canRequest
+        ? this.send(frame, Math.max(1, timeoutMs - (this.clock.now() - started)))
+        : Promise.reject(new AviaryError('unsupported', `${String(frame.type)} needs the WebSocket transport`)),
+    );
   }
 
   private send(frame: Record<string, unknown>, timeoutMs: number): Promise<Frame> {

@@ -273,3 +273,29 @@ test('server errors reject with typed codes and the connection stays up', async 
   const subscribes = refusing.frames.filter((f) => f.frame.type === 'subscribe' && f.frame.channel === 'secret');
   assert.equal(subscribes.length, 1);
 });
+
+test('listening to presence on a subscribed channel resubscribes with presence, resuming in place', async (t) => {
+  const name = unique('late-presence');
+  const c = client(server);
+  const other = client(server);
+  t.after(() => (c.close(), other.close()));
+  const got = collector();
+  await c.channel(name).subscribe(got);
+  server.publish(name, 1);
+  await got.until(1);
+  const sync = next(c.channel(name).presence, 'sync');
+  const joined = next(c.channel(name).presence, 'join');
+  c.channel(name).presence.on('join', () => {});
+  await sync;
+  const resub = server.frames.filter((f) => f.frame.type === 'subscribe' && f.frame.channel === name).at(-1).frame;
+  assert.equal(resub.presence, true);
+  assert.deepEqual(resub.since, { epoch: server.channel(name).epoch, offset: 1 });
+  await other.channel(name).presence.enter('hi');
+  assert.equal((await joined).data, 'hi');
+  server.publish(name, 2);
+  await got.until(2);
+  assert.deepEqual(
+    got.items.map((m) => m.data),
+    [1, 2],
+  );
+});

@@ -264,3 +264,48 @@ function fakePlatform() {
     },
   };
 }
+
+test('a server that never answers connect is abandoned after connectTimeoutMs', async (t) => {
+  const silent = await new FakeServer().start();
+  t.after(() => silent.stop());
+  silent.paused = true;
+  const c = client(silent, { connectTimeoutMs: 80 });
+  t.after(() => c.close());
+  const d = await next(c, 'disconnected');
+  assert.equal(d.reason.code, 'timeout');
+  assert.equal(d.willReconnect, true);
+  silent.paused = false;
+  await next(c, 'connected');
+});
+
+test('1001 (node draining) reconnects with the first backoff window, not a grown one', async (t) => {
+  const c = client(server, { random: () => 0.999, backoff: { initialDelayMs: 10, maxDelayMs: 60_000 } });
+  t.after(() => c.close());
+  await next(c, 'connected');
+  // Grow the attempt count first with quick drops.
+  for (let i = 0; i < 3; i++) {
+    server.dropAll();
+    await next(c, 'connected');
+  }
+  const r = next(c, 'reconnecting');
+  server.closeAll(1001, 'node draining', { reconnect: true });
+  const { attempt, delayMs } = await r;
+  assert.equal(attempt, 1);
+  assert.ok(delayMs < 10);
+  await next(c, 'connected');
+});
+
+test('close() while getToken is pending opens no connection', async (t) => {
+  let release;
+  const c = client(server, { getToken: () => new Promise((resolve) => (release = resolve)) });
+  await next(c, 'connecting');
+  const before = server.connections;
+  c.close();
+  release('tok-late');
+  // A later, independent connection proves the late token was not used in between.
+  const other = client(server);
+  t.after(() => other.close());
+  await next(other, 'connected');
+  assert.equal(server.connections, before + 1);
+  assert.equal(c.state, 'closed');
+});
