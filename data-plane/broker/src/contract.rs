@@ -417,6 +417,14 @@ pub async fn presence_join_update_leave_fan_out_events<B: Broker>(broker: B) {
     broker.presence_join(&channel, renamed.clone(), 60, 10).await.expect("update");
     assert_eq!(events.next_presence().await, (channel.clone(), PresenceAction::Update, renamed.clone()));
 
+    // JSON null data is no data, in every engine.
+    let mut silent = member("c3", serde_json::Value::Null);
+    broker.presence_join(&channel, silent.clone(), 60, 10).await.expect("join");
+    silent.data = None;
+    assert_eq!(events.next_presence().await, (channel.clone(), PresenceAction::Join, silent.clone()));
+    broker.presence_leave(&channel, "c3").await.expect("leave");
+    assert_eq!(events.next_presence().await, (channel.clone(), PresenceAction::Leave, silent));
+
     let bob = member("c2", serde_json::json!({"name": "bob"}));
     broker.presence_join(&channel, bob.clone(), 60, 10).await.expect("join");
     assert_eq!(events.next_presence().await.1, PresenceAction::Join);

@@ -119,6 +119,7 @@ pub struct HistoryPage {
 pub struct PresenceMember {
     pub client_id: String,
     pub connection_id: String,
+    /// The member's data; JSON `null` is the same as none (engines store `None` for it).
     #[serde(default)]
     pub data: Option<serde_json::Value>,
 }

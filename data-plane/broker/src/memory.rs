@@ -397,6 +397,11 @@ impl Broker for MemoryBroker {
     ) -> Result<(), BrokerError> {
         let now = Instant::now();
         let expires_at = now + Duration::from_secs(u64::from(ttl_s.max(1)));
+        let mut member = member;
+        if member.data.as_ref().is_some_and(serde_json::Value::is_null) {
+            // Same as every engine that stores members as JSON: `null` data is no data.
+            member.data = None;
+        }
         self.inner.with_channel(channel, |ch, sink| {
             ch.expire_presence(now, sink);
             if let Some(existing) = ch.presence.get_mut(&member.connection_id) {
