@@ -1,8 +1,9 @@
 //! [`RedisBroker`]: the engine for several data-plane nodes, with Redis between them.
 //!
 //! # Key layout
-//! Every key of one channel carries the same hash tag `T = {<app_id>|<channel>}` (channel names
-//! cannot contain `{`, `}` or `|`), so one channel's keys always live together: on one shard of
+//! Every key of one channel carries the same hash tag `T = {<app_id>|<channel>}` (app ids are
+//! generated `app_…` ids and channel names cannot contain `{`, `}` or `|`, so the tag is
+//! unambiguous), so one channel's keys always live together: on one shard of
 //! our consistent-hash ring, and in one slot on Redis Cluster (a Lua script may only touch
 //! keys of one slot). With `P` the configured prefix:
 //!
@@ -69,9 +70,15 @@
 //! # Sharding
 //! With several Redis URLs, channels are spread over them by consistent hashing of the hash tag
 //! (160 virtual nodes per URL, a stable FNV-1a/SplitMix64 hash), so every node maps a channel
-//! to the same Redis as long as all nodes get the same URLs, spelled the same way. On Redis
-//! Cluster, the hash tags keep each script on one slot; the production path there is sharded
-//! pub/sub (`SSUBSCRIBE`/`SPUBLISH`), which this implementation does not use yet.
+//! to the same Redis as long as all nodes get the same URLs, spelled the same way. Adding a
+//! URL moves only the channels that land on it (their streams restart with a new epoch there,
+//! which resuming clients see as `recovered: false`).
+//!
+//! Redis Cluster is the production path beyond a handful of instances: the hash tags already
+//! keep every script on one slot, and the topic shares the tag, so switching `PUBLISH` /
+//! `SUBSCRIBE` to sharded pub/sub (`SPUBLISH` / `SSUBSCRIBE`, Redis 7) keeps fan-out on the
+//! slot's own node instead of broadcasting it cluster-wide. That needs a cluster-aware client
+//! (the redis crate's `cluster-async`), which this implementation does not use yet.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, OnceLock};
