@@ -80,6 +80,9 @@ fn javascript(body: &'static str) -> Response {
 #[serde(deny_unknown_fields)]
 struct DemoTokenRequest {
     client_id: String,
+    /// Shorter lifetimes (for trying token refresh); capped at [`DEMO_TOKEN_TTL_S`].
+    #[serde(default)]
+    ttl_s: Option<u32>,
 }
 
 fn problem(status: StatusCode, slug: &str, title: &str, detail: impl Into<String>) -> Response {
@@ -118,7 +121,7 @@ async fn mint(
     };
     let token_request = json!({
         "client_id": request.client_id,
-        "ttl_s": DEMO_TOKEN_TTL_S,
+        "ttl_s": request.ttl_s.unwrap_or(DEMO_TOKEN_TTL_S).clamp(1, DEMO_TOKEN_TTL_S),
         "capabilities": {
             "chat:*": ["subscribe", "publish", "presence", "history"],
             "cursors:*": ["subscribe", "publish", "presence"],
