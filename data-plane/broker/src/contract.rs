@@ -37,6 +37,7 @@ macro_rules! broker_contract_tests {
             idempotency_key_returns_the_earlier_position_and_fans_out_once,
             events_reach_only_subscribed_channels_in_order,
             unsubscribe_stops_events,
+            subscribe_then_read_misses_nothing_published_concurrently,
             position_is_stable_until_the_stream_is_lost,
             presence_join_update_leave_fan_out_events,
             presence_refuses_members_beyond_max,
@@ -383,6 +384,51 @@ pub async fn unsubscribe_stops_events<B: Broker>(broker: B) {
     let (_, publication) = events.next_publication().await;
     assert_eq!(publication.offset, 3, "offset 2 and the join happened while unsubscribed");
     events.assert_empty();
+}
+
+/// The hub's join sequence, under load: subscribe, then read the position; every publication
+/// after that position reaches the node, in order, even while publishers never pause.
+/// (Publications at or before it may arrive too; the hub drops those.)
+pub async fn subscribe_then_read_misses_nothing_published_concurrently<B: Broker>(broker: B) {
+    let broker = Arc::new(broker);
+    let (sink, mut events) = recorder();
+    broker.set_events(sink);
+    let channel = unique_channel("racing");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let (broker, channel, stop) = (Arc::clone(&broker), channel.clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut last = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                last = broker.publish(&channel, request("{}")).await.expect("publish").position.offset;
+                tokio::task::yield_now().await;
+            }
+            last
+        })
+    };
+    // Join mid-stream: once some publications exist and more are on their way.
+    eventually("publishing to start", || async {
+        (broker.position(&channel).await.expect("position").offset >= 20).then_some(())
+    })
+    .await;
+    broker.subscribe(&channel).await.expect("subscribe");
+    let joined_at = broker.position(&channel).await.expect("position").offset;
+    eventually("more publications after joining", || async {
+        (broker.position(&channel).await.expect("position").offset >= joined_at + 100).then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let last = publisher.await.expect("publisher");
+
+    let mut expected = joined_at + 1;
+    while expected <= last {
+        let (_, publication) = events.next_publication().await;
+        if publication.offset <= joined_at {
+            continue;
+        }
+        assert_eq!(publication.offset, expected, "every publication after the read position, in order");
+        expected += 1;
+    }
 }
 
 /// `position` creates the stream on first use and keeps returning the same epoch.
