@@ -12,8 +12,15 @@
 //! - [`sync`]: mirrors the store into the `aviary_core::Registry` the data plane reads.
 //! - [`api`]: the REST surface (`router()`, `openapi()`); [`grpc`]: `aviary.v1.ControlPlane`.
 //!
-//! Invariant: after any successful mutation returns, the registry already reflects it, so an
-//! in-process data plane (`aviary dev`) never sees a revoked key or a deleted app as live.
+//! Invariants: after any successful mutation returns, this process's registry already reflects
+//! it, so an in-process data plane (`aviary dev`) never sees a revoked key or a deleted app as
+//! live; changes made through other replicas arrive within `refresh_interval` (see
+//! [`ControlPlaneState::resync_registry`]). A refused request writes nothing.
+//!
+//! Wiring (done by the `aviary` binary): build a [`ControlPlaneState`], serve [`api::router`]
+//! with `into_make_service_with_connect_info::<SocketAddr>()` (per-IP limits need the peer),
+//! add [`grpc::grpc_router`] to a tonic server, hand [`ControlPlaneState::api_key_authority`]
+//! and [`ControlPlaneState::registry`] to the data plane, and install a `metrics` recorder.
 
 use std::path::Path;
 use std::sync::Arc;

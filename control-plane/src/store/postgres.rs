@@ -1,4 +1,4 @@
-//! The Postgres [`Store`](super::Store), used by `aviary control-plane` and shared by replicas.
+//! The Postgres [`Store`], used by `aviary control-plane` and shared by replicas.
 //!
 //! Queries are checked at runtime (not with `sqlx::query!`), so building needs no database;
 //! migrations are embedded from `migrations/postgres` so the binary runs from any directory.
@@ -8,7 +8,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 /// Migrations compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
-/// A [`Store`](super::Store) on a Postgres pool.
+/// A [`Store`] on a Postgres pool.
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,

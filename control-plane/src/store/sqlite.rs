@@ -1,4 +1,4 @@
-//! The SQLite [`Store`](super::Store) behind `aviary dev`: one file, WAL journal, zero setup.
+//! The SQLite [`Store`] behind `aviary dev`: one file, WAL journal, zero setup.
 //!
 //! WAL lets readers proceed while one writer commits; `busy_timeout` makes concurrent writers
 //! wait for each other instead of failing with `SQLITE_BUSY`. Foreign keys are switched on
@@ -15,7 +15,7 @@ use sqlx::sqlite::{
 /// Migrations compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
-/// A [`Store`](super::Store) on a SQLite database file.
+/// A [`Store`] on a SQLite database file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
