@@ -1238,12 +1238,18 @@ async function liveTab(view, app) {
       else if (current === 'failed' || current === 'closed') return;
       else setTailState(current, `${current[0].toUpperCase()}${current.slice(1)}…`);
     });
+    // 4010/4004/4003 need the admin's action: stop instead of letting the client retry with
+    // tokens the console can no longer mint.
+    c.on('disconnected', ({ reason }) => {
+      if (client !== c || !['credentials_revoked', 'app_disabled', 'forbidden'].includes(reason?.code)) return;
+      stopTail();
+      setTailState('failed', `Disconnected: ${CLOSE_REASONS[reason.code]}${reason.closeCode ? ` (close code ${reason.closeCode})` : ''}.`);
+    });
     c.on('failed', ({ reason }) => {
       if (client !== c) return;
       const why = CLOSE_REASONS[reason?.code] ?? reason?.message ?? 'unknown reason';
       setTailState('failed', `Disconnected: ${why}${reason?.closeCode ? ` (close code ${reason.closeCode})` : ''}.`);
     });
-    c.on('closed', () => client === c || setTailState('closed', 'Stopped.'));
     c.on('error', (err) => {
       if (client === c) tailError.textContent = `Realtime client: ${err?.message ?? err}`;
     });
