@@ -626,6 +626,14 @@ async fn registry_follows_every_mutation(store: TestStore) {
     assert_eq!((cfg.quotas.max_connections, cfg.quotas.max_messages_per_s), (20, 10));
     assert_eq!(cfg.tenant_quotas.max_connections, 20);
 
+    // `"quotas": null` drops the app's override: the tenant's apply.
+    let cleared = s
+        .call(reqwest::Method::PATCH, &format!("/v1/apps/{app_id}"), Some(&admin), Some(json!({ "quotas": null })))
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(cleared["quotas"], Value::Null);
+    assert_eq!(registry.app(&app_id).unwrap().quotas, registry.app(&app_id).unwrap().tenant_quotas);
+
     // Disabling the tenant disables its apps, and minting stops.
     s.call(
         reqwest::Method::PATCH,
