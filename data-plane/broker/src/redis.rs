@@ -54,9 +54,10 @@
 //! Members live in `P:p:T` with their expiry in `P:e:T`, scored with Redis server time so node
 //! clocks do not matter. `presence_touch` (the node heartbeat) moves live members' expiry
 //! forward and never revives an expired one. Every node sweeps the channels it subscribes to
-//! once per [`PRESENCE_SWEEP_INTERVAL`] (at most [`SWEEP_BATCH`] expirations per channel and
-//! call): expired members are removed and a `leave` is published, atomically, so exactly one
-//! node announces each leave. Reads and joins expire members too. Each node also remembers
+//! that may have members (any it saw a join or update for, and each once after subscribing,
+//! until a sweep finds the set empty) once per [`PRESENCE_SWEEP_INTERVAL`], at most
+//! [`SWEEP_BATCH`] expirations per channel and call: expired members are removed and a `leave`
+//! is published, atomically, so exactly one node announces each leave. Reads and joins expire members too. Each node also remembers
 //! the members it joined; after its pub/sub connection comes back it joins them again, which
 //! is a no-op for members Redis kept and a `join` for members a restarted Redis lost.
 //!
@@ -287,14 +288,14 @@ return 1
     ))
 });
 
-/// KEYS: members, expiries. ARGV: topic, batch, '1' to return the members.
+/// KEYS: members, expiries. ARGV: topic, batch, '1' to return the members (else their count).
 static PRESENCE_READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{LUA_PRELUDE}{}",
         r#"
 expire_members(now_ms(), tonumber(ARGV[2]))
 if ARGV[3] == '1' then return redis.call('HVALS', KEYS[1]) end
-return {}
+return redis.call('HLEN', KEYS[1])
 "#
     ))
 });
@@ -329,6 +330,10 @@ struct Shard {
     /// Topics this node subscribes to and the channel each carries. Written only by the actor
     /// (in command order); read by the actor per message and by the presence sweep.
     topics: Mutex<HashMap<String, ChannelKey>>,
+    /// Subscribed topics whose presence set may have members, with a generation bumped by
+    /// every join/update seen: only these are swept, and one is dropped only when a sweep found
+    /// it empty and no join came in meanwhile.
+    presence_topics: Mutex<HashMap<String, u64>>,
 }
 
 enum PubSubCommand {
@@ -363,7 +368,12 @@ impl RedisBroker {
         for (index, url) in urls.iter().enumerate() {
             let (client, commands) = connect_lazy(url, index)?;
             let (tx, rx) = mpsc::channel(PUBSUB_QUEUE);
-            shards.push(Shard { commands, pubsub: tx, topics: Mutex::new(HashMap::new()) });
+            shards.push(Shard {
+                commands,
+                pubsub: tx,
+                topics: Mutex::new(HashMap::new()),
+                presence_topics: Mutex::new(HashMap::new()),
+            });
             actors.push((client, rx));
         }
         let inner = Arc::new(Inner {
@@ -689,7 +699,7 @@ impl Broker for RedisBroker {
     }
 }
 
-/// Expires presence members of this shard's subscribed channels every
+/// Expires presence members of this shard's subscribed channels that may have any, every
 /// [`PRESENCE_SWEEP_INTERVAL`]; the scripts publish the leave events.
 async fn presence_sweeper(inner: Arc<Inner>, index: usize) {
     let mut ticker = tokio::time::interval(PRESENCE_SWEEP_INTERVAL);
@@ -697,17 +707,28 @@ async fn presence_sweeper(inner: Arc<Inner>, index: usize) {
     loop {
         ticker.tick().await;
         let shard = &inner.shards[index];
-        let channels: Vec<ChannelKey> = shard.topics.lock().values().cloned().collect();
+        let candidates: Vec<(String, u64)> =
+            shard.presence_topics.lock().iter().map(|(t, g)| (t.clone(), *g)).collect();
+        let sweeps: Vec<(String, u64, ChannelKey)> = {
+            let topics = shard.topics.lock();
+            candidates.into_iter().filter_map(|(t, g)| topics.get(&t).cloned().map(|c| (t, g, c))).collect()
+        };
         let inner = &inner;
-        stream::iter(channels)
-            .for_each_concurrent(SWEEP_CONCURRENCY, |channel| async move {
+        stream::iter(sweeps)
+            .for_each_concurrent(SWEEP_CONCURRENCY, |(topic, generation, channel)| async move {
                 let keys = inner.keys(&channel);
                 let mut invocation = PRESENCE_READ.prepare_invoke();
                 invocation.key(&keys.members).key(&keys.expiries).arg(&keys.topic).arg(SWEEP_BATCH).arg("0");
                 let mut conn = shard.commands.clone();
-                let swept: Result<Vec<Bytes>, _> = with_timeout(invocation.invoke_async(&mut conn)).await;
-                if let Err(e) = swept {
-                    tracing::debug!(shard = index, ?channel, error = %e, "presence sweep failed");
+                match with_timeout(invocation.invoke_async::<i64>(&mut conn)).await {
+                    Ok(0) => {
+                        let mut active = shard.presence_topics.lock();
+                        if active.get(&topic) == Some(&generation) {
+                            active.remove(&topic);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(shard = index, ?channel, error = %e, "presence sweep failed"),
                 }
             })
             .await;
@@ -779,6 +800,13 @@ async fn pubsub_actor(
             continue;
         }
         backoff = MIN_BACKOFF;
+        {
+            // Leaves may have been missed while disconnected: sweep every topic once more.
+            let mut active = shard.presence_topics.lock();
+            for topic in &topics {
+                *active.entry(topic.clone()).or_default() += 1;
+            }
+        }
         if !topics.is_empty() {
             tracing::info!(shard = index, topics = topics.len(), "Redis pub/sub resubscribed");
         }
@@ -797,7 +825,7 @@ async fn pubsub_actor(
         loop {
             tokio::select! {
                 message = messages.next() => match message {
-                    Some(message) => on_message(&inner, &mut delivered, message).await,
+                    Some(message) => on_message(&inner, shard, &mut delivered, message).await,
                     None => break,
                 },
                 Some(command) = commands.recv() => {
@@ -852,6 +880,7 @@ fn apply_offline(shard: &Shard, delivered: &mut HashMap<String, Delivered>, comm
         PubSubCommand::Unsubscribe { topic, done } => {
             delivered.remove(&topic);
             shard.topics.lock().remove(&topic);
+            shard.presence_topics.lock().remove(&topic);
             let _ = done.send(Ok(()));
         }
     }
@@ -895,6 +924,8 @@ async fn apply_online(
                             delivered.insert(topic.clone(), Delivered { channel: channel.clone(), last: None });
                             added.push(topic.clone());
                         }
+                        // Members may predate this node's subscription: sweep at least once.
+                        *shard.presence_topics.lock().entry(topic.clone()).or_default() += 1;
                         topics.push(topic.clone());
                     }
                 }
@@ -927,6 +958,7 @@ async fn apply_online(
                     if let PubSubCommand::Unsubscribe { topic, .. } = command {
                         wanted.remove(topic);
                         delivered.remove(topic);
+                        shard.presence_topics.lock().remove(topic);
                         topics.push(topic.clone());
                     }
                 }
@@ -1011,7 +1043,7 @@ async fn catch_up_all(inner: &Inner, delivered: &mut HashMap<String, Delivered>)
     }
 }
 
-async fn on_message(inner: &Inner, delivered: &mut HashMap<String, Delivered>, message: redis::Msg) {
+async fn on_message(inner: &Inner, shard: &Shard, delivered: &mut HashMap<String, Delivered>, message: redis::Msg) {
     let topic = message.get_channel_name();
     let Some(entry) = delivered.get(topic) else { return };
     let channel = entry.channel.clone();
@@ -1034,7 +1066,12 @@ async fn on_message(inner: &Inner, delivered: &mut HashMap<String, Delivered>, m
             }
             deliver(delivered, topic, events, &channel, publication);
         }
-        Some(Message::Presence(action, member)) => events.on_presence(&channel, action, &member),
+        Some(Message::Presence(action, member)) => {
+            if action != PresenceAction::Leave {
+                *shard.presence_topics.lock().entry(topic.to_owned()).or_default() += 1;
+            }
+            events.on_presence(&channel, action, &member);
+        }
         None => tracing::warn!(?channel, "undecodable pub/sub message"),
     }
 }
