@@ -544,7 +544,8 @@ impl Inner {
         }
         match tokio::time::timeout(COMMAND_TIMEOUT * 2, result).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(BrokerError::Internal("pub/sub actor stopped".into())),
+            // The actor dropped the command: its connection was reset meanwhile.
+            Ok(Err(_)) => Err(BrokerError::Unavailable("Redis pub/sub connection was reset".into())),
             Err(_) => Err(BrokerError::Unavailable("Redis pub/sub did not answer in time".into())),
         }
     }
@@ -947,6 +948,7 @@ async fn apply_online(
                 }
             }
             if failed {
+                commands.for_each(|rest| apply_offline(shard, delivered, rest));
                 return Err(());
             }
         } else {
@@ -971,6 +973,7 @@ async fn apply_online(
                 }
             }
             if result.is_err() {
+                commands.for_each(|rest| apply_offline(shard, delivered, rest));
                 return Err(());
             }
         }
