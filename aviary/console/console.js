@@ -30,7 +30,7 @@ function h(tag, attrs = {}, ...children) {
     if (name.startsWith('on') && typeof value === 'function') el.addEventListener(name.slice(2), value);
     else if (name === 'dataset') Object.assign(el.dataset, value);
     else if (name === 'value') el.value = value;
-    else if (name === 'checked') el.checked = Boolean(value);
+    else if (name === 'checked') el.checked = el.defaultChecked = Boolean(value);
     else el.setAttribute(name, value === true ? '' : String(value));
   }
   append(el, children);
@@ -917,7 +917,7 @@ async function keysTab(view, app) {
   const own = appKey(app.id);
   const secretSlot = h('div', { id: 'secret-slot' });
   const listError = h('p', { class: 'error', role: 'alert' });
-  const rows = keys.map((k) =>
+  const keyRow = (k) =>
     h(
       'tr',
       { dataset: { keyId: k.id } },
@@ -954,8 +954,8 @@ async function keysTab(view, app) {
               },
             }, 'Revoke'),
       ),
-    ),
-  );
+    );
+  const rows = keys.map(keyRow);
   const caps = h('div', { id: 'cap-rows' }, capabilityRow('*', OPERATIONS));
   const capsError = h('p', { class: 'error', id: 'caps-error' });
   const formError = h('p', { class: 'error', role: 'alert' });
@@ -993,7 +993,8 @@ async function keysTab(view, app) {
     }
     try {
       const created = await api('POST', `/v1/apps/${encodeURIComponent(app.id)}/keys`, { body: { name, capabilities } });
-      form.reset();
+      $('key-name').value = '';
+      caps.replaceChildren(capabilityRow('*', OPERATIONS));
       secretSlot.replaceChildren(
         secretPanel({
           title: `Your new API key “${created.key.name}”`,
@@ -1002,23 +1003,11 @@ async function keysTab(view, app) {
           onDone: () => render(),
         }),
       );
-      // Refresh the list without re-rendering the panel away.
+      // Add the new key to the list without re-rendering the panel away.
       const tbody = view.querySelector('#keys-table tbody');
-      if (tbody) {
-        const row = h(
-          'tr',
-          { dataset: { keyId: created.key.id } },
-          h('th', { scope: 'row' }, created.key.name),
-          h('td', { class: 'mono' }, created.key.id),
-          h('td', {}, capsText(created.key.capabilities)),
-          h('td', {}, fmtTime(created.key.created_at)),
-          h('td', {}, fmtTime(created.key.last_used_at)),
-          h('td', {}, h('span', { class: 'badge on' }, 'active')),
-          h('td', {}, h('span', { class: 'muted' }, 'reload to revoke')),
-        );
-        if (!keys.length) tbody.replaceChildren();
-        tbody.append(row);
-      }
+      if (!keys.length) tbody.replaceChildren();
+      keys.push(created.key);
+      tbody.append(keyRow(created.key));
     } catch (err) {
       showProblem(err, [[/name/i, $('key-name')], [/capabilit|glob|operation|channel/i, null]], formError);
       if (/capabilit|glob|operation|channel/i.test(err.detail ?? '')) {
@@ -1325,7 +1314,7 @@ async function liveTab(view, app) {
   });
 
   append(view, [
-    h('p', { class: 'hint' }, 'Live features use an API key named “console” (', h('code', {}, key.id), '), kept only in this tab and revoked when you sign out.'),
+    h('p', { class: 'muted' }, 'Live features use an API key named “console” (', h('code', {}, key.id), '), kept only in this tab and revoked when you sign out.'),
     originWarning,
     h('div', { class: 'grid2' },
       h('section', { 'aria-labelledby': 'channels-title' }, h('h2', { id: 'channels-title' }, 'Active channels'), channelsForm, channelsError,
@@ -1435,7 +1424,7 @@ async function usageView(view, session) {
               quotaRow('Concurrent connections', t.connections, q.max_connections ?? 0),
               quotaRow('Messages per second (measured here)', pubRate, q.max_messages_per_s ?? 0))),
           h('p', { class: 'hint' }, `Other limits: messages up to ${fmtBytes(q.max_message_bytes)}, ${fmtNumber(q.max_subscriptions_per_connection)} subscriptions per connection, ${fmtNumber(q.max_presence_members)} presence members per channel.`)),
-        h('section', { 'aria-labelledby': 'now-title' }, h('h2', { id: 'now-title' }, 'Right now'),
+        h('section', { class: 'wide', 'aria-labelledby': 'now-title' }, h('h2', { id: 'now-title' }, 'Right now'),
           h('div', { class: 'table-wrap' }, h('table', { id: 'usage-table' },
             h('thead', {}, h('tr', {}, ['App', 'Connections', 'Subscriptions', 'Published', 'Delivered', 'Bytes'].map((c, i) => h('th', { scope: 'col', class: i ? 'num' : undefined }, c)))),
             h('tbody', {},

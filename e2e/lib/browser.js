@@ -37,3 +37,29 @@ export function watchPage(page) {
   page.on('pageerror', (err) => problems.push(`uncaught: ${err.message}`));
   return problems;
 }
+
+/**
+ * Cheap accessibility checks of what is on screen: every form control has a label, every
+ * button a name, every chart a text alternative, one h1, a page language. Returns the problems.
+ */
+export function a11yProblems(page) {
+  return page.evaluate(() => {
+    const problems = [];
+    const visible = (el) => el.getClientRects().length > 0;
+    const named = (el) =>
+      Boolean(el.getAttribute('aria-label') || el.getAttribute('aria-labelledby') || el.labels?.length);
+    for (const el of document.querySelectorAll('input:not([type="hidden"]), textarea, select')) {
+      if (visible(el) && !named(el)) problems.push(`unlabelled control ${el.outerHTML.slice(0, 80)}`);
+    }
+    for (const el of document.querySelectorAll('button, a[href]')) {
+      if (visible(el) && !(el.textContent.trim() || el.getAttribute('aria-label'))) problems.push(`nameless ${el.outerHTML.slice(0, 80)}`);
+    }
+    for (const el of document.querySelectorAll('svg[role="img"]')) {
+      if (!el.getAttribute('aria-label')) problems.push('chart without a text alternative');
+    }
+    const h1 = [...document.querySelectorAll('h1')].filter(visible).length;
+    if (h1 !== 1) problems.push(`${h1} visible h1 elements`);
+    if (!document.documentElement.lang) problems.push('no page language');
+    return problems;
+  });
+}

@@ -8,7 +8,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { restClient, startAviary } from '../lib/aviary.js';
-import { ARTIFACTS, launch, screenshot, watchPage } from '../lib/browser.js';
+import { ARTIFACTS, a11yProblems, launch, screenshot, watchPage } from '../lib/browser.js';
 
 const WAIT = { timeout: 15_000 };
 let aviary;
@@ -96,6 +96,7 @@ test('tenant admin: sign in, apps, keys shown once, live tail, revocation, usage
     await page.getByRole('button', { name: 'Sign in' }).click();
     await page.locator('#signin-key-error', { hasText: 'This is an app API key' }).waitFor(WAIT);
     await screenshot(page, 'console-wrong-key');
+    assert.deepEqual(await a11yProblems(page), [], 'accessibility of console-wrong-key');
   });
 
   await t.test('signs in as the demo tenant admin; the key stays out of the URL', async () => {
@@ -152,6 +153,7 @@ test('tenant admin: sign in, apps, keys shown once, live tail, revocation, usage
     const chat = app.namespaces.find((n) => n.name === 'chat');
     assert.equal(chat.history_size, 50);
     await screenshot(page, 'console-app-settings');
+    assert.deepEqual(await a11yProblems(page), [], 'accessibility of console-app-settings');
   });
 
   await t.test('creates an API key with a capability editor; the secret is shown once', async () => {
@@ -172,6 +174,7 @@ test('tenant admin: sign in, apps, keys shown once, live tail, revocation, usage
     await panel.getByRole('button', { name: 'Copy' }).click();
     await panel.getByRole('status').filter({ hasText: /Copied|copy it/ }).waitFor(WAIT);
     await screenshot(page, 'console-key-created');
+    assert.deepEqual(await a11yProblems(page), [], 'accessibility of console-key-created');
     await panel.getByRole('button', { name: 'I have stored it' }).click();
     await panel.waitFor({ state: 'detached', ...WAIT });
     const row = page.locator('#keys-table tr', { hasText: 'backend' });
@@ -236,6 +239,7 @@ test('tenant admin: sign in, apps, keys shown once, live tail, revocation, usage
     await page.locator('#presence-members li', { hasText: 'shopper-1' }).waitFor(WAIT);
     assert.match(await page.locator('#presence-members').textContent(), /"cart":2/);
     await screenshot(page, 'console-live');
+    assert.deepEqual(await a11yProblems(page), [], 'accessibility of console-live');
   });
 
   await t.test('revoking a key drops the connections it minted tokens for', async () => {
@@ -292,6 +296,7 @@ test('tenant admin: sign in, apps, keys shown once, live tail, revocation, usage
       await page.waitForFunction(() => Number(document.querySelector('[data-total="connections"]')?.textContent.replace(/\D/g, '')) >= 1, null, WAIT);
     }
     await screenshot(page, 'console-usage');
+    assert.deepEqual(await a11yProblems(page), [], 'accessibility of console-usage');
     await loadContext.close();
   });
 
@@ -307,6 +312,7 @@ test('tenant admin: sign in, apps, keys shown once, live tail, revocation, usage
     await page.getByRole('heading', { name: 'Something went wrong' }).waitFor(WAIT);
     assert.match(await page.locator('#view-error').textContent(), /The server failed \(503 Service unavailable\): store unreachable/);
     await screenshot(page, 'console-api-error');
+    assert.deepEqual(await a11yProblems(page), [], 'accessibility of console-api-error');
     await page.unroute('**/v1/tenants/*/apps*');
     await page.getByRole('button', { name: 'Try again' }).click();
     await page.getByRole('heading', { name: 'Apps of demo' }).waitFor(WAIT);
@@ -325,14 +331,23 @@ test('tenant admin: sign in, apps, keys shown once, live tail, revocation, usage
 test('an expired session (tenant deleted meanwhile) signs out with an explanation', async () => {
   const created = await rest('POST', '/v1/tenants', aviary.operatorToken, { name: 'short-lived' });
   const { context, page, problems } = await openConsole();
-  await signInAsAdmin(page, created.tenant.id, created.admin_key.secret);
+  // Keyboard only: the form starts focused on the tenant id; Tab to the key; Enter signs in.
+  assert.equal(await page.evaluate(() => document.activeElement?.id), 'signin-tenant');
+  await page.keyboard.type(created.tenant.id);
+  await page.keyboard.press('Tab');
+  assert.equal(await page.evaluate(() => document.activeElement?.id), 'signin-key');
+  await page.keyboard.type(created.admin_key.secret);
+  await page.keyboard.press('Enter');
   await page.getByRole('heading', { name: 'Apps of short-lived' }).waitFor(WAIT);
+  // The view's heading takes the focus, so screen readers announce the new page.
+  assert.equal(await page.evaluate(() => document.activeElement?.tagName), 'H1');
   await rest('DELETE', `/v1/tenants/${created.tenant.id}`, aviary.operatorToken);
   await page.getByRole('link', { name: 'Usage' }).click();
   await page.getByRole('heading', { name: 'Sign in to the Aviary console' }).waitFor(WAIT);
   await page.locator('#flash', { hasText: 'Your session has ended' }).waitFor(WAIT);
   assert.equal(await page.evaluate(() => sessionStorage.length), 0);
   await screenshot(page, 'console-session-ended');
+    assert.deepEqual(await a11yProblems(page), [], 'accessibility of console-session-ended');
   assert.deepEqual(problems, []);
   await context.close();
 });
@@ -362,6 +377,7 @@ test('operator: tenant list with quotas, edit quotas, create a tenant (admin key
   await panel.waitFor(WAIT);
   assert.match(await panel.getByLabel('Secret').inputValue(), /^avt_/);
   await screenshot(page, 'console-operator');
+    assert.deepEqual(await a11yProblems(page), [], 'accessibility of console-operator');
   await panel.getByRole('button', { name: 'I have stored it' }).click();
   await page.locator('#tenants-table', { hasText: 'acme' }).waitFor(WAIT);
 
