@@ -57,9 +57,10 @@
 //! that may have members (any it saw a join or update for, and each once after subscribing,
 //! until a sweep finds the set empty) once per [`PRESENCE_SWEEP_INTERVAL`], at most
 //! [`SWEEP_BATCH`] expirations per channel and call: expired members are removed and a `leave`
-//! is published, atomically, so exactly one node announces each leave. Reads and joins expire members too. Each node also remembers
-//! the members it joined; after its pub/sub connection comes back it joins them again, which
-//! is a no-op for members Redis kept and a `join` for members a restarted Redis lost.
+//! is published, atomically, so exactly one node announces each leave. Reads and joins expire
+//! members too. Each node also remembers the members it joined and still touches; after its
+//! pub/sub connection comes back it joins them again, which is a no-op for members Redis kept
+//! and a `join` for members a restarted Redis lost.
 //!
 //! # Failure
 //! Every command is bounded by [`COMMAND_TIMEOUT`]; an unreachable Redis yields
@@ -321,6 +322,8 @@ struct LocalMember {
     member: PresenceMember,
     ttl_s: u32,
     max_members: u32,
+    /// Join or last touch plus TTL: a member this node stopped touching is never re-joined.
+    alive_until: std::time::Instant,
 }
 
 struct Shard {
@@ -506,7 +509,13 @@ impl Inner {
     /// still has (no event); members Redis lost are announced with `join` again.
     async fn rejoin_local_members(&self, index: usize) {
         let members: Vec<(ChannelKey, PresenceMember, u32, u32)> = {
-            let local = self.local_members.lock();
+            let mut local = self.local_members.lock();
+            // Members whose connection stopped heartbeating are gone, not to be revived.
+            let now = std::time::Instant::now();
+            local.retain(|_, members| {
+                members.retain(|_, m| m.alive_until > now);
+                !members.is_empty()
+            });
             local
                 .iter()
                 .filter(|(channel, _)| std::ptr::eq(self.shard(&self.keys(channel)), &self.shards[index]))
@@ -549,6 +558,10 @@ impl Inner {
             Err(_) => Err(BrokerError::Unavailable("Redis pub/sub did not answer in time".into())),
         }
     }
+}
+
+fn alive_until(ttl_s: u32) -> std::time::Instant {
+    std::time::Instant::now() + Duration::from_secs(u64::from(ttl_s.max(1)))
 }
 
 /// Awaits a Redis call with [`COMMAND_TIMEOUT`], mapping failures to [`BrokerError`].
@@ -638,7 +651,7 @@ impl Broker for RedisBroker {
             .lock()
             .entry(channel.clone())
             .or_default()
-            .insert(connection_id, LocalMember { member, ttl_s, max_members });
+            .insert(connection_id, LocalMember { member, ttl_s, max_members, alive_until: alive_until(ttl_s) });
         Ok(())
     }
 
@@ -681,6 +694,17 @@ impl Broker for RedisBroker {
             .arg(ttl_ms + PRESENCE_KEY_SLACK_MS)
             .arg(SWEEP_BATCH)
             .arg(connection_ids);
+        {
+            let mut local = self.inner.local_members.lock();
+            if let Some(members) = local.get_mut(channel) {
+                for id in connection_ids {
+                    if let Some(m) = members.get_mut(id) {
+                        m.ttl_s = ttl_s;
+                        m.alive_until = alive_until(ttl_s);
+                    }
+                }
+            }
+        }
         let mut conn = shard.commands.clone();
         let _: i64 = with_timeout(invocation.invoke_async(&mut conn)).await?;
         Ok(())
