@@ -50,7 +50,31 @@ pub fn grpc_router(state: ControlPlaneState) -> tonic::service::Routes {
     if let Some(per_ip) = limiter(PeerIp, limits.per_ip_per_s, limits.per_ip_burst) {
         router = router.layer(GovernorLayer::new(per_ip).error_handler(grpc_refusal));
     }
-    tonic::service::Routes::from(router)
+    tonic::service::Routes::from(router.layer(axum::middleware::from_fn(observe)))
+}
+
+/// The RPCs of the service, the only method labels metrics use (bounded cardinality).
+const METHODS: [&str; 5] = ["IssueToken", "CreateApp", "ListApps", "CreateApiKey", "RevokeApiKey"];
+
+/// Records `aviary_grpc_requests_total{method,code}` and `aviary_grpc_request_duration_seconds{method}`.
+///
+/// Unary errors are "trailers-only" responses whose `grpc-status` is a header; a success carries
+/// it in the trailers, so a response without the header counts as `0` (OK).
+async fn observe(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let method = request
+        .uri()
+        .path()
+        .strip_prefix("/aviary.v1.ControlPlane/")
+        .and_then(|m| METHODS.iter().find(|known| **known == m))
+        .copied()
+        .unwrap_or("unknown");
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let code = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_owned();
+    metrics::counter!("aviary_grpc_requests_total", "method" => method, "code" => code).increment(1);
+    metrics::histogram!("aviary_grpc_request_duration_seconds", "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    response
 }
 
 fn bearer<T>(request: &Request<T>) -> Option<&str> {
