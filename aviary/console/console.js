@@ -1053,10 +1053,12 @@ async function ensureConsoleKey(app) {
   return key;
 }
 
+const KEY_GONE = 'The console’s API key for this app was revoked or deleted. Open the Live tab again to create a new one.';
+
 /** Calls the data plane with the console key; a refused key is forgotten so the tab can make another. */
 async function appApi(app, method, path, body) {
   const key = appKey(app.id);
-  if (!key) throw new ApiError(401, { detail: 'The console has no key for this app: open the Live tab again.' });
+  if (!key) throw new ApiError(401, { title: 'Unauthorized', detail: KEY_GONE });
   try {
     return await api(method, path, { body, auth: key });
   } catch (err) {
@@ -1064,7 +1066,7 @@ async function appApi(app, method, path, body) {
       setAppKey(app.id, null);
       throw new ApiError(401, {
         title: 'Unauthorized',
-        detail: 'The console’s API key for this app was revoked or deleted. Reload the Live tab to create a new one.',
+        detail: KEY_GONE,
       });
     }
     throw err;

@@ -79,8 +79,13 @@ export async function startAviary() {
     async stop() {
       if (child.exitCode === null && child.signalCode === null) {
         child.kill('SIGTERM');
-        const timeout = new Promise((resolve) => setTimeout(resolve, STOP_TIMEOUT_MS, 'timeout')).then(() => 'timeout');
-        if ((await Promise.race([exited, timeout])) === 'timeout') {
+        let timer;
+        const timeout = new Promise((resolve) => {
+          timer = setTimeout(resolve, STOP_TIMEOUT_MS, 'timeout');
+        });
+        const outcome = await Promise.race([exited, timeout]);
+        clearTimeout(timer);
+        if (outcome === 'timeout') {
           child.kill('SIGKILL');
           await exited;
         }
