@@ -310,6 +310,11 @@ impl KeyVerifier {
         self.inner.api_keys.evict(key_id);
     }
 
+    /// Forgets a cached admin key at once (revocation).
+    pub fn evict_admin_key(&self, key_id: &str) {
+        self.inner.admin_keys.evict(key_id);
+    }
+
     /// Forgets every cached API key of an app (app deleted).
     pub fn evict_app(&self, app_id: &str) {
         self.inner.api_keys.evict_where(|k| k.app_id == app_id);

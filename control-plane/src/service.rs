@@ -422,6 +422,17 @@ impl ControlPlaneState {
         Ok(CreatedSecret { key_id: key.id, secret: key.secret, created_at: at })
     }
 
+    /// Revokes a tenant admin key at once (store first, then this process's cache).
+    #[tracing::instrument(skip_all, fields(tenant_id = %tenant_id, key_id = %key_id))]
+    pub async fn revoke_admin_key(&self, tenant_id: &str, key_id: &str) -> Result<()> {
+        if !self.store().revoke_admin_key(tenant_id, key_id, now()).await? {
+            return Err(Error::NotFound("admin key"));
+        }
+        self.keys().evict_admin_key(key_id);
+        tracing::info!("admin key revoked");
+        Ok(())
+    }
+
     /// Rotates the token signing key; returns the new `kid`.
     pub async fn rotate_signing_key(&self) -> Result<String> {
         let kid = self.keyring().rotate().await?;

@@ -600,6 +600,26 @@ async fn revocation_takes_effect_at_once_despite_the_cache(store: TestStore) {
     // The ApiKeyAuthority the data plane uses agrees.
     let authority = s.state.api_key_authority();
     assert_eq!(authority.verify_api_key(&api_key).await, Err(aviary_core::ApiKeyError::Invalid));
+
+    // Admin keys too: a second key, used (cached), revoked by the operator, refused at once.
+    let tenant_id = s.get(&format!("/v1/apps/{app_id}"), &admin).await.expect(StatusCode::OK)["tenant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let second = s.post(&format!("/v1/tenants/{tenant_id}/admin-keys"), OPERATOR, json!({})).await;
+    let second = second.expect(StatusCode::CREATED);
+    let (second_id, second_secret) = (second["key_id"].as_str().unwrap(), second["secret"].as_str().unwrap());
+    s.get(&format!("/v1/apps/{app_id}"), second_secret).await.expect(StatusCode::OK);
+    let revoke = format!("/v1/tenants/{tenant_id}/admin-keys/{second_id}");
+    s.call(reqwest::Method::DELETE, &revoke, Some(&admin), None)
+        .await
+        .expect_problem(StatusCode::UNAUTHORIZED, "unauthorized");
+    s.call(reqwest::Method::DELETE, &revoke, Some(OPERATOR), None).await.expect(StatusCode::NO_CONTENT);
+    s.get(&format!("/v1/apps/{app_id}"), second_secret).await.expect_problem(StatusCode::UNAUTHORIZED, "unauthorized");
+    s.get(&format!("/v1/apps/{app_id}"), &admin).await.expect(StatusCode::OK);
+    s.call(reqwest::Method::DELETE, &format!("/v1/tenants/{tenant_id}/admin-keys/nope"), Some(OPERATOR), None)
+        .await
+        .expect_problem(StatusCode::NOT_FOUND, "not-found");
 }
 
 async fn registry_follows_every_mutation(store: TestStore) {
@@ -825,6 +845,7 @@ async fn openapi_documents_every_route_and_security_scheme() {
         "/v1/tenants",
         "/v1/tenants/{tenant_id}",
         "/v1/tenants/{tenant_id}/admin-keys",
+        "/v1/tenants/{tenant_id}/admin-keys/{key_id}",
         "/v1/tenants/{tenant_id}/apps",
         "/v1/tenants/{tenant_id}/usage",
         "/v1/apps/{app_id}",

@@ -38,6 +38,7 @@ pub fn router(state: ControlPlaneState) -> Router {
             get(tenants::get_tenant).patch(tenants::update_tenant).delete(tenants::delete_tenant),
         )
         .route("/v1/tenants/{tenant_id}/admin-keys", post(tenants::create_admin_key))
+        .route("/v1/tenants/{tenant_id}/admin-keys/{key_id}", delete(tenants::revoke_admin_key))
         .route("/v1/signing-keys/rotate", post(tokens::rotate_signing_key))
         // Tenant admin.
         .route("/v1/tenants/{tenant_id}/apps", post(apps::create_app).get(apps::list_apps))
@@ -93,7 +94,7 @@ async fn observe(request: Request, next: Next) -> Response {
     ),
     paths(
         tenants::create_tenant, tenants::list_tenants, tenants::get_tenant, tenants::update_tenant,
-        tenants::delete_tenant, tenants::create_admin_key, tenants::tenant_usage,
+        tenants::delete_tenant, tenants::create_admin_key, tenants::revoke_admin_key, tenants::tenant_usage,
         apps::create_app, apps::list_apps, apps::get_app, apps::update_app, apps::delete_app,
         apps::create_api_key, apps::list_api_keys, apps::revoke_api_key,
         tokens::issue_token, tokens::rotate_signing_key, tokens::jwks,

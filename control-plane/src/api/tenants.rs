@@ -93,6 +93,18 @@ pub async fn create_admin_key(
     Ok((StatusCode::CREATED, axum::Json(state.create_admin_key(&tenant_id).await?)))
 }
 
+/// Revokes a tenant admin key at once.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant_id}/admin-keys/{key_id}", tag = "tenants", security(("operator" = [])),
+    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn revoke_admin_key(
+    State(state): State<ControlPlaneState>,
+    _: Operator,
+    Path((tenant_id, key_id)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    state.revoke_admin_key(&tenant_id, &key_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Current usage of a tenant, in total and per app.
 #[utoipa::path(get, path = "/v1/tenants/{tenant_id}/usage", tag = "tenants", security(("tenant_admin" = []), ("operator" = [])),
     responses((status = 200, body = TenantUsage), (status = 404, body = Problem, content_type = "application/problem+json")))]

@@ -81,13 +81,20 @@ pub async fn tenants_round_trip_and_names_are_unique(store: &dyn Store) {
     let key = admin_key(&t.id);
     store.create_tenant(&t, &key).await.unwrap();
     assert_eq!(store.tenant(&t.id).await.unwrap(), Some(t.clone()));
-    assert_eq!(store.admin_key(&key.id).await.unwrap(), Some(key));
+    assert_eq!(store.admin_key(&key.id).await.unwrap(), Some(key.clone()));
 
     let clash = tenant("acme");
     let clash_key = admin_key(&clash.id);
     assert!(matches!(store.create_tenant(&clash, &clash_key).await, Err(Error::Conflict(_))));
     assert_eq!(store.tenant(&clash.id).await.unwrap(), None, "a refused tenant leaves nothing behind");
     assert_eq!(store.admin_key(&clash_key.id).await.unwrap(), None, "the admin key is in the same transaction");
+
+    let other = seed(store, "other").await;
+    assert!(!store.revoke_admin_key(&other.id, &key.id, now()).await.unwrap(), "another tenant's key");
+    let revoked_at = now();
+    assert!(store.revoke_admin_key(&t.id, &key.id, revoked_at).await.unwrap());
+    assert!(store.revoke_admin_key(&t.id, &key.id, revoked_at + TimeDelta::seconds(1)).await.unwrap(), "idempotent");
+    assert_eq!(store.admin_key(&key.id).await.unwrap().unwrap().revoked_at, Some(revoked_at));
 
     let mut changed = t.clone();
     changed.name = "acme-2".into();

@@ -167,6 +167,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn create_admin_key(&self, key: &AdminKeyRecord) -> Result<()>;
     async fn admin_key(&self, id: &str) -> Result<Option<AdminKeyRecord>>;
+    /// Marks an admin key revoked at `at` (an earlier revocation time is kept). `true` if the key
+    /// exists and belongs to `tenant_id`, whether or not it was already revoked.
+    async fn revoke_admin_key(&self, tenant_id: &str, key_id: &str, at: DateTime<Utc>) -> Result<bool>;
     /// Records that the key was used at `at` (best effort bookkeeping, never fails on a missing key).
     async fn touch_admin_key(&self, id: &str, at: DateTime<Utc>) -> Result<()>;
 

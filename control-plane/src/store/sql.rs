@@ -211,6 +211,18 @@ macro_rules! impl_sql_store {
                 row.as_ref().map(admin_key_from_row).transpose()
             }
 
+            async fn revoke_admin_key(&self, tenant_id: &str, key_id: &str, at: DateTime<Utc>) -> Result<bool> {
+                let done = sqlx::query(
+                    "UPDATE admin_keys SET revoked_at = COALESCE(revoked_at, $3) WHERE id = $1 AND tenant_id = $2",
+                )
+                .bind(key_id)
+                .bind(tenant_id)
+                .bind(at)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
             async fn touch_admin_key(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
                 sqlx::query("UPDATE admin_keys SET last_used_at = $2 WHERE id = $1")
                     .bind(id)
