@@ -745,7 +745,7 @@ function namespaceRow(ns = { name: '', history_size: 0, history_ttl_s: 0, presen
     field({ id: `ns-ttl-${i}`, label: 'History TTL (s)', type: 'number', value: ns.history_ttl_s ?? 0, attrs: { class: 'ns-ttl', min: 0, step: 1 } }),
     checkbox({ id: `ns-presence-${i}`, label: 'Presence', checked: ns.presence }),
     checkbox({ id: `ns-publish-${i}`, label: 'Client publish', checked: ns.client_publish }),
-    h('button', { type: 'button', class: 'link', onclick: () => row.remove() }, 'Remove'),
+    h('button', { type: 'button', class: 'link', 'aria-label': `Remove namespace ${ns.name === '' ? '(default)' : ns.name}`, onclick: () => row.remove() }, 'Remove'),
   );
   row.dataset.i = String(i);
   return row;

@@ -138,10 +138,10 @@ test('tenant admin: sign in, apps, keys shown once, live tail, revocation, usage
     await page.getByLabel('Allowed Origins').fill('');
     await page.getByRole('button', { name: 'Add namespace' }).click();
     const row = page.locator('.ns-row').last();
-    await row.getByLabel('Name').fill('bad name');
+    await row.getByLabel('Name', { exact: true }).fill('bad name');
     await page.getByRole('button', { name: 'Save settings' }).click();
     await page.locator('#app-namespaces-error', { hasText: 'namespace name' }).waitFor(WAIT);
-    await row.getByLabel('Name').fill('chat');
+    await row.getByLabel('Name', { exact: true }).fill('chat');
     await row.getByLabel('History size').fill('50');
     await page.getByLabel('Name', { exact: true }).first().fill('e2e-shop-renamed');
     await page.getByRole('button', { name: 'Save settings' }).click();
@@ -316,6 +316,34 @@ test('tenant admin: sign in, apps, keys shown once, live tail, revocation, usage
     await page.unroute('**/v1/tenants/*/apps*');
     await page.getByRole('button', { name: 'Try again' }).click();
     await page.getByRole('heading', { name: 'Apps of demo' }).waitFor(WAIT);
+  });
+
+  await t.test('disable, enable and delete an app, each behind a confirmation', async () => {
+    await page.getByLabel('Name').fill('e2e-temp');
+    await page.getByRole('button', { name: 'Create app' }).click();
+    await page.getByRole('heading', { name: /App e2e-temp/ }).waitFor(WAIT);
+    const tempId = page.url().match(/#\/apps\/(app_[0-9a-f]+)/)[1];
+    // Cancelling changes nothing.
+    await page.getByRole('button', { name: 'Disable app' }).click();
+    await page.locator('dialog#confirm').getByRole('button', { name: 'Cancel' }).click();
+    assert.equal((await rest('GET', `/v1/apps/${tempId}`, aviary.adminKey)).enabled, true);
+    await confirmWith(page, page.getByRole('button', { name: 'Disable app' }));
+    await page.locator('#flash', { hasText: 'App e2e-temp disabled' }).waitFor(WAIT);
+    await page.getByRole('heading', { name: /App e2e-temp disabled/ }).waitFor(WAIT);
+    assert.equal((await rest('GET', `/v1/apps/${tempId}`, aviary.adminKey)).enabled, false);
+    await page.getByRole('button', { name: 'Enable app' }).click();
+    await page.getByRole('heading', { name: /App e2e-temp enabled/ }).waitFor(WAIT);
+    // Deleting asks to type the app's name; the button stays disabled until it matches.
+    await page.getByRole('button', { name: 'Delete app…' }).click();
+    const dialog = page.locator('dialog#confirm');
+    await dialog.getByRole('textbox').fill('wrong');
+    assert.equal(await dialog.locator('#confirm-ok').isDisabled(), true);
+    await dialog.getByRole('textbox').fill('e2e-temp');
+    await dialog.locator('#confirm-ok').click();
+    await page.locator('#flash', { hasText: 'App e2e-temp deleted' }).waitFor(WAIT);
+    await page.getByRole('heading', { name: 'Apps of demo' }).waitFor(WAIT);
+    assert.ok(!(await page.locator('#apps-table').textContent()).includes('e2e-temp'));
+    await assert.rejects(rest('GET', `/v1/apps/${tempId}`, aviary.adminKey), /404/);
   });
 
   await t.test('signing out forgets the key', async () => {
