@@ -8,10 +8,12 @@
 
 use std::time::Instant;
 
+use aviary_core::problem::{PROBLEM_JSON, Problem};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use tower_governor::GovernorLayer;
 use utoipa::Modify;
@@ -50,8 +52,8 @@ pub fn router(state: ControlPlaneState) -> Router {
         .route("/v1/apps/{app_id}/tokens", post(tokens::issue_token))
         // Public.
         .route("/.well-known/jwks.json", get(tokens::jwks))
-        .fallback(tokens::not_found)
-        .method_not_allowed_fallback(tokens::method_not_allowed)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit));
     // Per-key inside per-IP: an address over its limit is refused before its keys are hashed.
     if let Some(per_key) = limiter(Credential, limits.per_key_per_s, limits.per_key_burst) {
@@ -82,6 +84,20 @@ async fn observe(request: Request, next: Next) -> Response {
         .increment(1);
     metrics::histogram!("aviary_http_request_duration_seconds", "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Unknown routes answer a problem document too.
+async fn not_found() -> crate::Error {
+    crate::Error::NotFound("route")
+}
+
+/// Known route, wrong method.
+async fn method_not_allowed() -> impl IntoResponse {
+    let problem =
+        Problem::new("method-not-allowed", "Method not allowed", 405, "this route does not accept that method");
+    let mut response = (StatusCode::METHOD_NOT_ALLOWED, axum::Json(problem)).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(PROBLEM_JSON));
     response
 }
 

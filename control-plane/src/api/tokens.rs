@@ -3,7 +3,7 @@
 use aviary_core::problem::Problem;
 use aviary_core::token::Jwks;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::IntoResponse;
 use serde::Serialize;
 
@@ -51,20 +51,4 @@ pub async fn rotate_signing_key(State(state): State<ControlPlaneState>, _: Opera
 pub async fn jwks(State(state): State<ControlPlaneState>) -> impl IntoResponse {
     // Short cache: verifiers pick up a rotation within a minute.
     ([(header::CACHE_CONTROL, "public, max-age=60")], axum::Json(state.keyring().jwks()))
-}
-
-/// Unknown routes answer a problem document too.
-pub async fn not_found() -> crate::Error {
-    crate::Error::NotFound("route")
-}
-
-/// Known route, wrong method.
-pub async fn method_not_allowed() -> impl IntoResponse {
-    let problem =
-        Problem::new("method-not-allowed", "Method not allowed", 405, "this route does not accept that method");
-    let mut response = (StatusCode::METHOD_NOT_ALLOWED, axum::Json(problem)).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(aviary_core::problem::PROBLEM_JSON));
-    response
 }
