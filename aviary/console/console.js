@@ -264,7 +264,11 @@ async function listAll(path) {
   return items;
 }
 
+/** The tenant id of a session that just ended (not a secret), to prefill the sign-in form. */
+let lastTenantId = '';
+
 function signOutExpired() {
+  lastTenantId = loadSession()?.tenantId ?? '';
   sessionStorage.clear();
   flash(
     'Your session has ended: the server no longer accepts your key (it was revoked, the tenant was deleted, ' +
@@ -459,7 +463,7 @@ async function signOut() {
 function signInView(view) {
   const kindAdmin = h('input', { type: 'radio', name: 'kind', id: 'kind-admin', value: 'tenant', checked: true });
   const kindOperator = h('input', { type: 'radio', name: 'kind', id: 'kind-operator', value: 'operator' });
-  const tenantField = field({ id: 'signin-tenant', label: 'Tenant id', hint: 'ten_…, printed with the admin key when the tenant was created.', attrs: { autocomplete: 'off', spellcheck: 'false' } });
+  const tenantField = field({ id: 'signin-tenant', label: 'Tenant id', value: lastTenantId, hint: 'ten_…, printed with the admin key when the tenant was created.', attrs: { autocomplete: 'off', spellcheck: 'false' } });
   const keyField = field({
     id: 'signin-key',
     label: 'Admin key',
@@ -545,7 +549,7 @@ function signInView(view) {
     h('p', { class: 'muted' }, 'Admins of a tenant sign in with its admin key; the operator of this Aviary with the operator token.'),
   ]);
   syncKind();
-  queueMicrotask(() => $('signin-tenant')?.focus());
+  queueMicrotask(() => $(lastTenantId ? 'signin-key' : 'signin-tenant')?.focus());
 }
 
 // ---- operator: tenants --------------------------------------------------------------------------

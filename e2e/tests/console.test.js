@@ -380,6 +380,22 @@ test('an expired session (tenant deleted meanwhile) signs out with an explanatio
   await context.close();
 });
 
+test('a revoked admin key ends the session on the next action, with the tenant id kept for signing in again', async () => {
+  const created = await rest('POST', '/v1/tenants', aviary.operatorToken, { name: 'revoked-admin' });
+  const { context, page, problems } = await openConsole();
+  await signInAsAdmin(page, created.tenant.id, created.admin_key.secret);
+  await page.getByRole('heading', { name: 'Apps of revoked-admin' }).waitFor(WAIT);
+  await rest('DELETE', `/v1/tenants/${created.tenant.id}/admin-keys/${created.admin_key.key_id}`, aviary.operatorToken);
+  await page.getByLabel('Name').fill('never-created');
+  await page.getByRole('button', { name: 'Create app' }).click();
+  await page.getByRole('heading', { name: 'Sign in to the Aviary console' }).waitFor(WAIT);
+  await page.locator('#flash', { hasText: 'Your session has ended' }).waitFor(WAIT);
+  assert.equal(await page.getByLabel('Tenant id').inputValue(), created.tenant.id);
+  assert.equal(await page.getByLabel('Admin key').inputValue(), '');
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
 test('operator: tenant list with quotas, edit quotas, create a tenant (admin key shown once), manage a tenant', async () => {
   const { context, page, problems } = await openConsole();
   await page.getByLabel('Operator').check();
@@ -388,7 +404,7 @@ test('operator: tenant list with quotas, edit quotas, create a tenant (admin key
   await page.locator('#signin-key-error', { hasText: 'operator token was not accepted' }).waitFor(WAIT);
   await page.getByLabel('Operator token').fill(aviary.operatorToken);
   await page.getByRole('button', { name: 'Sign in' }).click();
-  await page.getByRole('heading', { name: 'Tenants' }).waitFor(WAIT);
+  await page.getByRole('heading', { name: 'Tenants', exact: true }).waitFor(WAIT);
   const demo = page.locator('#tenants-table tr', { hasText: aviary.tenantId });
   await demo.waitFor(WAIT);
   assert.match(await demo.textContent(), /10,000/);
