@@ -1,7 +1,6 @@
 //! Wiring shared by every role: binding listeners, serving HTTP and gRPC until shutdown, the
 //! operational routes, and the `control-plane`, `data-plane` and `migrate` subcommands.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -178,14 +177,12 @@ pub async fn run_data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
     // The node never serves the control-plane API, so its operator token is a random value
     // nobody knows.
     let unusable_operator_token = uuid::Uuid::new_v4().to_string();
-    let config = ControlPlaneConfig::new(unusable_operator_token);
+    let mut config = ControlPlaneConfig::new(unusable_operator_token);
+    // The state re-reads the store on this interval and publishes only what changed (apps,
+    // removals, revocations, signing keys) into the registry the node serves from.
+    config.refresh_interval = Duration::from_millis(args.config_refresh_ms.max(100));
     let control_plane = ControlPlaneState::new(store, registry.clone(), config).await?;
     let shutdown = crate::shutdown::on_signal();
-    tokio::spawn(refresh_config(
-        control_plane.clone(),
-        Duration::from_millis(args.config_refresh_ms.max(100)),
-        shutdown.clone(),
-    ));
     let (broker, redis): (Arc<dyn Broker>, Option<Arc<RedisBroker>>) = if args.redis_urls.is_empty() {
         tracing::warn!("no --redis-url: using the in-process broker; this node cannot share channels with others");
         (Arc::new(MemoryBroker::new()), None)
@@ -215,36 +212,6 @@ pub async fn run_data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
     tracing::info!(http = %servers.http_addr, "data plane listening");
     println!("listening on http://{}", servers.http_addr);
     servers.serve(http, None, Some(data_plane), shutdown).await
-}
-
-/// Re-reads apps, revocations and signing keys from the store until `stop`; apps that vanished
-/// from the store are removed from the registry (closing their connections).
-async fn refresh_config(control_plane: ControlPlaneState, every: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let before: HashSet<String> = control_plane.registry().apps().iter().map(|a| a.app_id.clone()).collect();
-        if let Err(err) = control_plane.load_registry().await {
-            tracing::warn!(%err, "config refresh failed; keeping the last known config");
-            continue;
-        }
-        if let Err(err) = control_plane.keyring().reload().await {
-            tracing::warn!(%err, "signing key refresh failed; keeping the last known keys");
-        }
-        match control_plane.store().all_apps().await {
-            Ok(apps) => {
-                let live: HashSet<String> = apps.into_iter().map(|a| a.id).collect();
-                for gone in before.difference(&live) {
-                    control_plane.registry().remove_app(gone);
-                }
-            }
-            Err(err) => tracing::warn!(%err, "config refresh failed; keeping the last known config"),
-        }
-    }
 }
 
 /// `aviary migrate`.
