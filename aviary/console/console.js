@@ -583,8 +583,9 @@ async function tenantsView(view, session) {
             saveSession({ ...loadSession(), tenantId: t.id, tenantName: t.name });
             navigate('#/apps');
           },
-        }, `Manage ${t.name}`),
-        h('button', { type: 'button', class: 'link', onclick: () => editSlot.replaceChildren(quotaForm(t)) }, `Edit quotas of ${t.name}`),
+          'aria-label': `Manage ${t.name}`,
+        }, 'Manage'),
+        h('button', { type: 'button', class: 'link', 'aria-label': `Edit quotas of ${t.name}`, onclick: () => editSlot.replaceChildren(quotaForm(t)) }, 'Edit quotas'),
       ),
     ),
   );
@@ -597,6 +598,7 @@ async function tenantsView(view, session) {
     createError.textContent = '';
     try {
       const created = await api('POST', '/v1/tenants', { body: { name: $('tenant-name').value.trim() } });
+      $('tenant-name').value = '';
       createdSlot.replaceChildren(
         h('p', { class: 'ok' }, `Tenant ${created.tenant.name} created: ${created.tenant.id}`),
         secretPanel({ title: `Admin key of ${created.tenant.name}`, secret: created.admin_key.secret, what: 'admin keys', onDone: () => render() }),
@@ -1485,6 +1487,8 @@ window.addEventListener('unhandledrejection', (event) => {
   if (event.reason instanceof SessionEnded) return;
   flash(`Something went wrong in the console: ${describe(event.reason)}.`);
 });
+// A new attempt makes an earlier banner stale (its form shows its own outcome).
+document.addEventListener('submit', () => flash(''), true);
 window.addEventListener('hashchange', () => {
   // A message shown just before navigating is about the new view; an older one is stale.
   if (!flashKeep) flash('');

@@ -286,7 +286,13 @@ test('tenant admin: sign in, apps, keys shown once, live tail, revocation, usage
     assert.match(await page.locator('#quota-table').textContent(), /10,000|10000/);
     assert.equal(await page.locator('svg.chart').count(), 3);
     assert.match(await page.locator('#usage-status').textContent(), /Sampled \d+ time/);
-    const usage = await rest('GET', `/v1/tenants/${aviary.tenantId}/usage`, aviary.adminKey);
+    // Metering may report with a delay: give the API a few seconds to count the load.
+    let usage;
+    for (const deadline = Date.now() + 5_000; ; ) {
+      usage = await rest('GET', `/v1/tenants/${aviary.tenantId}/usage`, aviary.adminKey);
+      if (usage.totals.messages_published >= 20 || Date.now() > deadline) break;
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
     if (usage.totals.messages_published === 0) {
       // Metering is not wired into this server yet: the page must say so rather than imply "no traffic".
       await page.locator('#usage-zero', { hasText: 'does not report usage yet' }).waitFor(WAIT);
@@ -375,7 +381,7 @@ test('an expired session (tenant deleted meanwhile) signs out with an explanatio
   await page.locator('#flash', { hasText: 'Your session has ended' }).waitFor(WAIT);
   assert.equal(await page.evaluate(() => sessionStorage.length), 0);
   await screenshot(page, 'console-session-ended');
-    assert.deepEqual(await a11yProblems(page), [], 'accessibility of console-session-ended');
+  assert.deepEqual(await a11yProblems(page), [], 'accessibility of console-session-ended');
   assert.deepEqual(problems, []);
   await context.close();
 });
@@ -421,7 +427,10 @@ test('operator: tenant list with quotas, edit quotas, create a tenant (admin key
   await panel.waitFor(WAIT);
   assert.match(await panel.getByLabel('Secret').inputValue(), /^avt_/);
   await screenshot(page, 'console-operator');
-    assert.deepEqual(await a11yProblems(page), [], 'accessibility of console-operator');
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await screenshot(page, 'console-operator-dark');
+  await page.emulateMedia({ colorScheme: 'light' });
+  assert.deepEqual(await a11yProblems(page), [], 'accessibility of console-operator');
   await panel.getByRole('button', { name: 'I have stored it' }).click();
   await page.locator('#tenants-table', { hasText: 'acme' }).waitFor(WAIT);
 
