@@ -10,6 +10,7 @@ pub mod channel;
 pub mod config;
 pub mod problem;
 pub mod token;
+pub mod usage;
 
 pub use auth::{ApiKeyAuthority, ApiKeyError, VerifiedApiKey};
 pub use capability::{Capabilities, Operation};
