@@ -1336,7 +1336,11 @@ async function liveTab(view, app) {
     ),
   ]);
   loadChannels();
-  const timer = setInterval(() => document.visibilityState === 'visible' && loadChannels(), POLL_MS);
+  // A render that was superseded while it awaited never shows its view: stop polling for it.
+  const timer = setInterval(() => {
+    if (!view.isConnected) return;
+    if (document.visibilityState === 'visible') loadChannels();
+  }, POLL_MS);
   onCleanup(() => clearInterval(timer));
 }
 
@@ -1460,7 +1464,7 @@ async function usageView(view, session) {
   };
   draw(first);
   const timer = setInterval(async () => {
-    if (document.visibilityState !== 'visible') return;
+    if (!view.isConnected || document.visibilityState !== 'visible') return;
     try {
       draw(await api('GET', `/v1/tenants/${tid}/usage`));
       error.textContent = '';
@@ -1486,6 +1490,11 @@ window.addEventListener('error', (event) => flash(`Something went wrong in the c
 window.addEventListener('unhandledrejection', (event) => {
   if (event.reason instanceof SessionEnded) return;
   flash(`Something went wrong in the console: ${describe(event.reason)}.`);
+});
+// Following a link to the page already shown reloads it (e.g. the Live tab after its key was revoked).
+document.addEventListener('click', (event) => {
+  const link = event.target instanceof Element ? event.target.closest('a[href^="#/"]') : null;
+  if (link && link.getAttribute('href') === location.hash && !event.defaultPrevented) render();
 });
 // A new attempt makes an earlier banner stale (its form shows its own outcome).
 document.addEventListener('submit', () => flash(''), true);

@@ -268,6 +268,14 @@ test('tenant admin: sign in, apps, keys shown once, live tail, revocation, usage
     await page.getByRole('button', { name: 'Send test message' }).click();
     await page.getByRole('alert').filter({ hasText: 'API key for this app was revoked' }).waitFor(WAIT);
     await screenshot(page, 'console-live-revoked');
+    // Opening the Live tab again makes a new console key, and the tail works again.
+    await page.getByRole('link', { name: 'Live' }).click();
+    await page.locator('#tail-state', { hasText: 'Not tailing' }).waitFor(WAIT);
+    const newKeyId = await page.evaluate((id) => JSON.parse(sessionStorage.getItem(`aviary-console:app-key:${id}`)).id, appId);
+    assert.notEqual(newKeyId, consoleKeyId);
+    await page.locator('#tail-channel').fill('shop:lobby');
+    await page.getByRole('button', { name: 'Start tail' }).click();
+    await page.locator('#tail-state[data-state="connected"]').waitFor(WAIT);
   });
 
   await t.test('usage: current figures, quota use and charts', async () => {
