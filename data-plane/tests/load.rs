@@ -11,7 +11,7 @@
 //! `fan_out_to_one_thousand_subscribers` keeps clients in-process: both sides share the cores,
 //! which makes the figures a lower bound for a dedicated node.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -128,8 +128,8 @@ async fn run_clients(url: String) {
         let batch = (chunk * 100..((chunk + 1) * 100).min(n)).map(|_| open_client(&url, &token, None));
         held.extend(futures::future::join_all(batch).await);
     }
-    println!("READY {}", held.len());
-    std::io::stdout().flush().unwrap();
+    // stderr: unbuffered and never captured by the test harness.
+    eprintln!("READY {}", held.len());
     // Keep answering pings while the parent measures.
     let readers: Vec<_> =
         held.into_iter().map(|mut ws| tokio::spawn(async move { while ws.next().await.is_some() {} })).collect();
@@ -156,6 +156,7 @@ async fn idle_connections_memory() {
     while node.dp.connection_count() > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    eprintln!("warm-up done");
     let before = rss_kib();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", "idle_connections_memory", "--nocapture", "--test-threads=1"])
@@ -163,16 +164,17 @@ async fn idle_connections_memory() {
         .env("AVIARY_LOAD_TOKEN", &node.token)
         .env("AVIARY_LOAD_N", n.to_string())
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
     let ready = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout).lines().map_while(Result::ok).find(|l| l.starts_with("READY"))
+        BufReader::new(stderr).lines().map_while(Result::ok).find(|l| l.starts_with("READY"))
     })
     .await
     .unwrap();
     assert!(ready.is_some(), "client process failed");
+    eprintln!("client process ready");
     while node.dp.connection_count() < n {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

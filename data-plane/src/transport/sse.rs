@@ -308,3 +308,22 @@ async fn pump(
         .await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_round_trip_every_channel_position() {
+        let mut positions = BTreeMap::new();
+        positions.insert(Arc::<str>::from("chat:a,b=c"), (Arc::<str>::from("ep1"), 7u64));
+        positions.insert(Arc::<str>::from("news"), (Arc::<str>::from("ep2"), 0u64));
+        let id = encode_event_id(&positions);
+        assert!(id.starts_with("v1.") && !id.contains(['\n', '\r', ' ']));
+        let decoded = decode_event_id(&id).unwrap();
+        assert_eq!(decoded["chat:a,b=c"], StreamPosition { epoch: "ep1".into(), offset: 7 });
+        assert_eq!(decoded["news"], StreamPosition { epoch: "ep2".into(), offset: 0 });
+        assert!(decode_event_id("v0.abc").is_none());
+        assert!(decode_event_id("v1.!!!").is_none());
+    }
+}
