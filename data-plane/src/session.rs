@@ -198,6 +198,9 @@ impl Session {
         if app.tenant_id != claims.tid {
             return Err(CloseReason::new(close::INVALID_TOKEN, "token tenant does not match its app"));
         }
+        if !lifetime_allowed(&claims, &app) {
+            return Err(CloseReason::new(close::INVALID_TOKEN, "token lifetime exceeds the app's maximum"));
+        }
         if !app.origin_allowed(origin) {
             metrics::rejection(&app.tenant_id, &app.app_id, "origin");
             return Err(CloseReason::new(close::FORBIDDEN, "origin not allowed for this app"));
@@ -440,8 +443,11 @@ impl Session {
             return Ok(position);
         };
         let page = broker.history(key, Some(&since), MAX_HISTORY_PAGE).await?;
-        self.send(announce(&page.position, page.recovered)).await;
-        if !page.recovered {
+        // A position ahead of the stream cannot be one this stream ever delivered: resuming
+        // from it would silently skip the next publications.
+        let recovered = page.recovered && since.offset <= page.position.offset;
+        self.send(announce(&page.position, recovered)).await;
+        if !recovered {
             return Ok(page.position);
         }
         let target = page.position.clone();
@@ -581,6 +587,11 @@ impl Session {
         if claims.app != *auth.app_id || claims.sub != *auth.client_id {
             return Err(Error::Unauthorized("refresh token is for another app or client".into()));
         }
+        if let Some(app) = self.dp.registry.app(&claims.app)
+            && !lifetime_allowed(&claims, &app)
+        {
+            return Err(Error::Unauthorized("token lifetime exceeds the app's maximum".into()));
+        }
         let exp = claims.exp;
         if let Some(identity) = self.handle.identity.lock().as_mut() {
             identity.key_id = claims.akid.clone();
@@ -624,6 +635,13 @@ impl Session {
         }
         self.dp.forget(&self.handle.connection_id);
     }
+}
+
+/// Is the token's lifetime within the app's `max_token_ttl_s`? The control plane refuses to
+/// mint longer ones; checking here too means a leaked signing key cannot mint immortal tokens
+/// that outlive an app's policy.
+fn lifetime_allowed(claims: &ConnectionClaims, app: &AppConfig) -> bool {
+    claims.exp.saturating_sub(claims.iat) <= i64::from(app.max_token_ttl_s) + token::LEEWAY_S as i64
 }
 
 /// Metric label for a forced disconnect.

@@ -564,9 +564,12 @@ async fn resume_after_a_dropped_connection_delivers_missed_publications_exactly_
     assert_eq!(c.request(json!({"type": "ping"})).await["type"], "pong");
     assert!(c.pending.is_empty(), "unexpected extra frames: {:?}", c.pending);
 
-    // A position from another epoch cannot be recovered.
+    // A position from another epoch, or ahead of the stream, cannot be recovered.
     let mut d = node.client("dave").await;
     let ok = d.ok(json!({"type": "subscribe", "channel": "feed", "since": {"epoch": "old", "offset": 1}})).await;
+    assert_eq!(ok["recovered"], false);
+    let ahead = json!({"epoch": last["epoch"], "offset": 1000});
+    let ok = d.ok(json!({"type": "subscribe", "channel": "feed2", "since": ahead})).await;
     assert_eq!(ok["recovered"], false);
 }
 
@@ -594,6 +597,34 @@ async fn sse_resumes_every_channel_from_last_event_id() {
     assert_eq!(got, vec!["a2", "a3", "b2"]);
     node.rest_publish("b", json!("b3")).await;
     assert_eq!(sse.message().await["data"], "b3", "live after replay, no duplicates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_sends_comment_heartbeats_and_ends_with_4002_when_the_token_expires() {
+    let node = start(|_, c| c.sse_heartbeat_interval = Duration::from_millis(200)).await;
+    let token = node.token_for(&node.app, "s", 2, all_caps());
+    let r = node.http.get(format!("{}/v1/sse?channels=x&token={token}", node.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let mut text = String::new();
+    while !text.contains(": ping\n\n") {
+        let chunk = timeout(WAIT, body.next()).await.unwrap().unwrap().unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    while !text.contains("event: disconnect") || !text.ends_with("\n\n") {
+        match timeout(WAIT, body.next()).await.unwrap() {
+            Some(chunk) => text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap()),
+            None => break,
+        }
+    }
+    let disconnect = text.split("event: disconnect\ndata: ").nth(1).unwrap().split("\n\n").next().unwrap();
+    let v: Value = serde_json::from_str(disconnect).unwrap();
+    assert_eq!((v["code"].clone(), v["reconnect"].clone()), (json!(4002), json!(true)));
+    // The stream then ends.
+    assert!(timeout(WAIT, async { while body.next().await.is_some() {} }).await.is_ok());
+    // Without any token, the stream is refused with a problem.
+    let r = node.http.get(format!("{}/v1/sse?channels=x", node.base)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -630,6 +661,11 @@ async fn invalid_token_and_query_token_connections() {
     let node = start(|_, _| {}).await;
     let mut c = Client::open(&node.ws, None).await;
     c.send(json!({"type": "connect", "token": "garbage"})).await;
+    c.expect_close(4001).await;
+    // A token living longer than the app allows is refused even though it is well signed.
+    let mut c = Client::open(&node.ws, None).await;
+    let immortal = node.token_for(&node.app, "x", i64::from(node.app.max_token_ttl_s) + 3600, all_caps());
+    c.send(json!({"type": "connect", "token": immortal})).await;
     c.expect_close(4001).await;
     // ?token= authenticates without a connect frame.
     let mut q = Client::open(&format!("{}?token={}", node.ws, node.token("q")), None).await;
