@@ -197,6 +197,22 @@ fn is_too_big(e: &axum::Error) -> bool {
     false
 }
 
+/// Most queued frames written between two flushes.
+const MAX_BURST: usize = 64;
+
+/// The WebSocket message for a queued item, counting delivered publications.
+fn to_message(item: Outbound, handle: &SessionHandle) -> Option<Message> {
+    match item {
+        Outbound::Frame(frame) | Outbound::Position { frame, .. } => text(frame),
+        Outbound::Message { frame, ts, .. } => {
+            if let Some(m) = handle.metrics() {
+                m.delivered(frame.len(), ts);
+            }
+            text(frame)
+        }
+    }
+}
+
 fn text(frame: Bytes) -> Option<Message> {
     // Every queued frame is serde_json output or JSON copied from a text frame: valid UTF-8.
     Utf8Bytes::try_from(frame).ok().map(Message::Text)
@@ -214,28 +230,34 @@ async fn write_loop(
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ping.tick().await;
     loop {
-        let message = tokio::select! {
+        let first = tokio::select! {
             biased;
             _ = closed(&mut closing) => break,
-            _ = ping.tick() => Message::Ping(Bytes::new()),
+            _ = ping.tick() => Some(Message::Ping(Bytes::new())),
             item = rx.recv() => match item {
                 None => break,
-                Some(Outbound::Frame(frame) | Outbound::Position { frame, .. }) => match text(frame) { Some(m) => m, None => continue },
-                Some(Outbound::Message { frame, ts, .. }) => {
-                    if let Some(m) = handle.metrics() {
-                        m.delivered(frame.len(), ts);
-                    }
-                    match text(frame) { Some(m) => m, None => continue }
-                }
+                Some(item) => to_message(item, &handle),
             },
         };
-        let send = sink.send(message);
-        tokio::pin!(send);
+        let Some(first) = first else { continue };
+        // Write what is queued right now as one burst and flush once: under fan-out load this
+        // turns one syscall per frame into one per burst.
+        let burst = async {
+            sink.feed(first).await?;
+            for _ in 1..MAX_BURST {
+                let Ok(item) = rx.try_recv() else { break };
+                if let Some(m) = to_message(item, &handle) {
+                    sink.feed(m).await?;
+                }
+            }
+            sink.flush().await
+        };
+        tokio::pin!(burst);
         let sent = tokio::select! {
-            result = &mut send => result.is_ok(),
+            result = &mut burst => result.is_ok(),
             // Closing while a write is stuck: give it close_timeout to finish so the farewell
             // is not written into the middle of a frame, then give up on the client.
-            _ = closed(&mut closing) => match tokio::time::timeout(close_timeout, &mut send).await {
+            _ = closed(&mut closing) => match tokio::time::timeout(close_timeout, &mut burst).await {
                 Ok(result) => result.is_ok(),
                 Err(_) => return,
             },
