@@ -221,11 +221,6 @@ impl Hub {
         self.channels.len()
     }
 
-    /// Local subscribers of one channel.
-    pub fn subscriber_count(&self, key: &ChannelKey) -> usize {
-        self.channels.get(key).map_or(0, |e| e.subscribers.read().len())
-    }
-
     fn entry(&self, key: &ChannelKey) -> Option<Arc<ChannelEntry>> {
         // Clone the Arc so the DashMap shard lock is released before fanning out.
         self.channels.get(key).map(|e| e.clone())

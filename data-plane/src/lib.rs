@@ -6,19 +6,25 @@
 //! no database on the message path: config arrives through the registry, messages through the
 //! broker.
 //!
-//! Code map: [`protocol`] (wire frames), [`transport`] (WebSocket and SSE byte pumps and
-//! heartbeats), [`session`] (one client's state and commands), [`hub`] (channel -> local
+//! Code map: [`protocol`] (wire frames), `transport` (WebSocket and SSE byte pumps and
+//! heartbeats), `session` (one client's state and commands), `hub` (channel -> local
 //! subscribers, fan-out), [`quota`] (admission), [`rest`] (backend API), [`metrics`],
 //! [`error`]. `docs/protocol.md` documents the wire protocol for SDK authors.
+//!
+//! The path of a publication: a client `publish` (session) or a REST call (rest) passes the
+//! capability, namespace, size and rate checks, then `Broker::publish` orders it, stores it and
+//! hands it to every node's hub (`BrokerEvents::on_publication`); the hub encodes the `message`
+//! frame once and `try_send`s a clone of its bytes into each local subscriber's bounded queue;
+//! each connection's writer task drains its queue into the socket.
 
 pub mod error;
-pub mod hub;
+pub(crate) mod hub;
 pub mod metrics;
 pub mod protocol;
 pub mod quota;
 pub mod rest;
-pub mod session;
-pub mod transport;
+pub(crate) mod session;
+pub(crate) mod transport;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,7 +97,7 @@ impl Default for DataPlaneConfig {
 }
 
 /// State shared by every connection and request of a node.
-pub struct Inner {
+pub(crate) struct NodeState {
     pub(crate) registry: Arc<Registry>,
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) api_keys: Arc<dyn ApiKeyAuthority>,
@@ -106,7 +112,7 @@ pub struct Inner {
     session_ended: Notify,
 }
 
-impl Inner {
+impl NodeState {
     /// Presence TTL in seconds: the configured one, but never less than three heartbeats, since
     /// entries are refreshed once per heartbeat.
     pub(crate) fn presence_ttl_s(&self) -> u32 {
@@ -127,7 +133,7 @@ impl Inner {
 /// A data-plane node. Cheap to clone (an `Arc`).
 #[derive(Clone)]
 pub struct DataPlane {
-    inner: Arc<Inner>,
+    inner: Arc<NodeState>,
 }
 
 impl std::fmt::Debug for DataPlane {
@@ -166,7 +172,7 @@ impl DataPlane {
         let hub = Arc::new(Hub::new(broker.clone()));
         broker.set_events(hub.clone());
         let events = registry.subscribe();
-        let inner = Arc::new(Inner {
+        let inner = Arc::new(NodeState {
             registry,
             broker,
             api_keys,
@@ -229,7 +235,7 @@ impl DataPlane {
         }
     }
 
-    pub(crate) fn inner(&self) -> &Arc<Inner> {
+    pub(crate) fn inner(&self) -> &Arc<NodeState> {
         &self.inner
     }
 }
@@ -256,7 +262,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// Applies registry changes to live connections: closes those of removed or disabled apps
 /// (4004) and those whose API key or client tokens were revoked (4010).
 async fn watch_config(
-    inner: std::sync::Weak<Inner>,
+    inner: std::sync::Weak<NodeState>,
     mut events: broadcast::Receiver<ConfigEvent>,
     shutdown: CancellationToken,
 ) {
@@ -278,7 +284,7 @@ async fn watch_config(
     }
 }
 
-fn close_matching(inner: &Inner, reason: CloseReason, matches: impl Fn(&session::Identity) -> bool) {
+fn close_matching(inner: &NodeState, reason: CloseReason, matches: impl Fn(&session::Identity) -> bool) {
     for s in inner.sessions.iter() {
         if s.value().identity().is_some_and(|id| matches(&id)) {
             s.value().close(reason.clone());
@@ -286,7 +292,7 @@ fn close_matching(inner: &Inner, reason: CloseReason, matches: impl Fn(&session:
     }
 }
 
-fn apply_config_event(inner: &Inner, event: &ConfigEvent) {
+fn apply_config_event(inner: &NodeState, event: &ConfigEvent) {
     match event {
         ConfigEvent::AppChanged(app) if !app.enabled => {
             close_matching(inner, CloseReason::new(close::APP_UNAVAILABLE, "app disabled"), |id| {
@@ -308,7 +314,7 @@ fn apply_config_event(inner: &Inner, event: &ConfigEvent) {
     }
 }
 
-fn recheck_all(inner: &Inner) {
+fn recheck_all(inner: &NodeState) {
     for s in inner.sessions.iter() {
         let Some(id) = s.value().identity() else { continue };
         let reason = match inner.registry.app(&id.app_id) {

@@ -23,7 +23,7 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::session::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_PAGE};
-use crate::{DataPlane, Inner};
+use crate::{DataPlane, NodeState};
 
 /// Most messages one batch publish may carry.
 pub const MAX_BATCH: usize = 100;
@@ -98,7 +98,7 @@ impl FromRequestParts<DataPlane> for AppKey {
 
 impl AppKey {
     /// The app the request targets, after checking the key belongs to it and it is enabled.
-    fn app(&self, inner: &Inner, app_id: &str) -> Result<Arc<AppConfig>> {
+    fn app(&self, inner: &NodeState, app_id: &str) -> Result<Arc<AppConfig>> {
         if self.0.app_id != app_id {
             return Err(Error::Forbidden("API key belongs to another app".into()));
         }

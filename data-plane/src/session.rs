@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
 
-use crate::Inner;
+use crate::NodeState;
 use crate::error::{Error, Result};
 use crate::hub::{Outbound, Subscriber};
 use crate::metrics::{self, ConnectionMetrics};
@@ -118,7 +118,7 @@ struct Auth {
 
 /// One connected client.
 pub struct Session {
-    dp: Arc<Inner>,
+    dp: Arc<NodeState>,
     pub handle: Arc<SessionHandle>,
     tx: mpsc::Sender<Outbound>,
     transport: &'static str,
@@ -133,7 +133,7 @@ pub struct Session {
 
 impl Session {
     /// A session with its outbound queue; the transport drains the returned receiver.
-    pub fn new(dp: Arc<Inner>, transport: &'static str) -> (Self, mpsc::Receiver<Outbound>) {
+    pub fn new(dp: Arc<NodeState>, transport: &'static str) -> (Self, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(dp.config.outbound_queue_capacity.max(1));
         let handle = SessionHandle::new();
         dp.sessions.insert(handle.connection_id.clone(), handle.clone());

@@ -32,7 +32,7 @@ use crate::error::Error;
 use crate::hub::Outbound;
 use crate::protocol::{self, CloseReason, close};
 use crate::session::{Session, closed};
-use crate::{DataPlane, Inner};
+use crate::{DataPlane, NodeState};
 
 /// Prefix of the current event-id format; bump it if the encoding changes so old ids are
 /// recognised (and ignored) rather than misread.
@@ -161,7 +161,7 @@ pub async fn stream(
 /// Subscribes the channels, then pumps the session's queue into the response body until the
 /// client leaves or the connection is closed.
 async fn drive(
-    inner: Arc<Inner>,
+    inner: Arc<NodeState>,
     mut session: Session,
     mut rx: mpsc::Receiver<Outbound>,
     body: mpsc::Sender<Bytes>,
@@ -243,7 +243,7 @@ async fn write_event(body: &mpsc::Sender<Bytes>, event: Option<&str>, id: Option
 }
 
 async fn pump(
-    inner: &Inner,
+    inner: &NodeState,
     rx: &mut mpsc::Receiver<Outbound>,
     body: &mpsc::Sender<Bytes>,
     handle: &crate::session::SessionHandle,

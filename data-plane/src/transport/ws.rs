@@ -26,7 +26,7 @@ use crate::error::Error;
 use crate::hub::Outbound;
 use crate::protocol::{CloseReason, close};
 use crate::session::{Flow, Session, SessionHandle, closed};
-use crate::{DataPlane, Inner};
+use crate::{DataPlane, NodeState};
 
 /// Close code used when the peer went away first; no farewell is sent for it.
 const PEER_GONE: u16 = 1000;
@@ -56,7 +56,7 @@ pub async fn upgrade(
         .on_upgrade(move |socket| serve(inner, socket, query.token, origin))
 }
 
-async fn serve(inner: Arc<Inner>, socket: WebSocket, token: Option<String>, origin: Option<String>) {
+async fn serve(inner: Arc<NodeState>, socket: WebSocket, token: Option<String>, origin: Option<String>) {
     let (session, rx) = Session::new(inner.clone(), "ws");
     let span = tracing::info_span!(
         "connection",
@@ -71,7 +71,7 @@ async fn serve(inner: Arc<Inner>, socket: WebSocket, token: Option<String>, orig
 }
 
 async fn run(
-    inner: Arc<Inner>,
+    inner: Arc<NodeState>,
     mut session: Session,
     rx: mpsc::Receiver<Outbound>,
     socket: WebSocket,
@@ -112,7 +112,12 @@ async fn run(
     tracing::debug!(reason = ?handle.close_reason(), "connection closed");
 }
 
-async fn read_loop(inner: &Inner, session: &mut Session, stream: &mut SplitStream<WebSocket>, origin: Option<&str>) {
+async fn read_loop(
+    inner: &NodeState,
+    session: &mut Session,
+    stream: &mut SplitStream<WebSocket>,
+    origin: Option<&str>,
+) {
     let handle = session.handle.clone();
     let mut closing = handle.close_signal();
     let heartbeat = inner.config.ws_heartbeat_interval;
