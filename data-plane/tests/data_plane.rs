@@ -967,3 +967,102 @@ fn openapi_documents_every_rest_route() {
         assert!(doc.paths.paths.contains_key(p), "{p} missing from {paths:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------------------------
+
+/// A global `metrics` recorder that keeps every series in memory, keyed by name and sorted
+/// labels, so a test can read back what the data plane recorded for its own app.
+#[derive(Default)]
+struct MemoryRecorder {
+    counters: dashmap::DashMap<String, Arc<std::sync::atomic::AtomicU64>>,
+    gauges: dashmap::DashMap<String, Arc<std::sync::atomic::AtomicU64>>,
+    histograms: dashmap::DashMap<String, Arc<HistogramCount>>,
+}
+
+#[derive(Default)]
+struct HistogramCount(std::sync::atomic::AtomicU64);
+
+impl metrics::HistogramFn for HistogramCount {
+    fn record(&self, _value: f64) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn series(key: &metrics::Key) -> String {
+    let mut labels: Vec<String> = key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+    labels.sort();
+    format!("{}{{{}}}", key.name(), labels.join(","))
+}
+
+impl metrics::Recorder for MemoryRecorder {
+    fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::from_arc(self.counters.entry(series(key)).or_default().clone())
+    }
+    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::from_arc(self.gauges.entry(series(key)).or_default().clone())
+    }
+    fn register_histogram(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+        metrics::Histogram::from_arc(self.histograms.entry(series(key)).or_default().clone())
+    }
+}
+
+static RECORDER: std::sync::OnceLock<&'static MemoryRecorder> = std::sync::OnceLock::new();
+
+fn recorder() -> &'static MemoryRecorder {
+    RECORDER.get_or_init(|| {
+        let r: &'static MemoryRecorder = Box::leak(Box::default());
+        metrics::set_global_recorder(r).expect("no other recorder in this test binary");
+        r
+    })
+}
+
+impl MemoryRecorder {
+    fn counter(&self, series: &str) -> u64 {
+        self.counters.get(series).map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
+    fn gauge(&self, series: &str) -> f64 {
+        self.gauges.get(series).map_or(0.0, |g| f64::from_bits(g.load(std::sync::atomic::Ordering::Relaxed)))
+    }
+    fn histogram_count(&self, series: &str) -> u64 {
+        self.histograms.get(series).map_or(0, |h| h.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_recorded_per_tenant_and_app() {
+    let metrics = recorder();
+    let node = start(|app, _| app.quotas.max_messages_per_s = 1).await;
+    let labels = format!("app={},tenant={}", node.app.app_id, node.app.tenant_id);
+    // Series keys list labels sorted by name.
+    let with = |extra: &str| {
+        let (k, _) = extra.split_once('=').unwrap();
+        if k < "tenant" {
+            format!("app={},{extra},tenant={}", node.app.app_id, node.app.tenant_id)
+        } else {
+            format!("{labels},{extra}")
+        }
+    };
+    let mut c = node.client("m").await;
+    c.subscribe("x").await;
+    assert_eq!(metrics.gauge(&format!("aviary_connections{{{}}}", with("transport=ws"))), 1.0);
+    assert_eq!(metrics.gauge(&format!("aviary_subscriptions{{{labels}}}")), 1.0);
+    node.rest_publish("x", json!("hello")).await;
+    let m = c.message().await;
+    assert_eq!(metrics.counter(&format!("aviary_messages_in_total{{{}}}", with("source=rest"))), 1);
+    assert_eq!(metrics.counter(&format!("aviary_bytes_in_total{{{}}}", with("source=rest"))), 7);
+    // The writer records the delivery as it writes the frame, which the client has now read.
+    assert_eq!(metrics.counter(&format!("aviary_messages_out_total{{{labels}}}")), 1);
+    assert_eq!(
+        metrics.counter(&format!("aviary_bytes_out_total{{{labels}}}")),
+        serde_json::to_string(&m).unwrap().len() as u64
+    );
+    assert_eq!(metrics.histogram_count(&format!("aviary_publish_to_deliver_seconds{{{labels}}}")), 1);
+    // The one-per-second budget is spent: a client publish is refused and counted by reason.
+    assert_eq!(c.request(json!({"type": "publish", "channel": "x", "data": 1})).await["code"], "rate_limited");
+    assert_eq!(metrics.counter(&format!("aviary_rejections_total{{{}}}", with("reason=rate_limited"))), 1);
+}
