@@ -633,6 +633,9 @@ impl Session {
         {
             metrics::rejection(&auth.tenant_id, &auth.app_id, disconnect_reason(reason.code));
         }
+        // Release the connection quota now, before the transport says goodbye, so a client
+        // that saw its connection end can immediately open a new one.
+        self.auth = None;
         self.dp.forget(&self.handle.connection_id);
     }
 }
