@@ -16,6 +16,10 @@ use axum::routing::get;
 
 const INDEX_HTML: &str = include_str!("../console/index.html");
 const CONSOLE_JS: &str = include_str!("../console/console.js");
+const DOM_JS: &str = include_str!("../console/dom.js");
+const API_JS: &str = include_str!("../console/api.js");
+const LIVE_JS: &str = include_str!("../console/live.js");
+const USAGE_JS: &str = include_str!("../console/usage.js");
 const CONSOLE_CSS: &str = include_str!("../console/console.css");
 const CLIENT_JS: &str = include_str!("../assets/aviary-client.js");
 
@@ -40,6 +44,10 @@ fn asset(name: &str) -> Response {
         // The page is tiny; never cache it, so a new binary's console is picked up at once.
         "index.html" => (INDEX_HTML, "text/html; charset=utf-8", "no-store"),
         "console.js" => (CONSOLE_JS, "text/javascript; charset=utf-8", "no-cache"),
+        "dom.js" => (DOM_JS, "text/javascript; charset=utf-8", "no-cache"),
+        "api.js" => (API_JS, "text/javascript; charset=utf-8", "no-cache"),
+        "live.js" => (LIVE_JS, "text/javascript; charset=utf-8", "no-cache"),
+        "usage.js" => (USAGE_JS, "text/javascript; charset=utf-8", "no-cache"),
         "console.css" => (CONSOLE_CSS, "text/css; charset=utf-8", "no-cache"),
         "aviary-client.js" => (CLIENT_JS, "text/javascript; charset=utf-8", "no-cache"),
         _ => return (StatusCode::NOT_FOUND, "not found").into_response(),
@@ -64,6 +72,10 @@ mod tests {
         for (name, content_type) in [
             ("index.html", "text/html; charset=utf-8"),
             ("console.js", "text/javascript; charset=utf-8"),
+            ("dom.js", "text/javascript; charset=utf-8"),
+            ("api.js", "text/javascript; charset=utf-8"),
+            ("live.js", "text/javascript; charset=utf-8"),
+            ("usage.js", "text/javascript; charset=utf-8"),
             ("console.css", "text/css; charset=utf-8"),
             ("aviary-client.js", "text/javascript; charset=utf-8"),
         ] {

@@ -1,0 +1,306 @@
+// The Live tab of an app: active channels, presence members, a live tail through a short-lived
+// token, and a test publish. All of it needs an app API key, so the console makes its own
+// (named "console") for the app, keeps the secret in sessionStorage and revokes it on sign-out.
+import { ApiError, OPERATIONS, SessionEnded, api, appKey, describe, setAppKey, showProblem } from './api.js';
+import { $, append, clearErrors, field, fmtNumber, h, setFieldError } from './dom.js';
+
+const POLL_MS = 5000;
+const TAIL_LIMIT = 200; // messages kept on screen per tail
+
+/** The console's own API key of `app`, created on first use (secret kept in sessionStorage). */
+async function ensureConsoleKey(app) {
+  const existing = appKey(app.id);
+  if (existing) return existing;
+  const created = await api('POST', `/v1/apps/${encodeURIComponent(app.id)}/keys`, {
+    body: { name: 'console', capabilities: { '*': OPERATIONS } },
+  });
+  const key = { id: created.key.id, secret: created.secret };
+  setAppKey(app.id, key);
+  return key;
+}
+
+const KEY_GONE = 'The console’s API key for this app was revoked or deleted. Open the Live tab again to create a new one.';
+
+/** Calls the data plane with the console key; a refused key is forgotten so the tab can make another. */
+async function appApi(app, method, path, body) {
+  const key = appKey(app.id);
+  if (!key) throw new ApiError(401, { title: 'Unauthorized', detail: KEY_GONE });
+  try {
+    return await api(method, path, { body, auth: key });
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) {
+      setAppKey(app.id, null);
+      throw new ApiError(401, {
+        title: 'Unauthorized',
+        detail: KEY_GONE,
+      });
+    }
+    throw err;
+  }
+}
+
+const CLOSE_REASONS = {
+  credentials_revoked: 'the API key that minted its token was revoked',
+  app_disabled: 'the app was disabled or deleted',
+  forbidden: 'this page’s Origin is not in the app’s allowed Origins',
+  token_expired: 'its token expired',
+  invalid_token: 'its token was refused',
+};
+
+/** Renders the Live tab into `view`; `onCleanup` registers what to stop when the view changes. */
+export async function liveTab(view, app, onCleanup) {
+  let key;
+  try {
+    key = await ensureConsoleKey(app);
+  } catch (err) {
+    if (err instanceof SessionEnded) throw err;
+    append(view, h('div', { class: 'panel' }, h('p', { class: 'error', role: 'alert' }, `The console could not create its API key for this app: ${describe(err)}`)));
+    return;
+  }
+  const origin = location.origin;
+  const originWarning =
+    app.allowed_origins.length && !app.allowed_origins.includes('*') && !app.allowed_origins.includes(origin)
+      ? h('p', { class: 'warn' }, `The app allows only ${app.allowed_origins.join(', ')}: the live tail from this page (${origin}) will be refused. Add ${origin} to its allowed Origins to use it.`)
+      : null;
+
+  // Active channels.
+  const prefixField = field({ id: 'channels-prefix', label: 'Channel prefix', hint: 'Only channels whose name starts with this; empty lists all.', attrs: { spellcheck: 'false' } });
+  const channelsBody = h('tbody', {});
+  const channelsStatus = h('p', { class: 'hint', role: 'status' });
+  const channelsError = h('p', { class: 'error', role: 'alert' });
+  const loadChannels = async () => {
+    try {
+      const prefix = $('channels-prefix')?.value.trim() ?? '';
+      const data = await appApi(app, 'GET', `/v1/apps/${encodeURIComponent(app.id)}/channels?prefix=${encodeURIComponent(prefix)}`);
+      channelsError.textContent = '';
+      const list = data.channels ?? [];
+      channelsBody.replaceChildren(
+        ...(list.length
+          ? list.map((c) =>
+              h(
+                'tr',
+                {},
+                h('th', { scope: 'row', class: 'mono' }, c.channel),
+                h('td', { class: 'num' }, fmtNumber(c.subscribers)),
+                h(
+                  'td',
+                  {},
+                  h('button', { type: 'button', class: 'link', onclick: () => { $('tail-channel').value = c.channel; startTail(); } }, `Tail ${c.channel}`),
+                  h('button', { type: 'button', class: 'link', onclick: () => { $('presence-channel').value = c.channel; loadPresence(); } }, `Presence of ${c.channel}`),
+                ),
+              ),
+            )
+          : [h('tr', {}, h('td', { colspan: 3 }, 'No active channels (none has a subscriber on this node).'))]),
+      );
+      channelsStatus.textContent = `Updated ${new Date().toLocaleTimeString()}; refreshes every ${POLL_MS / 1000} s.`;
+    } catch (err) {
+      if (!(err instanceof SessionEnded)) channelsError.textContent = describe(err);
+    }
+  };
+  const channelsForm = h('form', { novalidate: true, class: 'inline' }, prefixField, h('button', { type: 'submit' }, 'Filter'));
+  channelsForm.addEventListener('submit', (event) => {
+    event.preventDefault();
+    loadChannels();
+  });
+
+  // Presence.
+  const presenceList = h('ul', { id: 'presence-members' });
+  const presenceError = h('p', { class: 'error', role: 'alert' });
+  const loadPresence = async () => {
+    const input = $('presence-channel');
+    const channel = input.value.trim();
+    setFieldError(input, '');
+    presenceError.textContent = '';
+    if (!channel) return setFieldError(input, 'Enter a channel name.');
+    try {
+      const data = await appApi(app, 'GET', `/v1/apps/${encodeURIComponent(app.id)}/channels/${encodeURIComponent(channel)}/presence`);
+      const members = data.members ?? [];
+      presenceList.replaceChildren(
+        ...(members.length
+          ? members.map((m) => h('li', {}, h('strong', {}, m.client_id), ' ', h('span', { class: 'hint mono' }, m.connection_id), m.data ? ` ${JSON.stringify(m.data)}` : ''))
+          : [h('li', { class: 'muted' }, `Nobody is present on ${channel}.`)]),
+      );
+    } catch (err) {
+      if (!(err instanceof SessionEnded)) showProblem(err, [[/channel|namespace/i, input]], presenceError);
+    }
+  };
+  const presenceForm = h('form', { novalidate: true, class: 'inline' }, field({ id: 'presence-channel', label: 'Channel', attrs: { spellcheck: 'false' } }), h('button', { type: 'submit' }, 'Show members'));
+  presenceForm.addEventListener('submit', (event) => {
+    event.preventDefault();
+    loadPresence();
+  });
+
+  // Tail.
+  const tailList = h('ol', { class: 'tail', id: 'tail', 'aria-live': 'polite', 'aria-label': 'Messages received' });
+  const tailState = h('p', { class: 'state', id: 'tail-state', role: 'status', dataset: { state: 'idle' } }, 'Not tailing.');
+  const tailError = h('p', { class: 'error', role: 'alert', id: 'tail-error' });
+  let client = null;
+  const stopTail = () => {
+    client?.close();
+    client = null;
+  };
+  onCleanup(stopTail);
+  const setTailState = (state, text) => {
+    tailState.dataset.state = state;
+    tailState.textContent = text;
+  };
+  async function startTail() {
+    const input = $('tail-channel');
+    const channel = input.value.trim();
+    setFieldError(input, '');
+    tailError.textContent = '';
+    if (!channel) return setFieldError(input, 'Enter a channel name.');
+    stopTail();
+    tailList.replaceChildren();
+    let Aviary;
+    try {
+      ({ Aviary } = await import('/console/aviary-client.js'));
+    } catch {
+      tailError.textContent = 'Could not load the realtime client (/console/aviary-client.js).';
+      return;
+    }
+    const clientId = `console-${Math.random().toString(36).slice(2, 10)}`;
+    const ttl = Math.max(1, Math.min(300, app.max_token_ttl_s || 300));
+    const getToken = async () => {
+      const issued = await appApi(app, 'POST', `/v1/apps/${encodeURIComponent(app.id)}/tokens`, {
+        client_id: clientId,
+        ttl_s: ttl,
+        capabilities: { [channel]: ['subscribe'] },
+      });
+      return issued.token;
+    };
+    // Mint once up front so a refused key or channel shows as a message, not a retry loop.
+    let first;
+    try {
+      first = await getToken();
+    } catch (err) {
+      if (!(err instanceof SessionEnded)) showProblem(err, [[/capabilit|channel|glob/i, input]], tailError);
+      return;
+    }
+    let pending = first;
+    const c = new Aviary({
+      url: location.origin,
+      getToken: async () => {
+        if (pending) {
+          const t = pending;
+          pending = null;
+          return t;
+        }
+        return getToken();
+      },
+    });
+    client = c;
+    c.on('statechange', ({ current }) => {
+      if (client !== c) return;
+      if (current === 'connected') setTailState('connected', `Tailing ${channel} (connected as ${clientId}).`);
+      else if (current === 'failed' || current === 'closed') return;
+      else setTailState(current, `${current[0].toUpperCase()}${current.slice(1)}…`);
+    });
+    // 4010/4004/4003 need the admin's action: stop instead of letting the client retry with
+    // tokens the console can no longer mint.
+    c.on('disconnected', ({ reason }) => {
+      if (client !== c || !['credentials_revoked', 'app_disabled', 'forbidden'].includes(reason?.code)) return;
+      stopTail();
+      setTailState('failed', `Disconnected: ${CLOSE_REASONS[reason.code]}${reason.closeCode ? ` (close code ${reason.closeCode})` : ''}.`);
+    });
+    c.on('failed', ({ reason }) => {
+      if (client !== c) return;
+      const why = CLOSE_REASONS[reason?.code] ?? reason?.message ?? 'unknown reason';
+      setTailState('failed', `Disconnected: ${why}${reason?.closeCode ? ` (close code ${reason.closeCode})` : ''}.`);
+    });
+    c.on('error', (err) => {
+      if (client === c) tailError.textContent = `Realtime client: ${err?.message ?? err}`;
+    });
+    const ch = c.channel(channel);
+    try {
+      await ch.subscribe((m) => {
+        const at = new Date(m.ts || Date.now());
+        tailList.append(
+          h(
+            'li',
+            { dataset: { offset: m.offset } },
+            h('span', { class: 'hint mono' }, `#${m.offset} `),
+            h('time', { datetime: at.toISOString() }, at.toLocaleTimeString()),
+            ' ',
+            h('strong', {}, m.clientId ?? 'backend'),
+            ' ',
+            h('code', {}, JSON.stringify(m.data)),
+          ),
+        );
+        while (tailList.children.length > TAIL_LIMIT) tailList.firstElementChild.remove();
+        tailList.scrollTop = tailList.scrollHeight;
+      });
+    } catch (err) {
+      if (client === c) tailError.textContent = `Could not subscribe to ${channel}: ${err?.message ?? err}`;
+    }
+  }
+  const tailForm = h(
+    'form',
+    { novalidate: true, class: 'inline', id: 'tail-form' },
+    field({ id: 'tail-channel', label: 'Channel', attrs: { spellcheck: 'false' } }),
+    h('button', { type: 'submit', id: 'start-tail' }, 'Start tail'),
+    h('button', { type: 'button', class: 'secondary', onclick: () => { stopTail(); setTailState('closed', 'Stopped.'); } }, 'Stop'),
+  );
+  tailForm.addEventListener('submit', (event) => {
+    event.preventDefault();
+    startTail();
+  });
+
+  // Send a test message.
+  const sendError = h('p', { class: 'error', role: 'alert' });
+  const sendResult = h('p', { class: 'ok', role: 'status', id: 'send-result' });
+  const sendForm = h(
+    'form',
+    { novalidate: true, id: 'send-form' },
+    field({ id: 'send-channel', label: 'Channel', attrs: { spellcheck: 'false' } }),
+    field({ id: 'send-data', label: 'Message data (JSON)', multiline: true, value: '{"text": "hello from the console"}', attrs: { spellcheck: 'false' } }),
+    sendError,
+    sendResult,
+    h('button', { type: 'submit', id: 'send-message' }, 'Send test message'),
+  );
+  sendForm.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    clearErrors(sendForm);
+    sendError.textContent = '';
+    sendResult.textContent = '';
+    const channelInput = $('send-channel');
+    const dataInput = $('send-data');
+    const channel = channelInput.value.trim();
+    if (!channel) return setFieldError(channelInput, 'Enter a channel name.');
+    let data;
+    try {
+      data = JSON.parse(dataInput.value);
+    } catch (err) {
+      return setFieldError(dataInput, `Not valid JSON: ${err.message}`);
+    }
+    try {
+      const pos = await appApi(app, 'POST', `/v1/apps/${encodeURIComponent(app.id)}/channels/${encodeURIComponent(channel)}/messages`, { data });
+      sendResult.textContent = `Published to ${channel} at offset ${pos.offset}.`;
+      loadChannels();
+    } catch (err) {
+      if (!(err instanceof SessionEnded)) showProblem(err, [[/channel|namespace/i, channelInput], [/data|payload|large|bytes/i, dataInput]], sendError);
+    }
+  });
+
+  append(view, [
+    h('p', { class: 'muted' }, 'Live features use an API key named “console” (', h('code', {}, key.id), '), kept only in this tab and revoked when you sign out.'),
+    originWarning,
+    h('div', { class: 'grid2' },
+      h('section', { 'aria-labelledby': 'channels-title' }, h('h2', { id: 'channels-title' }, 'Active channels'), channelsForm, channelsError,
+        h('div', { class: 'table-wrap' }, h('table', { id: 'channels-table' }, h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Channel'), h('th', { scope: 'col', class: 'num' }, 'Subscribers'), h('th', { scope: 'col' }, 'Look'))), channelsBody)),
+        channelsStatus),
+      h('section', { 'aria-labelledby': 'presence-title' }, h('h2', { id: 'presence-title' }, 'Presence'), presenceForm, presenceError, presenceList),
+    ),
+    h('div', { class: 'grid2' },
+      h('section', { 'aria-labelledby': 'tail-title' }, h('h2', { id: 'tail-title' }, 'Tail a channel'), h('p', { class: 'hint' }, 'Receives new messages through a 5-minute token the console mints for itself (refreshed while it runs).'), tailForm, tailState, tailError, tailList),
+      h('section', { 'aria-labelledby': 'send-title' }, h('h2', { id: 'send-title' }, 'Send a test message'), h('p', { class: 'hint' }, 'Published over REST like your backend would (client id “backend”).'), sendForm),
+    ),
+  ]);
+  loadChannels();
+  // A render that was superseded while it awaited never shows its view: stop polling for it.
+  const timer = setInterval(() => {
+    if (!view.isConnected) return;
+    if (document.visibilityState === 'visible') loadChannels();
+  }, POLL_MS);
+  onCleanup(() => clearInterval(timer));
+}
