@@ -234,8 +234,53 @@ const QUOTA_FIELDS = [
   ['max_presence_members', 'Presence members / channel'],
 ];
 
+/** The operator's list of tenants over a quota in recent hours, or null where the server has none. */
+async function overQuota() {
+  try {
+    return await api('GET', '/v1/tenants/over-quota');
+  } catch (err) {
+    if (err instanceof ApiError && (err.status === 404 || err.status === 405)) return null; // server without metering
+    throw err;
+  }
+}
+
+function overQuotaSection(list) {
+  if (!list) return null;
+  return h(
+    'section',
+    { 'aria-labelledby': 'over-quota-title' },
+    h('h2', { id: 'over-quota-title' }, 'Over quota in recent hours'),
+    list.length
+      ? h(
+          'div',
+          { class: 'table-wrap' },
+          h(
+            'table',
+            { id: 'over-quota-table' },
+            h('thead', {}, h('tr', {}, ['Tenant', 'Hour', 'Peak connections', 'Messages / s', 'Exceeded'].map((c) => h('th', { scope: 'col' }, c)))),
+            h(
+              'tbody',
+              {},
+              list.map((o) =>
+                h(
+                  'tr',
+                  {},
+                  h('th', { scope: 'row' }, o.name, h('div', { class: 'hint mono' }, o.tenant_id)),
+                  h('td', {}, fmtTime(o.hour_start)),
+                  h('td', { class: 'num' }, `${fmtNumber(o.peak_connections)} of ${fmtNumber(o.max_connections)}`),
+                  h('td', { class: 'num' }, `${Number(o.messages_per_s ?? 0).toFixed(1)} of ${fmtNumber(o.max_messages_per_s)}`),
+                  h('td', {}, (o.exceeded ?? []).join(', ')),
+                ),
+              ),
+            ),
+          ),
+        )
+      : h('p', { class: 'muted', id: 'over-quota-none' }, 'No tenant went over its quotas recently.'),
+  );
+}
+
 async function tenantsView(view, session) {
-  const tenants = await listAll('/v1/tenants');
+  const [tenants, over] = await Promise.all([listAll('/v1/tenants'), overQuota()]);
   const editSlot = h('div', {});
   const createdSlot = h('div', {});
   const rows = tenants.map((t) =>
@@ -298,6 +343,7 @@ async function tenantsView(view, session) {
       ),
     ),
     editSlot,
+    overQuotaSection(over),
     h('section', { 'aria-labelledby': 'new-tenant-title' }, h('h2', { id: 'new-tenant-title' }, 'New tenant'), createForm),
   ]);
 }
