@@ -1,0 +1,35 @@
+// Socket.io 4 peer for aviary-bench: rooms over WebSocket plus an HTTP publish endpoint, the
+// minimal server the Socket.io guides build. Listens on 127.0.0.1:$PORT (default 0) and prints
+// `listening on http://ADDR` like `aviary dev`, so the harness can start it the same way.
+'use strict';
+const http = require('node:http');
+const { Server } = require('socket.io');
+
+const httpServer = http.createServer((req, res) => {
+  // POST /publish/<room> with a JSON body: emitted as `message` to every socket in the room.
+  if (req.method === 'POST' && req.url.startsWith('/publish/')) {
+    const room = decodeURIComponent(req.url.slice('/publish/'.length));
+    let body = '';
+    req.setEncoding('utf8');
+    req.on('data', (chunk) => { body += chunk; });
+    req.on('end', () => {
+      io.to(room).emit('message', JSON.parse(body));
+      res.writeHead(201, { 'content-type': 'application/json' }).end('{}');
+    });
+    return;
+  }
+  res.writeHead(404).end();
+});
+
+// WebSocket only (no long-polling upgrade dance), as a fair comparison with the other servers.
+const io = new Server(httpServer, { transports: ['websocket'], serveClient: false });
+io.on('connection', (socket) => {
+  socket.on('join', (room, ack) => { socket.join(room); if (typeof ack === 'function') ack('ok'); });
+  // A client publication goes to everyone in the room, the sender included (as in Aviary).
+  socket.on('publish', (room, data) => { io.to(room).emit('message', data); });
+});
+
+httpServer.listen(Number(process.env.PORT || 0), process.env.HOST || '127.0.0.1', () => {
+  const { address, port } = httpServer.address();
+  console.log(`listening on http://${address}:${port}`);
+});

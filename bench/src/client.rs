@@ -1,0 +1,423 @@
+//! The client side of every protocol the bench speaks: one WebSocket connection per simulated
+//! user, opened from a chosen loopback source address, plus backend publishing over HTTP.
+//!
+//! - **Aviary**: `connect` frame with a token, `subscribe`, `publish` frames; REST publish with
+//!   an API key (docs/protocol.md).
+//! - **Pusher** (Sockudo): `/app/<key>?protocol=7`, `pusher:subscribe` (private channels signed
+//!   with HMAC-SHA256 of `socket_id:channel`), `client-*` events, `pusher:ping`/`pong`; the HTTP
+//!   events API signed as Pusher defines (`auth_signature` over method, path and sorted query).
+//! - **Socket.IO v4** over a plain WebSocket: Engine.IO `0` open, `40` connect, `42[...]` events,
+//!   `43` acks, ping `2` / pong `3`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use futures::{SinkExt, StreamExt};
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::Stats;
+
+/// How long any single handshake or reply may take before the connection counts as failed.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which server (and so which protocol) a run targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Aviary,
+    Sockudo,
+    Socketio,
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Aviary => "Aviary",
+            Kind::Sockudo => "Sockudo",
+            Kind::Socketio => "Socket.io",
+        }
+    }
+
+    /// Whether a client publication is delivered back to its sender (Pusher client events
+    /// are not; Aviary and the Socket.io peer's `io.to(room)` do).
+    pub fn echoes_to_sender(self) -> bool {
+        !matches!(self, Kind::Sockudo)
+    }
+
+    /// The channel name a scenario uses for room `name` (Pusher client events need `private-`).
+    pub fn room_channel(self, name: &str) -> String {
+        match self {
+            Kind::Sockudo => format!("private-{name}"),
+            _ => format!("room:{name}"),
+        }
+    }
+}
+
+/// Credentials of a server under test.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// An Aviary app: its API key for REST and a pool of connection tokens.
+    Aviary { app_id: String, api_key: String, tokens: Vec<String> },
+    /// A Pusher app (Sockudo).
+    Pusher { app_id: String, key: String, secret: String },
+    /// The Socket.io peer needs none.
+    None,
+}
+
+/// How to reach one running server (or cluster).
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub kind: Kind,
+    /// `host:port` of each node; connection `i` goes to node `i % len`.
+    pub nodes: Vec<SocketAddr>,
+    /// Base URL for backend HTTP calls (publish, token mint).
+    pub http: String,
+    pub auth: Auth,
+}
+
+/// An open, handshaken connection.
+pub struct Conn {
+    ws: WebSocketStream<TcpStream>,
+    kind: Kind,
+    /// Pusher's `socket_id`, needed to sign private-channel subscriptions.
+    socket_id: String,
+    next_id: u64,
+}
+
+fn ws_config() -> WebSocketConfig {
+    // Thousands of mostly idle connections: keep buffers small (the default read buffer is
+    // 128 KiB per connection).
+    WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0)
+}
+
+/// Opens connection number `idx` from source address `src` and completes the protocol handshake.
+pub async fn open(ep: &Endpoint, idx: usize, src: IpAddr) -> anyhow::Result<Conn> {
+    let node = ep.nodes[idx % ep.nodes.len()];
+    let socket = TcpSocket::new_v4()?;
+    // Binding the source address spreads connections over several 127.0.0.x so one
+    // destination does not run out of the ~28k ephemeral ports a single source address has.
+    socket.bind(SocketAddr::new(src, 0)).with_context(|| format!("bind {src}"))?;
+    let stream = socket.connect(node).await.with_context(|| format!("connect {node} from {src}"))?;
+    stream.set_nodelay(true)?;
+    let url = match (&ep.kind, &ep.auth) {
+        (Kind::Aviary, _) => format!("ws://{node}/v1/connect"),
+        (Kind::Sockudo, Auth::Pusher { key, .. }) => {
+            format!("ws://{node}/app/{key}?protocol=7&client=aviary-bench&version=1.0")
+        }
+        (Kind::Sockudo, _) => bail!("Sockudo needs Pusher credentials"),
+        (Kind::Socketio, _) => format!("ws://{node}/socket.io/?EIO=4&transport=websocket"),
+    };
+    let (ws, _) = tokio::time::timeout(
+        REPLY_TIMEOUT,
+        tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config())),
+    )
+    .await
+    .context("WebSocket handshake timed out")??;
+    let mut conn = Conn { ws, kind: ep.kind, socket_id: String::new(), next_id: 1 };
+    match (&ep.kind, &ep.auth) {
+        (Kind::Aviary, Auth::Aviary { tokens, .. }) => {
+            let token = &tokens[idx % tokens.len()];
+            conn.send(json!({"type": "connect", "token": token}).to_string()).await?;
+            let reply =
+                conn.until(|t| t.contains("\"type\":\"connected\"") || t.contains("\"type\":\"disconnect\"")).await?;
+            if !reply.contains("\"connected\"") {
+                bail!("connect refused: {reply}");
+            }
+        }
+        (Kind::Aviary, _) => bail!("Aviary needs tokens"),
+        (Kind::Sockudo, _) => {
+            let text =
+                conn.until(|t| t.contains("pusher:connection_established") || t.contains("pusher:error")).await?;
+            let frame: Value = serde_json::from_str(&text)?;
+            let data: Value = match &frame["data"] {
+                Value::String(s) => serde_json::from_str(s)?,
+                other => other.clone(),
+            };
+            conn.socket_id = data["socket_id"].as_str().ok_or_else(|| anyhow!("no socket_id in {text}"))?.to_owned();
+        }
+        (Kind::Socketio, _) => {
+            conn.until(|t| t.starts_with('0')).await?;
+            conn.send("40".to_owned()).await?;
+            conn.until(|t| t.starts_with("40")).await?;
+        }
+    }
+    Ok(conn)
+}
+
+impl Conn {
+    async fn send(&mut self, text: String) -> anyhow::Result<()> {
+        self.ws.send(Message::text(text)).await?;
+        Ok(())
+    }
+
+    /// Reads until a text frame matches `pred` (answering protocol pings meanwhile).
+    async fn until(&mut self, pred: impl Fn(&str) -> bool) -> anyhow::Result<String> {
+        tokio::time::timeout(REPLY_TIMEOUT, async {
+            loop {
+                let text = self.next_text().await?.ok_or_else(|| anyhow!("closed by the server"))?;
+                if pred(&text) {
+                    return Ok(text);
+                }
+            }
+        })
+        .await
+        .context("no reply in time")?
+    }
+
+    /// The next text frame, after answering protocol-level pings; `None` when closed.
+    async fn next_text(&mut self) -> anyhow::Result<Option<String>> {
+        loop {
+            let Some(msg) = self.ws.next().await else { return Ok(None) };
+            match msg? {
+                Message::Text(t) => {
+                    let t = t.as_str();
+                    if self.answer_ping(t).await? {
+                        continue;
+                    }
+                    return Ok(Some(t.to_owned()));
+                }
+                Message::Close(_) => return Ok(None),
+                _ => {}
+            }
+        }
+    }
+
+    /// Answers Engine.IO and Pusher application-level pings; true if `t` was one.
+    async fn answer_ping(&mut self, t: &str) -> anyhow::Result<bool> {
+        match self.kind {
+            Kind::Socketio if t == "2" => {
+                self.send("3".to_owned()).await?;
+                Ok(true)
+            }
+            Kind::Sockudo if t.contains("\"pusher:ping\"") => {
+                self.send(json!({"event": "pusher:pong", "data": {}}).to_string()).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Subscribes to `channel` and waits for the server to confirm.
+    pub async fn subscribe(&mut self, ep: &Endpoint, channel: &str) -> anyhow::Result<()> {
+        match ep.kind {
+            Kind::Aviary => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.send(json!({"type": "subscribe", "channel": channel, "id": id}).to_string()).await?;
+                let reply = self.until(|t| t.contains(&format!("\"id\":{id}"))).await?;
+                if !reply.contains("\"type\":\"ok\"") {
+                    bail!("subscribe refused: {reply}");
+                }
+            }
+            Kind::Sockudo => {
+                let mut data = json!({"channel": channel});
+                if channel.starts_with("private-") {
+                    let Auth::Pusher { key, secret, .. } = &ep.auth else { bail!("Sockudo needs Pusher credentials") };
+                    let sig = hmac_hex(secret, &format!("{}:{channel}", self.socket_id));
+                    data["auth"] = json!(format!("{key}:{sig}"));
+                }
+                self.send(json!({"event": "pusher:subscribe", "data": data}).to_string()).await?;
+                let reply = self
+                    .until(|t| {
+                        t.contains("subscription_succeeded")
+                            || t.contains("subscription_error")
+                            || t.contains("pusher:error")
+                    })
+                    .await?;
+                if !reply.contains("subscription_succeeded") {
+                    bail!("subscribe refused: {reply}");
+                }
+            }
+            Kind::Socketio => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.send(format!("42{id}{}", json!(["join", channel]))).await?;
+                self.until(|t| t.starts_with(&format!("43{id}"))).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The frame that publishes `payload` to `channel` from this connection.
+    fn publish_frame(&mut self, channel: &str, payload: &str) -> String {
+        match self.kind {
+            Kind::Aviary => {
+                let id = self.next_id;
+                self.next_id += 1;
+                json!({"type": "publish", "channel": channel, "data": payload, "id": id}).to_string()
+            }
+            Kind::Sockudo => json!({"event": "client-m", "channel": channel, "data": payload}).to_string(),
+            Kind::Socketio => format!("42{}", json!(["publish", channel, payload])),
+        }
+    }
+
+    /// Reads (counting deliveries into `stats`) until `stop`; if `publish` is set, also
+    /// publishes a timestamped payload to that channel every interval. Returns the number of
+    /// publications sent.
+    pub async fn run(
+        mut self,
+        stats: &Stats,
+        shard: usize,
+        stop: CancellationToken,
+        publish: Option<Publishing>,
+    ) -> anyhow::Result<u64> {
+        let mut sent = 0u64;
+        let (mut tick, channel, size, until, counter) = match &publish {
+            Some(p) => {
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + p.offset, p.every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                (Some(tick), p.channel.as_str(), p.size, Some(p.until), Some(&p.sent))
+            }
+            None => (None, "", 0, None, None),
+        };
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                msg = self.ws.next() => {
+                    let Some(msg) = msg else { bail!("closed by the server") };
+                    match msg? {
+                        Message::Text(t) => {
+                            let t = t.as_str();
+                            if !self.answer_ping(t).await? {
+                                stats.on_frame(shard, t);
+                            }
+                        }
+                        Message::Close(frame) => bail!("closed by the server: {frame:?}"),
+                        _ => {}
+                    }
+                }
+                _ = async { tick.as_mut().expect("guarded").tick().await }, if tick.is_some() => {
+                    if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
+                        tick = None;
+                        continue;
+                    }
+                    let payload = stats.payload(size);
+                    let frame = self.publish_frame(channel, &payload);
+                    self.send(frame).await?;
+                    sent += 1;
+                    if let Some(c) = counter {
+                        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(None)).await;
+        Ok(sent)
+    }
+}
+
+/// A connection that publishes periodically (the rooms scenario).
+#[derive(Debug, Clone)]
+pub struct Publishing {
+    pub channel: String,
+    pub every: Duration,
+    /// Delay before the first publication, to spread publishers over the interval.
+    pub offset: Duration,
+    pub size: usize,
+    /// No publication after this instant (the run then only drains).
+    pub until: tokio::time::Instant,
+    /// Counts publications sent (shared by the members of a room).
+    pub sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn hmac_hex(secret: &str, message: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(message.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Backend HTTP calls: publish to a channel, mint a token.
+#[derive(Clone)]
+pub struct Backend {
+    http: reqwest::Client,
+    ep: Endpoint,
+}
+
+impl Backend {
+    pub fn new(ep: &Endpoint) -> anyhow::Result<Backend> {
+        let http =
+            reqwest::Client::builder().pool_max_idle_per_host(1024).tcp_nodelay(true).timeout(REPLY_TIMEOUT).build()?;
+        Ok(Backend { http, ep: ep.clone() })
+    }
+
+    /// Publishes `payload` (a JSON string) to `channel`; returns the HTTP status.
+    pub async fn publish(&self, channel: &str, payload: &str) -> anyhow::Result<u16> {
+        let base = &self.ep.http;
+        let req = match &self.ep.auth {
+            Auth::Aviary { app_id, api_key, .. } => self
+                .http
+                .post(format!("{base}/v1/apps/{app_id}/channels/{channel}/messages"))
+                .bearer_auth(api_key)
+                .json(&json!({"data": payload})),
+            Auth::Pusher { app_id, key, secret } => {
+                let body = json!({"name": "m", "channels": [channel], "data": payload}).to_string();
+                let path = format!("/apps/{app_id}/events");
+                let query = pusher_signed_query("POST", &path, key, secret, &body);
+                self.http.post(format!("{base}{path}?{query}")).header("content-type", "application/json").body(body)
+            }
+            Auth::None => self
+                .http
+                .post(format!("{base}/publish/{channel}"))
+                .header("content-type", "application/json")
+                .body(Value::String(payload.to_owned()).to_string()),
+        };
+        let res = req.send().await?;
+        let status = res.status().as_u16();
+        // Read the body so the pooled connection can be reused.
+        let _ = res.bytes().await;
+        Ok(status)
+    }
+
+    /// Mints one connection token (Aviary only); returns the HTTP status.
+    pub async fn mint_token(&self, client_id: &str) -> anyhow::Result<u16> {
+        let Auth::Aviary { app_id, api_key, .. } = &self.ep.auth else { bail!("only Aviary mints tokens") };
+        let res = self
+            .http
+            .post(format!("{}/v1/apps/{app_id}/tokens", self.ep.http))
+            .bearer_auth(api_key)
+            .json(&json!({"client_id": client_id, "ttl_s": 600}))
+            .send()
+            .await?;
+        let status = res.status().as_u16();
+        let _ = res.bytes().await;
+        Ok(status)
+    }
+}
+
+/// The query string of a signed Pusher HTTP API request: `auth_key`, `auth_timestamp`,
+/// `auth_version`, `body_md5`, then `auth_signature` = hex HMAC-SHA256 of
+/// `METHOD\nPATH\nsorted-query` with the app secret.
+pub fn pusher_signed_query(method: &str, path: &str, key: &str, secret: &str, body: &str) -> String {
+    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let md5 = format!("{:x}", md5::compute(body.as_bytes()));
+    // Already in key order.
+    let query = format!("auth_key={key}&auth_timestamp={ts}&auth_version=1.0&body_md5={md5}");
+    let sig = hmac_hex(secret, &format!("{method}\n{path}\n{query}"));
+    format!("{query}&auth_signature={sig}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pusher_signature_matches_the_documented_example() {
+        // From Pusher's "Generating authentication signatures" docs (key 278d425bdf160c739803,
+        // secret 7ad3773142a6692b25b8).
+        let sig = hmac_hex(
+            "7ad3773142a6692b25b8",
+            "POST\n/apps/3/events\nauth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0&body_md5=ec365a775a4cd0599faeb73354201b6f",
+        );
+        assert_eq!(sig, "da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c");
+    }
+}

@@ -1,0 +1,343 @@
+//! Starting the servers under test as child processes and provisioning them: `aviary dev`, an
+//! Aviary cluster (control plane on Postgres + data-plane nodes on Redis), Sockudo with its
+//! in-memory adapter, and the Socket.io peer. Every child is killed when its [`Server`] drops.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::client::{Auth, Endpoint, Kind};
+
+/// Where the server binaries are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Binaries {
+    /// The `aviary` binary (build it with `cargo build --release -p aviary`).
+    #[arg(long, global = true, env = "AVIARY_BENCH_AVIARY_BIN", default_value = "target/release/aviary")]
+    pub aviary_bin: PathBuf,
+    /// The `sockudo` binary (`cargo install sockudo`).
+    #[arg(long, global = true, env = "AVIARY_BENCH_SOCKUDO_BIN", default_value = "sockudo")]
+    pub sockudo_bin: PathBuf,
+    /// Directory of the Socket.io peer (`npm ci` done in it).
+    #[arg(long, global = true, env = "AVIARY_BENCH_SOCKETIO_DIR", default_value = "bench/peers/socketio")]
+    pub socketio_dir: PathBuf,
+    /// Postgres server for the multi-node scenario (a fresh database is created in it).
+    #[arg(
+        long,
+        global = true,
+        env = "AVIARY_BENCH_POSTGRES",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    pub postgres: String,
+    /// Redis for the multi-node scenario.
+    #[arg(long, global = true, env = "AVIARY_BENCH_REDIS", default_value = "redis://127.0.0.1:6379")]
+    pub redis: String,
+}
+
+/// A running server (one or several processes) and how to reach it.
+pub struct Server {
+    pub endpoint: Endpoint,
+    /// The processes whose RSS and CPU are measured (the control plane of a cluster is not).
+    pub pids: Vec<u32>,
+    children: Vec<Child>,
+    scratch: Option<PathBuf>,
+    database: Option<(String, String)>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.start_kill();
+        }
+        if let Some(dir) = &self.scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        if let Some((admin_url, name)) = &self.database {
+            // Best effort; the processes using it were just killed, hence FORCE.
+            let _ = std::process::Command::new("psql")
+                .args([admin_url.as_str(), "-qc", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+const OPERATOR_TOKEN: &str = "avo_aviary_bench_operator_token_0123456789abcdef";
+
+fn scratch_dir(label: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("aviary-bench-{label}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Spawns `command` and waits for its `listening on http://ADDR` stdout line.
+async fn spawn_listening(mut command: Command, what: &str) -> anyhow::Result<(Child, SocketAddr)> {
+    command.stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null()).kill_on_drop(true);
+    let mut child = command.spawn().with_context(|| format!("starting {what}"))?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("{what}: stdout not piped"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(v) = line.trim().strip_prefix("listening on http://") {
+                return Ok::<_, anyhow::Error>(Some(v.parse::<SocketAddr>()?));
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .with_context(|| format!("{what} did not start in 60 s"))??
+    .ok_or_else(|| anyhow!("{what} exited before listening"))?;
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, addr))
+}
+
+fn aviary_command(bin: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.env("AVIARY_LOG", "warn");
+    c
+}
+
+/// Tenant quotas high enough that the bench measures the engine, not the quota layer.
+fn bench_quotas() -> Value {
+    json!({
+        "max_connections": 1_000_000,
+        "max_messages_per_s": 10_000_000,
+        "max_message_bytes": 65_536,
+        "max_subscriptions_per_connection": 128,
+        "max_presence_members": 1_000,
+    })
+}
+
+async fn post(http: &reqwest::Client, url: String, bearer: &str, body: Value) -> anyhow::Result<Value> {
+    let res = http.post(&url).bearer_auth(bearer).json(&body).send().await?;
+    let status = res.status();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("POST {url}: {status} {body}");
+    }
+    Ok(body)
+}
+
+/// Creates a tenant, an app and an all-powerful API key through the control-plane REST API at
+/// `base`, then mints `tokens` connection tokens. Returns `(app_id, api_key, tokens)`.
+async fn provision(base: &str, tokens: usize) -> anyhow::Result<(String, String, Vec<String>)> {
+    let http = reqwest::Client::new();
+    let tenant =
+        post(&http, format!("{base}/v1/tenants"), OPERATOR_TOKEN, json!({"name": "bench", "quotas": bench_quotas()}))
+            .await?;
+    let tenant_id = tenant["tenant"]["id"].as_str().ok_or_else(|| anyhow!("no tenant id: {tenant}"))?.to_owned();
+    let admin = tenant["admin_key"]["secret"].as_str().ok_or_else(|| anyhow!("no admin key: {tenant}"))?.to_owned();
+    let app = post(
+        &http,
+        format!("{base}/v1/tenants/{tenant_id}/apps"),
+        &admin,
+        json!({"name": "bench", "namespaces": [{"name": ""}, {"name": "room"}]}),
+    )
+    .await?;
+    let app_id = app["id"].as_str().ok_or_else(|| anyhow!("no app id: {app}"))?.to_owned();
+    let key = post(
+        &http,
+        format!("{base}/v1/apps/{app_id}/keys"),
+        &admin,
+        json!({"name": "bench", "capabilities": {"*": ["subscribe", "publish", "presence", "history"]}}),
+    )
+    .await?;
+    let api_key = key["secret"].as_str().ok_or_else(|| anyhow!("no key secret: {key}"))?.to_owned();
+    let mut minted = Vec::with_capacity(tokens);
+    for i in 0..tokens.max(1) {
+        let t = post(
+            &http,
+            format!("{base}/v1/apps/{app_id}/tokens"),
+            &api_key,
+            json!({"client_id": format!("bench-{i}"), "ttl_s": 600}),
+        )
+        .await?;
+        minted.push(t["token"].as_str().ok_or_else(|| anyhow!("no token: {t}"))?.to_owned());
+    }
+    Ok((app_id, api_key, minted))
+}
+
+/// Connection tokens minted per server: connections share them round-robin (each connect still
+/// verifies its token's signature and claims).
+pub const TOKEN_POOL: usize = 64;
+
+/// `aviary dev` on a scratch data dir, provisioned with a bench tenant.
+pub async fn aviary_dev(bins: &Binaries) -> anyhow::Result<Server> {
+    let dir = scratch_dir("dev")?;
+    let mut c = aviary_command(&bins.aviary_bin);
+    c.args(["dev", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--operator-token", OPERATOR_TOKEN])
+        .arg("--data-dir")
+        .arg(&dir);
+    let (child, addr) = spawn_listening(c, "aviary dev").await?;
+    let base = format!("http://{addr}");
+    let (app_id, api_key, tokens) = provision(&base, TOKEN_POOL).await?;
+    Ok(Server {
+        endpoint: Endpoint {
+            kind: Kind::Aviary,
+            nodes: vec![addr],
+            http: base,
+            auth: Auth::Aviary { app_id, api_key, tokens },
+        },
+        pids: child.id().into_iter().collect(),
+        children: vec![child],
+        scratch: Some(dir),
+        database: None,
+    })
+}
+
+/// A control plane on a fresh Postgres database and `nodes` data-plane nodes sharing Redis.
+pub async fn aviary_cluster(bins: &Binaries, nodes: usize) -> anyhow::Result<Server> {
+    let name = format!("aviary_bench_{}", uuid::Uuid::new_v4().simple());
+    let status = std::process::Command::new("psql")
+        .args([bins.postgres.as_str(), "-qc", &format!("CREATE DATABASE {name}")])
+        .status()
+        .context("running psql")?;
+    if !status.success() {
+        bail!("psql could not create database {name}");
+    }
+    let db_url = match bins.postgres.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => bail!("--postgres must end with /<database>"),
+    };
+    let mut server = Server {
+        endpoint: Endpoint { kind: Kind::Aviary, nodes: Vec::new(), http: String::new(), auth: Auth::None },
+        pids: Vec::new(),
+        children: Vec::new(),
+        scratch: None,
+        database: Some((bins.postgres.clone(), name)),
+    };
+    let mut cp = aviary_command(&bins.aviary_bin);
+    cp.args(["control-plane", "--database-url", &db_url, "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
+        .args(["--operator-token", OPERATOR_TOKEN]);
+    let (cp_child, cp_addr) = spawn_listening(cp, "aviary control-plane").await?;
+    server.children.push(cp_child);
+    let (app_id, api_key, tokens) = provision(&format!("http://{cp_addr}"), TOKEN_POOL).await?;
+    let prefix = format!("bench{}", uuid::Uuid::new_v4().simple());
+    for i in 0..nodes {
+        let mut n = aviary_command(&bins.aviary_bin);
+        n.args(["data-plane", "--database-url", &db_url, "--listen", "127.0.0.1:0"]).args([
+            "--redis-url",
+            &bins.redis,
+            "--redis-prefix",
+            &prefix,
+            "--config-refresh-ms",
+            "500",
+        ]);
+        let (child, addr) = spawn_listening(n, &format!("aviary data-plane {i}")).await?;
+        server.pids.extend(child.id());
+        server.children.push(child);
+        server.endpoint.nodes.push(addr);
+    }
+    server.endpoint.http = format!("http://{}", server.endpoint.nodes[0]);
+    server.endpoint.auth = Auth::Aviary { app_id, api_key, tokens };
+    // Nodes read app config from the store on their refresh cadence; wait until every node
+    // accepts a connection for the new app.
+    for (i, _) in server.endpoint.nodes.iter().enumerate() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match crate::client::open(&server.endpoint, i, "127.0.0.1".parse()?).await {
+                Ok(_) => break,
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    return Err(e.context(format!("node {i} not ready")));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+    Ok(server)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Sockudo with its local (in-memory) adapter, memory app manager/cache/queue, no rate limits.
+pub async fn sockudo(bins: &Binaries) -> anyhow::Result<Server> {
+    let dir = scratch_dir("sockudo")?;
+    let port = free_port()?;
+    let (app_id, key, secret) = ("bench".to_owned(), "bench-key".to_owned(), "bench-secret".to_owned());
+    let mut c = Command::new(&bins.sockudo_bin);
+    // Run in an empty directory so no config/config.toml is picked up; configure through env.
+    c.current_dir(&dir)
+        .envs([
+            ("HOST", "127.0.0.1"),
+            ("PORT", &port.to_string()),
+            ("DEBUG", "false"),
+            ("ADAPTER_DRIVER", "local"),
+            ("CACHE_DRIVER", "memory"),
+            ("QUEUE_DRIVER", "memory"),
+            ("APP_MANAGER_DRIVER", "memory"),
+            ("RATE_LIMITER_ENABLED", "false"),
+            ("METRICS_ENABLED", "false"),
+            ("SOCKUDO_DEFAULT_APP_ID", &app_id),
+            ("SOCKUDO_DEFAULT_APP_KEY", &key),
+            ("SOCKUDO_DEFAULT_APP_SECRET", &secret),
+            ("SOCKUDO_DEFAULT_APP_ENABLED", "true"),
+            ("SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS", "1000000"),
+            ("SOCKUDO_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SECOND", "10000000"),
+            ("SOCKUDO_DEFAULT_APP_MAX_CLIENT_EVENTS_PER_SECOND", "10000000"),
+            ("SOCKUDO_DEFAULT_APP_MAX_READ_REQUESTS_PER_SECOND", "10000000"),
+            ("SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES", "true"),
+            ("RUST_LOG", "warn"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let child = c.spawn().with_context(|| format!("starting {}", bins.sockudo_bin.display()))?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if tokio::time::Instant::now() > deadline {
+            bail!("sockudo did not listen on {addr} within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(Server {
+        endpoint: Endpoint {
+            kind: Kind::Sockudo,
+            nodes: vec![addr],
+            http: format!("http://{addr}"),
+            auth: Auth::Pusher { app_id, key, secret },
+        },
+        pids: child.id().into_iter().collect(),
+        children: vec![child],
+        scratch: Some(dir),
+        database: None,
+    })
+}
+
+/// The Socket.io 4 peer (`bench/peers/socketio/server.js`) on Node.
+pub async fn socketio(bins: &Binaries) -> anyhow::Result<Server> {
+    let mut c = Command::new("node");
+    c.arg("server.js").current_dir(&bins.socketio_dir).env("PORT", "0").env("HOST", "127.0.0.1");
+    let (child, addr) = spawn_listening(c, "socket.io peer").await?;
+    Ok(Server {
+        endpoint: Endpoint {
+            kind: Kind::Socketio,
+            nodes: vec![addr],
+            http: format!("http://{addr}"),
+            auth: Auth::None,
+        },
+        pids: child.id().into_iter().collect(),
+        children: vec![child],
+        scratch: None,
+        database: None,
+    })
+}
+
+/// Starts the single-node server of `kind`.
+pub async fn start(kind: Kind, bins: &Binaries) -> anyhow::Result<Server> {
+    match kind {
+        Kind::Aviary => aviary_dev(bins).await,
+        Kind::Sockudo => sockudo(bins).await,
+        Kind::Socketio => socketio(bins).await,
+    }
+}

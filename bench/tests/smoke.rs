@@ -1,0 +1,67 @@
+//! Runs `aviary-bench smoke` against a real `aviary dev` so the load generator cannot rot: it
+//! must connect, subscribe, publish over WebSocket and REST, mint tokens, and account for every
+//! delivery. No timing is asserted, only that everything sent arrived.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The `aviary` binary: `AVIARY_BIN` if set, else built into this test's target directory.
+fn aviary_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("AVIARY_BIN") {
+        return PathBuf::from(bin);
+    }
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_aviary-bench"));
+    let profile_dir = bench.parent().expect("the bench binary lives in a target profile dir").to_path_buf();
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut build = Command::new(cargo);
+    build.args(["build", "-p", "aviary", "--bin", "aviary"]);
+    if release {
+        build.arg("--release");
+    }
+    if let Some(target_dir) = profile_dir.parent() {
+        build.env("CARGO_TARGET_DIR", target_dir);
+    }
+    let status = build.status().expect("cargo runs");
+    assert!(status.success(), "building the aviary binary failed");
+    profile_dir.join("aviary")
+}
+
+#[test]
+fn smoke_run_delivers_every_publication_to_every_subscriber() {
+    let aviary = aviary_bin();
+    let out = std::env::temp_dir().join(format!("aviary-bench-smoke-{}", std::process::id()));
+    let output = Command::new(env!("CARGO_BIN_EXE_aviary-bench"))
+        .arg("smoke")
+        .arg("--aviary-bin")
+        .arg(&aviary)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("aviary-bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "smoke run failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).expect("results.json written"))
+            .expect("results.json is JSON");
+    let outcomes = results["outcomes"].as_array().expect("outcomes");
+    for scenario in ["idle", "fanout", "rooms", "rest"] {
+        assert!(outcomes.iter().any(|o| o["scenario"] == scenario), "{scenario} missing from {results}");
+    }
+    for o in outcomes.iter().filter(|o| o["scenario"] == "fanout" || o["scenario"] == "rooms") {
+        let metric = |name: &str| {
+            o["metrics"]
+                .as_array()
+                .and_then(|ms| ms.iter().find(|m| m["name"] == name))
+                .and_then(|m| m["value"].as_f64())
+        };
+        let expected = metric("deliveries expected").expect("expected deliveries reported");
+        assert!(expected > 0.0, "{o}");
+        assert_eq!(metric("deliveries"), Some(expected), "{o}");
+        assert_eq!(metric("lost"), Some(0.0), "{o}");
+    }
+    assert!(out.join("results.md").exists());
+    let _ = std::fs::remove_dir_all(&out);
+}
