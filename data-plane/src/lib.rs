@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aviary_broker::Broker;
+use aviary_core::usage::UsageMeter;
 use aviary_core::{ApiKeyAuthority, ConfigEvent, Registry};
 use axum::Router;
 use axum::routing::{get, post};
@@ -104,6 +105,8 @@ pub(crate) struct NodeState {
     pub(crate) config: DataPlaneConfig,
     pub(crate) hub: Arc<Hub>,
     pub(crate) quotas: Arc<dyn QuotaEnforcer>,
+    /// Per-app usage for billing, drained by the binary's usage reporter.
+    pub(crate) usage: Arc<UsageMeter>,
     /// Open connections by connection id, for drain and revocations.
     pub(crate) sessions: DashMap<Arc<str>, Arc<SessionHandle>>,
     pub(crate) shutdown: CancellationToken,
@@ -179,6 +182,7 @@ impl DataPlane {
             config,
             hub,
             quotas,
+            usage: Arc::new(UsageMeter::new(aviary_core::unix_now_ms())),
             sessions: DashMap::new(),
             shutdown,
             draining: AtomicBool::new(false),
@@ -202,6 +206,12 @@ impl DataPlane {
     /// Open connections (WebSocket and SSE, authenticated or not).
     pub fn connection_count(&self) -> usize {
         self.inner.sessions.len()
+    }
+
+    /// This node's usage counters (connection time, messages and bytes in and out, per app).
+    /// Hand it to the usage reporter, which drains it on an interval.
+    pub fn usage_meter(&self) -> &Arc<UsageMeter> {
+        &self.inner.usage
     }
 
     /// Channels with at least one local subscriber.

@@ -4,6 +4,9 @@
 //! `tenant` and `app` labels. Handles are resolved once per connection ([`ConnectionMetrics`])
 //! so the delivery path records without building label sets or allocating.
 
+use std::sync::Arc;
+
+use aviary_core::usage::AppUsage;
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 /// Open connections (gauge). Labels: tenant, app, transport (`ws` | `sse`).
@@ -46,23 +49,28 @@ pub struct ConnectionMetrics {
     pub messages_out: Counter,
     pub bytes_out: Counter,
     pub latency: Histogram,
+    /// The app's billing counters (connection time, deliveries, bytes out).
+    pub usage: Arc<AppUsage>,
 }
 
 impl ConnectionMetrics {
-    /// Resolves the handles and counts the connection as open (until dropped).
-    pub fn open(tenant: &str, app: &str, transport: &'static str) -> Self {
+    /// Resolves the handles and counts the connection as open (until dropped), for monitoring
+    /// and in the app's usage.
+    pub fn open(tenant: &str, app: &str, transport: &'static str, usage: Arc<AppUsage>) -> Self {
         let base = [("tenant", tenant.to_owned()), ("app", app.to_owned())];
         let with_transport =
             [("tenant", tenant.to_owned()), ("app", app.to_owned()), ("transport", transport.to_owned())];
         counter!(CONNECTIONS_TOTAL, &with_transport).increment(1);
         let connections = gauge!(CONNECTIONS, &with_transport);
         connections.increment(1.0);
+        usage.connection_opened(aviary_core::unix_now_ms());
         ConnectionMetrics {
             connections,
             subscriptions: gauge!(SUBSCRIPTIONS, &base),
             messages_out: counter!(MESSAGES_OUT, &base),
             bytes_out: counter!(BYTES_OUT, &base),
             latency: histogram!(PUBLISH_TO_DELIVER, &base),
+            usage,
         }
     }
 
@@ -70,6 +78,7 @@ impl ConnectionMetrics {
     pub fn delivered(&self, frame_len: usize, ts_ms: i64) {
         self.messages_out.increment(1);
         self.bytes_out.increment(frame_len as u64);
+        self.usage.delivered(1, frame_len as u64);
         let age_ms = aviary_core::unix_now_ms().saturating_sub(ts_ms).max(0);
         self.latency.record(age_ms as f64 / 1000.0);
     }
@@ -84,5 +93,6 @@ impl std::fmt::Debug for ConnectionMetrics {
 impl Drop for ConnectionMetrics {
     fn drop(&mut self) {
         self.connections.decrement(1.0);
+        self.usage.connection_closed(aviary_core::unix_now_ms());
     }
 }

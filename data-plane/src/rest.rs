@@ -325,7 +325,10 @@ pub async fn publish(
     }
     let size = checked.request.data.len();
     let result = inner.broker.publish(&checked.key, checked.request).await?;
-    metrics::message_in(&app.tenant_id, &app.app_id, "rest", size);
+    if !result.duplicate {
+        metrics::message_in(&app.tenant_id, &app.app_id, "rest", size);
+        inner.usage.app(&app.tenant_id, &app.app_id).published(1, size as u64);
+    }
     Ok((StatusCode::CREATED, Json(result.position.into())))
 }
 
@@ -372,10 +375,14 @@ pub async fn publish_batch(
         return Err(rejected(&app, Error::RateLimited(app.quotas.max_messages_per_s)));
     }
     let mut results = Vec::with_capacity(checked.len());
+    let usage = inner.usage.app(&app.tenant_id, &app.app_id);
     for c in checked {
         let size = c.request.data.len();
         let result = inner.broker.publish(&c.key, c.request).await?;
-        metrics::message_in(&app.tenant_id, &app.app_id, "rest", size);
+        if !result.duplicate {
+            metrics::message_in(&app.tenant_id, &app.app_id, "rest", size);
+            usage.published(1, size as u64);
+        }
         results.push(BatchResult {
             channel: c.key.channel.to_string(),
             epoch: result.position.epoch,

@@ -213,7 +213,13 @@ impl Session {
         span.record("tenant_id", app.tenant_id.as_str());
         span.record("app_id", app.app_id.as_str());
         span.record("client_id", claims.sub.as_str());
-        let _ = self.handle.metrics.set(Arc::new(ConnectionMetrics::open(&app.tenant_id, &app.app_id, self.transport)));
+        let usage = self.dp.usage.app(&app.tenant_id, &app.app_id);
+        let _ = self.handle.metrics.set(Arc::new(ConnectionMetrics::open(
+            &app.tenant_id,
+            &app.app_id,
+            self.transport,
+            usage,
+        )));
         *self.handle.identity.lock() = Some(Identity {
             tenant_id: app.tenant_id.clone(),
             app_id: app.app_id.clone(),
@@ -511,7 +517,13 @@ impl Session {
                 },
             )
             .await?;
-        metrics::message_in(&auth.tenant_id, &auth.app_id, "client", payload.len());
+        // An idempotent retry published nothing new: neither monitored nor billed again.
+        if !result.duplicate {
+            metrics::message_in(&auth.tenant_id, &auth.app_id, "client", payload.len());
+            if let Some(m) = self.handle.metrics() {
+                m.usage.published(1, payload.len() as u64);
+            }
+        }
         Ok(result.position)
     }
 

@@ -1055,4 +1055,9 @@ async fn metrics_are_recorded_per_tenant_and_app() {
     // The one-per-second budget is spent: a client publish is refused and counted by reason.
     assert_eq!(c.request(json!({"type": "publish", "channel": "x", "data": 1})).await["code"], "rate_limited");
     assert_eq!(metrics.counter(&format!("aviary_rejections_total{{{}}}", with("reason=rate_limited"))), 1);
+    // The same activity is metered for billing.
+    let usage = node.dp.usage_meter().drain(aviary_core::unix_now_ms());
+    let mine = usage.iter().find(|r| r.app_id == node.app.app_id).unwrap();
+    assert_eq!((mine.peak_connections, mine.messages_published, mine.messages_delivered), (1, 1, 1));
+    assert_eq!(mine.bytes_in, 7);
 }
