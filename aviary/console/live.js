@@ -6,6 +6,7 @@ import { $, append, clearErrors, field, fmtNumber, h, setFieldError } from './do
 
 const POLL_MS = 5000;
 const TAIL_LIMIT = 200; // messages kept on screen per tail
+const HISTORY_LIMIT = 20; // recent messages shown when a tail starts
 
 /** The console's own API key of `app`, created on first use (secret kept in sessionStorage). */
 async function ensureConsoleKey(app) {
@@ -165,7 +166,7 @@ export async function liveTab(view, app, onCleanup) {
       const issued = await appApi(app, 'POST', `/v1/apps/${encodeURIComponent(app.id)}/tokens`, {
         client_id: clientId,
         ttl_s: ttl,
-        capabilities: { [channel]: ['subscribe'] },
+        capabilities: { [channel]: ['subscribe', 'history'] },
       });
       return issued.token;
     };
@@ -213,23 +214,35 @@ export async function liveTab(view, app, onCleanup) {
     });
     const ch = c.channel(channel);
     try {
-      await ch.subscribe((m) => {
+      // Live messages and the recent history may overlap: show each offset once, in order.
+      const shown = new Set();
+      const show = (m) => {
+        const key = `${m.epoch}:${m.offset}`;
+        if (shown.has(key)) return;
+        shown.add(key);
         const at = new Date(m.ts || Date.now());
-        tailList.append(
-          h(
-            'li',
-            { dataset: { offset: m.offset } },
-            h('span', { class: 'hint mono' }, `#${m.offset} `),
-            h('time', { datetime: at.toISOString() }, at.toLocaleTimeString()),
-            ' ',
-            h('strong', {}, m.clientId ?? 'backend'),
-            ' ',
-            h('code', {}, JSON.stringify(m.data)),
-          ),
+        const li = h(
+          'li',
+          { dataset: { epoch: m.epoch, offset: m.offset } },
+          h('span', { class: 'hint mono' }, `#${m.offset} `),
+          h('time', { datetime: at.toISOString() }, at.toLocaleTimeString()),
+          ' ',
+          h('strong', {}, m.clientId ?? 'backend'),
+          ' ',
+          h('code', {}, JSON.stringify(m.data)),
         );
+        const after = [...tailList.children].find((el) => el.dataset.epoch === m.epoch && Number(el.dataset.offset) > m.offset);
+        tailList.insertBefore(li, after ?? null);
         while (tailList.children.length > TAIL_LIMIT) tailList.firstElementChild.remove();
         tailList.scrollTop = tailList.scrollHeight;
-      });
+      };
+      await ch.subscribe(show);
+      try {
+        const recent = await ch.history({ limit: HISTORY_LIMIT });
+        for (const m of recent.messages) show(m);
+      } catch {
+        // No history capability or none kept for the namespace: live messages only.
+      }
     } catch (err) {
       if (client === c) tailError.textContent = `Could not subscribe to ${channel}: ${err?.message ?? err}`;
     }
@@ -292,7 +305,7 @@ export async function liveTab(view, app, onCleanup) {
       h('section', { 'aria-labelledby': 'presence-title' }, h('h2', { id: 'presence-title' }, 'Presence'), presenceForm, presenceError, presenceList),
     ),
     h('div', { class: 'grid2' },
-      h('section', { 'aria-labelledby': 'tail-title' }, h('h2', { id: 'tail-title' }, 'Tail a channel'), h('p', { class: 'hint' }, 'Receives new messages through a 5-minute token the console mints for itself (refreshed while it runs).'), tailForm, tailState, tailError, tailList),
+      h('section', { 'aria-labelledby': 'tail-title' }, h('h2', { id: 'tail-title' }, 'Tail a channel'), h('p', { class: 'hint' }, 'Shows the last 20 messages, then new ones as they arrive, through a 5-minute token the console mints for itself (refreshed while it runs).'), tailForm, tailState, tailError, tailList),
       h('section', { 'aria-labelledby': 'send-title' }, h('h2', { id: 'send-title' }, 'Send a test message'), h('p', { class: 'hint' }, 'Published over REST like your backend would (client id “backend”).'), sendForm),
     ),
   ]);

@@ -277,6 +277,8 @@ test('tenant admin: sign in, apps, keys shown once, live tail, revocation, usage
     await page.locator('#tail-channel').fill('shop:lobby');
     await page.getByRole('button', { name: 'Start tail' }).click();
     await page.locator('#tail-state[data-state="connected"]').waitFor(WAIT);
+    // A new tail starts with the channel's recent history.
+    await page.locator('#tail li', { hasText: 'hello from the e2e console' }).waitFor(WAIT);
   });
 
   await t.test('usage: current figures, quota use and charts', async () => {
