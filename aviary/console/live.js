@@ -95,7 +95,12 @@ export async function liveTab(view, app, onCleanup) {
       );
       channelsStatus.textContent = `Updated ${new Date().toLocaleTimeString()}; refreshes every ${POLL_MS / 1000} s.`;
     } catch (err) {
-      if (!(err instanceof SessionEnded)) channelsError.textContent = describe(err);
+      if (err instanceof SessionEnded) return;
+      channelsError.textContent =
+        err instanceof ApiError && err.status === 404 && /route/.test(err.detail)
+          ? 'This server runs only the control plane: the Live tab needs the data plane on the same origin ' +
+            '(aviary dev, or both planes behind one reverse proxy).'
+          : describe(err);
     }
   };
   const channelsForm = h('form', { novalidate: true, class: 'inline' }, prefixField, h('button', { type: 'submit' }, 'Filter'));
