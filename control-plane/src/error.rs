@@ -54,6 +54,10 @@ pub enum Error {
     /// Stored data that does not decode (500 `internal`).
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// The control plane could not be reached or answered with an error (node side: the
+    /// follower, the remote key authority, the usage reporter). 503 `unavailable`.
+    #[error("control plane: {0}")]
+    Upstream(String),
     /// Anything else that is our fault (500 `internal`).
     #[error("{0}")]
     Internal(String),
@@ -87,6 +91,7 @@ impl Error {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
             }
             Error::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests"),
+            Error::Upstream(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Control plane unavailable"),
             Error::Database(e) if Self::store_unreachable(e) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Store unavailable")
             }

@@ -54,7 +54,8 @@ pub fn grpc_router(state: ControlPlaneState) -> tonic::service::Routes {
 }
 
 /// The RPCs of the service, the only method labels metrics use (bounded cardinality).
-const METHODS: [&str; 5] = ["IssueToken", "CreateApp", "ListApps", "CreateApiKey", "RevokeApiKey"];
+const METHODS: [&str; 8] =
+    ["IssueToken", "CreateApp", "ListApps", "CreateApiKey", "RevokeApiKey", "Watch", "VerifyApiKey", "ReportUsage"];
 
 /// Records `aviary_grpc_requests_total{method,code}` and `aviary_grpc_request_duration_seconds{method}`.
 ///
@@ -84,6 +85,17 @@ fn bearer<T>(request: &Request<T>) -> Option<&str> {
 }
 
 impl ControlPlaneGrpc {
+    /// Checks the node credential. Without a configured node token every node is refused.
+    fn node<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(expected) = self.state.config().node_token.as_deref() else {
+            return Err(Status::unauthenticated("this control plane accepts no data-plane nodes (no node token set)"));
+        };
+        match bearer(request) {
+            Some(presented) if crate::auth::secrets_equal(presented, expected) => Ok(()),
+            _ => Err(Status::unauthenticated("missing or invalid node credentials")),
+        }
+    }
+
     async fn admin<T>(&self, request: &Request<T>) -> Result<TenantAdmin, Status> {
         Ok(self.state.tenant_admin(bearer(request)).await?)
     }
@@ -139,8 +151,99 @@ fn app_to_pb(app: App) -> pb::App {
     }
 }
 
+fn capabilities_to_pb(caps: &Capabilities) -> std::collections::HashMap<String, pb::Operations> {
+    caps.0
+        .iter()
+        .map(|(glob, ops)| {
+            let operations = ops
+                .iter()
+                .filter_map(|op| match serde_json::to_value(op) {
+                    Ok(serde_json::Value::String(s)) => Some(s),
+                    _ => None,
+                })
+                .collect();
+            (glob.clone(), pb::Operations { operations })
+        })
+        .collect()
+}
+
+/// Parses the capabilities a `VerifyApiKeyResponse` carries (node side).
+pub(crate) fn capabilities_from_pb(
+    map: std::collections::HashMap<String, pb::Operations>,
+) -> Result<Capabilities, Error> {
+    capabilities(map.into_iter().collect())
+}
+
+fn usage_record_from_pb(r: pb::UsageRecord) -> aviary_core::usage::UsageRecord {
+    aviary_core::usage::UsageRecord {
+        tenant_id: r.tenant_id,
+        app_id: r.app_id,
+        from_ms: r.from_ms,
+        to_ms: r.to_ms,
+        peak_connections: r.peak_connections,
+        connection_ms: r.connection_ms,
+        messages_published: r.messages_published,
+        messages_delivered: r.messages_delivered,
+        bytes_in: r.bytes_in,
+        bytes_out: r.bytes_out,
+    }
+}
+
+/// A usage record on the wire (node side).
+pub(crate) fn usage_record_to_pb(r: &aviary_core::usage::UsageRecord) -> pb::UsageRecord {
+    pb::UsageRecord {
+        tenant_id: r.tenant_id.clone(),
+        app_id: r.app_id.clone(),
+        from_ms: r.from_ms,
+        to_ms: r.to_ms,
+        peak_connections: r.peak_connections,
+        connection_ms: r.connection_ms,
+        messages_published: r.messages_published,
+        messages_delivered: r.messages_delivered,
+        bytes_in: r.bytes_in,
+        bytes_out: r.bytes_out,
+    }
+}
+
 #[tonic::async_trait]
 impl pb::control_plane_server::ControlPlane for ControlPlaneGrpc {
+    type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<pb::WatchEvent, Status>>;
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        self.node(&request)?;
+        let request = request.into_inner();
+        // Small: a slow node backs up here, then in the log's broadcast, then takes a snapshot.
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let log = self.state.config_log().clone();
+        tokio::spawn(log.serve(request, tx, self.state.config().watch_heartbeat));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    async fn verify_api_key(
+        &self,
+        request: Request<pb::VerifyApiKeyRequest>,
+    ) -> Result<Response<pb::VerifyApiKeyResponse>, Status> {
+        self.node(&request)?;
+        let key = self.state.keys().verify_api_key(&request.get_ref().api_key).await?;
+        Ok(Response::new(pb::VerifyApiKeyResponse {
+            capabilities: capabilities_to_pb(&key.capabilities),
+            key_id: key.key_id,
+            tenant_id: key.tenant_id,
+            app_id: key.app_id,
+        }))
+    }
+
+    async fn report_usage(
+        &self,
+        request: Request<pb::ReportUsageRequest>,
+    ) -> Result<Response<pb::ReportUsageResponse>, Status> {
+        self.node(&request)?;
+        let req = request.into_inner();
+        let records: Vec<_> = req.records.into_iter().map(usage_record_from_pb).collect();
+        let applied = self.state.ingest_usage(&req.node_id, req.seq, &records).await?;
+        Ok(Response::new(pb::ReportUsageResponse { applied }))
+    }
+
     async fn issue_token(
         &self,
         request: Request<pb::IssueTokenRequest>,

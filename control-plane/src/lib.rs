@@ -27,26 +27,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aviary_core::Registry;
-use parking_lot::RwLock;
 
 pub mod api;
 pub mod auth;
 mod demo;
 pub mod error;
+pub mod follower;
 pub mod grpc;
 mod rate_limit;
+pub mod reporter;
 pub mod service;
 pub mod store;
 pub mod sync;
 pub mod tokens;
 pub mod usage;
+pub mod watch;
 
 pub use auth::KeyVerifier;
 pub use demo::DemoCredentials;
 pub use error::{Error, Result};
+pub use follower::{ConfigFollower, FollowerConfig, FollowerStatus, RemoteApiKeyAuthority};
 pub use rate_limit::RateLimitConfig;
+pub use reporter::{GrpcUsageSink, UsageReporter, UsageSink};
 pub use store::{PgStore, SqliteStore, Store};
-pub use usage::{UsageSource, ZeroUsage};
 
 /// Settings of one control plane process.
 #[derive(Clone)]
@@ -64,6 +67,13 @@ pub struct ControlPlaneConfig {
     /// How often the store is re-read for changes made elsewhere (other replicas, expired
     /// signing keys); see [`ControlPlaneState::resync_registry`].
     pub refresh_interval: Duration,
+    /// The shared secret data-plane nodes present (`authorization: Bearer <token>`) to `Watch`,
+    /// `VerifyApiKey` and `ReportUsage`. `None` refuses every node. Compared in constant time;
+    /// never logged.
+    pub node_token: Option<String>,
+    /// How often an idle `Watch` stream carries a heartbeat (nodes treat 3 missed as a dead
+    /// stream).
+    pub watch_heartbeat: Duration,
 }
 
 impl std::fmt::Debug for ControlPlaneConfig {
@@ -74,6 +84,8 @@ impl std::fmt::Debug for ControlPlaneConfig {
             .field("body_limit_bytes", &self.body_limit_bytes)
             .field("rate_limits", &self.rate_limits)
             .field("refresh_interval", &self.refresh_interval)
+            .field("node_token", &self.node_token.as_ref().map(|_| "<set>"))
+            .field("watch_heartbeat", &self.watch_heartbeat)
             .finish_non_exhaustive()
     }
 }
@@ -89,6 +101,8 @@ impl ControlPlaneConfig {
             body_limit_bytes: 64 * 1024,
             rate_limits: RateLimitConfig::default(),
             refresh_interval: Duration::from_secs(30),
+            node_token: None,
+            watch_heartbeat: Duration::from_secs(5),
         }
     }
 }
@@ -104,7 +118,7 @@ struct Inner {
     registry: Arc<Registry>,
     keys: KeyVerifier,
     keyring: Arc<tokens::Keyring>,
-    usage: RwLock<Arc<dyn UsageSource>>,
+    log: Arc<watch::ConfigLog>,
     config: ControlPlaneConfig,
 }
 
@@ -115,19 +129,14 @@ impl ControlPlaneState {
         if config.operator_token.trim().is_empty() {
             return Err(Error::invalid("the operator token must not be empty"));
         }
+        // Log first, so the stream sees every change from here on (keys loaded, apps loaded).
+        let log = watch::ConfigLog::start(registry.clone());
         let keyring = Arc::new(tokens::Keyring::load(store.clone(), registry.clone(), config.max_token_ttl_s).await?);
         let keys = KeyVerifier::new(store.clone(), config.key_cache_ttl);
-        let usage = RwLock::new(Arc::new(ZeroUsage) as Arc<dyn UsageSource>);
-        let state = ControlPlaneState { inner: Arc::new(Inner { store, registry, keys, keyring, usage, config }) };
+        let state = ControlPlaneState { inner: Arc::new(Inner { store, registry, keys, keyring, log, config }) };
         state.load_registry().await?;
         state.spawn_refresh(state.config().refresh_interval.max(Duration::from_millis(100)));
         Ok(state)
-    }
-
-    /// Replaces the source of usage figures (the data plane plugs its counters in here).
-    pub fn with_usage_source(self, usage: Arc<dyn UsageSource>) -> Self {
-        *self.inner.usage.write() = usage;
-        self
     }
 
     /// Every `every`, re-reads signing keys and app config from the store and republishes what
@@ -177,9 +186,9 @@ impl ControlPlaneState {
         &self.inner.keyring
     }
 
-    /// The current source of usage figures.
-    pub fn usage(&self) -> Arc<dyn UsageSource> {
-        self.inner.usage.read().clone()
+    /// The numbered change log `Watch` streams are fed from.
+    pub fn config_log(&self) -> &Arc<watch::ConfigLog> {
+        &self.inner.log
     }
 
     pub fn config(&self) -> &ControlPlaneConfig {

@@ -16,7 +16,15 @@ use crate::auth::{ADMIN_KEY_PREFIX, API_KEY_PREFIX, TenantAdmin, mint_key};
 use crate::error::{Error, Result};
 use crate::store::{AdminKeyRecord, ApiKeyRecord, App, MAX_PAGE, Page, PageRequest, Tenant, now};
 use crate::tokens::{IssuedToken, TokenRequest};
-use crate::usage::{AppUsage, TenantUsage};
+
+/// Answer of `POST /v1/apps/{app_id}/clients/{client_id}/revoke`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ClientRevoked {
+    pub app_id: String,
+    pub client_id: String,
+    /// Tokens of this client issued at or before this Unix time (seconds) are refused.
+    pub issued_before: i64,
+}
 
 /// Longest tenant/app/key name, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
@@ -585,18 +593,18 @@ impl ControlPlaneState {
         Ok(())
     }
 
-    #[tracing::instrument(skip_all, fields(tenant_id = %tenant_id))]
-    pub async fn tenant_usage(&self, admin: &TenantAdmin, tenant_id: &str) -> Result<TenantUsage> {
-        admin.check(tenant_id, "tenant")?;
-        self.existing_tenant(tenant_id).await?;
-        let usage = self.usage();
-        let apps = self
-            .tenant_apps(tenant_id)
-            .await?
-            .into_iter()
-            .map(|app| AppUsage { counters: usage.app_usage(&app.id), app_id: app.id })
-            .collect();
-        Ok(TenantUsage::from_apps(tenant_id.to_owned(), apps))
+    /// Revokes every token of `client_id` in the app issued up to now: stored (so it survives
+    /// restarts and reaches nodes in snapshots), then pushed to the registry, whose event makes
+    /// data planes close that client's live connections.
+    #[tracing::instrument(skip_all, fields(app_id = %app_id))]
+    pub async fn revoke_client(&self, admin: &TenantAdmin, app_id: &str, client_id: &str) -> Result<ClientRevoked> {
+        crate::tokens::validate_client_id(client_id)?;
+        let app = self.visible_app(admin, app_id).await?;
+        let issued_before = Utc::now().timestamp();
+        self.store().revoke_client(&app.id, client_id, issued_before).await?;
+        self.registry().revoke_client(&app.id, client_id, issued_before);
+        tracing::info!(tenant_id = %app.tenant_id, app_id = %app.id, "client tokens revoked");
+        Ok(ClientRevoked { app_id: app.id, client_id: client_id.to_owned(), issued_before })
     }
 
     // ----- app API key -----

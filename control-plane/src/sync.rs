@@ -1,6 +1,6 @@
 //! Keeps the `aviary_core::Registry` (what the data plane reads) equal to the store.
 //!
-//! At start every app, trusted verifying key and revoked API key is loaded; afterwards each
+//! At start every app, trusted verifying key, revoked API key and client revocation is loaded; afterwards each
 //! mutation in [`crate::service`] pushes its change here right after the store write succeeds.
 //! An app's effective config folds in its tenant: quotas are the field-wise minimum of tenant
 //! and app quotas, and a disabled tenant disables all its apps.
@@ -43,6 +43,9 @@ impl ControlPlaneState {
         for (app_id, key_id) in self.store().revoked_api_keys().await? {
             self.registry().revoke_api_key(&app_id, &key_id);
         }
+        for (app_id, client_id, issued_before) in self.store().revoked_clients().await? {
+            self.registry().revoke_client(&app_id, &client_id, issued_before);
+        }
         tracing::info!(apps = loaded, tenants = tenants.len(), "registry loaded from store");
         Ok(())
     }
@@ -73,6 +76,11 @@ impl ControlPlaneState {
             if !self.registry().api_key_revoked(&key_id) {
                 self.keys().evict_api_key(&key_id);
                 self.registry().revoke_api_key(&app_id, &key_id);
+            }
+        }
+        for (app_id, client_id, issued_before) in self.store().revoked_clients().await? {
+            if !self.registry().client_revoked(&app_id, &client_id, issued_before) {
+                self.registry().revoke_client(&app_id, &client_id, issued_before);
             }
         }
         if changed > 0 {

@@ -259,6 +259,8 @@ contract_tests!(
     signing_key_rotation_retires_and_purges,
     markers_are_set_once,
     sql_looking_values_are_stored_literally,
+    client_revocations_keep_the_latest_cutoff,
+    usage_batches_count_once_into_hourly_buckets,
 );
 
 // ---------- REST behaviour, on both stores ----------
@@ -345,7 +347,8 @@ async fn newcomer_flow_mints_a_token_that_verifies_against_the_jwks(store: TestS
     assert_eq!(patched["max_token_ttl_s"], 120);
     let usage = s.get(&format!("/v1/tenants/{tenant_id}/usage"), &admin).await.expect(StatusCode::OK);
     assert_eq!(usage["apps"][0]["app_id"], app_id.as_str());
-    assert_eq!(usage["totals"]["connections"], 0);
+    assert_eq!(usage["totals"]["peak_connections"], 0);
+    assert_eq!(usage["granularity"], "hour");
 
     // TTL above the app maximum is refused, not clamped.
     s.post(&format!("/v1/apps/{app_id}/tokens"), &api_key, json!({ "client_id": "u", "ttl_s": 121 }))

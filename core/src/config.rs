@@ -165,7 +165,8 @@ pub enum ConfigEvent {
 pub struct Registry {
     apps: DashMap<String, Arc<AppConfig>>,
     keys: RwLock<HashMap<String, Arc<VerifyingKey>>>,
-    revoked_keys: DashMap<String, ()>,
+    /// Revoked API key id -> its app id.
+    revoked_keys: DashMap<String, String>,
     revoked_clients: DashMap<(String, String), i64>,
     events: broadcast::Sender<ConfigEvent>,
     version: AtomicU64,
@@ -209,6 +210,21 @@ impl Registry {
     /// The verifying key with this `kid`, if it is (still) trusted.
     pub fn verifying_key(&self, kid: &str) -> Option<Arc<VerifyingKey>> {
         self.keys.read().get(kid).cloned()
+    }
+
+    /// Every trusted verifying key (for snapshots sent to other nodes).
+    pub fn verifying_keys(&self) -> Vec<Arc<VerifyingKey>> {
+        self.keys.read().values().cloned().collect()
+    }
+
+    /// `(app_id, key_id)` of every revoked API key (for snapshots).
+    pub fn revoked_api_keys(&self) -> Vec<(String, String)> {
+        self.revoked_keys.iter().map(|e| (e.value().clone(), e.key().clone())).collect()
+    }
+
+    /// `(app_id, client_id, issued_before)` of every client revocation (for snapshots).
+    pub fn revoked_clients(&self) -> Vec<(String, String, i64)> {
+        self.revoked_clients.iter().map(|e| (e.key().0.clone(), e.key().1.clone(), *e.value())).collect()
     }
 
     /// Is this API key revoked?
@@ -266,7 +282,7 @@ impl Registry {
 
     /// Marks an API key revoked.
     pub fn revoke_api_key(&self, app_id: &str, key_id: &str) {
-        if self.revoked_keys.insert(key_id.to_owned(), ()).is_some() {
+        if self.revoked_keys.insert(key_id.to_owned(), app_id.to_owned()).is_some() {
             return;
         }
         self.emit(ConfigEvent::ApiKeyRevoked { app_id: app_id.to_owned(), key_id: key_id.to_owned() });

@@ -9,7 +9,9 @@ use super::extract::{Json, Query};
 use crate::ControlPlaneState;
 use crate::auth::TenantAdmin;
 use crate::error::Result;
-use crate::service::{ApiKeyCreated, ApiKeyView, CreateApiKey, CreateApp, ListParams, Listing, UpdateApp};
+use crate::service::{
+    ApiKeyCreated, ApiKeyView, ClientRevoked, CreateApiKey, CreateApp, ListParams, Listing, UpdateApp,
+};
 use crate::store::App;
 
 /// Creates an app in the tenant.
@@ -122,4 +124,22 @@ pub async fn revoke_api_key(
 ) -> Result<StatusCode> {
     state.revoke_api_key(&admin, &app_id, &key_id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revokes every connection token of one client of the app issued up to now: its live
+/// connections are closed (4010) and those tokens are refused; tokens minted afterwards work.
+#[utoipa::path(post, path = "/v1/apps/{app_id}/clients/{client_id}/revoke", tag = "keys",
+    security(("tenant_admin" = []), ("operator" = [])),
+    responses(
+        (status = 200, body = ClientRevoked),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn revoke_client(
+    State(state): State<ControlPlaneState>,
+    admin: TenantAdmin,
+    Path((app_id, client_id)): Path<(String, String)>,
+) -> Result<axum::Json<ClientRevoked>> {
+    Ok(axum::Json(state.revoke_client(&admin, &app_id, &client_id).await?))
 }

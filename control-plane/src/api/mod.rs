@@ -35,6 +35,7 @@ pub fn router(state: ControlPlaneState) -> Router {
     let mut router = Router::new()
         // Operator.
         .route("/v1/tenants", post(tenants::create_tenant).get(tenants::list_tenants))
+        .route("/v1/tenants/over-quota", get(tenants::over_quota))
         .route(
             "/v1/tenants/{tenant_id}",
             get(tenants::get_tenant).patch(tenants::update_tenant).delete(tenants::delete_tenant),
@@ -48,6 +49,7 @@ pub fn router(state: ControlPlaneState) -> Router {
         .route("/v1/apps/{app_id}", get(apps::get_app).patch(apps::update_app).delete(apps::delete_app))
         .route("/v1/apps/{app_id}/keys", post(apps::create_api_key).get(apps::list_api_keys))
         .route("/v1/apps/{app_id}/keys/{key_id}", delete(apps::revoke_api_key))
+        .route("/v1/apps/{app_id}/clients/{client_id}/revoke", post(apps::revoke_client))
         // App API key.
         .route("/v1/apps/{app_id}/tokens", post(tokens::issue_token))
         // Public.
@@ -111,8 +113,9 @@ async fn method_not_allowed() -> impl IntoResponse {
     paths(
         tenants::create_tenant, tenants::list_tenants, tenants::get_tenant, tenants::update_tenant,
         tenants::delete_tenant, tenants::create_admin_key, tenants::revoke_admin_key, tenants::tenant_usage,
+        tenants::over_quota,
         apps::create_app, apps::list_apps, apps::get_app, apps::update_app, apps::delete_app,
-        apps::create_api_key, apps::list_api_keys, apps::revoke_api_key,
+        apps::create_api_key, apps::list_api_keys, apps::revoke_api_key, apps::revoke_client,
         tokens::issue_token, tokens::rotate_signing_key, tokens::jwks,
     ),
     components(schemas(aviary_core::problem::Problem, aviary_core::Operation)),

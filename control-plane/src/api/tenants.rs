@@ -11,7 +11,7 @@ use crate::auth::{Operator, TenantAdmin};
 use crate::error::Result;
 use crate::service::{CreateTenant, CreatedSecret, ListParams, Listing, TenantCreated, UpdateTenant};
 use crate::store::Tenant;
-use crate::usage::TenantUsage;
+use crate::usage::{OverQuota, TenantUsage, UsageQuery};
 
 /// Creates a tenant and its first admin key (shown once).
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", security(("operator" = [])),
@@ -105,13 +105,29 @@ pub async fn revoke_admin_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Current usage of a tenant, in total and per app.
+/// Usage of a tenant per app over `[from, to)`, by hour or UTC day, from the figures nodes
+/// report (every reporting interval, 10 s by default).
 #[utoipa::path(get, path = "/v1/tenants/{tenant_id}/usage", tag = "tenants", security(("tenant_admin" = []), ("operator" = [])),
-    responses((status = 200, body = TenantUsage), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    params(UsageQuery),
+    responses(
+        (status = 200, body = TenantUsage),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn tenant_usage(
     State(state): State<ControlPlaneState>,
     admin: TenantAdmin,
     Path(tenant_id): Path<String>,
+    Query(query): Query<UsageQuery>,
 ) -> Result<axum::Json<TenantUsage>> {
-    Ok(axum::Json(state.tenant_usage(&admin, &tenant_id).await?))
+    Ok(axum::Json(state.tenant_usage(&admin, &tenant_id, &query).await?))
+}
+
+/// Tenants over a quota in the current or previous hour: connections (sum of the apps' peaks)
+/// above `max_connections`, or the hour's average publish rate above `max_messages_per_s`.
+#[utoipa::path(get, path = "/v1/tenants/over-quota", tag = "tenants", security(("operator" = [])),
+    responses((status = 200, body = Vec<OverQuota>), (status = 401, body = Problem, content_type = "application/problem+json")))]
+pub async fn over_quota(State(state): State<ControlPlaneState>, _: Operator) -> Result<axum::Json<Vec<OverQuota>>> {
+    Ok(axum::Json(state.over_quota(chrono::Utc::now()).await?))
 }

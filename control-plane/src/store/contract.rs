@@ -2,6 +2,7 @@
 //! (`tests/control_plane.rs` runs each against Postgres in a private schema and against a
 //! fresh SQLite file). Each check starts from an empty, migrated store.
 
+use aviary_core::usage::UsageRecord;
 use aviary_core::{Capabilities, Namespace, Operation, Quotas};
 use chrono::TimeDelta;
 
@@ -258,4 +259,66 @@ pub async fn sql_looking_values_are_stored_literally(store: &dyn Store) {
     assert_eq!(store.app(&a.id).await.unwrap(), Some(a));
     assert_eq!(store.tenant("' OR '1'='1").await.unwrap(), None);
     assert_eq!(store.list_tenants(&PageRequest::first(10)).await.unwrap().items.len(), 1);
+}
+
+/// Client revocations keep the latest cutoff, need an existing app and go with it.
+pub async fn client_revocations_keep_the_latest_cutoff(store: &dyn Store) {
+    let t = seed(store, "clients").await;
+    let a = app(&t.id, "app");
+    store.create_app(&a).await.unwrap();
+    store.revoke_client(&a.id, "user-1", 100).await.unwrap();
+    store.revoke_client(&a.id, "user-1", 50).await.unwrap();
+    store.revoke_client(&a.id, "user-2", 70).await.unwrap();
+    assert_eq!(
+        store.revoked_clients().await.unwrap(),
+        vec![(a.id.clone(), "user-1".to_owned(), 100), (a.id.clone(), "user-2".to_owned(), 70)]
+    );
+    store.revoke_client(&a.id, "user-1", 200).await.unwrap();
+    assert_eq!(store.revoked_clients().await.unwrap()[0].2, 200);
+    assert!(matches!(store.revoke_client("app_missing", "u", 1).await, Err(Error::NotFound(_))));
+    assert!(store.delete_app(&a.id).await.unwrap());
+    assert!(store.revoked_clients().await.unwrap().is_empty());
+}
+
+fn usage(tenant_id: &str, app_id: &str, from_ms: i64, peak: u64, published: u64) -> UsageRecord {
+    UsageRecord {
+        tenant_id: tenant_id.into(),
+        app_id: app_id.into(),
+        from_ms,
+        to_ms: from_ms + 10_000,
+        peak_connections: peak,
+        connection_ms: 60_000,
+        messages_published: published,
+        messages_delivered: published * 3,
+        bytes_in: published * 10,
+        bytes_out: published * 30,
+    }
+}
+
+/// A batch counts once per (node, seq); buckets are hourly and per tenant/app; a bucket's
+/// peak is the sum over nodes of each node's highest peak.
+pub async fn usage_batches_count_once_into_hourly_buckets(store: &dyn Store) {
+    let hour = 1_700_000_000_i64 / 3600 * 3600;
+    let ms = hour * 1000;
+    let first = [usage("ten_a", "app_1", ms, 5, 10), usage("ten_b", "app_9", ms, 1, 1)];
+    assert!(store.record_usage("node-1", 1, &first).await.unwrap());
+    assert!(!store.record_usage("node-1", 1, &first).await.unwrap(), "a retried batch changes nothing");
+    assert!(store.record_usage("node-2", 1, &[usage("ten_a", "app_1", ms + 5_000, 2, 4)]).await.unwrap());
+    // Same node, same hour, lower peak: the node's peak stays 5.
+    assert!(store.record_usage("node-1", 2, &[usage("ten_a", "app_1", ms + 20_000, 3, 1)]).await.unwrap());
+    // Next hour.
+    assert!(store.record_usage("node-1", 3, &[usage("ten_a", "app_1", ms + 3_600_000, 1, 7)]).await.unwrap());
+
+    let got = store.usage_buckets(Some("ten_a"), hour, hour + 7200).await.unwrap();
+    assert_eq!(got.len(), 2);
+    let b = &got[0];
+    assert_eq!((b.app_id.as_str(), b.hour_start), ("app_1", hour));
+    assert_eq!((b.messages_published, b.messages_delivered, b.bytes_in, b.bytes_out), (15, 45, 150, 450));
+    assert_eq!(b.connection_ms, 180_000);
+    assert_eq!(b.peak_connections, 7, "node-1's max (5) + node-2's (2)");
+    assert_eq!((got[1].hour_start, got[1].messages_published, got[1].peak_connections), (hour + 3600, 7, 1));
+
+    assert_eq!(store.usage_buckets(Some("ten_a"), hour + 3600, hour + 7200).await.unwrap().len(), 1, "range");
+    assert_eq!(store.usage_buckets(None, hour, hour + 3600).await.unwrap().len(), 2, "every tenant");
+    assert!(store.usage_buckets(Some("ten_c"), hour, hour + 7200).await.unwrap().is_empty());
 }

@@ -9,6 +9,7 @@
 //! and hash secrets before anything reaches it, so every value it is given is already legal.
 
 use async_trait::async_trait;
+use aviary_core::usage::UsageRecord;
 use aviary_core::{Capabilities, Namespace, Quotas};
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
@@ -111,6 +112,30 @@ impl std::fmt::Debug for SigningKeyRecord {
     }
 }
 
+/// One app's usage during one hour, summed over every node's reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageBucket {
+    pub tenant_id: String,
+    pub app_id: String,
+    /// Start of the hour, Unix seconds (a multiple of 3600).
+    pub hour_start: i64,
+    pub messages_published: u64,
+    pub messages_delivered: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub connection_ms: u64,
+    /// Sum over nodes of each node's peak in the hour: exact with one node, an upper bound with
+    /// several (their peaks need not coincide).
+    pub peak_connections: u64,
+}
+
+/// The hour (Unix seconds) a usage record is counted in: the hour its window starts in.
+/// Windows are short (a reporting interval), so a window straddling an hour boundary puts its
+/// whole count in the earlier hour.
+pub fn usage_hour(record: &UsageRecord) -> i64 {
+    record.from_ms.div_euclid(3_600_000) * 3600
+}
+
 /// Which page of a list to read: records with an id strictly after `after`, at most `limit`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageRequest {
@@ -202,6 +227,23 @@ pub trait Store: Send + Sync + 'static {
     /// `retired_at = new.created_at`, `new` is inserted, and keys retired before
     /// `purge_retired_before` (whose tokens have all expired) are deleted.
     async fn rotate_signing_key(&self, new: &SigningKeyRecord, purge_retired_before: DateTime<Utc>) -> Result<()>;
+
+    /// Records that every token of `client_id` in `app_id` issued at or before `issued_before`
+    /// (Unix seconds) is revoked. A later cutoff replaces an earlier one, never the reverse.
+    /// `NotFound` if the app does not exist; deleting the app deletes its revocations.
+    async fn revoke_client(&self, app_id: &str, client_id: &str, issued_before: i64) -> Result<()>;
+    /// `(app_id, client_id, issued_before)` of every client revocation.
+    async fn revoked_clients(&self) -> Result<Vec<(String, String, i64)>>;
+
+    /// Records one batch of usage a node reported, atomically and at most once: when
+    /// `(node_id, seq)` was recorded before this returns `false` and changes nothing; otherwise
+    /// every record is added into its bucket (`(tenant_id, app_id, usage_hour(record))`:
+    /// counters summed, the node's peak in that hour kept as the maximum it reported) and it
+    /// returns `true`. Counters saturate at `i64::MAX`.
+    async fn record_usage(&self, node_id: &str, seq: u64, records: &[UsageRecord]) -> Result<bool>;
+    /// Usage buckets with `from_hour <= hour_start < to_hour` (Unix seconds), of one tenant or
+    /// (with `None`) of every tenant, ordered by tenant, app, hour.
+    async fn usage_buckets(&self, tenant_id: Option<&str>, from_hour: i64, to_hour: i64) -> Result<Vec<UsageBucket>>;
 
     /// Sets a one-shot marker. `true` if this call set it, `false` if it was already set.
     async fn set_marker(&self, name: &str) -> Result<bool>;

@@ -40,7 +40,21 @@ macro_rules! impl_sql_store {
 
         use crate::error::{Error, Result};
         use crate::store::sql::{classify, from_json, to_json};
-        use crate::store::{AdminKeyRecord, ApiKeyRecord, App, Page, PageRequest, SigningKeyRecord, Store, Tenant};
+        use crate::store::{
+            AdminKeyRecord, ApiKeyRecord, App, Page, PageRequest, SigningKeyRecord, Store, Tenant, UsageBucket,
+            usage_hour,
+        };
+        use aviary_core::usage::UsageRecord;
+
+        /// Counters are `u64` in Rust and `BIGINT` in SQL.
+        fn big(n: u64) -> i64 {
+            i64::try_from(n).unwrap_or(i64::MAX)
+        }
+
+        fn unbig(r: &$row, column: &str) -> Result<u64> {
+            let n: i64 = r.try_get(column)?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        }
 
         async fn insert_admin_key<'e, E: sqlx::Executor<'e, Database = $db>>(
             executor: E,
@@ -404,6 +418,128 @@ macro_rules! impl_sql_store {
                     .await?;
                 tx.commit().await?;
                 Ok(())
+            }
+
+            async fn revoke_client(&self, app_id: &str, client_id: &str, issued_before: i64) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO revoked_clients (app_id, client_id, issued_before) VALUES ($1, $2, $3) \
+                     ON CONFLICT (app_id, client_id) DO UPDATE SET issued_before = \
+                     CASE WHEN excluded.issued_before > revoked_clients.issued_before \
+                     THEN excluded.issued_before ELSE revoked_clients.issued_before END",
+                )
+                .bind(app_id)
+                .bind(client_id)
+                .bind(issued_before)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| classify(e, "client revocation conflict", "app"))?;
+                Ok(())
+            }
+
+            async fn revoked_clients(&self) -> Result<Vec<(String, String, i64)>> {
+                let rows = sqlx::query(
+                    "SELECT app_id, client_id, issued_before FROM revoked_clients ORDER BY app_id, client_id",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("app_id")?, r.try_get("client_id")?, r.try_get("issued_before")?)))
+                    .collect()
+            }
+
+            async fn record_usage(&self, node_id: &str, seq: u64, records: &[UsageRecord]) -> Result<bool> {
+                let seq = i64::try_from(seq).map_err(|_| Error::invalid("seq must fit in 63 bits"))?;
+                let mut tx = self.pool.begin().await?;
+                let fresh = sqlx::query(
+                    "INSERT INTO usage_batches (node_id, seq, received_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (node_id, seq) DO NOTHING",
+                )
+                .bind(node_id)
+                .bind(seq)
+                .bind(crate::store::now().timestamp())
+                .execute(&mut *tx)
+                .await?;
+                if fresh.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                for r in records {
+                    let hour = usage_hour(r);
+                    sqlx::query(
+                        "INSERT INTO usage_hourly (tenant_id, app_id, hour_start, messages_published, \
+                         messages_delivered, bytes_in, bytes_out, connection_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                         ON CONFLICT (tenant_id, app_id, hour_start) DO UPDATE SET \
+                         messages_published = usage_hourly.messages_published + excluded.messages_published, \
+                         messages_delivered = usage_hourly.messages_delivered + excluded.messages_delivered, \
+                         bytes_in = usage_hourly.bytes_in + excluded.bytes_in, \
+                         bytes_out = usage_hourly.bytes_out + excluded.bytes_out, \
+                         connection_ms = usage_hourly.connection_ms + excluded.connection_ms",
+                    )
+                    .bind(&r.tenant_id)
+                    .bind(&r.app_id)
+                    .bind(hour)
+                    .bind(big(r.messages_published))
+                    .bind(big(r.messages_delivered))
+                    .bind(big(r.bytes_in))
+                    .bind(big(r.bytes_out))
+                    .bind(big(r.connection_ms))
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO usage_node_peaks (tenant_id, app_id, hour_start, node_id, peak) \
+                         VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (tenant_id, app_id, hour_start, node_id) DO UPDATE SET peak = \
+                         CASE WHEN excluded.peak > usage_node_peaks.peak THEN excluded.peak \
+                         ELSE usage_node_peaks.peak END",
+                    )
+                    .bind(&r.tenant_id)
+                    .bind(&r.app_id)
+                    .bind(hour)
+                    .bind(node_id)
+                    .bind(big(r.peak_connections))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn usage_buckets(
+                &self,
+                tenant_id: Option<&str>,
+                from_hour: i64,
+                to_hour: i64,
+            ) -> Result<Vec<UsageBucket>> {
+                // `$1 IS NULL` selects every tenant; the peak is the sum of per-node peaks.
+                let rows = sqlx::query(
+                    "SELECT h.tenant_id, h.app_id, h.hour_start, h.messages_published, h.messages_delivered, \
+                     h.bytes_in, h.bytes_out, h.connection_ms, \
+                     CAST(COALESCE((SELECT SUM(p.peak) FROM usage_node_peaks p WHERE p.tenant_id = h.tenant_id \
+                     AND p.app_id = h.app_id AND p.hour_start = h.hour_start), 0) AS BIGINT) AS peak_connections \
+                     FROM usage_hourly h \
+                     WHERE ($1 IS NULL OR h.tenant_id = $1) AND h.hour_start >= $2 AND h.hour_start < $3 \
+                     ORDER BY h.tenant_id, h.app_id, h.hour_start",
+                )
+                .bind(tenant_id)
+                .bind(from_hour)
+                .bind(to_hour)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(UsageBucket {
+                            tenant_id: r.try_get("tenant_id")?,
+                            app_id: r.try_get("app_id")?,
+                            hour_start: r.try_get("hour_start")?,
+                            messages_published: unbig(r, "messages_published")?,
+                            messages_delivered: unbig(r, "messages_delivered")?,
+                            bytes_in: unbig(r, "bytes_in")?,
+                            bytes_out: unbig(r, "bytes_out")?,
+                            connection_ms: unbig(r, "connection_ms")?,
+                            peak_connections: unbig(r, "peak_connections")?,
+                        })
+                    })
+                    .collect()
             }
 
             async fn set_marker(&self, name: &str) -> Result<bool> {
