@@ -733,11 +733,10 @@ async function keysTab(view, app) {
       keys.push(created.key);
       tbody.append(keyRow(created.key));
     } catch (err) {
-      showProblem(err, [[/name/i, $('key-name')], [/capabilit|glob|operation|channel/i, null]], formError);
-      if (/capabilit|glob|operation|channel/i.test(err.detail ?? '')) {
-        capsError.textContent = describe(err);
-        formError.textContent = '';
-      }
+      if (err instanceof SessionEnded) return;
+      // Capability problems belong to the editor as a whole; test them before "name".
+      if (/capabilit|glob|operation|channel/i.test(err.detail ?? '')) capsError.textContent = describe(err);
+      else showProblem(err, [[/name/i, $('key-name')]], formError);
     }
   });
   append(view, [

@@ -160,7 +160,12 @@ test('tenant admin: sign in, apps, keys shown once, live tail, revocation, usage
   await t.test('creates an API key with a capability editor; the secret is shown once', async () => {
     await page.getByRole('link', { name: 'API keys' }).click();
     await page.getByRole('heading', { name: 'New API key' }).waitFor(WAIT);
+    // The API's validation of a glob is shown under the capability editor.
     await page.getByLabel('Name', { exact: true }).fill('backend');
+    await page.getByLabel('Channel glob').fill('shop lobby');
+    await page.getByRole('button', { name: 'Create key' }).click();
+    await page.locator('#caps-error', { hasText: 'capability glob "shop lobby"' }).waitFor(WAIT);
+    assert.equal(await page.locator('#key-name-error').textContent(), '');
     await page.getByLabel('Channel glob').fill('shop:*');
     await page.getByRole('button', { name: 'Add rule' }).click();
     const second = page.locator('.cap-row').nth(1);
