@@ -3,7 +3,7 @@
 //!
 //! The hub is the broker's [`BrokerEvents`] sink. Each publication is encoded once into a
 //! `message` frame ([`encode_message`]) and every subscriber gets a clone of the same
-//! [`Bytes`] handle through a non-blocking `try_send` into its bounded queue. A full queue is
+//! [`Text`] (a `Bytes`) handle through a non-blocking `try_send` into its bounded queue. A full queue is
 //! that connection's problem only: it is closed with 4008 (slow consumer) and the loop moves on.
 //!
 //! A new subscriber starts *buffering*: while its session replays history, live publications
@@ -19,30 +19,29 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use aviary_broker::{Broker, BrokerError, BrokerEvents, ChannelKey, PresenceAction, PresenceMember, Publication};
-use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
-use crate::protocol::{CloseReason, close, encode_message, encode_presence};
+use crate::protocol::{CloseReason, Text, close, encode_message, encode_presence};
 use crate::session::SessionHandle;
 
 /// An item of a connection's outbound queue.
 #[derive(Debug, Clone)]
 pub enum Outbound {
     /// A frame for this connection only (a reply) or a presence event.
-    Frame(Bytes),
+    Frame(Text),
     /// A frame that also tells the transport a channel's position (SSE `subscribed` events,
     /// so resume ids stay in step with what was actually written).
-    Position { channel: Arc<str>, epoch: Arc<str>, offset: u64, frame: Bytes },
+    Position { channel: Arc<str>, epoch: Arc<str>, offset: u64, frame: Text },
     /// A publication's shared `message` frame, with the position transports need (SSE ids,
     /// dedup after replay) and the broker timestamp for the latency histogram.
-    Message { channel: Arc<str>, epoch: Arc<str>, offset: u64, ts: i64, frame: Bytes },
+    Message { channel: Arc<str>, epoch: Arc<str>, offset: u64, ts: i64, frame: Text },
 }
 
 impl Outbound {
-    pub fn message(key: &ChannelKey, p: &Publication, frame: Bytes) -> Self {
+    pub fn message(key: &ChannelKey, p: &Publication, frame: Text) -> Self {
         Outbound::Message { channel: key.channel.clone(), epoch: p.epoch.clone(), offset: p.offset, ts: p.ts, frame }
     }
 }
@@ -243,7 +242,7 @@ impl BrokerEvents for Hub {
     fn on_presence(&self, key: &ChannelKey, action: PresenceAction, member: &PresenceMember) {
         let Some(entry) = self.entry(key) else { return };
         let subscribers = entry.subscribers.read();
-        let mut frame: Option<Bytes> = None;
+        let mut frame: Option<Text> = None;
         for s in subscribers.iter().filter(|s| s.presence) {
             let f = frame.get_or_insert_with(|| encode_presence(&key.channel, action, member));
             s.offer(Outbound::Frame(f.clone()));

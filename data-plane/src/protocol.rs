@@ -10,9 +10,12 @@
 use std::io::Write;
 
 use aviary_broker::{PresenceAction, PresenceMember, Publication, StreamPosition};
-use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+/// A serialized server frame: JSON text, validated as UTF-8 once when it is built, so
+/// transports can hand it to the socket (or clone it per subscriber) without re-checking.
+pub type Text = axum::extract::ws::Utf8Bytes;
 
 /// WebSocket close codes (and the `code` of the `disconnect` frame sent before closing).
 pub mod close {
@@ -55,7 +58,7 @@ impl CloseReason {
     }
 
     /// The `disconnect` frame announcing this close.
-    pub fn frame(&self) -> Bytes {
+    pub fn frame(&self) -> Text {
         #[derive(Serialize)]
         struct Disconnect<'a> {
             #[serde(rename = "type")]
@@ -215,10 +218,10 @@ pub fn parse_client_frame(text: &str) -> Result<(FrameId<'_>, ClientFrame<'_>), 
 // Server -> client
 // ---------------------------------------------------------------------------------------------
 
-fn to_bytes<T: Serialize>(value: &T) -> Bytes {
-    // Serializing our own plain structs to a Vec cannot fail (no maps with non-string keys,
-    // no failing Serialize impls).
-    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+fn to_bytes<T: Serialize>(value: &T) -> Text {
+    // Serializing our own plain structs cannot fail (no maps with non-string keys, no failing
+    // Serialize impls); a String is UTF-8 already, so this costs no validation.
+    Text::from(serde_json::to_string(value).unwrap_or_default())
 }
 
 /// `{"type":"connected",...}`.
@@ -231,7 +234,7 @@ pub struct Connected<'a> {
 }
 
 /// A typed reply: `{"type": kind, "id": id, ...body}`.
-pub fn reply<T: Serialize>(kind: &'static str, id: Option<&RawValue>, body: &T) -> Bytes {
+pub fn reply<T: Serialize>(kind: &'static str, id: Option<&RawValue>, body: &T) -> Text {
     #[derive(Serialize)]
     struct Reply<'a, T> {
         #[serde(rename = "type")]
@@ -245,7 +248,7 @@ pub fn reply<T: Serialize>(kind: &'static str, id: Option<&RawValue>, body: &T) 
 }
 
 /// `{"type":"ok","id":...,...body}`.
-pub fn ok<T: Serialize>(id: Option<&RawValue>, body: &T) -> Bytes {
+pub fn ok<T: Serialize>(id: Option<&RawValue>, body: &T) -> Text {
     reply("ok", id, body)
 }
 
@@ -254,7 +257,7 @@ pub fn ok<T: Serialize>(id: Option<&RawValue>, body: &T) -> Bytes {
 pub struct Empty {}
 
 /// `{"type":"error","id":...,"code":...,"message":...}`.
-pub fn error(id: Option<&RawValue>, code: ErrorCode, message: &str) -> Bytes {
+pub fn error(id: Option<&RawValue>, code: ErrorCode, message: &str) -> Text {
     #[derive(Serialize)]
     struct ErrorBody<'a> {
         code: ErrorCode,
@@ -306,8 +309,8 @@ pub struct PresenceReply<'a> {
 }
 
 /// Writes `s` as a JSON string literal.
-fn write_json_str(out: &mut bytes::buf::Writer<BytesMut>, s: &str) {
-    // Writing a &str into an in-memory buffer cannot fail.
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a &str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
@@ -315,29 +318,37 @@ fn write_json_str(out: &mut bytes::buf::Writer<BytesMut>, s: &str) {
 /// subscriber (WebSocket frames as-is, SSE `data:` lines wrap it).
 ///
 /// `data` is the publication's raw JSON, copied verbatim: it was validated as JSON when it was
-/// published, so the frame stays valid JSON without a parse/serialize round trip.
-pub fn encode_message(channel: &str, p: &Publication) -> Bytes {
+/// published, so the frame stays valid JSON without a parse/serialize round trip. The frame is
+/// checked as UTF-8 here, once, instead of once per subscriber at the socket.
+pub fn encode_message(channel: &str, p: &Publication) -> Text {
     let cap = 96 + channel.len() + p.epoch.len() + p.data.len() + p.client_id.as_deref().map_or(4, str::len);
-    let mut out = BytesMut::with_capacity(cap).writer();
-    let _ = out.write_all(br#"{"type":"message","channel":"#);
+    let mut out = Vec::with_capacity(cap);
+    out.extend_from_slice(br#"{"type":"message","channel":"#);
     write_json_str(&mut out, channel);
-    let _ = out.write_all(br#","epoch":"#);
+    out.extend_from_slice(br#","epoch":"#);
     write_json_str(&mut out, &p.epoch);
     let _ = write!(out, r#","offset":{},"data":"#, p.offset);
-    let _ = out.write_all(&p.data);
-    let _ = out.write_all(br#","client_id":"#);
+    out.extend_from_slice(&p.data);
+    out.extend_from_slice(br#","client_id":"#);
     match p.client_id.as_deref() {
         Some(c) => write_json_str(&mut out, c),
-        None => {
-            let _ = out.write_all(b"null");
-        }
+        None => out.extend_from_slice(b"null"),
     }
     let _ = write!(out, r#","ts":{}}}"#, p.ts);
-    out.into_inner().freeze()
+    match String::from_utf8(out) {
+        Ok(text) => Text::from(text),
+        // Publish paths only store payloads taken from UTF-8 text; anything else is a broker
+        // bug, and an explicit null beats a frame the client cannot decode.
+        Err(_) => {
+            tracing::error!(offset = p.offset, "publication payload is not UTF-8; delivering null data");
+            let null = Publication { data: bytes::Bytes::from_static(b"null"), ..p.clone() };
+            encode_message(channel, &null)
+        }
+    }
 }
 
 /// The `presence` frame for one presence change, encoded once per node like a message.
-pub fn encode_presence(channel: &str, action: PresenceAction, member: &PresenceMember) -> Bytes {
+pub fn encode_presence(channel: &str, action: PresenceAction, member: &PresenceMember) -> Text {
     #[derive(Serialize)]
     struct Presence<'a> {
         #[serde(rename = "type")]
@@ -360,19 +371,19 @@ mod tests {
         let p = Publication {
             offset: 7,
             epoch: Arc::from("e1"),
-            data: Bytes::from_static(br#"{"text":"hi \"there\""}"#),
+            data: bytes::Bytes::from_static(br#"{"text":"hi \"there\""}"#),
             client_id: Some(Arc::from("u\"1")),
             ts: 42,
         };
         let frame = encode_message("chat:lobby", &p);
-        let v: serde_json::Value = serde_json::from_slice(&frame).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"type":"message","channel":"chat:lobby","epoch":"e1","offset":7,
                 "data":{"text":"hi \"there\""},"client_id":"u\"1","ts":42})
         );
         let backend = Publication { client_id: None, ..p };
-        let v: serde_json::Value = serde_json::from_slice(&encode_message("x", &backend)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&encode_message("x", &backend)).unwrap();
         assert_eq!(v["client_id"], serde_json::Value::Null);
     }
 
@@ -395,9 +406,9 @@ mod tests {
     fn replies_flatten_their_body() {
         let id = serde_json::from_str::<&RawValue>("9").unwrap();
         let b = ok(Some(id), &StreamPosition { epoch: "e".into(), offset: 2 });
-        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
         assert_eq!(v, serde_json::json!({"type":"ok","id":9,"epoch":"e","offset":2}));
-        let v: serde_json::Value = serde_json::from_slice(&error(None, ErrorCode::RateLimited, "slow")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&error(None, ErrorCode::RateLimited, "slow")).unwrap();
         assert_eq!(v, serde_json::json!({"type":"error","code":"rate_limited","message":"slow"}));
     }
 }

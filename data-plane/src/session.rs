@@ -23,7 +23,7 @@ use crate::NodeState;
 use crate::error::{Error, Result};
 use crate::hub::{Outbound, Subscriber};
 use crate::metrics::{self, ConnectionMetrics};
-use crate::protocol::{self, ClientFrame, CloseReason, Connected, Empty, ErrorCode, close};
+use crate::protocol::{self, ClientFrame, CloseReason, Connected, Empty, ErrorCode, Text, close};
 use crate::quota::ConnectionPermit;
 
 /// Most publications one `history` command returns, and the page size of a resume replay.
@@ -176,7 +176,7 @@ impl Session {
         }
     }
 
-    async fn send_frame(&self, frame: Bytes) {
+    async fn send_frame(&self, frame: Text) {
         self.send(Outbound::Frame(frame)).await;
     }
 
@@ -239,7 +239,7 @@ impl Session {
     }
 
     /// The `connected` frame for an authenticated session.
-    pub fn connected_frame(&self) -> Option<Bytes> {
+    pub fn connected_frame(&self) -> Option<Text> {
         let auth = self.auth.as_ref()?;
         Some(protocol::reply(
             "connected",
@@ -575,7 +575,7 @@ impl Session {
         channel: &str,
         since: Option<StreamPosition>,
         limit: Option<usize>,
-    ) -> Result<Bytes> {
+    ) -> Result<Text> {
         let (auth, _, _) = self.context(channel)?;
         Self::require(auth, channel, Operation::History)?;
         let key = ChannelKey::new(&auth.app_id, channel);

@@ -30,7 +30,7 @@ use tracing::Instrument;
 
 use crate::error::Error;
 use crate::hub::Outbound;
-use crate::protocol::{self, CloseReason, close};
+use crate::protocol::{self, CloseReason, Text, close};
 use crate::session::{Session, closed};
 use crate::{DataPlane, NodeState};
 
@@ -236,9 +236,9 @@ fn event_head(event: Option<&str>, id: Option<&str>) -> Bytes {
     head.freeze()
 }
 
-async fn write_event(body: &mpsc::Sender<Bytes>, event: Option<&str>, id: Option<&str>, frame: Bytes) -> bool {
+async fn write_event(body: &mpsc::Sender<Bytes>, event: Option<&str>, id: Option<&str>, frame: Text) -> bool {
     body.send(event_head(event, id)).await.is_ok()
-        && body.send(frame).await.is_ok()
+        && body.send(Bytes::from(frame)).await.is_ok()
         && body.send(Bytes::from_static(b"\n\n")).await.is_ok()
 }
 

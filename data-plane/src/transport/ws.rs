@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::http::header::ORIGIN;
@@ -206,21 +206,16 @@ fn is_too_big(e: &axum::Error) -> bool {
 const MAX_BURST: usize = 64;
 
 /// The WebSocket message for a queued item, counting delivered publications.
-fn to_message(item: Outbound, handle: &SessionHandle) -> Option<Message> {
+fn to_message(item: Outbound, handle: &SessionHandle) -> Message {
     match item {
-        Outbound::Frame(frame) | Outbound::Position { frame, .. } => text(frame),
+        Outbound::Frame(frame) | Outbound::Position { frame, .. } => Message::Text(frame),
         Outbound::Message { frame, ts, .. } => {
             if let Some(m) = handle.metrics() {
                 m.delivered(frame.len(), ts);
             }
-            text(frame)
+            Message::Text(frame)
         }
     }
-}
-
-fn text(frame: Bytes) -> Option<Message> {
-    // Every queued frame is serde_json output or JSON copied from a text frame: valid UTF-8.
-    Utf8Bytes::try_from(frame).ok().map(Message::Text)
 }
 
 async fn write_loop(
@@ -238,22 +233,19 @@ async fn write_loop(
         let first = tokio::select! {
             biased;
             _ = closed(&mut closing) => break,
-            _ = ping.tick() => Some(Message::Ping(Bytes::new())),
+            _ = ping.tick() => Message::Ping(Bytes::new()),
             item = rx.recv() => match item {
                 None => break,
                 Some(item) => to_message(item, &handle),
             },
         };
-        let Some(first) = first else { continue };
         // Write what is queued right now as one burst and flush once: under fan-out load this
         // turns one syscall per frame into one per burst.
         let burst = async {
             sink.feed(first).await?;
             for _ in 1..MAX_BURST {
                 let Ok(item) = rx.try_recv() else { break };
-                if let Some(m) = to_message(item, &handle) {
-                    sink.feed(m).await?;
-                }
+                sink.feed(to_message(item, &handle)).await?;
             }
             sink.flush().await
         };
@@ -280,9 +272,7 @@ async fn write_loop(
         return;
     }
     let farewell = async {
-        if let Some(m) = text(reason.frame()) {
-            sink.send(m).await?;
-        }
+        sink.send(Message::Text(reason.frame())).await?;
         sink.send(Message::Close(Some(CloseFrame { code: reason.code, reason: reason.reason.clone().into() }))).await?;
         sink.close().await
     };
