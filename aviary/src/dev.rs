@@ -95,6 +95,7 @@ fn print_banner(http: SocketAddr, grpc: Option<SocketAddr>, operator_token: &str
     println!();
     println!("  Aviary dev is running");
     println!("  demo chat      http://{http}/");
+    println!("  admin console  http://{http}/console   (sign in with the admin key or the operator token)");
     println!("  REST API       http://{http}/v1   (reference: http://{http}/docs)");
     println!("  WebSocket      ws://{http}/v1/connect");
     if let Some(grpc) = grpc {
