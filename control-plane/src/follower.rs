@@ -114,6 +114,8 @@ pub struct FollowerStatus {
     pub version: u64,
     /// Set when the config in force was loaded from the cache file at start.
     pub loaded_from_file: bool,
+    /// Version last written to the cache file (0 before the first write).
+    pub cached_version: u64,
     /// The last connection error, if the last attempt failed.
     pub last_error: Option<String>,
 }
@@ -171,6 +173,7 @@ impl ConfigFollower {
             epoch: String::new(),
             version: 0,
             loaded_from_file: false,
+            cached_version: 0,
             last_error: None,
         });
         let shared = Arc::new(Shared { config, registry, status, dirty: Notify::new() });
@@ -199,7 +202,8 @@ impl ConfigFollower {
         self.wait_until(timeout, FollowerStatus::connected).await
     }
 
-    async fn wait_until(&self, timeout: Duration, ok: impl Fn(&FollowerStatus) -> bool) -> bool {
+    /// Waits until the status satisfies `ok`, at most `timeout`.
+    pub async fn wait_until(&self, timeout: Duration, ok: impl Fn(&FollowerStatus) -> bool) -> bool {
         let mut rx = self.shared.status.subscribe();
         tokio::time::timeout(timeout, rx.wait_for(|s| ok(s))).await.is_ok_and(|r| r.is_ok())
     }
@@ -435,7 +439,10 @@ async fn persist(shared: Arc<Shared>) {
         let dir = shared.config.cache_dir.clone();
         let written = tokio::task::spawn_blocking(move || write_atomically(&dir, &bytes)).await;
         match written {
-            Ok(Ok(())) => tracing::debug!(version, "config cache written"),
+            Ok(Ok(())) => {
+                tracing::debug!(version, "config cache written");
+                shared.status.send_modify(|s| s.cached_version = version);
+            }
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the config cache"),
             Err(e) => tracing::warn!(error = %e, "config cache writer failed"),
         }

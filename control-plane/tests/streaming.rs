@@ -1,0 +1,608 @@
+//! Control plane ↔ data-plane node tests over real sockets: the `Watch` config stream and the
+//! node-side `ConfigFollower` (propagation, revocation, cache file, restarts), the node
+//! credential, `RemoteApiKeyAuthority`, and usage metering (`ReportUsage` idempotency, the usage
+//! API's buckets, granularity and tenant isolation, the over-quota list), on Postgres (a private
+//! schema per test) and SQLite (a file per test).
+//!
+//! A control plane "dies" by closing the TCP proxy nodes reach it through, which cuts every
+//! live stream at once, like a killed process; it "restarts" as a new `ControlPlaneState`
+//! (new epoch) on the same store, behind a proxy on the same port.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aviary_control_plane::follower::{ConfigSource, FollowerConfig};
+use aviary_control_plane::grpc::{ControlPlaneClient, pb};
+use aviary_control_plane::{
+    ConfigFollower, ControlPlaneConfig, ControlPlaneState, GrpcUsageSink, PgStore, RateLimitConfig,
+    RemoteApiKeyAuthority, SqliteStore, Store, UsageReporter,
+};
+use aviary_core::usage::{UsageMeter, UsageRecord};
+use aviary_core::{ApiKeyAuthority, ApiKeyError, Registry};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::postgres::PgConnectOptions;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+const OPERATOR: &str = "operator-secret-for-streaming-tests";
+const NODE_TOKEN: &str = "node-secret-for-streaming-tests";
+const SECOND: Duration = Duration::from_secs(1);
+
+// ---------- fixtures ----------
+
+struct TestStore {
+    store: Arc<dyn Store>,
+    pg_schema: Option<String>,
+    sqlite_file: Option<std::path::PathBuf>,
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        if let Some(schema) = self.pg_schema.clone() {
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                rt.block_on(async {
+                    let store = PgStore::connect(PG_URL).await.ok()?;
+                    let sql = sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+                    sqlx::query(sql).execute(store.pool()).await.ok()
+                })
+            })
+            .join();
+        }
+        if let Some(path) = &self.sqlite_file {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = path.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
+async fn pg_store() -> TestStore {
+    let schema = format!("s_{}", uuid::Uuid::new_v4().simple());
+    let admin = PgStore::connect(PG_URL).await.expect("Postgres at 127.0.0.1:5432 (user postgres, db test)");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(admin.pool()).await.unwrap();
+    admin.pool().close().await;
+    let options: PgConnectOptions = PG_URL.parse().unwrap();
+    let store = PgStore::connect_with(options.options([("search_path", schema.as_str())])).await.unwrap();
+    store.migrate().await.unwrap();
+    TestStore { store: Arc::new(store), pg_schema: Some(schema), sqlite_file: None }
+}
+
+async fn sqlite_store() -> TestStore {
+    let path = std::env::temp_dir().join(format!("aviary-stream-{}.db", uuid::Uuid::new_v4().simple()));
+    let store = SqliteStore::open(&path).await.unwrap();
+    store.migrate().await.unwrap();
+    TestStore { store: Arc::new(store), pg_schema: None, sqlite_file: Some(path) }
+}
+
+/// Forwards `listener`'s connections to `target` until dropped; dropping cuts them all.
+struct Proxy {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    fn start(listener: TcpListener, target: SocketAddr) -> Proxy {
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Proxy { task }
+    }
+
+    /// Closes the listener and every forwarded connection.
+    async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// A running control plane: REST on one port, gRPC behind a proxy on `grpc`.
+struct ControlPlane {
+    state: ControlPlaneState,
+    base: String,
+    grpc: SocketAddr,
+    proxy: Proxy,
+    http: reqwest::Client,
+}
+
+/// Starts a control plane on `store`; its gRPC is reachable at `grpc_at` (or a fresh port).
+async fn start(
+    store: &TestStore,
+    grpc_at: Option<SocketAddr>,
+    tweak: impl FnOnce(&mut ControlPlaneConfig),
+) -> ControlPlane {
+    let mut config = ControlPlaneConfig::new(OPERATOR);
+    config.rate_limits = RateLimitConfig::unlimited();
+    config.node_token = Some(NODE_TOKEN.into());
+    config.watch_heartbeat = Duration::from_millis(500);
+    tweak(&mut config);
+    let state = ControlPlaneState::new(store.store.clone(), Arc::new(Registry::new()), config).await.unwrap();
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = aviary_control_plane::api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_real = grpc_listener.local_addr().unwrap();
+    let routes = aviary_control_plane::grpc::grpc_router(state.clone());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener))
+            .await
+    });
+    let proxy_listener = TcpListener::bind(grpc_at.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())).await.unwrap();
+    let grpc = proxy_listener.local_addr().unwrap();
+    let proxy = Proxy::start(proxy_listener, grpc_real);
+    ControlPlane { state, base: format!("http://{addr}"), grpc, proxy, http: reqwest::Client::new() }
+}
+
+impl ControlPlane {
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, auth: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(auth);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let bytes = resp.bytes().await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    async fn ok(&self, method: reqwest::Method, path: &str, auth: &str, body: Option<Value>) -> Value {
+        let (status, body) = self.call(method, path, auth, body).await;
+        assert!(status.is_success(), "{path}: {status} {body}");
+        body
+    }
+
+    /// Creates a tenant with an app and an API key: (tenant_id, admin_key, app_id, key_id, api_key).
+    async fn tenant(&self, name: &str) -> (String, String, String, String, String) {
+        let t = self.ok(reqwest::Method::POST, "/v1/tenants", OPERATOR, Some(json!({ "name": name }))).await;
+        let tenant_id = t["tenant"]["id"].as_str().unwrap().to_owned();
+        let admin = t["admin_key"]["secret"].as_str().unwrap().to_owned();
+        let app_id = self.create_app(&tenant_id, &admin, "web").await;
+        let key = self
+            .ok(
+                reqwest::Method::POST,
+                &format!("/v1/apps/{app_id}/keys"),
+                &admin,
+                Some(json!({ "name": "backend", "capabilities": { "chat:*": ["subscribe", "publish"] } })),
+            )
+            .await;
+        let key_id = key["key"]["id"].as_str().or(key["id"].as_str()).unwrap().to_owned();
+        (tenant_id, admin, app_id, key_id, key["secret"].as_str().unwrap().to_owned())
+    }
+
+    async fn create_app(&self, tenant_id: &str, admin: &str, name: &str) -> String {
+        let app = self
+            .ok(reqwest::Method::POST, &format!("/v1/tenants/{tenant_id}/apps"), admin, Some(json!({ "name": name })))
+            .await;
+        app["id"].as_str().unwrap().to_owned()
+    }
+}
+
+fn follower_config(cp_endpoint: &str, dir: &std::path::Path) -> FollowerConfig {
+    let mut config = FollowerConfig::new(cp_endpoint, NODE_TOKEN, "node-test", dir);
+    config.stale_after = Duration::from_secs(3);
+    config.connect_timeout = Duration::from_millis(500);
+    config.persist_debounce = Duration::from_millis(20);
+    config.max_backoff = Duration::from_millis(200);
+    config
+}
+
+fn temp_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("aviary-node-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Waits (at most `within`) until `what` holds for `registry`; returns how long it took.
+async fn until(registry: &Registry, within: Duration, what: impl Fn(&Registry) -> bool) -> Duration {
+    let started = Instant::now();
+    let mut events = registry.subscribe();
+    tokio::time::timeout(within, async {
+        while !what(registry) {
+            let _ = events.recv().await;
+        }
+    })
+    .await
+    .expect("the registry reached the expected state in time");
+    started.elapsed()
+}
+
+fn with_auth<T>(message: T, secret: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {secret}").parse().unwrap());
+    request
+}
+
+async fn next_event(stream: &mut tonic::Streaming<pb::WatchEvent>) -> pb::WatchEvent {
+    tokio::time::timeout(SECOND * 3, stream.message()).await.expect("an event in time").unwrap().unwrap()
+}
+
+/// The next event that is not a heartbeat.
+async fn next_change(stream: &mut tonic::Streaming<pb::WatchEvent>) -> pb::WatchEvent {
+    loop {
+        let event = next_event(stream).await;
+        if !matches!(event.event, Some(pb::watch_event::Event::Heartbeat(_))) {
+            return event;
+        }
+    }
+}
+
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::pg_store().await).await; } )*
+        }
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::sqlite_store().await).await; } )*
+        }
+    };
+}
+
+on_both_stores!(
+    watch_sends_a_snapshot_then_numbered_deltas_and_resumes_within_an_epoch,
+    changes_reach_a_follower_within_a_second,
+    follower_restarted_during_an_outage_serves_its_cache_then_catches_up,
+    remote_key_authority_caches_and_forgets_revoked_keys,
+    reported_usage_counts_once_and_is_served_by_hour_and_day,
+    over_quota_lists_tenants_above_their_quotas,
+);
+
+// ---------- config stream ----------
+
+async fn watch_sends_a_snapshot_then_numbered_deltas_and_resumes_within_an_epoch(store: TestStore) {
+    let cp = start(&store, None, |_| {}).await;
+    let (tenant_id, admin, app_id, _, _) = cp.tenant("acme").await;
+    let mut client = ControlPlaneClient::connect(cp.endpoint()).await.unwrap();
+    let watch = |epoch: &str, version: u64| {
+        with_auth(pb::WatchRequest { node_id: "n1".into(), epoch: epoch.into(), version }, NODE_TOKEN)
+    };
+
+    let mut stream = client.watch(watch("", 0)).await.unwrap().into_inner();
+    let first = next_event(&mut stream).await;
+    let epoch = first.epoch.clone();
+    let Some(pb::watch_event::Event::Snapshot(snapshot)) = first.event else { panic!("snapshot first: {first:?}") };
+    assert!(snapshot.apps.iter().any(|a| a.app_id == app_id && a.tenant_id == tenant_id && a.enabled));
+    assert!(!snapshot.keys.is_empty() && snapshot.keys.iter().all(|k| k.public_key.len() == 32));
+
+    let second_app = cp.create_app(&tenant_id, &admin, "second").await;
+    let delta = next_change(&mut stream).await;
+    assert_eq!((delta.epoch.as_str(), delta.version), (epoch.as_str(), first.version + 1));
+    match delta.event {
+        Some(pb::watch_event::Event::Delta(pb::ConfigDelta {
+            change: Some(pb::config_delta::Change::AppChanged(app)),
+        })) => assert_eq!(app.app_id, second_app),
+        other => panic!("expected the new app, got {other:?}"),
+    }
+    drop(stream);
+
+    // A node that saw the snapshot resumes with only what it missed, then sees live deltas.
+    let mut resumed = client.watch(watch(&epoch, first.version)).await.unwrap().into_inner();
+    let missed = next_event(&mut resumed).await;
+    assert_eq!(missed.version, delta.version);
+    assert!(matches!(missed.event, Some(pb::watch_event::Event::Delta(_))), "{missed:?}");
+    let alive = next_event(&mut resumed).await;
+    assert!(matches!(alive.event, Some(pb::watch_event::Event::Heartbeat(_))));
+    cp.ok(reqwest::Method::PATCH, &format!("/v1/apps/{second_app}"), &admin, Some(json!({ "enabled": false }))).await;
+    let live = next_change(&mut resumed).await;
+    assert_eq!(live.version, delta.version + 1);
+
+    // Another epoch (a restarted or different control plane) always gets a snapshot.
+    let mut other = client.watch(watch("some-other-epoch", 3)).await.unwrap().into_inner();
+    let fresh = next_event(&mut other).await;
+    assert!(matches!(fresh.event, Some(pb::watch_event::Event::Snapshot(_))));
+    assert_eq!(fresh.epoch, epoch);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_rpcs_require_the_node_credential() {
+    let store = sqlite_store().await;
+    let cp = start(&store, None, |_| {}).await;
+    let mut client = ControlPlaneClient::connect(cp.endpoint()).await.unwrap();
+    let watch = pb::WatchRequest { node_id: "n".into(), ..Default::default() };
+    let report = pb::ReportUsageRequest { node_id: "n".into(), seq: 1, records: vec![] };
+    let verify = pb::VerifyApiKeyRequest { api_key: "avk_x_y".into() };
+    for secret in ["wrong", OPERATOR] {
+        assert_eq!(
+            client.watch(with_auth(watch.clone(), secret)).await.unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        let refused = client.report_usage(with_auth(report.clone(), secret)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        let refused = client.verify_api_key(with_auth(verify.clone(), secret)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    }
+    let unauthenticated = client.watch(tonic::Request::new(watch.clone())).await.unwrap_err();
+    assert_eq!(unauthenticated.code(), tonic::Code::Unauthenticated);
+    assert!(client.report_usage(with_auth(report.clone(), NODE_TOKEN)).await.unwrap().into_inner().applied);
+
+    // Without a configured node token no credential opens the node RPCs.
+    let closed = start(&store, None, |c| c.node_token = None).await;
+    let mut client = ControlPlaneClient::connect(closed.endpoint()).await.unwrap();
+    assert_eq!(client.watch(with_auth(watch, NODE_TOKEN)).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+}
+
+async fn changes_reach_a_follower_within_a_second(store: TestStore) {
+    let cp = start(&store, None, |_| {}).await;
+    let (tenant_id, admin, app_id, key_id, api_key) = cp.tenant("acme").await;
+    let (_, _, other_app, _, _) = cp.tenant("bystander").await;
+    let node = Arc::new(Registry::new());
+    let dir = temp_dir();
+    let follower = ConfigFollower::start(follower_config(&cp.endpoint(), &dir), node.clone()).unwrap();
+    assert!(follower.wait_connected(SECOND * 3).await, "{:?}", follower.status());
+    assert!(node.app(&app_id).is_some() && node.app(&other_app).is_some(), "snapshot applied");
+
+    // A token minted by the control plane verifies on the node with the streamed keys.
+    let minted = cp
+        .ok(
+            reqwest::Method::POST,
+            &format!("/v1/apps/{app_id}/tokens"),
+            &api_key,
+            Some(json!({ "client_id": "user-1", "ttl_s": 60 })),
+        )
+        .await;
+    aviary_core::token::verify(minted["token"].as_str().unwrap(), &node).expect("verifies on the node");
+
+    let created = Instant::now();
+    let new_app = cp.create_app(&tenant_id, &admin, "fresh").await;
+    let took = until(&node, SECOND, |r| r.app(&new_app).is_some()).await;
+    println!(
+        "config propagation: REST create -> node registry {:?} (after the REST answer: {took:?})",
+        created.elapsed()
+    );
+    assert!(took <= SECOND);
+
+    cp.ok(reqwest::Method::DELETE, &format!("/v1/apps/{app_id}/keys/{key_id}"), &admin, None).await;
+    until(&node, SECOND, |r| r.api_key_revoked(&key_id)).await;
+
+    cp.ok(reqwest::Method::POST, &format!("/v1/apps/{app_id}/clients/user-1/revoke"), &admin, None).await;
+    let now = chrono::Utc::now().timestamp();
+    until(&node, SECOND, |r| r.client_revoked(&app_id, "user-1", now - 1)).await;
+    assert!(!node.client_revoked(&app_id, "user-2", now - 1));
+
+    cp.ok(reqwest::Method::PATCH, &format!("/v1/apps/{app_id}"), &admin, Some(json!({ "enabled": false }))).await;
+    until(&node, SECOND, |r| r.app(&app_id).is_some_and(|a| !a.enabled)).await;
+
+    // Tenant quotas reach live nodes; disabling the tenant disables its apps; deleting removes them.
+    cp.ok(
+        reqwest::Method::PATCH,
+        &format!("/v1/tenants/{tenant_id}"),
+        OPERATOR,
+        Some(json!({ "quotas": { "max_connections": 7, "max_messages_per_s": 5, "max_message_bytes": 1024,
+            "max_subscriptions_per_connection": 8, "max_presence_members": 9 } })),
+    )
+    .await;
+    until(&node, SECOND, |r| r.app(&new_app).is_some_and(|a| a.quotas.max_connections == 7)).await;
+    cp.ok(reqwest::Method::PATCH, &format!("/v1/tenants/{tenant_id}"), OPERATOR, Some(json!({ "enabled": false })))
+        .await;
+    until(&node, SECOND, |r| r.app(&new_app).is_some_and(|a| !a.enabled)).await;
+    cp.ok(reqwest::Method::DELETE, &format!("/v1/tenants/{tenant_id}"), OPERATOR, None).await;
+    until(&node, SECOND, |r| r.app(&new_app).is_none() && r.app(&app_id).is_none()).await;
+    assert!(node.app(&other_app).is_some_and(|a| a.enabled), "other tenants are untouched");
+
+    // A rotated signing key reaches the node before tokens it signs do.
+    cp.ok(reqwest::Method::POST, "/v1/signing-keys/rotate", OPERATOR, None).await;
+    let current = cp.state.registry().verifying_keys().len();
+    until(&node, SECOND, |r| r.verifying_keys().len() == current).await;
+    assert!(follower.status().connected());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn follower_restarted_during_an_outage_serves_its_cache_then_catches_up(store: TestStore) {
+    let cp = start(&store, None, |_| {}).await;
+    let grpc = cp.grpc;
+    let (tenant_id, admin, app_id, key_id, _) = cp.tenant("acme").await;
+    cp.ok(reqwest::Method::DELETE, &format!("/v1/apps/{app_id}/keys/{key_id}"), &admin, None).await;
+    let dir = temp_dir();
+
+    let node = Arc::new(Registry::new());
+    let follower = ConfigFollower::start(follower_config(&cp.endpoint(), &dir), node.clone()).unwrap();
+    assert!(follower.wait_connected(SECOND * 3).await);
+    let version = follower.status().version;
+    assert!(follower.wait_until(SECOND * 3, |s| s.cached_version >= version).await, "cache written");
+    assert!(follower.cache_file().exists());
+
+    // The control plane dies: the running node keeps its config and says it is stale.
+    cp.proxy.kill().await;
+    assert!(follower.wait_until(SECOND * 5, |s| s.source == ConfigSource::Cache).await);
+    assert!(node.app(&app_id).is_some());
+    drop(follower);
+
+    // A node restarted during the outage comes up with the cached config.
+    let restarted = Arc::new(Registry::new());
+    let follower = ConfigFollower::start(follower_config(&format!("http://{grpc}"), &dir), restarted.clone()).unwrap();
+    assert!(follower.wait_for_config(SECOND * 3).await);
+    let status = follower.status();
+    assert_eq!(status.source, ConfigSource::Cache);
+    assert!(status.loaded_from_file);
+    assert!(restarted.app(&app_id).is_some_and(|a| a.enabled));
+    assert!(restarted.api_key_revoked(&key_id), "revocations survive in the cache");
+    assert!(!restarted.verifying_keys().is_empty(), "tokens still verify locally");
+
+    // Meanwhile the control plane comes back (a new process: new epoch) with a change made
+    // while the node was away; the node takes a fresh snapshot.
+    let back = start(&store, Some(grpc), |_| {}).await;
+    let added = back.create_app(&tenant_id, &admin, "added-during-outage").await;
+    back.ok(reqwest::Method::PATCH, &format!("/v1/apps/{app_id}"), &admin, Some(json!({ "enabled": false }))).await;
+    assert!(follower.wait_connected(SECOND * 5).await, "{:?}", follower.status());
+    until(&restarted, SECOND * 2, |r| r.app(&added).is_some() && r.app(&app_id).is_some_and(|a| !a.enabled)).await;
+    let status = follower.status();
+    assert_eq!(status.epoch, back.state.config_log().epoch());
+    assert!(!status.loaded_from_file);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn remote_key_authority_caches_and_forgets_revoked_keys(store: TestStore) {
+    let cp = start(&store, None, |_| {}).await;
+    let (tenant_id, admin, app_id, key_id, api_key) = cp.tenant("acme").await;
+    let node = Arc::new(Registry::new());
+    let dir = temp_dir();
+    let follower = ConfigFollower::start(follower_config(&cp.endpoint(), &dir), node.clone()).unwrap();
+    assert!(follower.wait_connected(SECOND * 3).await);
+    let authority =
+        RemoteApiKeyAuthority::new(&cp.endpoint(), NODE_TOKEN, Duration::from_secs(30), node.clone()).unwrap();
+
+    let verified = authority.verify_api_key(&api_key).await.unwrap();
+    assert_eq!((verified.key_id.as_str(), verified.app_id.as_str()), (key_id.as_str(), app_id.as_str()));
+    assert_eq!(verified.tenant_id, tenant_id);
+    assert_eq!(authority.cached(), 1);
+    assert_eq!(authority.verify_api_key(&api_key).await.unwrap(), verified, "served from the cache");
+    assert_eq!(authority.verify_api_key("avk_forged_secret").await, Err(ApiKeyError::Invalid));
+
+    cp.ok(reqwest::Method::DELETE, &format!("/v1/apps/{app_id}/keys/{key_id}"), &admin, None).await;
+    until(&node, SECOND, |r| r.api_key_revoked(&key_id)).await;
+    assert_eq!(authority.verify_api_key(&api_key).await, Err(ApiKeyError::Invalid));
+    assert_eq!(authority.cached(), 0);
+
+    // Unreachable control plane: not "invalid", so the node answers 503 rather than 401.
+    let (_, _, _, _, other_key) = cp.tenant("other").await;
+    cp.proxy.kill().await;
+    assert_eq!(authority.verify_api_key(&other_key).await, Err(ApiKeyError::Unavailable));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// ---------- usage metering ----------
+
+fn record(tenant_id: &str, app_id: &str, at: chrono::DateTime<chrono::Utc>, published: u64) -> UsageRecord {
+    let from_ms = at.timestamp_millis();
+    UsageRecord {
+        tenant_id: tenant_id.into(),
+        app_id: app_id.into(),
+        from_ms,
+        to_ms: from_ms + 10_000,
+        peak_connections: 4,
+        connection_ms: 120_000,
+        messages_published: published,
+        messages_delivered: published * 2,
+        bytes_in: published * 100,
+        bytes_out: published * 200,
+    }
+}
+
+async fn reported_usage_counts_once_and_is_served_by_hour_and_day(store: TestStore) {
+    let cp = start(&store, None, |_| {}).await;
+    let (tenant_id, admin, app_id, _, _) = cp.tenant("acme").await;
+    let (other_tenant, other_admin, other_app, _, _) = cp.tenant("rival").await;
+    let mut client = ControlPlaneClient::connect(cp.endpoint()).await.unwrap();
+
+    // Two hours of yesterday, over gRPC; the retried batch counts once.
+    let day = chrono::Utc::now().date_naive().pred_opt().unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let h1 = day + chrono::TimeDelta::hours(3);
+    let h2 = day + chrono::TimeDelta::hours(4);
+    let batch = pb::ReportUsageRequest {
+        node_id: "node-a".into(),
+        seq: 1,
+        records: [record(&tenant_id, &app_id, h1, 10), record(&other_tenant, &other_app, h1, 99)]
+            .iter()
+            .map(|r| pb::UsageRecord {
+                tenant_id: r.tenant_id.clone(),
+                app_id: r.app_id.clone(),
+                from_ms: r.from_ms,
+                to_ms: r.to_ms,
+                peak_connections: r.peak_connections,
+                connection_ms: r.connection_ms,
+                messages_published: r.messages_published,
+                messages_delivered: r.messages_delivered,
+                bytes_in: r.bytes_in,
+                bytes_out: r.bytes_out,
+            })
+            .collect(),
+    };
+    assert!(client.report_usage(with_auth(batch.clone(), NODE_TOKEN)).await.unwrap().into_inner().applied);
+    assert!(!client.report_usage(with_auth(batch, NODE_TOKEN)).await.unwrap().into_inner().applied, "retry");
+    // In-process ingestion takes the same path (and is idempotent too).
+    assert!(cp.state.ingest_usage("node-b", 7, &[record(&tenant_id, &app_id, h2, 5)]).await.unwrap());
+    assert!(!cp.state.ingest_usage("node-b", 7, &[record(&tenant_id, &app_id, h2, 5)]).await.unwrap());
+
+    let range =
+        format!("from={}&to={}", day.to_rfc3339(), (day + chrono::TimeDelta::days(1)).to_rfc3339()).replace('+', "%2B");
+    let hourly = cp.ok(reqwest::Method::GET, &format!("/v1/tenants/{tenant_id}/usage?{range}"), &admin, None).await;
+    assert_eq!(hourly["granularity"], "hour");
+    let apps = hourly["apps"].as_array().unwrap();
+    assert_eq!(apps.len(), 1, "only this tenant's apps: {hourly}");
+    let series = apps[0]["series"].as_array().unwrap();
+    assert_eq!(series.len(), 2);
+    assert_eq!(series[0]["messages_published"], 10);
+    assert_eq!(series[0]["messages_delivered"], 20);
+    assert_eq!(series[0]["bytes_in"], 1000);
+    assert_eq!(series[0]["connection_minutes"], 2.0);
+    assert_eq!(series[0]["peak_connections"], 4);
+    assert_eq!(series[1]["messages_published"], 5);
+    assert_eq!(hourly["totals"]["messages_published"], 15);
+
+    let daily = cp
+        .ok(reqwest::Method::GET, &format!("/v1/tenants/{tenant_id}/usage?{range}&granularity=day"), &admin, None)
+        .await;
+    let series = daily["apps"][0]["series"].as_array().unwrap();
+    assert_eq!(series.len(), 1);
+    assert_eq!(series[0]["messages_published"], 15);
+    assert_eq!(series[0]["connection_minutes"], 4.0);
+    assert_eq!(series[0]["peak_connections"], 4, "a day's peak is its highest hour");
+
+    // Tenant isolation: another tenant's admin sees 404, its own figures only.
+    let (status, _) =
+        cp.call(reqwest::Method::GET, &format!("/v1/tenants/{tenant_id}/usage"), &other_admin, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let theirs =
+        cp.ok(reqwest::Method::GET, &format!("/v1/tenants/{other_tenant}/usage?{range}"), &other_admin, None).await;
+    assert_eq!(theirs["totals"]["messages_published"], 99);
+    let (status, _) =
+        cp.call(reqwest::Method::GET, &format!("/v1/tenants/{tenant_id}/usage?granularity=week"), &admin, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // A node's reporter: drains its meter and sends; what was counted arrives exactly.
+    let meter = Arc::new(UsageMeter::new(chrono::Utc::now().timestamp_millis()));
+    let usage = meter.app(&tenant_id, &app_id);
+    usage.published(3, 300);
+    usage.delivered(6, 600);
+    let sink = Arc::new(GrpcUsageSink::new(&cp.endpoint(), NODE_TOKEN).unwrap());
+    let reporter = UsageReporter::spawn(meter.clone(), sink, "node-c".into(), Duration::from_secs(3600));
+    reporter.stop().await;
+    let today = cp.ok(reqwest::Method::GET, &format!("/v1/tenants/{tenant_id}/usage"), &admin, None).await;
+    assert_eq!(today["totals"]["messages_published"], 3);
+    assert_eq!(today["totals"]["messages_delivered"], 6);
+    assert_eq!(today["totals"]["bytes_out"], 600);
+}
+
+async fn over_quota_lists_tenants_above_their_quotas(store: TestStore) {
+    let cp = start(&store, None, |_| {}).await;
+    let (busy, _, busy_app, _, _) = cp.tenant("busy").await;
+    let (calm, _, calm_app, _, _) = cp.tenant("calm").await;
+    cp.ok(
+        reqwest::Method::PATCH,
+        &format!("/v1/tenants/{busy}"),
+        OPERATOR,
+        Some(json!({ "quotas": { "max_connections": 3, "max_messages_per_s": 1000, "max_message_bytes": 1024,
+            "max_subscriptions_per_connection": 8, "max_presence_members": 9 } })),
+    )
+    .await;
+    let now = chrono::Utc::now();
+    cp.state.ingest_usage("n", 1, &[record(&busy, &busy_app, now, 1), record(&calm, &calm_app, now, 1)]).await.unwrap();
+
+    let listed = cp.ok(reqwest::Method::GET, "/v1/tenants/over-quota", OPERATOR, None).await;
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["tenant_id"], busy.as_str());
+    assert_eq!(listed[0]["exceeded"], json!(["connections"]));
+    assert_eq!(listed[0]["peak_connections"], 4);
+    let (status, _) = cp.call(reqwest::Method::GET, "/v1/tenants/over-quota", "avt_not_an_operator", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
