@@ -157,6 +157,8 @@ pub struct Sample {
     pub cpu_pct: f64,
     /// Deliveries per second since the previous sample.
     pub deliveries_per_s: f64,
+    /// CPU used by the bench process itself (the clients), percent of one core.
+    pub client_cpu_pct: f64,
 }
 
 /// Resident set size of a process, KiB (0 if it is gone).
@@ -201,9 +203,14 @@ pub async fn sample(pids: Vec<u32>, stats: Arc<Stats>, every: Duration, stop: Ca
     let began = Instant::now();
     let mut samples = Vec::new();
     let mut last_at = Instant::now();
+    let me = std::process::id();
     let mut last_cpu = total_cpu_ticks(&pids);
+    let mut last_own = cpu_ticks(me);
     let mut last_delivered = stats.delivered();
     let mut tick = tokio::time::interval(every);
+    // A starved runtime must not fire catch-up ticks back to back: tiny intervals would turn
+    // one 10 ms CPU tick into absurd percentages.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tokio::select! {
@@ -213,8 +220,10 @@ pub async fn sample(pids: Vec<u32>, stats: Arc<Stats>, every: Duration, stop: Ca
         let now = Instant::now();
         let dt = now.duration_since(last_at).as_secs_f64().max(1e-6);
         let cpu = total_cpu_ticks(&pids);
+        let own = cpu_ticks(me);
         let delivered = stats.delivered();
         samples.push(Sample {
+            client_cpu_pct: (own.saturating_sub(last_own) as f64 / hz) / dt * 100.0,
             t_s: now.duration_since(began).as_secs_f64(),
             rss_kib: total_rss_kib(&pids),
             cpu_pct: (cpu.saturating_sub(last_cpu) as f64 / hz) / dt * 100.0,
@@ -222,6 +231,7 @@ pub async fn sample(pids: Vec<u32>, stats: Arc<Stats>, every: Duration, stop: Ca
         });
         last_at = now;
         last_cpu = cpu;
+        last_own = own;
         last_delivered = delivered;
     }
     samples
