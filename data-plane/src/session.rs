@@ -640,10 +640,12 @@ impl Session {
             }
         }
         if let Some(reason) = self.handle.close_reason()
-            && let Some(auth) = &self.auth
             && reason.code >= 4000
         {
-            metrics::rejection(&auth.tenant_id, &auth.app_id, disconnect_reason(reason.code));
+            tracing::info!(code = reason.code, reason = %reason.reason, "connection closed by the server");
+            if let Some(auth) = &self.auth {
+                metrics::rejection(&auth.tenant_id, &auth.app_id, disconnect_reason(reason.code));
+            }
         }
         // Release the connection quota now, before the transport says goodbye, so a client
         // that saw its connection end can immediately open a new one.
