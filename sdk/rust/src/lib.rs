@@ -1,0 +1,1 @@
+//! Aviary Rust server SDK (being written).
