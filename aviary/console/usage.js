@@ -32,7 +32,7 @@ function axisLabel(ms, range) {
 }
 
 /** A line chart of `series` (arrays of equal length, one value per period starting at `starts`). */
-function lineChart({ id, title, starts, series, format, range }) {
+function lineChart({ id, title, starts, series, format, range, peak = false }) {
   const W = 600;
   const H = 190;
   const pad = { l: 56, r: 12, t: 12, b: 26 };
@@ -41,7 +41,11 @@ function lineChart({ id, title, starts, series, format, range }) {
   const x = (i) => pad.l + (n <= 1 ? 0 : (i / (n - 1)) * (W - pad.l - pad.r));
   const y = (v) => H - pad.b - (v / max) * (H - pad.t - pad.b);
   const summary = series
-    .map((sr) => `${sr.label}: total ${format(sr.values.reduce((a, b) => a + b, 0))}, highest period ${format(Math.max(0, ...sr.values))}`)
+    .map((sr) =>
+      peak
+        ? `${sr.label}: highest period ${format(Math.max(0, ...sr.values))}`
+        : `${sr.label}: total ${format(sr.values.reduce((a, b) => a + b, 0))}, highest period ${format(Math.max(0, ...sr.values))}`,
+    )
     .join('; ');
   const svg = s(
     'svg',
@@ -62,7 +66,14 @@ function lineChart({ id, title, starts, series, format, range }) {
     {},
     h('figcaption', {}, h('strong', {}, title)),
     svg,
-    h('ul', { class: 'legend' }, series.map((sr, k) => h('li', { class: `k${k + 1}` }, `${sr.label}: ${format(sr.values.reduce((a, b) => a + b, 0))} in total`))),
+    h(
+      'ul',
+      { class: 'legend' },
+      // Peaks do not add up over periods: their legend gives the highest one instead of a sum.
+      series.map((sr, k) =>
+        h('li', { class: `k${k + 1}` }, peak ? `${sr.label}: ${format(Math.max(0, ...sr.values))} at most` : `${sr.label}: ${format(sr.values.reduce((a, b) => a + b, 0))} in total`),
+      ),
+    ),
   );
 }
 
@@ -166,7 +177,7 @@ function zeroNotice(totals) {
 }
 
 function quotaTable(rows) {
-  return h(
+  return h('div', { class: 'table-wrap' }, h(
     'table',
     { id: 'quota-table' },
     h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Limit'), h('th', { scope: 'col', class: 'num' }, 'Used'), h('th', { scope: 'col', class: 'num' }, 'Quota'), h('th', { scope: 'col' }, 'Use'))),
@@ -184,7 +195,7 @@ function quotaTable(rows) {
         ),
       ),
     ),
-  );
+  ));
 }
 
 /** The metered report: quota use, per-app table, three charts. */
@@ -212,7 +223,7 @@ function metered(usage, tenant, names, range) {
         ]),
         h('p', { class: 'hint' }, `Other limits: messages up to ${fmtBytes(q.max_message_bytes)}, ${fmtNumber(q.max_subscriptions_per_connection)} subscriptions per connection, ${fmtNumber(q.max_presence_members)} presence members per channel.`),
       ),
-      h('section', {}, lineChart({ id: 'chart-connections', title: 'Peak concurrent connections', starts, range, format: fmtNumber, series: [{ label: 'Peak connections', values: peaks }] })),
+      h('section', {}, lineChart({ id: 'chart-connections', title: 'Peak concurrent connections', starts, range, peak: true, format: fmtNumber, series: [{ label: 'Peak connections', values: peaks }] })),
     ),
     h(
       'section',

@@ -341,6 +341,11 @@ test('tenant admin: sign in, apps, keys shown once, live tail, revocation, usage
     await page.locator('.tabs a[aria-current="page"]', { hasText: 'Last 24 hours' }).waitFor(WAIT);
     await screenshot(page, 'console-usage');
     assert.deepEqual(await a11yProblems(page), [], 'accessibility of console-usage');
+    // On a phone-sized screen nothing overflows sideways (wide tables scroll inside their box).
+    await page.setViewportSize({ width: 390, height: 800 });
+    assert.ok((await page.evaluate(() => document.documentElement.scrollWidth)) <= 390, 'no horizontal overflow at 390 px');
+    await screenshot(page, 'console-usage-narrow');
+    await page.setViewportSize({ width: 1280, height: 900 });
     await loadContext.close();
   });
 
