@@ -39,19 +39,32 @@ pub fn grpc_service(state: ControlPlaneState) -> ControlPlaneServer<ControlPlane
 
 /// The service as routes (`Server::builder().add_routes(grpc_router(state))`), with the same
 /// per-IP and per-credential rate limits and message size limit as REST.
+///
+/// The node RPCs (`Watch`, `VerifyApiKey`, `ReportUsage`) skip the per-credential bucket: every
+/// node presents the same node token, so one bucket would throttle the whole fleet together.
+/// They keep the per-IP bucket.
 pub fn grpc_router(state: ControlPlaneState) -> tonic::service::Routes {
     let limits = state.config().rate_limits;
     let max_message = state.config().body_limit_bytes;
     let service = grpc_service(state).max_decoding_message_size(max_message);
-    let mut router = tonic::service::Routes::new(service).into_axum_router();
+    let mut router = tonic::service::Routes::new(service.clone()).into_axum_router();
     if let Some(per_key) = limiter(Credential, limits.per_key_per_s, limits.per_key_burst) {
         router = router.layer(GovernorLayer::new(per_key).error_handler(grpc_refusal));
     }
+    let mut nodes = axum::Router::new();
+    for method in NODE_METHODS {
+        nodes = nodes.route_service(&format!("/aviary.v1.ControlPlane/{method}"), service.clone());
+    }
+    // Exact paths win over the service's wildcard route.
+    router = router.merge(nodes);
     if let Some(per_ip) = limiter(PeerIp, limits.per_ip_per_s, limits.per_ip_burst) {
         router = router.layer(GovernorLayer::new(per_ip).error_handler(grpc_refusal));
     }
     tonic::service::Routes::from(router.layer(axum::middleware::from_fn(observe)))
 }
+
+/// RPCs called by data-plane nodes with the node credential.
+const NODE_METHODS: [&str; 3] = ["Watch", "VerifyApiKey", "ReportUsage"];
 
 /// The RPCs of the service, the only method labels metrics use (bounded cardinality).
 const METHODS: [&str; 8] =

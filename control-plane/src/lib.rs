@@ -149,10 +149,20 @@ impl ControlPlaneState {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
+            let mut pruned_at: Option<std::time::Instant> = None;
             loop {
                 tick.tick().await;
                 let Some(inner) = inner.upgrade() else { return };
                 let state = ControlPlaneState { inner };
+                if pruned_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(3600)) {
+                    pruned_at = Some(std::time::Instant::now());
+                    let before = (chrono::Utc::now() - usage::BATCH_ID_RETENTION).timestamp();
+                    match state.store().prune_usage_batches(before).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(forgotten = n, "old usage batch ids pruned"),
+                        Err(e) => tracing::warn!(error = %e, "could not prune usage batch ids"),
+                    }
+                }
                 if let Err(e) = state.keyring().reload().await {
                     tracing::warn!(error = %e, "could not reload signing keys");
                 }

@@ -25,6 +25,8 @@ use crate::store::{Tenant, UsageBucket};
 
 /// Most records one batch may carry (a node reports one per active app per interval).
 pub const MAX_RECORDS_PER_BATCH: usize = 10_000;
+/// How long batch ids are kept for deduplication; nodes retry for at most an hour.
+pub const BATCH_ID_RETENTION: TimeDelta = TimeDelta::days(7);
 /// Longest range one usage query may cover.
 pub const MAX_RANGE_DAYS: i64 = 400;
 
@@ -190,7 +192,6 @@ impl ControlPlaneState {
                 metrics::counter!("aviary_usage_bytes_in_total", &labels).increment(sat(r.bytes_in));
                 metrics::counter!("aviary_usage_bytes_out_total", &labels).increment(sat(r.bytes_out));
                 metrics::counter!("aviary_usage_connection_seconds_total", &labels).increment(r.connection_ms / 1000);
-                metrics::gauge!("aviary_usage_peak_connections", &labels).set(r.peak_connections as f64);
             }
         } else {
             tracing::debug!(node_id, seq, "usage batch already recorded");

@@ -315,7 +315,12 @@ async fn watch_sends_a_snapshot_then_numbered_deltas_and_resumes_within_an_epoch
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_rpcs_require_the_node_credential() {
     let store = sqlite_store().await;
-    let cp = start(&store, None, |_| {}).await;
+    // One request per second per credential: node RPCs, which share one token across the fleet,
+    // must not be throttled by it.
+    let cp = start(&store, None, |c| {
+        c.rate_limits = RateLimitConfig { per_ip_per_s: 0, per_ip_burst: 0, per_key_per_s: 1, per_key_burst: 1 }
+    })
+    .await;
     let mut client = ControlPlaneClient::connect(cp.endpoint()).await.unwrap();
     let watch = pb::WatchRequest { node_id: "n".into(), ..Default::default() };
     let report = pb::ReportUsageRequest { node_id: "n".into(), seq: 1, records: vec![] };
@@ -333,6 +338,13 @@ async fn node_rpcs_require_the_node_credential() {
     let unauthenticated = client.watch(tonic::Request::new(watch.clone())).await.unwrap_err();
     assert_eq!(unauthenticated.code(), tonic::Code::Unauthenticated);
     assert!(client.report_usage(with_auth(report.clone(), NODE_TOKEN)).await.unwrap().into_inner().applied);
+    for _ in 0..3 {
+        assert!(!client.report_usage(with_auth(report.clone(), NODE_TOKEN)).await.unwrap().into_inner().applied);
+    }
+    let listing = pb::ListAppsRequest { tenant_id: "t".into(), ..Default::default() };
+    let _ = client.list_apps(with_auth(listing.clone(), OPERATOR)).await;
+    let throttled = client.list_apps(with_auth(listing, OPERATOR)).await.unwrap_err();
+    assert_eq!(throttled.code(), tonic::Code::ResourceExhausted, "backend RPCs keep their per-key bucket");
 
     // Without a configured node token no credential opens the node RPCs.
     let closed = start(&store, None, |c| c.node_token = None).await;

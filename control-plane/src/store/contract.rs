@@ -321,4 +321,8 @@ pub async fn usage_batches_count_once_into_hourly_buckets(store: &dyn Store) {
     assert_eq!(store.usage_buckets(Some("ten_a"), hour + 3600, hour + 7200).await.unwrap().len(), 1, "range");
     assert_eq!(store.usage_buckets(None, hour, hour + 3600).await.unwrap().len(), 2, "every tenant");
     assert!(store.usage_buckets(Some("ten_c"), hour, hour + 7200).await.unwrap().is_empty());
+
+    assert_eq!(store.prune_usage_batches(now().timestamp() - 60).await.unwrap(), 0, "recent ids are kept");
+    assert_eq!(store.prune_usage_batches(now().timestamp() + 60).await.unwrap(), 4);
+    assert!(store.record_usage("node-1", 1, &[]).await.unwrap(), "a forgotten id is new again");
 }

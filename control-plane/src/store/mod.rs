@@ -241,6 +241,10 @@ pub trait Store: Send + Sync + 'static {
     /// counters summed, the node's peak in that hour kept as the maximum it reported) and it
     /// returns `true`. Counters saturate at `i64::MAX`.
     async fn record_usage(&self, node_id: &str, seq: u64, records: &[UsageRecord]) -> Result<bool>;
+    /// Forgets the ids of batches received before `before` (Unix seconds): retries of those
+    /// would count again, so callers keep far more than a node's retry horizon. Returns how
+    /// many were forgotten. Buckets are kept.
+    async fn prune_usage_batches(&self, before: i64) -> Result<u64>;
     /// Usage buckets with `from_hour <= hour_start < to_hour` (Unix seconds), of one tenant or
     /// (with `None`) of every tenant, ordered by tenant, app, hour.
     async fn usage_buckets(&self, tenant_id: Option<&str>, from_hour: i64, to_hour: i64) -> Result<Vec<UsageBucket>>;

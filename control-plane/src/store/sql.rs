@@ -504,6 +504,14 @@ macro_rules! impl_sql_store {
                 Ok(true)
             }
 
+            async fn prune_usage_batches(&self, before: i64) -> Result<u64> {
+                let done = sqlx::query("DELETE FROM usage_batches WHERE received_at < $1")
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
             async fn usage_buckets(
                 &self,
                 tenant_id: Option<&str>,
