@@ -10,6 +10,7 @@ export const OPERATIONS = ['subscribe', 'publish', 'presence', 'history'];
 
 // ---- session ------------------------------------------------------------------------------------
 
+/** The signed-in credential `{ kind: 'tenant' | 'operator', token, tenantId?, tenantName? }`, or null. */
 export function loadSession() {
   try {
     const session = JSON.parse(sessionStorage.getItem(SESSION_KEY) ?? 'null');
@@ -23,6 +24,7 @@ export function saveSession(session) {
   sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
 }
 
+/** The console's own API key `{ id, secret }` for `appId` (made by the Live tab), or null. */
 export function appKey(appId) {
   try {
     return JSON.parse(sessionStorage.getItem(APP_KEY_PREFIX + appId) ?? 'null');
@@ -36,6 +38,7 @@ export function setAppKey(appId, key) {
   else sessionStorage.removeItem(APP_KEY_PREFIX + appId);
 }
 
+/** Every `[appId, key]` the console made in this tab: revoked on sign-out. */
 export function consoleKeys() {
   const keys = [];
   for (let i = 0; i < sessionStorage.length; i += 1) {
@@ -61,6 +64,7 @@ export class ApiError extends Error {
 /** Raised after the admin credential was refused: the console has already signed out. */
 export class SessionEnded extends Error {}
 
+/** One sentence for the user about `err` (the problem's detail, with context for 429 and 5xx). */
 export function describe(err) {
   if (err instanceof ApiError) {
     if (err.status === 0) return err.detail;
@@ -133,6 +137,7 @@ export async function listAll(path) {
 /** The tenant id of a session that just ended (not a secret), to prefill the sign-in form. */
 export let lastTenantId = '';
 
+/** Forgets the refused credential and shows the sign-in view with an explanation. */
 export function signOutExpired() {
   lastTenantId = loadSession()?.tenantId ?? '';
   sessionStorage.clear();
