@@ -11,6 +11,10 @@
 //!   REST and gRPC so both apply the same rules.
 //! - [`sync`]: mirrors the store into the `aviary_core::Registry` the data plane reads.
 //! - [`api`]: the REST surface (`router()`, `openapi()`); [`grpc`]: `aviary.v1.ControlPlane`.
+//! - [`watch`]: the numbered change log behind the `Watch` config stream nodes follow.
+//! - [`usage`]: usage ingestion, the usage series API and the over-quota rule.
+//! - Node side (run inside data-plane processes): [`follower`] (`ConfigFollower`,
+//!   `RemoteApiKeyAuthority`) and [`reporter`] (`UsageReporter`).
 //!
 //! Invariants: after any successful mutation returns, this process's registry already reflects
 //! it, so an in-process data plane (`aviary dev`) never sees a revoked key or a deleted app as
@@ -21,6 +25,9 @@
 //! with `into_make_service_with_connect_info::<SocketAddr>()` (per-IP limits need the peer),
 //! add [`grpc::grpc_router`] to a tonic server, hand [`ControlPlaneState::api_key_authority`]
 //! and [`ControlPlaneState::registry`] to the data plane, and install a `metrics` recorder.
+//! Separate data-plane processes instead run a [`ConfigFollower`] into their own registry, a
+//! [`RemoteApiKeyAuthority`] and a [`UsageReporter`] with a [`GrpcUsageSink`]; `aviary dev`
+//! reports usage in process (`ControlPlaneState` is a [`UsageSink`]).
 
 use std::path::Path;
 use std::sync::Arc;

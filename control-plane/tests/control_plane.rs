@@ -855,6 +855,8 @@ async fn openapi_documents_every_route_and_security_scheme() {
         "/v1/apps/{app_id}/keys",
         "/v1/apps/{app_id}/keys/{key_id}",
         "/v1/apps/{app_id}/tokens",
+        "/v1/apps/{app_id}/clients/{client_id}/revoke",
+        "/v1/tenants/over-quota",
         "/v1/signing-keys/rotate",
         "/.well-known/jwks.json",
     ] {
@@ -862,6 +864,15 @@ async fn openapi_documents_every_route_and_security_scheme() {
     }
     for scheme in ["operator", "tenant_admin", "api_key"] {
         assert!(doc["components"]["securitySchemes"].get(scheme).is_some(), "{scheme} documented");
+    }
+    let usage_params: Vec<&str> = doc["paths"]["/v1/tenants/{tenant_id}/usage"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for name in ["tenant_id", "from", "to", "granularity"] {
+        assert!(usage_params.contains(&name), "usage parameter {name} documented: {usage_params:?}");
     }
 }
 
