@@ -40,7 +40,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 pub use error::Error;
-pub use quota::{LocalQuotas, QuotaEnforcer};
+pub use quota::{ClusterQuotas, LocalQuotas, QuotaEnforcer};
 
 use crate::hub::Hub;
 use crate::protocol::{CloseReason, close};

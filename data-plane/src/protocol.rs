@@ -23,6 +23,9 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     /// A frame exceeded the size limit.
     pub const TOO_BIG: u16 = 1009;
+    /// Try again later: the node could not admit the connection now (its quota store is
+    /// unreachable). Reconnect with backoff.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// Protocol error: repeated malformed frames, no `connect` in time, missed heartbeats.
     pub const PROTOCOL_ERROR: u16 = 4000;
     /// The token is invalid (bad signature, unknown key, malformed, wrong claims).
@@ -53,7 +56,8 @@ impl CloseReason {
     pub fn new(code: u16, reason: impl Into<String>) -> Self {
         // Whether a client should reconnect on its own follows from the code: only transient,
         // server-side conditions invite an automatic retry.
-        let reconnect = matches!(code, close::GOING_AWAY | close::SLOW_CONSUMER | close::TOKEN_EXPIRED);
+        let reconnect =
+            matches!(code, close::GOING_AWAY | close::TRY_AGAIN_LATER | close::SLOW_CONSUMER | close::TOKEN_EXPIRED);
         CloseReason { code, reason: reason.into(), reconnect }
     }
 

@@ -1,54 +1,100 @@
 //! Per-tenant (and per-app) admission: connection counts and message-rate token buckets.
 //!
-//! [`QuotaEnforcer`] is the seam: [`LocalQuotas`] counts what this node sees, which is exact
-//! for `aviary dev` and a per-node approximation in a cluster; the Redis engine (issue 5)
-//! provides a cluster-wide implementation behind the same trait. Connections and message rate
-//! count tenant-wide (`AppConfig::tenant_quotas`) *and* per app (`AppConfig::quotas`, already
-//! the tighter of the two), so one noisy app cannot starve its siblings beyond its own limit.
+//! [`QuotaEnforcer`] is the seam. [`LocalQuotas`] counts what this node sees: exact for
+//! `aviary dev`, wrong in a cluster (each node would admit the full quota). [`ClusterQuotas`]
+//! keeps the counts in Redis through [`aviary_broker::quota::RedisQuotas`], so the limits
+//! hold across every node sharing that Redis. Connections and message rate count tenant-wide
+//! (`AppConfig::tenant_quotas`) *and* per app (`AppConfig::quotas`, already the tighter of
+//! the two), so one noisy app cannot starve its siblings beyond its own limit.
+//!
+//! # When the quota store is unavailable
+//! An enforcer that cannot decide returns [`Error::Unavailable`](crate::Error::Unavailable); it never admits blindly.
+//! - A new connection is refused with a retryable answer: WebSocket `disconnect` with close
+//!   code 1013 (try again later) and `reconnect: true`; SSE `503` with `Retry-After`. Open
+//!   connections are untouched: they were admitted and stay counted locally, and the Redis
+//!   enforcer re-asserts this node's exact counts when Redis returns.
+//! - A publish is answered `internal` (WebSocket) or `503` (REST), retryable with the same
+//!   idempotency key. With the Redis engine the broker shares the outage anyway, so the
+//!   publish could not have been accepted.
+//!
+//! A [`ConnectionPermit`] releases its slot when [`ConnectionPermit::release`] is awaited (the
+//! session does this before saying goodbye, so a client that saw its connection close can
+//! open a new one on any node at once) or, as a fallback, in the background when dropped.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use async_trait::async_trait;
+use aviary_broker::quota::RedisQuotas;
 use aviary_core::AppConfig;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-/// Decides admission; must be cheap and never block (it is called on the message path).
+use crate::error::Result;
+
+/// Decides admission. Called on the connect and publish paths, so implementations answer in
+/// one round trip at most and never wait on anything unbounded.
+#[async_trait]
 pub trait QuotaEnforcer: Send + Sync + 'static {
-    /// Counts a new connection for the app and its tenant, or refuses it when either is at its
-    /// `max_connections`. A granted connection must be released with
-    /// [`QuotaEnforcer::release_connection`] (use [`ConnectionPermit`]).
-    fn try_acquire_connection(&self, app: &AppConfig) -> bool;
+    /// Counts a new connection for the app and its tenant: `Ok(false)` when either is at its
+    /// `max_connections`, [`Error::Unavailable`](crate::Error::Unavailable) when the decision cannot be made. A granted
+    /// connection must be released with [`QuotaEnforcer::release_connection`] (use
+    /// [`ConnectionPermit`]).
+    async fn try_acquire_connection(&self, app: &AppConfig) -> Result<bool>;
 
-    /// Forgets a connection counted by `try_acquire_connection`.
-    fn release_connection(&self, tenant_id: &str, app_id: &str);
+    /// Forgets a connection counted by `try_acquire_connection`. Failures are the
+    /// implementation's to retry; the caller has nothing better to do.
+    async fn release_connection(&self, tenant_id: &str, app_id: &str);
 
-    /// Takes `n` messages from the app's and tenant's per-second budgets; `false` (taking
+    /// Takes `n` messages from the app's and tenant's per-second budgets: `Ok(false)` (taking
     /// nothing) when either budget lacks `n` tokens.
-    fn try_acquire_messages(&self, app: &AppConfig, n: u32) -> bool;
+    async fn try_acquire_messages(&self, app: &AppConfig, n: u32) -> Result<bool>;
 }
 
-/// Releases a counted connection when dropped, whatever path ends the connection.
+/// A counted connection. Release it with [`ConnectionPermit::release`]; a permit dropped
+/// without that is released by a background task.
 pub struct ConnectionPermit {
     quotas: Arc<dyn QuotaEnforcer>,
     tenant_id: String,
     app_id: String,
+    released: bool,
+}
+
+impl std::fmt::Debug for ConnectionPermit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionPermit").field("tenant_id", &self.tenant_id).field("app_id", &self.app_id).finish()
+    }
 }
 
 impl ConnectionPermit {
-    /// Acquires a permit for `app`, or `None` when a connection quota is exhausted.
-    pub fn acquire(quotas: &Arc<dyn QuotaEnforcer>, app: &AppConfig) -> Option<Self> {
-        quotas.try_acquire_connection(app).then(|| ConnectionPermit {
+    /// Acquires a permit for `app`: `Ok(None)` when a connection quota is exhausted.
+    pub async fn acquire(quotas: &Arc<dyn QuotaEnforcer>, app: &AppConfig) -> Result<Option<Self>> {
+        Ok(quotas.try_acquire_connection(app).await?.then(|| ConnectionPermit {
             quotas: quotas.clone(),
             tenant_id: app.tenant_id.clone(),
             app_id: app.app_id.clone(),
-        })
+            released: false,
+        }))
+    }
+
+    /// Releases the slot and waits until the enforcer has applied it.
+    pub async fn release(mut self) {
+        self.released = true;
+        self.quotas.release_connection(&self.tenant_id, &self.app_id).await;
     }
 }
 
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
-        self.quotas.release_connection(&self.tenant_id, &self.app_id);
+        if self.released {
+            return;
+        }
+        let (quotas, tenant_id, app_id) =
+            (self.quotas.clone(), std::mem::take(&mut self.tenant_id), std::mem::take(&mut self.app_id));
+        // Outside a runtime (process teardown) there is nothing left to release into.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { quotas.release_connection(&tenant_id, &app_id).await });
+        }
     }
 }
 
@@ -95,8 +141,8 @@ impl LocalQuotas {
     }
 }
 
-impl QuotaEnforcer for LocalQuotas {
-    fn try_acquire_connection(&self, app: &AppConfig) -> bool {
+impl LocalQuotas {
+    fn acquire_connection(&self, app: &AppConfig) -> bool {
         let tenant_key = format!("t:{}", app.tenant_id);
         let app_key = format!("a:{}", app.app_id);
         // Take the tenant slot first, then the app slot, undoing the first if the second fails.
@@ -124,7 +170,7 @@ impl QuotaEnforcer for LocalQuotas {
         admitted
     }
 
-    fn release_connection(&self, tenant_id: &str, app_id: &str) {
+    fn release(&self, tenant_id: &str, app_id: &str) {
         for key in [format!("t:{tenant_id}"), format!("a:{app_id}")] {
             self.connections.remove_if_mut(&key, |_, n| {
                 *n = n.saturating_sub(1);
@@ -133,7 +179,7 @@ impl QuotaEnforcer for LocalQuotas {
         }
     }
 
-    fn try_acquire_messages(&self, app: &AppConfig, n: u32) -> bool {
+    fn acquire_messages(&self, app: &AppConfig, n: u32) -> bool {
         let now = Instant::now();
         let tenant_key = format!("t:{}", app.tenant_id);
         let app_key = format!("a:{}", app.app_id);
@@ -145,6 +191,80 @@ impl QuotaEnforcer for LocalQuotas {
         }
         self.bucket_take(tenant_key, app.tenant_quotas.max_messages_per_s, n, now, true)
             && self.bucket_take(app_key, app.quotas.max_messages_per_s, n, now, true)
+    }
+}
+
+#[async_trait]
+impl QuotaEnforcer for LocalQuotas {
+    async fn try_acquire_connection(&self, app: &AppConfig) -> Result<bool> {
+        Ok(self.acquire_connection(app))
+    }
+
+    async fn release_connection(&self, tenant_id: &str, app_id: &str) {
+        self.release(tenant_id, app_id);
+    }
+
+    async fn try_acquire_messages(&self, app: &AppConfig, n: u32) -> Result<bool> {
+        Ok(self.acquire_messages(app, n))
+    }
+}
+
+/// Cluster-wide quotas: every node sharing the Redis instances (and the prefix) counts
+/// against the same limits. A node that crashes stops counting within
+/// [`RedisQuotas::node_ttl`] (30 s by default).
+#[derive(Debug)]
+pub struct ClusterQuotas {
+    redis: RedisQuotas,
+}
+
+impl ClusterQuotas {
+    /// Quotas over the same Redis URLs and key prefix as the node's
+    /// [`aviary_broker::redis::RedisBroker`] (tenants are sharded over the URLs by consistent
+    /// hashing). Connects lazily, so this succeeds while Redis is down; admissions then fail
+    /// with [`Error::Unavailable`](crate::Error::Unavailable). Must be called inside a Tokio runtime.
+    pub fn new(redis_urls: &[String], prefix: &str) -> Result<Self> {
+        Ok(ClusterQuotas { redis: RedisQuotas::new(redis_urls, prefix)? })
+    }
+
+    /// Wraps an existing [`RedisQuotas`] (e.g. one built with a custom node TTL).
+    pub fn from_redis(redis: RedisQuotas) -> Self {
+        ClusterQuotas { redis }
+    }
+}
+
+#[async_trait]
+impl QuotaEnforcer for ClusterQuotas {
+    async fn try_acquire_connection(&self, app: &AppConfig) -> Result<bool> {
+        Ok(self
+            .redis
+            .try_acquire_connection(
+                &app.tenant_id,
+                &app.app_id,
+                app.tenant_quotas.max_connections,
+                app.quotas.max_connections,
+            )
+            .await?)
+    }
+
+    async fn release_connection(&self, tenant_id: &str, app_id: &str) {
+        // A release Redis did not acknowledge is kept by RedisQuotas and retried by its
+        // heartbeat, so there is nothing to do with the error but note it.
+        if let Err(e) = self.redis.release_connection(tenant_id, app_id).await {
+            tracing::debug!(tenant_id, app_id, error = %e, "connection release deferred to the quota heartbeat");
+        }
+    }
+
+    async fn try_acquire_messages(&self, app: &AppConfig, n: u32) -> Result<bool> {
+        Ok(self
+            .redis
+            .try_acquire_messages(
+                &app.tenant_id,
+                &app.app_id,
+                app.tenant_quotas.max_messages_per_s,
+                app.quotas.max_messages_per_s,
+                n,
+            )
+            .await?)
     }
 }
 
@@ -168,25 +288,29 @@ mod tests {
         }
     }
 
-    #[test]
-    fn connections_count_per_app_and_per_tenant() {
+    async fn permit(q: &Arc<dyn QuotaEnforcer>, app: &AppConfig) -> Option<ConnectionPermit> {
+        ConnectionPermit::acquire(q, app).await.expect("local quotas always decide")
+    }
+
+    #[tokio::test]
+    async fn connections_count_per_app_and_per_tenant() {
         let q: Arc<dyn QuotaEnforcer> = Arc::new(LocalQuotas::new());
         let a = app("a", 3, 2, 10);
         let b = app("b", 3, 2, 10);
-        let p1 = ConnectionPermit::acquire(&q, &a).unwrap();
-        let _p2 = ConnectionPermit::acquire(&q, &a).unwrap();
-        assert!(ConnectionPermit::acquire(&q, &a).is_none(), "app limit");
-        let _p3 = ConnectionPermit::acquire(&q, &b).unwrap();
-        assert!(ConnectionPermit::acquire(&q, &b).is_none(), "tenant limit");
-        drop(p1);
-        assert!(ConnectionPermit::acquire(&q, &b).is_some());
+        let p1 = permit(&q, &a).await.unwrap();
+        let _p2 = permit(&q, &a).await.unwrap();
+        assert!(permit(&q, &a).await.is_none(), "app limit");
+        let _p3 = permit(&q, &b).await.unwrap();
+        assert!(permit(&q, &b).await.is_none(), "tenant limit");
+        p1.release().await;
+        assert!(permit(&q, &b).await.is_some());
     }
 
-    #[test]
-    fn message_budget_refuses_bursts_beyond_one_second_of_rate() {
+    #[tokio::test]
+    async fn message_budget_refuses_bursts_beyond_one_second_of_rate() {
         let q = LocalQuotas::new();
         let a = app("a", 10, 10, 5);
-        assert!(q.try_acquire_messages(&a, 5));
-        assert!(!q.try_acquire_messages(&a, 1));
+        assert_eq!(q.try_acquire_messages(&a, 5).await, Ok(true));
+        assert_eq!(q.try_acquire_messages(&a, 1).await, Ok(false));
     }
 }

@@ -320,7 +320,7 @@ pub async fn publish(
     let app = key.app(inner, &app_id)?;
     let checked =
         check_publish(&key, &app, &channel, &body.data, body.idempotency_key).map_err(|e| rejected(&app, e))?;
-    if !inner.quotas.try_acquire_messages(&app, 1) {
+    if !inner.quotas.try_acquire_messages(&app, 1).await.map_err(|e| rejected(&app, e))? {
         return Err(rejected(&app, Error::RateLimited(app.quotas.max_messages_per_s)));
     }
     let size = checked.request.data.len();
@@ -371,7 +371,7 @@ pub async fn publish_batch(
         checked.push(check_publish(&key, &app, &m.channel, &m.data, m.idempotency_key).map_err(|e| rejected(&app, e))?);
     }
     let n = u32::try_from(checked.len()).unwrap_or(u32::MAX);
-    if !inner.quotas.try_acquire_messages(&app, n) {
+    if !inner.quotas.try_acquire_messages(&app, n).await.map_err(|e| rejected(&app, e))? {
         return Err(rejected(&app, Error::RateLimited(app.quotas.max_messages_per_s)));
     }
     let mut results = Vec::with_capacity(checked.len());

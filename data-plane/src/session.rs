@@ -113,7 +113,7 @@ struct Auth {
     app_id: Arc<str>,
     client_id: Arc<str>,
     tenant_id: String,
-    _permit: ConnectionPermit,
+    permit: ConnectionPermit,
 }
 
 /// One connected client.
@@ -205,9 +205,19 @@ impl Session {
             metrics::rejection(&app.tenant_id, &app.app_id, "origin");
             return Err(CloseReason::new(close::FORBIDDEN, "origin not allowed for this app"));
         }
-        let Some(permit) = ConnectionPermit::acquire(&self.dp.quotas, &app) else {
-            metrics::rejection(&app.tenant_id, &app.app_id, "connection_quota");
-            return Err(CloseReason::new(close::QUOTA_EXCEEDED, "connection quota exceeded"));
+        let permit = match ConnectionPermit::acquire(&self.dp.quotas, &app).await {
+            Ok(Some(permit)) => permit,
+            Ok(None) => {
+                metrics::rejection(&app.tenant_id, &app.app_id, "connection_quota");
+                return Err(CloseReason::new(close::QUOTA_EXCEEDED, "connection quota exceeded"));
+            }
+            Err(e) => {
+                // Admitting without a decision could overshoot the tenant's quota cluster-wide;
+                // refuse retryably and keep the connections already open.
+                tracing::warn!(error = %e, "connection quota unavailable; refusing the connection");
+                metrics::rejection(&app.tenant_id, &app.app_id, "quota_unavailable");
+                return Err(CloseReason::new(close::TRY_AGAIN_LATER, "connection quota unavailable; retry shortly"));
+            }
         };
         let span = tracing::Span::current();
         span.record("tenant_id", app.tenant_id.as_str());
@@ -233,7 +243,7 @@ impl Session {
             client_id: claims.sub.as_str().into(),
             tenant_id: app.tenant_id.clone(),
             claims,
-            _permit: permit,
+            permit,
         });
         Ok(())
     }
@@ -499,7 +509,7 @@ impl Session {
         if payload.len() > app.quotas.max_message_bytes as usize {
             return Err(Error::PayloadTooLarge { size: payload.len(), limit: app.quotas.max_message_bytes });
         }
-        if !self.dp.quotas.try_acquire_messages(&app, 1) {
+        if !self.dp.quotas.try_acquire_messages(&app, 1).await? {
             return Err(Error::RateLimited(app.quotas.max_messages_per_s));
         }
         let key = ChannelKey::new(&auth.app_id, channel);
@@ -649,7 +659,9 @@ impl Session {
         }
         // Release the connection quota now, before the transport says goodbye, so a client
         // that saw its connection end can immediately open a new one.
-        self.auth = None;
+        if let Some(auth) = self.auth.take() {
+            auth.permit.release().await;
+        }
         self.dp.forget(&self.handle.connection_id);
     }
 }

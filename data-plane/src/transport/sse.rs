@@ -80,6 +80,7 @@ fn refusal(reason: &CloseReason) -> Error {
         close::FORBIDDEN => Error::Forbidden(reason.reason.clone()),
         close::APP_UNAVAILABLE => Error::AppDisabled,
         close::QUOTA_EXCEEDED => Error::QuotaExceeded(reason.reason.clone()),
+        close::TRY_AGAIN_LATER => Error::Unavailable(reason.reason.clone()),
         _ => Error::Unauthorized(reason.reason.clone()),
     }
 }

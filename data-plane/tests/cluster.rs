@@ -1,0 +1,176 @@
+//! Several data-plane nodes sharing the Redis at 127.0.0.1:6379 (the `RedisBroker` engine and
+//! `ClusterQuotas`): each test starts its own nodes on 127.0.0.1:0 under a unique key prefix,
+//! with its own tenant and app, and talks to them with real WebSocket clients.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aviary_broker::redis::RedisBroker;
+use aviary_core::VerifiedApiKey;
+use aviary_core::token::claims_for;
+use aviary_core::{ApiKeyAuthority, ApiKeyError, AppConfig, Capabilities, Namespace, Quotas, Registry, SigningKey};
+use aviary_data_plane::{ClusterQuotas, DataPlane, DataPlaneConfig};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+const REDIS_URL: &str = "redis://127.0.0.1:6379";
+const WAIT: Duration = Duration::from_secs(10);
+
+/// No REST in these tests: every key is refused.
+struct NoKeys;
+
+#[async_trait]
+impl ApiKeyAuthority for NoKeys {
+    async fn verify_api_key(&self, _presented: &str) -> Result<VerifiedApiKey, ApiKeyError> {
+        Err(ApiKeyError::Invalid)
+    }
+}
+
+/// What the nodes of one test share: the app, the signing key and the Redis prefix.
+struct Cluster {
+    app: AppConfig,
+    signing: SigningKey,
+    prefix: String,
+}
+
+impl Cluster {
+    fn new(configure: impl FnOnce(&mut AppConfig)) -> Cluster {
+        let id = format!("app_{}", uuid::Uuid::new_v4().simple());
+        let mut app = AppConfig {
+            app_id: id.clone(),
+            tenant_id: format!("ten_{}", uuid::Uuid::new_v4().simple()),
+            name: id,
+            enabled: true,
+            allowed_origins: vec![],
+            max_token_ttl_s: 3600,
+            namespaces: vec![Namespace::default_namespace()],
+            tenant_quotas: Quotas::default(),
+            quotas: Quotas::default(),
+        };
+        configure(&mut app);
+        Cluster { app, signing: SigningKey::generate(), prefix: format!("test_{}", uuid::Uuid::new_v4().simple()) }
+    }
+
+    /// Starts one node on its own port, with its own broker and quota connections.
+    async fn node(&self) -> String {
+        let registry = Arc::new(Registry::new());
+        registry.set_verifying_keys([self.signing.verifying_key()]);
+        registry.upsert_app(self.app.clone());
+        let urls = [REDIS_URL.to_owned()];
+        let broker = Arc::new(RedisBroker::new(&urls, &self.prefix).expect("broker"));
+        let quotas = Arc::new(ClusterQuotas::new(&urls, &self.prefix).expect("quotas"));
+        let config = DataPlaneConfig { ws_heartbeat_interval: Duration::from_secs(5), ..DataPlaneConfig::default() };
+        let dp = DataPlane::with_quotas(registry, broker, Arc::new(NoKeys), config, CancellationToken::new(), quotas);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(axum::serve(listener, dp.router()).into_future());
+        format!("ws://{addr}/v1/connect")
+    }
+
+    fn token(&self, client: &str) -> String {
+        let key_id = format!("key_1_{}", self.app.app_id);
+        self.signing.sign(&claims_for(&self.app.tenant_id, &self.app.app_id, &key_id, client, 600, Capabilities::all()))
+    }
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn open(url: &str, token: &str) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(Message::text(json!({ "type": "connect", "token": token }).to_string())).await.unwrap();
+    ws
+}
+
+/// The next text frame, or the close code once the server closed.
+async fn next(ws: &mut Ws) -> Result<Value, Option<u16>> {
+    loop {
+        match timeout(WAIT, ws.next()).await.expect("timed out waiting for a frame") {
+            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).unwrap()),
+            Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return Err(None),
+        }
+    }
+}
+
+async fn connected(url: &str, token: &str) -> Ws {
+    let mut ws = open(url, token).await;
+    let frame = next(&mut ws).await.expect("connected frame");
+    assert_eq!(frame["type"], "connected", "{frame}");
+    ws
+}
+
+/// Connects and expects a refusal: the `disconnect` frame, then the close code.
+async fn refused(url: &str, token: &str) -> (Value, Option<u16>) {
+    let mut ws = open(url, token).await;
+    let disconnect = next(&mut ws).await.expect("disconnect frame");
+    assert_eq!(disconnect["type"], "disconnect", "{disconnect}");
+    let code = loop {
+        if let Err(code) = next(&mut ws).await {
+            break code;
+        }
+    };
+    (disconnect, code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_connection_quota_holds_across_nodes() {
+    let cluster = Cluster::new(|app| app.tenant_quotas.max_connections = 3);
+    let (one, two) = (cluster.node().await, cluster.node().await);
+    let mut first = connected(&one, &cluster.token("a")).await;
+    let _second = connected(&two, &cluster.token("b")).await;
+    let _third = connected(&one, &cluster.token("c")).await;
+    // The quota is full cluster-wide: the fourth is refused on either node.
+    for url in [&one, &two] {
+        let (disconnect, code) = refused(url, &cluster.token("d")).await;
+        assert_eq!(code, Some(4009));
+        assert_eq!(disconnect["code"], 4009);
+        assert_eq!(disconnect["reconnect"], false);
+    }
+    // Closing a connection on node one frees a slot for node two by the time the client
+    // sees its close completed.
+    first.close(None).await.unwrap();
+    while timeout(WAIT, first.next()).await.expect("close completes").is_some() {}
+    let _fourth = connected(&two, &cluster.token("d")).await;
+    let (_, code) = refused(&one, &cluster.token("e")).await;
+    assert_eq!(code, Some(4009));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_quota_store_refuses_new_connections_retryably() {
+    let cluster = Cluster::new(|_| {});
+    let registry = Arc::new(Registry::new());
+    registry.set_verifying_keys([cluster.signing.verifying_key()]);
+    registry.upsert_app(cluster.app.clone());
+    // Nothing listens on port 1: every quota decision fails as unavailable.
+    let quotas = Arc::new(ClusterQuotas::new(&["redis://127.0.0.1:1".to_owned()], &cluster.prefix).expect("quotas"));
+    let broker = Arc::new(aviary_broker::memory::MemoryBroker::new());
+    let dp = DataPlane::with_quotas(
+        registry,
+        broker,
+        Arc::new(NoKeys),
+        DataPlaneConfig::default(),
+        CancellationToken::new(),
+        quotas,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, dp.router()).into_future());
+    let (disconnect, code) = refused(&format!("ws://{addr}/v1/connect"), &cluster.token("a")).await;
+    assert_eq!(code, Some(1013));
+    assert_eq!(disconnect["reconnect"], true);
+    let r = reqwest::Client::new()
+        .get(format!("http://{addr}/v1/sse?channels=x"))
+        .bearer_auth(cluster.token("b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers().get("retry-after").map(|v| v.as_bytes()), Some(&b"1"[..]));
+}
