@@ -11,6 +11,12 @@
 //! the last replayed offset, under the same lock the fan-out takes, so nothing is lost,
 //! duplicated or reordered between history and live delivery.
 //!
+//! Once live, each subscriber checks every publication against the last position it delivered:
+//! a repeat is dropped, and a jump (a new epoch after the engine lost the stream, or an offset
+//! gap the engine could not fill after a reconnect) is announced with a `discontinuity` frame
+//! before the publication, so the client reloads that channel's state instead of silently
+//! missing publications. The subscription stays live and continues from the new position.
+//!
 //! The broker subscription of a channel follows its local subscribers: subscribed when the
 //! first arrives, unsubscribed after the last leaves. Those two async steps are serialized per
 //! channel by an async gate so an unsubscribe can never overtake a later subscribe.
@@ -18,13 +24,15 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use aviary_broker::{Broker, BrokerError, BrokerEvents, ChannelKey, PresenceAction, PresenceMember, Publication};
+use aviary_broker::{
+    Broker, BrokerError, BrokerEvents, ChannelKey, PresenceAction, PresenceMember, Publication, StreamPosition,
+};
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
-use crate::protocol::{CloseReason, Text, close, encode_message, encode_presence};
+use crate::protocol::{CloseReason, Text, close, encode_discontinuity, encode_message, encode_presence};
 use crate::session::SessionHandle;
 
 /// An item of a connection's outbound queue.
@@ -32,9 +40,10 @@ use crate::session::SessionHandle;
 pub enum Outbound {
     /// A frame for this connection only (a reply) or a presence event.
     Frame(Text),
-    /// A frame that also tells the transport a channel's position (SSE `subscribed` events,
-    /// so resume ids stay in step with what was actually written).
-    Position { channel: Arc<str>, epoch: Arc<str>, offset: u64, frame: Text },
+    /// A frame that also tells the transport a channel's position (SSE `subscribed` and
+    /// `discontinuity` events, named by `event`, so resume ids stay in step with what was
+    /// actually written).
+    Position { event: &'static str, channel: Arc<str>, epoch: Arc<str>, offset: u64, frame: Text },
     /// A publication's shared `message` frame, with the position transports need (SSE ids,
     /// dedup after replay) and the broker timestamp for the latency histogram.
     Message { channel: Arc<str>, epoch: Arc<str>, offset: u64, ts: i64, frame: Text },
@@ -55,6 +64,8 @@ pub struct Subscriber {
     /// False while the session replays history; deliveries are parked in `parked` meanwhile.
     live: AtomicBool,
     parked: Mutex<Vec<Outbound>>,
+    /// The last publication delivered live (set by `go_live`): what the next one must follow.
+    last: Mutex<Option<(Arc<str>, u64)>>,
     /// Most deliveries parked before the subscriber counts as a slow consumer.
     park_limit: usize,
 }
@@ -67,7 +78,15 @@ impl std::fmt::Debug for Subscriber {
 
 impl Subscriber {
     pub fn new(session: Arc<SessionHandle>, tx: mpsc::Sender<Outbound>, presence: bool, park_limit: usize) -> Self {
-        Subscriber { session, tx, presence, live: AtomicBool::new(false), parked: Mutex::new(Vec::new()), park_limit }
+        Subscriber {
+            session,
+            tx,
+            presence,
+            live: AtomicBool::new(false),
+            parked: Mutex::new(Vec::new()),
+            last: Mutex::new(None),
+            park_limit,
+        }
     }
 
     fn slow_consumer(&self) {
@@ -99,6 +118,39 @@ impl Subscriber {
                 return;
             }
         }
+        if matches!(item, Outbound::Message { .. }) {
+            self.deliver_in_sequence(item, &mut self.last.lock());
+        } else {
+            self.push(item);
+        }
+    }
+
+    /// Delivers a publication after `last`: drops it if already delivered, announces a
+    /// `discontinuity` first if it does not directly follow `last`.
+    fn deliver_in_sequence(&self, item: Outbound, last: &mut Option<(Arc<str>, u64)>) {
+        let Outbound::Message { channel, epoch, offset, .. } = &item else {
+            self.push(item);
+            return;
+        };
+        if let Some((last_epoch, last_offset)) = last.as_ref() {
+            let same_epoch = Arc::ptr_eq(last_epoch, epoch) || **last_epoch == **epoch;
+            if same_epoch && *offset <= *last_offset {
+                return;
+            }
+            if !same_epoch || *offset != last_offset + 1 {
+                let previous = StreamPosition { epoch: last_epoch.to_string(), offset: *last_offset };
+                let position = StreamPosition { epoch: epoch.to_string(), offset: offset.saturating_sub(1) };
+                tracing::debug!(channel = %channel, ?previous, ?position, "live delivery skipped publications");
+                self.push(Outbound::Position {
+                    event: "discontinuity",
+                    channel: channel.clone(),
+                    epoch: epoch.clone(),
+                    offset: position.offset,
+                    frame: encode_discontinuity(channel, &previous, &position),
+                });
+            }
+        }
+        *last = Some((epoch.clone(), *offset));
         self.push(item);
     }
 
@@ -106,14 +158,10 @@ impl Subscriber {
     /// position the session delivered) and switches to direct delivery.
     pub fn go_live(&self, epoch: &str, offset: u64) {
         let mut parked = self.parked.lock();
+        let mut last = self.last.lock();
+        *last = Some((epoch.into(), offset));
         for item in parked.drain(..) {
-            if let Outbound::Message { epoch: e, offset: o, .. } = &item
-                && &**e == epoch
-                && *o <= offset
-            {
-                continue;
-            }
-            self.push(item);
+            self.deliver_in_sequence(item, &mut last);
         }
         self.live.store(true, Ordering::Release);
     }
@@ -247,5 +295,64 @@ impl BrokerEvents for Hub {
             let f = frame.get_or_insert_with(|| encode_presence(&key.channel, action, member));
             s.offer(Outbound::Frame(f.clone()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aviary_broker::memory::MemoryBroker;
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn publication(epoch: &str, offset: u64) -> Arc<Publication> {
+        Arc::new(Publication { offset, epoch: epoch.into(), data: Bytes::from_static(b"1"), client_id: None, ts: 0 })
+    }
+
+    /// The type and (epoch, offset) of what the hub queued for the connection.
+    fn queued(rx: &mut mpsc::Receiver<Outbound>) -> Vec<(String, String, u64)> {
+        let mut out = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            out.push(match item {
+                Outbound::Message { epoch, offset, .. } => ("message".to_owned(), epoch.to_string(), offset),
+                Outbound::Position { event, epoch, offset, .. } => (event.to_owned(), epoch.to_string(), offset),
+                Outbound::Frame(f) => (f.as_str().to_owned(), String::new(), 0),
+            });
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn live_delivery_drops_repeats_and_announces_gaps_and_new_epochs() {
+        let hub = Hub::new(Arc::new(MemoryBroker::new()));
+        let key = ChannelKey::new("app_a", "room");
+        let (tx, mut rx) = mpsc::channel(16);
+        let subscriber = Arc::new(Subscriber::new(SessionHandle::new(), tx, false, 16));
+        hub.subscribe(&key, subscriber.clone()).await.unwrap();
+        // Parked during the replay: 2 was replayed already, 3 follows it.
+        hub.on_publication(&key, publication("e1", 2));
+        hub.on_publication(&key, publication("e1", 3));
+        subscriber.go_live("e1", 2);
+        hub.on_publication(&key, publication("e1", 3)); // a repeat after an engine reconnect
+        hub.on_publication(&key, publication("e1", 6)); // 4 and 5 could not be filled
+        hub.on_publication(&key, publication("e2", 1)); // the stream was lost
+        let m = |e: &str, o| ("message".to_owned(), e.to_owned(), o);
+        let d = |e: &str, o| ("discontinuity".to_owned(), e.to_owned(), o);
+        assert_eq!(queued(&mut rx), vec![m("e1", 3), d("e1", 5), m("e1", 6), d("e2", 0), m("e2", 1)]);
+    }
+
+    #[test]
+    fn discontinuity_frame_names_both_positions() {
+        let frame = encode_discontinuity(
+            "room",
+            &StreamPosition { epoch: "e1".into(), offset: 6 },
+            &StreamPosition { epoch: "e2".into(), offset: 0 },
+        );
+        let v: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "discontinuity", "channel": "room",
+                "previous": {"epoch": "e1", "offset": 6}, "position": {"epoch": "e2", "offset": 0}})
+        );
     }
 }

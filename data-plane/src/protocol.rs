@@ -278,6 +278,22 @@ pub struct Subscribed<'a> {
     pub recovered: bool,
 }
 
+/// `{"type":"discontinuity",...}`: live delivery of `channel` skipped publications (a new epoch,
+/// or an offset gap the engine could not fill). `previous` is the last position delivered,
+/// `position` the one the stream continues from: the next `message` has offset
+/// `position.offset + 1` in `position.epoch`.
+pub fn encode_discontinuity(channel: &str, previous: &StreamPosition, position: &StreamPosition) -> Text {
+    #[derive(Serialize)]
+    struct Discontinuity<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel: &'a str,
+        previous: &'a StreamPosition,
+        position: &'a StreamPosition,
+    }
+    to_bytes(&Discontinuity { kind: "discontinuity", channel, previous, position })
+}
+
 /// One publication inside a `history` reply.
 #[derive(Debug, Serialize)]
 pub struct HistoryItem<'a> {

@@ -174,3 +174,55 @@ async fn unreachable_quota_store_refuses_new_connections_retryably() {
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers().get("retry-after").map(|v| v.as_bytes()), Some(&b"1"[..]));
 }
+
+/// Sends `frame` with `id` and returns the reply carrying it, skipping anything else.
+async fn request(ws: &mut Ws, id: u64, mut frame: Value) -> Value {
+    frame["id"] = json!(id);
+    ws.send(Message::text(frame.to_string())).await.unwrap();
+    loop {
+        let v = next(ws).await.expect("connection open");
+        if v["id"] == json!(id) {
+            assert_eq!(v["type"], "ok", "{v}");
+            return v;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_are_told_when_the_engine_loses_a_stream() {
+    let cluster = Cluster::new(|_| {});
+    let (one, two) = (cluster.node().await, cluster.node().await);
+    let mut subscriber = connected(&one, &cluster.token("sub")).await;
+    let mut publisher = connected(&two, &cluster.token("pub")).await;
+    request(&mut subscriber, 1, json!({"type": "subscribe", "channel": "room"})).await;
+    let mut epoch = String::new();
+    for (i, text) in ["a", "b"].into_iter().enumerate() {
+        let ok =
+            request(&mut publisher, 10 + i as u64, json!({"type": "publish", "channel": "room", "data": text})).await;
+        epoch = ok["epoch"].as_str().unwrap().to_owned();
+        let message = next(&mut subscriber).await.unwrap();
+        assert_eq!((message["type"].as_str(), message["offset"].as_u64()), (Some("message"), Some(i as u64 + 1)));
+    }
+    // Redis loses the channel's stream (as after a restart without persistence or a flush).
+    let tag = format!("{{{}|room}}", cluster.app.app_id);
+    let client = redis::Client::open(REDIS_URL).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{}:s:{tag}", cluster.prefix))
+        .arg(format!("{}:h:{tag}", cluster.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ok = request(&mut publisher, 20, json!({"type": "publish", "channel": "room", "data": "c"})).await;
+    let new_epoch = ok["epoch"].as_str().unwrap().to_owned();
+    assert_ne!(new_epoch, epoch);
+    assert_eq!(ok["offset"], 1);
+    let notice = next(&mut subscriber).await.unwrap();
+    assert_eq!(
+        notice,
+        json!({"type": "discontinuity", "channel": "room",
+            "previous": {"epoch": epoch, "offset": 2}, "position": {"epoch": new_epoch, "offset": 0}})
+    );
+    let message = next(&mut subscriber).await.unwrap();
+    assert_eq!((message["epoch"].as_str(), message["offset"].as_u64()), (Some(new_epoch.as_str()), Some(1)));
+}

@@ -192,6 +192,7 @@ async fn drive(
                         &protocol::Subscribed { channel: &name, position, recovered },
                     );
                     Outbound::Position {
+                        event: "subscribed",
                         channel: name.clone(),
                         epoch: start.epoch.as_str().into(),
                         offset: start.offset,
@@ -282,10 +283,10 @@ async fn pump(
                 // Nothing subscribes SSE streams to presence or sends them replies; pass any such
                 // frame through under its own event name rather than as a message.
                 Some(Outbound::Frame(frame)) => write_event(body, Some("frame"), None, frame).await,
-                Some(Outbound::Position { channel, epoch, offset, frame }) => {
+                Some(Outbound::Position { event, channel, epoch, offset, frame }) => {
                     positions.insert(channel, (epoch, offset));
                     let id = encode_event_id(&positions);
-                    write_event(body, Some("subscribed"), Some(&id), frame).await
+                    write_event(body, Some(event), Some(&id), frame).await
                 }
                 Some(Outbound::Message { channel, epoch, offset, ts, frame }) => {
                     positions.insert(channel, (epoch, offset));
