@@ -18,7 +18,8 @@
 //!
 //! Invariants: after any successful mutation returns, this process's registry already reflects
 //! it, so an in-process data plane (`aviary dev`) never sees a revoked key or a deleted app as
-//! live; changes made through other replicas arrive within `refresh_interval` (see
+//! live; changes made through other replicas arrive at once through the store's change
+//! announcements (Postgres `NOTIFY`), and at the latest within `refresh_interval` (see
 //! [`ControlPlaneState::resync_registry`]). A refused request writes nothing.
 //!
 //! Wiring (done by the `aviary` binary): build a [`ControlPlaneState`], serve [`api::router`]
@@ -142,6 +143,7 @@ impl ControlPlaneState {
         let keys = KeyVerifier::new(store.clone(), config.key_cache_ttl);
         let state = ControlPlaneState { inner: Arc::new(Inner { store, registry, keys, keyring, log, config }) };
         state.load_registry().await?;
+        state.spawn_change_listener().await;
         state.spawn_refresh(state.config().refresh_interval.max(Duration::from_millis(100)));
         Ok(state)
     }
@@ -178,6 +180,46 @@ impl ControlPlaneState {
                 }
             }
         });
+    }
+
+    /// Re-reads the store as soon as another replica announces a change (Postgres `NOTIFY`),
+    /// so nodes following this replica see it within a second, not a refresh interval.
+    async fn spawn_change_listener(&self) {
+        let mut changes = match self.store().config_changes().await {
+            Ok(Some(changes)) => changes,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for other replicas' changes; relying on the periodic refresh");
+                return;
+            }
+        };
+        let me = self.config_log().epoch().to_owned();
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            while let Some(origin) = changes.recv().await {
+                if origin == me {
+                    continue;
+                }
+                // One re-read covers a burst of announcements.
+                while changes.try_recv().is_ok() {}
+                let Some(inner) = inner.upgrade() else { return };
+                let state = ControlPlaneState { inner };
+                if let Err(e) = state.keyring().reload().await {
+                    tracing::warn!(error = %e, "could not reload signing keys");
+                }
+                if let Err(e) = state.resync_registry().await {
+                    tracing::warn!(error = %e, "could not resync the registry");
+                }
+            }
+        });
+    }
+
+    /// Tells other replicas this process changed config (best effort; see
+    /// [`Store::announce_config_change`]).
+    pub(crate) async fn announce_change(&self) {
+        if let Err(e) = self.store().announce_config_change(self.config_log().epoch()).await {
+            tracing::warn!(error = %e, "could not announce a config change to other replicas");
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -394,6 +394,7 @@ impl ControlPlaneState {
             return Err(Error::NotFound("tenant"));
         }
         self.push_tenant(&tenant).await?;
+        self.announce_change().await;
         tracing::info!(tenant_id = %tenant.id, enabled = tenant.enabled, "tenant updated");
         Ok(tenant)
     }
@@ -408,6 +409,7 @@ impl ControlPlaneState {
         for app in apps {
             self.registry().remove_app(&app.id);
         }
+        self.announce_change().await;
         tracing::info!(tenant_id = %id, "tenant deleted");
         Ok(())
     }
@@ -444,6 +446,7 @@ impl ControlPlaneState {
     /// Rotates the token signing key; returns the new `kid`.
     pub async fn rotate_signing_key(&self) -> Result<String> {
         let kid = self.keyring().rotate().await?;
+        self.announce_change().await;
         tracing::info!(kid = %kid, "signing key rotated");
         Ok(kid)
     }
@@ -478,6 +481,7 @@ impl ControlPlaneState {
         };
         self.store().create_app(&app).await?;
         self.push_app(&app, &tenant);
+        self.announce_change().await;
         tracing::info!(tenant_id = %app.tenant_id, app_id = %app.id, "app created");
         Ok(app)
     }
@@ -529,6 +533,7 @@ impl ControlPlaneState {
             return Err(Error::NotFound("app"));
         }
         self.push_app(&app, &tenant);
+        self.announce_change().await;
         tracing::info!(tenant_id = %app.tenant_id, app_id = %app.id, "app updated");
         Ok(app)
     }
@@ -541,6 +546,7 @@ impl ControlPlaneState {
         }
         self.keys().evict_app(&app.id);
         self.registry().remove_app(&app.id);
+        self.announce_change().await;
         tracing::info!(tenant_id = %app.tenant_id, app_id = %app.id, "app deleted");
         Ok(())
     }
@@ -589,6 +595,7 @@ impl ControlPlaneState {
         }
         self.keys().evict_api_key(key_id);
         self.registry().revoke_api_key(&app.id, key_id);
+        self.announce_change().await;
         tracing::info!(tenant_id = %app.tenant_id, app_id = %app.id, key_id, "API key revoked");
         Ok(())
     }
@@ -603,6 +610,7 @@ impl ControlPlaneState {
         let issued_before = Utc::now().timestamp();
         self.store().revoke_client(&app.id, client_id, issued_before).await?;
         self.registry().revoke_client(&app.id, client_id, issued_before);
+        self.announce_change().await;
         tracing::info!(tenant_id = %app.tenant_id, app_id = %app.id, "client tokens revoked");
         Ok(ClientRevoked { app_id: app.id, client_id: client_id.to_owned(), issued_before })
     }

@@ -730,8 +730,9 @@ async fn a_second_replica_converges_on_resync(store: TestStore) {
             .unwrap();
     assert_eq!(replica.resync_registry().await.unwrap(), 0, "nothing to do when in step");
 
+    // On Postgres the replica also hears each change through NOTIFY (tests/streaming.rs times
+    // that); an explicit resync must converge either way, whether or not it still finds work.
     let (_, admin, app_id, api_key) = s.tenant_with_key("replicas", chat_caps()).await;
-    assert!(replica_registry.app(&app_id).is_none(), "made on the other replica");
     // The replica verifies (and caches) the key before it is revoked elsewhere.
     assert!(replica.keys().verify_api_key(&api_key).await.is_ok());
 
@@ -742,7 +743,7 @@ async fn a_second_replica_converges_on_resync(store: TestStore) {
     s.call(reqwest::Method::DELETE, &format!("/v1/apps/{app_id}/keys/{key_id}"), Some(&admin), None)
         .await
         .expect(StatusCode::NO_CONTENT);
-    assert_eq!(replica.resync_registry().await.unwrap(), 1);
+    assert!(replica.resync_registry().await.unwrap() <= 1);
     assert_eq!(replica_registry.app(&app_id), s.state.registry().app(&app_id));
     assert!(!replica_registry.app(&app_id).unwrap().enabled);
     assert!(replica_registry.api_key_revoked(key_id));
@@ -751,7 +752,7 @@ async fn a_second_replica_converges_on_resync(store: TestStore) {
     s.call(reqwest::Method::DELETE, &format!("/v1/apps/{app_id}"), Some(&admin), None)
         .await
         .expect(StatusCode::NO_CONTENT);
-    assert_eq!(replica.resync_registry().await.unwrap(), 1);
+    assert!(replica.resync_registry().await.unwrap() <= 1);
     assert!(replica_registry.app(&app_id).is_none());
 
     // A rotation on one replica reaches the other's JWKS on its next reload.

@@ -249,6 +249,16 @@ pub trait Store: Send + Sync + 'static {
     /// (with `None`) of every tenant, ordered by tenant, app, hour.
     async fn usage_buckets(&self, tenant_id: Option<&str>, from_hour: i64, to_hour: i64) -> Result<Vec<UsageBucket>>;
 
+    /// Tells every control plane process sharing this store (replicas) that config changed, so
+    /// they re-read it now rather than at their next periodic refresh. `origin` names the
+    /// announcing process. Best effort: the periodic refresh stays the backstop. A store only
+    /// one process uses (SQLite) does nothing.
+    async fn announce_config_change(&self, origin: &str) -> Result<()>;
+    /// The origins of announcements made from now on (by any process, this one included), or
+    /// `None` when the store has no such channel. An empty origin means "announcements may have
+    /// been lost" (the listening connection dropped): re-read everything.
+    async fn config_changes(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>>;
+
     /// Sets a one-shot marker. `true` if this call set it, `false` if it was already set.
     async fn set_marker(&self, name: &str) -> Result<bool>;
     async fn has_marker(&self, name: &str) -> Result<bool>;

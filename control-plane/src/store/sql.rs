@@ -550,6 +550,14 @@ macro_rules! impl_sql_store {
                     .collect()
             }
 
+            async fn announce_config_change(&self, origin: &str) -> Result<()> {
+                self.announce(origin).await
+            }
+
+            async fn config_changes(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>> {
+                self.listen().await
+            }
+
             async fn set_marker(&self, name: &str) -> Result<bool> {
                 let done =
                     sqlx::query("INSERT INTO markers (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")

@@ -57,6 +57,15 @@ impl SqliteStore {
         &self.pool
     }
 
+    /// One process owns a SQLite store: there is nobody to tell.
+    async fn announce(&self, _origin: &str) -> crate::Result<()> {
+        Ok(())
+    }
+
+    async fn listen(&self) -> crate::Result<Option<tokio::sync::mpsc::Receiver<String>>> {
+        Ok(None)
+    }
+
     /// Applies every pending migration of `migrations/sqlite`.
     pub async fn migrate(&self) -> crate::Result<()> {
         MIGRATOR.run(&self.pool).await?;
