@@ -50,6 +50,9 @@ use crate::session::SessionHandle;
 /// payload (type, id, channel name up to 255 bytes, idempotency key).
 pub const FRAME_ENVELOPE_BYTES: usize = 4096;
 
+/// Shortest presence TTL honoured: refreshes every third of it must stay affordable.
+pub const MIN_PRESENCE_TTL: Duration = Duration::from_secs(3);
+
 /// Tunables of a data-plane node. [`Default`] gives production values.
 #[derive(Debug, Clone)]
 pub struct DataPlaneConfig {
@@ -67,8 +70,10 @@ pub struct DataPlaneConfig {
     pub connect_timeout: Duration,
     /// Longest time spent writing the farewell (`disconnect` frame and close) to a client.
     pub close_timeout: Duration,
-    /// TTL of presence entries; refreshed every heartbeat while the connection lives, so a
-    /// node that dies loses its members within this time.
+    /// TTL of presence entries. A live connection refreshes its entries every third of it
+    /// (independently of the WebSocket ping interval), so a node that dies loses its members,
+    /// with `leave` events, within this time plus the engine's sweep interval (~1 s). At
+    /// least [`MIN_PRESENCE_TTL`].
     pub presence_ttl: Duration,
     /// Hard cap on an incoming WebSocket frame before the app (and its limit) is known.
     pub max_frame_bytes: usize,
@@ -89,7 +94,7 @@ impl Default for DataPlaneConfig {
             drain_deadline: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
-            presence_ttl: Duration::from_secs(60),
+            presence_ttl: Duration::from_secs(25),
             max_frame_bytes: 1024 * 1024,
             max_malformed_frames: 10,
             ws_read_buffer_bytes: 8 * 1024,
@@ -116,11 +121,19 @@ pub(crate) struct NodeState {
 }
 
 impl NodeState {
-    /// Presence TTL in seconds: the configured one, but never less than three heartbeats, since
-    /// entries are refreshed once per heartbeat.
+    fn presence_ttl(&self) -> Duration {
+        self.config.presence_ttl.max(MIN_PRESENCE_TTL)
+    }
+
+    /// Presence TTL in whole seconds, as the engine takes it.
     pub(crate) fn presence_ttl_s(&self) -> u32 {
-        let ttl = self.config.presence_ttl.max(self.config.ws_heartbeat_interval * 3);
-        ttl.as_secs().clamp(1, u64::from(u32::MAX)) as u32
+        self.presence_ttl().as_secs().clamp(1, u64::from(u32::MAX)) as u32
+    }
+
+    /// How often a connection refreshes its presence entries: three times per TTL, so one or
+    /// two refreshes lost to an engine hiccup do not make a live member flap.
+    pub(crate) fn presence_touch_interval(&self) -> Duration {
+        Duration::from_secs(u64::from(self.presence_ttl_s())) / 3
     }
 
     pub(crate) fn forget(&self, connection_id: &str) {

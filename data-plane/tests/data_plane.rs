@@ -496,6 +496,75 @@ async fn presence_tracks_join_update_leave_and_cleans_up_dead_sockets() {
     drop(carol);
 }
 
+/// Reads raw WebSocket frames (unmasked, from the server) without answering pings, until the
+/// close frame; returns its code.
+async fn read_until_close_without_answering(stream: &mut TcpStream) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        // Parse every complete frame in the buffer.
+        while buf.len() >= 2 {
+            let opcode = buf[0] & 0x0f;
+            let (len, header) = match buf[1] & 0x7f {
+                126 if buf.len() >= 4 => (usize::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
+                126 => break,
+                127 => panic!("unexpectedly large frame"),
+                n => (usize::from(n), 2),
+            };
+            if buf.len() < header + len {
+                break;
+            }
+            if opcode == 0x8 {
+                return (len >= 2).then(|| u16::from_be_bytes([buf[header], buf[header + 1]]));
+            }
+            buf.drain(..header + len);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = timeout(WAIT, stream.read(&mut chunk)).await.expect("timed out waiting for the close").unwrap();
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connection_is_closed_within_two_heartbeat_intervals() {
+    let interval = Duration::from_secs(2);
+    let node = start(|_, c| c.ws_heartbeat_interval = interval).await;
+    let client = node.client("quiet").await;
+    // The client's last frame was its `connect`; from now on it reads raw bytes and never
+    // answers a ping.
+    let last_frame = std::time::Instant::now();
+    let MaybeTlsStream::Plain(mut tcp) = client.ws.into_inner() else { panic!("plain TCP expected") };
+    let code = read_until_close_without_answering(&mut tcp).await;
+    let silent_for = last_frame.elapsed();
+    assert_eq!(code, Some(4000));
+    // Not before two intervals (live clients must not be cut), and well before a third.
+    assert!(silent_for >= interval * 2 - Duration::from_millis(100), "closed too early: {silent_for:?}");
+    assert!(silent_for < interval * 2 + interval / 2, "closed too late: {silent_for:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_refresh_follows_the_presence_ttl_not_the_ping_interval() {
+    // Pings far apart, a short presence TTL: a live member must be refreshed by its own timer.
+    let node = start(|_, c| {
+        c.ws_heartbeat_interval = Duration::from_secs(60);
+        c.presence_ttl = Duration::from_secs(3);
+    })
+    .await;
+    let mut watcher = node.client("watcher").await;
+    watcher.ok(json!({"type": "subscribe", "channel": "room", "presence": true})).await;
+    let mut alice = node.client("alice").await;
+    alice.ok(json!({"type": "presence.enter", "channel": "room"})).await;
+    assert_eq!(presence_event(&mut watcher).await["action"], "join");
+    // Two TTLs pass without a leave (absence of an event can only be awaited with a timeout).
+    let next = timeout(Duration::from_secs(6), watcher.ws.next()).await;
+    assert!(next.is_err(), "unexpected frame: {next:?}");
+    let members = watcher.ok(json!({"type": "presence.get", "channel": "room"})).await;
+    assert_eq!(members["members"][0]["client_id"], "alice");
+}
+
 // ---------------------------------------------------------------------------------------------
 // History and resume
 // ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
+use tokio::time::{Instant, MissedTickBehavior, interval, interval_at, sleep_until};
 use tracing::Instrument;
 
 use crate::error::Error;
@@ -120,10 +120,16 @@ async fn read_loop(
 ) {
     let handle = session.handle.clone();
     let mut closing = handle.close_signal();
-    let heartbeat = inner.config.ws_heartbeat_interval;
-    let mut tick = interval(heartbeat);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // A peer that sends nothing (no frame, no pong) for two ping intervals is gone. The timer
+    // is re-armed lazily, when it fires early, rather than on every frame.
+    let silence_limit = inner.config.ws_heartbeat_interval * 2;
     let mut last_seen = Instant::now();
+    let liveness = sleep_until(last_seen + silence_limit);
+    tokio::pin!(liveness);
+    // Presence refreshes follow the presence TTL, not the ping interval.
+    let touch_every = inner.presence_touch_interval();
+    let mut touch = interval_at(Instant::now() + touch_every, touch_every);
+    touch.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let connect_deadline = sleep_until(Instant::now() + inner.config.connect_timeout);
     tokio::pin!(connect_deadline);
     // Re-armed whenever the token changes (connect, refresh).
@@ -145,13 +151,18 @@ async fn read_loop(
             _ = &mut connect_deadline, if !session.is_authenticated() => {
                 CloseReason::new(close::INVALID_TOKEN, "no connect frame received in time")
             }
-            _ = tick.tick() => {
-                if last_seen.elapsed() > heartbeat * 2 {
+            _ = &mut liveness => {
+                let deadline = last_seen + silence_limit;
+                if Instant::now() >= deadline {
                     CloseReason::new(close::PROTOCOL_ERROR, "heartbeat timeout")
                 } else {
-                    session.touch_presence().await;
+                    liveness.as_mut().reset(deadline);
                     continue;
                 }
+            }
+            _ = touch.tick() => {
+                session.touch_presence().await;
+                continue;
             }
             frame = stream.next() => {
                 last_seen = Instant::now();
