@@ -278,6 +278,22 @@ pub struct Subscribed<'a> {
     pub recovered: bool,
 }
 
+/// Longest idempotency key accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+
+/// Checks an idempotency key: 1 to [`MAX_IDEMPOTENCY_KEY_LEN`] visible ASCII characters
+/// (`!` to `~`). Engines put the key into storage key names (Redis), so its size and alphabet
+/// are bounded before it reaches them.
+pub fn validate_idempotency_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(format!("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("idempotency_key may only contain visible ASCII characters (no spaces)".to_owned());
+    }
+    Ok(())
+}
+
 /// `{"type":"discontinuity",...}`: live delivery of `channel` skipped publications (a new epoch,
 /// or an offset gap the engine could not fill). `previous` is the last position delivered,
 /// `position` the one the stream continues from: the next `message` has offset

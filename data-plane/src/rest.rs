@@ -129,7 +129,7 @@ pub struct PublishBody {
     #[schema(value_type = Object)]
     pub data: Box<RawValue>,
     /// Retrying with the same key within 5 minutes returns the first result and publishes
-    /// nothing new.
+    /// nothing new. 1 to 128 visible ASCII characters.
     #[serde(default)]
     pub idempotency_key: Option<String>,
 }
@@ -268,6 +268,9 @@ fn check_publish(
     idempotency_key: Option<String>,
 ) -> Result<Checked> {
     validate_channel(channel).map_err(|e| Error::BadRequest(e.to_string()))?;
+    if let Some(k) = &idempotency_key {
+        crate::protocol::validate_idempotency_key(k).map_err(Error::BadRequest)?;
+    }
     let namespace = app.namespace_for(channel).ok_or_else(|| Error::NotFound("unknown channel namespace".into()))?;
     key.require(channel, Operation::Publish)?;
     let payload = data.get().as_bytes();

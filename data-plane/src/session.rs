@@ -505,6 +505,9 @@ impl Session {
             return Err(Error::Forbidden("clients may not publish on this namespace".into()));
         }
         Self::require(auth, channel, Operation::Publish)?;
+        if let Some(k) = &idempotency_key {
+            protocol::validate_idempotency_key(k).map_err(Error::BadRequest)?;
+        }
         let payload = data.get().as_bytes();
         if payload.len() > app.quotas.max_message_bytes as usize {
             return Err(Error::PayloadTooLarge { size: payload.len(), limit: app.quotas.max_message_bytes });

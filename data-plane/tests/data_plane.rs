@@ -425,6 +425,40 @@ async fn batch_publish_and_idempotency_keys_return_the_first_result() {
     assert_eq!((m3["data"].clone(), m3["offset"].clone()), (json!(4), json!(2)));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_must_be_short_visible_ascii() {
+    let node = start(|_, _| {}).await;
+    let mut ws = node.client("alice").await;
+    let longest = "k".repeat(128);
+    let ok = ws.request(json!({"type": "publish", "channel": "a", "data": 1, "idempotency_key": longest})).await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let url = format!("{}/v1/apps/{}/channels/a/messages", node.base, node.app.app_id);
+    for bad in ["k".repeat(129), String::new(), "has space".into(), "caf\u{e9}".into(), "line\nbreak".into()] {
+        let reply = ws.request(json!({"type": "publish", "channel": "a", "data": 1, "idempotency_key": bad})).await;
+        assert_eq!((reply["type"].as_str(), reply["code"].as_str()), (Some("error"), Some("bad_request")), "{bad:?}");
+        let r = node
+            .http
+            .post(&url)
+            .bearer_auth(&node.api_key)
+            .json(&json!({"data": 1, "idempotency_key": bad}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad:?}");
+        let batch = node
+            .http
+            .post(format!("{}/v1/apps/{}/messages", node.base, node.app.app_id))
+            .bearer_auth(&node.api_key)
+            .json(&json!({"messages": [{"channel": "a", "data": 1, "idempotency_key": bad}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(batch.status(), 400, "{bad:?}");
+    }
+    // Nothing refused was published: the next publication directly follows the accepted one.
+    assert_eq!(node.rest_publish("a", json!(2)).await["offset"], 2);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Presence
 // ---------------------------------------------------------------------------------------------
