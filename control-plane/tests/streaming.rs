@@ -264,6 +264,7 @@ on_both_stores!(
     remote_key_authority_caches_and_forgets_revoked_keys,
     reported_usage_counts_once_and_is_served_by_hour_and_day,
     over_quota_lists_tenants_above_their_quotas,
+    reporter_retries_a_batch_until_acknowledged_and_it_counts_once,
 );
 
 // ---------- config stream ----------
@@ -653,4 +654,59 @@ async fn a_change_through_another_replica_reaches_nodes_within_a_second() {
     })
     .await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A sink in front of the real control plane whose first `lost` acknowledgements never reach
+/// the node (the batch *was* stored), like a reply lost to a network cut; every call is
+/// reported on `calls` as `(seq, acknowledged)`.
+struct LossyAcks {
+    state: ControlPlaneState,
+    lost: std::sync::atomic::AtomicUsize,
+    calls: tokio::sync::mpsc::Sender<(u64, bool)>,
+}
+
+#[async_trait::async_trait]
+impl aviary_control_plane::UsageSink for LossyAcks {
+    async fn report(&self, node_id: &str, seq: u64, records: &[UsageRecord]) -> aviary_control_plane::Result<()> {
+        self.state.ingest_usage(node_id, seq, records).await?;
+        let lose = self
+            .lost
+            .fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| {
+                n.checked_sub(1)
+            })
+            .is_ok();
+        let _ = self.calls.try_send((seq, !lose));
+        if lose { Err(aviary_control_plane::Error::Upstream("acknowledgement lost".into())) } else { Ok(()) }
+    }
+}
+
+async fn next_report(seen: &mut tokio::sync::mpsc::Receiver<(u64, bool)>) -> (u64, bool) {
+    tokio::time::timeout(SECOND * 3, seen.recv()).await.expect("a report in time").unwrap()
+}
+
+async fn reporter_retries_a_batch_until_acknowledged_and_it_counts_once(store: TestStore) {
+    let cp = start(&store, None, |_| {}).await;
+    let (tenant_id, admin, app_id, _, _) = cp.tenant("acme").await;
+    let meter = Arc::new(UsageMeter::new(chrono::Utc::now().timestamp_millis()));
+    let usage = meter.app(&tenant_id, &app_id);
+    usage.published(2, 20);
+    let (calls, mut seen) = tokio::sync::mpsc::channel(64);
+    let sink = Arc::new(LossyAcks { state: cp.state.clone(), lost: 2.into(), calls });
+    let reporter = UsageReporter::spawn(meter.clone(), sink, "node-r".into(), Duration::from_millis(50));
+
+    let (first, acked) = next_report(&mut seen).await;
+    assert!(!acked);
+    usage.published(3, 30); // lands in a later batch
+    let (again, acked) = next_report(&mut seen).await;
+    assert_eq!((again, acked), (first, false), "the same batch is retried, not re-drained");
+    let (again, acked) = next_report(&mut seen).await;
+    assert_eq!((again, acked), (first, true));
+    let (later, acked) = next_report(&mut seen).await;
+    assert_eq!((later, acked), (first + 1, true), "then the next batch, in order");
+    reporter.stop().await;
+
+    let totals =
+        cp.ok(reqwest::Method::GET, &format!("/v1/tenants/{tenant_id}/usage"), &admin, None).await["totals"].clone();
+    assert_eq!(totals["messages_published"], 5, "three deliveries of the first batch counted once: {totals}");
+    assert_eq!(totals["bytes_in"], 50);
 }
