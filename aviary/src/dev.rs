@@ -53,6 +53,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
 
     let http = nodes::ops_router(Some(&control_plane), Some(&data_plane), Vec::new())
+        .merge(crate::console::router())
         .merge(aviary_control_plane::api::router(control_plane.clone()))
         .merge(data_plane.router())
         .merge(crate::demo::router(control_plane.clone(), demo));

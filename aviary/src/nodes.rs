@@ -80,9 +80,7 @@ pub fn ops_router(
             }),
         ));
     }
-    let ops = crate::ops::router(Ops { checks, openapi: Arc::new(openapi()) });
-    // The console talks to the control-plane API, so it is served where that API is.
-    if control_plane.is_some() { ops.merge(crate::console::router()) } else { ops }
+    crate::ops::router(Ops { checks, openapi: Arc::new(openapi()) })
 }
 
 /// Bound listeners of one process.
@@ -161,7 +159,9 @@ pub async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let store = aviary_control_plane::open_store(&args.database_url, !args.no_migrate).await?;
     let registry = Arc::new(Registry::new());
     let control_plane = ControlPlaneState::new(store, registry, ControlPlaneConfig::new(args.operator_token)).await?;
+    // The console talks to the control-plane API, so it is served where that API is.
     let http = ops_router(Some(&control_plane), None, Vec::new())
+        .merge(crate::console::router())
         .merge(aviary_control_plane::api::router(control_plane.clone()));
     let servers = Servers::bind(args.listen, Some(args.grpc_listen)).await?;
     tracing::info!(http = %servers.http_addr, grpc = ?servers.grpc_addr, "control plane listening");
