@@ -144,7 +144,7 @@ pub fn markdown(outcomes: &[Outcome], charts_dir: &Path, md_dir: &Path) -> Strin
             }
             for p in &peers {
                 let cell = match (aviary.and_then(value), value(p), better) {
-                    (Some(a), Some(b), Some(_)) if b != 0.0 => format!("{:.2}×", a / b),
+                    (Some(a), Some(b), Some(_)) if b != 0.0 => ratio(a / b),
                     _ => "—".to_owned(),
                 };
                 let _ = write!(line, " {cell} |");
@@ -165,6 +165,11 @@ pub fn markdown(outcomes: &[Outcome], charts_dir: &Path, md_dir: &Path) -> Strin
         }
     }
     md
+}
+
+/// A ratio with enough digits to stay readable when it is far from 1.
+fn ratio(r: f64) -> String {
+    if r >= 0.095 { format!("{r:.2}×") } else { format!("{r:.1e}×") }
 }
 
 fn latency_label(p: &str) -> &'static str {

@@ -13,7 +13,9 @@ const httpServer = http.createServer((req, res) => {
     req.setEncoding('utf8');
     req.on('data', (chunk) => { body += chunk; });
     req.on('end', () => {
-      io.to(room).emit('message', JSON.parse(body));
+      let data;
+      try { data = JSON.parse(body); } catch { res.writeHead(400).end(); return; }
+      io.to(room).emit('message', data);
       res.writeHead(201, { 'content-type': 'application/json' }).end('{}');
     });
     return;
