@@ -277,7 +277,7 @@ async fn session(shared: &Shared) -> Result<()> {
         .connect()
         .await
         .map_err(|e| Error::Upstream(format!("connecting to {}: {e}", config.endpoint)))?;
-    let mut client = ControlPlaneClient::new(channel);
+    let mut client = ControlPlaneClient::new(channel).max_decoding_message_size(crate::grpc::NODE_MAX_RECEIVE_BYTES);
     let (epoch, version) = {
         let s = shared.status.borrow();
         if s.has_config() { (s.epoch.clone(), s.version) } else { (String::new(), 0) }

@@ -51,9 +51,11 @@ pub fn grpc_router(state: ControlPlaneState) -> tonic::service::Routes {
     if let Some(per_key) = limiter(Credential, limits.per_key_per_s, limits.per_key_burst) {
         router = router.layer(GovernorLayer::new(per_key).error_handler(grpc_refusal));
     }
+    // Usage batches outgrow the REST body limit on nodes serving many apps.
+    let node_service = service.clone().max_decoding_message_size(NODE_MAX_MESSAGE_BYTES);
     let mut nodes = axum::Router::new();
     for method in NODE_METHODS {
-        nodes = nodes.route_service(&format!("/aviary.v1.ControlPlane/{method}"), service.clone());
+        nodes = nodes.route_service(&format!("/aviary.v1.ControlPlane/{method}"), node_service.clone());
     }
     // Exact paths win over the service's wildcard route.
     router = router.merge(nodes);
@@ -62,6 +64,13 @@ pub fn grpc_router(state: ControlPlaneState) -> tonic::service::Routes {
     }
     tonic::service::Routes::from(router.layer(axum::middleware::from_fn(observe)))
 }
+
+/// Largest request a node may send (a usage batch of [`crate::usage::MAX_RECORDS_PER_BATCH`]
+/// records fits).
+pub const NODE_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Largest message a node accepts (a config snapshot of many apps).
+pub const NODE_MAX_RECEIVE_BYTES: usize = 256 * 1024 * 1024;
 
 /// RPCs called by data-plane nodes with the node credential.
 const NODE_METHODS: [&str; 3] = ["Watch", "VerifyApiKey", "ReportUsage"];

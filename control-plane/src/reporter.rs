@@ -23,6 +23,10 @@ use crate::error::{Error, Result};
 use crate::follower::authorized;
 use crate::grpc::{ControlPlaneClient, pb, usage_record_to_pb};
 
+/// Records per batch: one drain of a node serving many apps becomes several batches, each well
+/// under the control plane's message size limit.
+pub const RECORDS_PER_BATCH: usize = 500;
+
 /// Unacknowledged batches kept for retry (an hour at the default 10 s interval).
 pub const MAX_PENDING: usize = 360;
 
@@ -118,13 +122,13 @@ impl UsageReporter {
                     _ = stopped.changed() => true,
                 };
                 let records = meter.drain(now_ms());
-                if !records.is_empty() {
+                for chunk in records.chunks(RECORDS_PER_BATCH) {
                     if pending.len() == MAX_PENDING
                         && let Some(dropped) = pending.pop_front()
                     {
                         tracing::warn!(seq = dropped.seq, "usage queue full: dropping the oldest unsent batch");
                     }
-                    pending.push_back(Batch { seq: next_seq, records });
+                    pending.push_back(Batch { seq: next_seq, records: chunk.to_vec() });
                     next_seq += 1;
                 }
                 send_pending(&*sink, &node_id, &mut pending).await;

@@ -342,6 +342,20 @@ async fn node_rpcs_require_the_node_credential() {
     for _ in 0..3 {
         assert!(!client.report_usage(with_auth(report.clone(), NODE_TOKEN)).await.unwrap().into_inner().applied);
     }
+    // A node serving many apps sends batches far above the REST body limit (64 KiB).
+    let big = pb::ReportUsageRequest {
+        node_id: "n".into(),
+        seq: 2,
+        records: (0..2000)
+            .map(|i| pb::UsageRecord {
+                tenant_id: format!("ten_{i:032}"),
+                app_id: format!("app_{i:032}"),
+                messages_published: 1,
+                ..Default::default()
+            })
+            .collect(),
+    };
+    assert!(client.report_usage(with_auth(big, NODE_TOKEN)).await.unwrap().into_inner().applied);
     let listing = pb::ListAppsRequest { tenant_id: "t".into(), ..Default::default() };
     let _ = client.list_apps(with_auth(listing.clone(), OPERATOR)).await;
     let throttled = client.list_apps(with_auth(listing, OPERATOR)).await.unwrap_err();
