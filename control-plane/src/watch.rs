@@ -144,6 +144,7 @@ impl ConfigLog {
         out: mpsc::Sender<Result<pb::WatchEvent, Status>>,
         heartbeat: Duration,
     ) {
+        let _open = StreamGauge::open();
         // Subscribe before reading the position so nothing falls between the two.
         let mut live = self.live.subscribe();
         let mut sent = match self.replay(&request.epoch, request.version) {
@@ -205,6 +206,22 @@ impl ConfigLog {
                 return;
             }
         }
+    }
+}
+
+/// Counts open streams in `aviary_watch_streams` for as long as it lives.
+struct StreamGauge;
+
+impl StreamGauge {
+    fn open() -> StreamGauge {
+        metrics::gauge!("aviary_watch_streams").increment(1.0);
+        StreamGauge
+    }
+}
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("aviary_watch_streams").decrement(1.0);
     }
 }
 
