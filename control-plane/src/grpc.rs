@@ -3,6 +3,10 @@
 //! A thin adapter over [`crate::service`]: the same credentials (the `authorization` metadata
 //! entry, `Bearer <secret>`), the same validation and the same tenant isolation as REST; errors
 //! map to canonical status codes in `impl From<Error> for tonic::Status`.
+//!
+//! Data-plane nodes call `Watch`, `VerifyApiKey` and `ReportUsage` with the node credential
+//! instead (see [`crate::watch`], [`crate::usage`]; their clients live in [`crate::follower`]
+//! and [`crate::reporter`]).
 
 use std::collections::BTreeMap;
 
