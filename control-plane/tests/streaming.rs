@@ -451,11 +451,15 @@ async fn follower_restarted_during_an_outage_serves_its_cache_then_catches_up(st
     cp.proxy.kill().await;
     assert!(follower.wait_until(SECOND * 5, |s| s.source == ConfigSource::Cache).await);
     assert!(node.app(&app_id).is_some());
-    drop(follower);
+    let running = follower;
 
-    // A node restarted during the outage comes up with the cached config.
+    // A node restarted during the outage comes up with the cached config (its own copy, so the
+    // node still running keeps writing to the first directory).
+    let restart_dir = temp_dir();
+    std::fs::copy(running.cache_file(), restart_dir.join(aviary_control_plane::follower::CACHE_FILE)).unwrap();
     let restarted = Arc::new(Registry::new());
-    let follower = ConfigFollower::start(follower_config(&format!("http://{grpc}"), &dir), restarted.clone()).unwrap();
+    let follower =
+        ConfigFollower::start(follower_config(&format!("http://{grpc}"), &restart_dir), restarted.clone()).unwrap();
     assert!(follower.wait_for_config(SECOND * 3).await);
     let status = follower.status();
     assert_eq!(status.source, ConfigSource::Cache);
@@ -474,7 +478,12 @@ async fn follower_restarted_during_an_outage_serves_its_cache_then_catches_up(st
     let status = follower.status();
     assert_eq!(status.epoch, back.state.config_log().epoch());
     assert!(!status.loaded_from_file);
+    // The node that kept running through the outage reconnects and catches up the same way.
+    assert!(running.wait_connected(SECOND * 5).await, "{:?}", running.status());
+    until(&node, SECOND * 2, |r| r.app(&added).is_some() && r.app(&app_id).is_some_and(|a| !a.enabled)).await;
+    assert_eq!(running.status().epoch, back.state.config_log().epoch());
     let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(restart_dir);
 }
 
 async fn remote_key_authority_caches_and_forgets_revoked_keys(store: TestStore) {
@@ -621,15 +630,36 @@ async fn over_quota_lists_tenants_above_their_quotas(store: TestStore) {
             "max_subscriptions_per_connection": 8, "max_presence_members": 9 } })),
     )
     .await;
+    let (chatty, _, chatty_app, _, _) = cp.tenant("chatty").await;
+    cp.ok(
+        reqwest::Method::PATCH,
+        &format!("/v1/tenants/{chatty}"),
+        OPERATOR,
+        Some(json!({ "quotas": { "max_connections": 100, "max_messages_per_s": 1, "max_message_bytes": 1024,
+            "max_subscriptions_per_connection": 8, "max_presence_members": 9 } })),
+    )
+    .await;
     let now = chrono::Utc::now();
-    cp.state.ingest_usage("n", 1, &[record(&busy, &busy_app, now, 1), record(&calm, &calm_app, now, 1)]).await.unwrap();
+    let last_hour = now - chrono::TimeDelta::hours(1);
+    let records = [
+        record(&busy, &busy_app, now, 1),
+        record(&calm, &calm_app, now, 1),
+        // 7200 messages in the previous hour: 2/s on average, above 1/s.
+        record(&chatty, &chatty_app, last_hour, 7200),
+    ];
+    cp.state.ingest_usage("n", 1, &records).await.unwrap();
 
     let listed = cp.ok(reqwest::Method::GET, "/v1/tenants/over-quota", OPERATOR, None).await;
     let listed = listed.as_array().unwrap();
-    assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!(listed[0]["tenant_id"], busy.as_str());
-    assert_eq!(listed[0]["exceeded"], json!(["connections"]));
-    assert_eq!(listed[0]["peak_connections"], 4);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let find = |id: &str| listed.iter().find(|t| t["tenant_id"] == id).cloned();
+    let busy = find(&busy).expect("over its connections");
+    assert_eq!(busy["exceeded"], json!(["connections"]));
+    assert_eq!(busy["peak_connections"], 4);
+    let chatty = find(&chatty).expect("over its message rate");
+    assert_eq!(chatty["exceeded"], json!(["message_rate"]));
+    assert_eq!(chatty["messages_per_s"], 2.0);
+    assert!(find(&calm).is_none());
     let (status, _) = cp.call(reqwest::Method::GET, "/v1/tenants/over-quota", "avt_not_an_operator", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
