@@ -30,6 +30,10 @@ const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const OPERATOR: &str = "operator-secret-for-streaming-tests";
 const NODE_TOKEN: &str = "node-secret-for-streaming-tests";
 const SECOND: Duration = Duration::from_secs(1);
+/// Bound on waiting for something that normally takes milliseconds; generous so a loaded CI
+/// machine does not fail a correct build. The one timed requirement of the issue (a change
+/// reaches nodes within a second) is asserted separately, on the measured figure.
+const PROMPTLY: Duration = Duration::from_secs(5);
 
 // ---------- fixtures ----------
 
@@ -390,23 +394,23 @@ async fn changes_reach_a_follower_within_a_second(store: TestStore) {
 
     let created = Instant::now();
     let new_app = cp.create_app(&tenant_id, &admin, "fresh").await;
-    let took = until(&node, SECOND, |r| r.app(&new_app).is_some()).await;
+    let took = until(&node, PROMPTLY, |r| r.app(&new_app).is_some()).await;
     println!(
         "config propagation: REST create -> node registry {:?} (after the REST answer: {took:?})",
         created.elapsed()
     );
-    assert!(took <= SECOND);
+    assert!(took <= SECOND, "the issue's bound: a change reaches every node within a second");
 
     cp.ok(reqwest::Method::DELETE, &format!("/v1/apps/{app_id}/keys/{key_id}"), &admin, None).await;
-    until(&node, SECOND, |r| r.api_key_revoked(&key_id)).await;
+    until(&node, PROMPTLY, |r| r.api_key_revoked(&key_id)).await;
 
     cp.ok(reqwest::Method::POST, &format!("/v1/apps/{app_id}/clients/user-1/revoke"), &admin, None).await;
     let now = chrono::Utc::now().timestamp();
-    until(&node, SECOND, |r| r.client_revoked(&app_id, "user-1", now - 1)).await;
+    until(&node, PROMPTLY, |r| r.client_revoked(&app_id, "user-1", now - 1)).await;
     assert!(!node.client_revoked(&app_id, "user-2", now - 1));
 
     cp.ok(reqwest::Method::PATCH, &format!("/v1/apps/{app_id}"), &admin, Some(json!({ "enabled": false }))).await;
-    until(&node, SECOND, |r| r.app(&app_id).is_some_and(|a| !a.enabled)).await;
+    until(&node, PROMPTLY, |r| r.app(&app_id).is_some_and(|a| !a.enabled)).await;
 
     // Tenant quotas reach live nodes; disabling the tenant disables its apps; deleting removes them.
     cp.ok(
@@ -417,18 +421,18 @@ async fn changes_reach_a_follower_within_a_second(store: TestStore) {
             "max_subscriptions_per_connection": 8, "max_presence_members": 9 } })),
     )
     .await;
-    until(&node, SECOND, |r| r.app(&new_app).is_some_and(|a| a.quotas.max_connections == 7)).await;
+    until(&node, PROMPTLY, |r| r.app(&new_app).is_some_and(|a| a.quotas.max_connections == 7)).await;
     cp.ok(reqwest::Method::PATCH, &format!("/v1/tenants/{tenant_id}"), OPERATOR, Some(json!({ "enabled": false })))
         .await;
-    until(&node, SECOND, |r| r.app(&new_app).is_some_and(|a| !a.enabled)).await;
+    until(&node, PROMPTLY, |r| r.app(&new_app).is_some_and(|a| !a.enabled)).await;
     cp.ok(reqwest::Method::DELETE, &format!("/v1/tenants/{tenant_id}"), OPERATOR, None).await;
-    until(&node, SECOND, |r| r.app(&new_app).is_none() && r.app(&app_id).is_none()).await;
+    until(&node, PROMPTLY, |r| r.app(&new_app).is_none() && r.app(&app_id).is_none()).await;
     assert!(node.app(&other_app).is_some_and(|a| a.enabled), "other tenants are untouched");
 
     // A rotated signing key reaches the node before tokens it signs do.
     cp.ok(reqwest::Method::POST, "/v1/signing-keys/rotate", OPERATOR, None).await;
     let current = cp.state.registry().verifying_keys().len();
-    until(&node, SECOND, |r| r.verifying_keys().len() == current).await;
+    until(&node, PROMPTLY, |r| r.verifying_keys().len() == current).await;
     assert!(follower.status().connected());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -474,13 +478,13 @@ async fn follower_restarted_during_an_outage_serves_its_cache_then_catches_up(st
     let added = back.create_app(&tenant_id, &admin, "added-during-outage").await;
     back.ok(reqwest::Method::PATCH, &format!("/v1/apps/{app_id}"), &admin, Some(json!({ "enabled": false }))).await;
     assert!(follower.wait_connected(SECOND * 5).await, "{:?}", follower.status());
-    until(&restarted, SECOND * 2, |r| r.app(&added).is_some() && r.app(&app_id).is_some_and(|a| !a.enabled)).await;
+    until(&restarted, PROMPTLY, |r| r.app(&added).is_some() && r.app(&app_id).is_some_and(|a| !a.enabled)).await;
     let status = follower.status();
     assert_eq!(status.epoch, back.state.config_log().epoch());
     assert!(!status.loaded_from_file);
     // The node that kept running through the outage reconnects and catches up the same way.
     assert!(running.wait_connected(SECOND * 5).await, "{:?}", running.status());
-    until(&node, SECOND * 2, |r| r.app(&added).is_some() && r.app(&app_id).is_some_and(|a| !a.enabled)).await;
+    until(&node, PROMPTLY, |r| r.app(&added).is_some() && r.app(&app_id).is_some_and(|a| !a.enabled)).await;
     assert_eq!(running.status().epoch, back.state.config_log().epoch());
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_dir_all(restart_dir);
@@ -504,7 +508,7 @@ async fn remote_key_authority_caches_and_forgets_revoked_keys(store: TestStore) 
     assert_eq!(authority.verify_api_key("avk_forged_secret").await, Err(ApiKeyError::Invalid));
 
     cp.ok(reqwest::Method::DELETE, &format!("/v1/apps/{app_id}/keys/{key_id}"), &admin, None).await;
-    until(&node, SECOND, |r| r.api_key_revoked(&key_id)).await;
+    until(&node, PROMPTLY, |r| r.api_key_revoked(&key_id)).await;
     assert_eq!(authority.verify_api_key(&api_key).await, Err(ApiKeyError::Invalid));
     assert_eq!(authority.cached(), 0);
 
@@ -676,14 +680,16 @@ async fn a_change_through_another_replica_reaches_nodes_within_a_second() {
     let dir = temp_dir();
     let follower = ConfigFollower::start(follower_config(&followed.endpoint(), &dir), node.clone()).unwrap();
     assert!(follower.wait_connected(SECOND * 3).await);
-    until(&node, SECOND, |r| r.app(&app_id).is_some()).await;
+    until(&node, PROMPTLY, |r| r.app(&app_id).is_some()).await;
 
     let created = Instant::now();
     let new_app = writer.create_app(&tenant_id, &admin, "via-the-other-replica").await;
-    until(&node, SECOND, |r| r.app(&new_app).is_some()).await;
-    println!("config propagation across replicas: {:?}", created.elapsed());
+    until(&node, PROMPTLY, |r| r.app(&new_app).is_some()).await;
+    let took = created.elapsed();
+    println!("config propagation across replicas: REST create on one -> node of the other {took:?}");
+    assert!(took <= SECOND, "the issue's bound: a change reaches every node within a second");
     writer.ok(reqwest::Method::DELETE, &format!("/v1/apps/{app_id}/keys/{key_id}"), &admin, None).await;
-    until(&node, SECOND, |r| r.api_key_revoked(&key_id)).await;
+    until(&node, PROMPTLY, |r| r.api_key_revoked(&key_id)).await;
     writer.ok(reqwest::Method::POST, "/v1/signing-keys/rotate", OPERATOR, None).await;
     let kids = || {
         let mut kids: Vec<String> = writer.state.registry().verifying_keys().iter().map(|k| k.kid.clone()).collect();
@@ -691,7 +697,7 @@ async fn a_change_through_another_replica_reaches_nodes_within_a_second() {
         kids
     };
     let expected = kids();
-    until(&node, SECOND, |r| {
+    until(&node, PROMPTLY, |r| {
         let mut got: Vec<String> = r.verifying_keys().iter().map(|k| k.kid.clone()).collect();
         got.sort();
         got == expected
