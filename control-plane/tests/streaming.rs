@@ -442,6 +442,9 @@ async fn follower_restarted_during_an_outage_serves_its_cache_then_catches_up(st
     let grpc = cp.grpc;
     let (tenant_id, admin, app_id, key_id, _) = cp.tenant("acme").await;
     cp.ok(reqwest::Method::DELETE, &format!("/v1/apps/{app_id}/keys/{key_id}"), &admin, None).await;
+    let revoked =
+        cp.ok(reqwest::Method::POST, &format!("/v1/apps/{app_id}/clients/mallory/revoke"), &admin, None).await;
+    let cutoff = revoked["issued_before"].as_i64().unwrap();
     let dir = temp_dir();
 
     let node = Arc::new(Registry::new());
@@ -470,11 +473,13 @@ async fn follower_restarted_during_an_outage_serves_its_cache_then_catches_up(st
     assert!(status.loaded_from_file);
     assert!(restarted.app(&app_id).is_some_and(|a| a.enabled));
     assert!(restarted.api_key_revoked(&key_id), "revocations survive in the cache");
+    assert!(restarted.client_revoked(&app_id, "mallory", cutoff));
     assert!(!restarted.verifying_keys().is_empty(), "tokens still verify locally");
 
     // Meanwhile the control plane comes back (a new process: new epoch) with a change made
     // while the node was away; the node takes a fresh snapshot.
     let back = start(&store, Some(grpc), |_| {}).await;
+    assert!(back.state.registry().client_revoked(&app_id, "mallory", cutoff), "client revocations are stored");
     let added = back.create_app(&tenant_id, &admin, "added-during-outage").await;
     back.ok(reqwest::Method::PATCH, &format!("/v1/apps/{app_id}"), &admin, Some(json!({ "enabled": false }))).await;
     assert!(follower.wait_connected(SECOND * 5).await, "{:?}", follower.status());
