@@ -21,6 +21,7 @@
 //! first arrives, unsubscribed after the last leaves. Those two async steps are serialized per
 //! channel by an async gate so an unsubscribe can never overtake a later subscribe.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -261,6 +262,21 @@ impl Hub {
             .collect();
         out.sort();
         out
+    }
+
+    /// Every app's channels with their local subscriber counts, each app's sorted by channel.
+    pub fn snapshot(&self) -> HashMap<Arc<str>, Vec<(Arc<str>, u64)>> {
+        let mut apps: HashMap<Arc<str>, Vec<(Arc<str>, u64)>> = HashMap::new();
+        for e in self.channels.iter() {
+            let n = e.value().subscribers.read().len() as u64;
+            if n > 0 {
+                apps.entry(e.key().app_id.clone()).or_default().push((e.key().channel.clone(), n));
+            }
+        }
+        for channels in apps.values_mut() {
+            channels.sort_unstable();
+        }
+        apps
     }
 
     /// Channels with at least one local subscriber, across apps.

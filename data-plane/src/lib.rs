@@ -16,6 +16,10 @@
 //! hands it to every node's hub (`BrokerEvents::on_publication`); the hub encodes the `message`
 //! frame once and `try_send`s a clone of its bytes into each local subscriber's bounded queue;
 //! each connection's writer task drains its queue into the socket.
+//!
+//! In a cluster the binary adds two Redis-backed pieces beside the `RedisBroker`: cluster-wide
+//! quotas ([`ClusterQuotas`] passed to [`DataPlane::with_quotas`]) and the cluster-wide channel
+//! listing ([`DataPlane::enable_cluster_channel_listing`]).
 
 pub mod error;
 pub(crate) mod hub;
@@ -26,11 +30,13 @@ pub mod rest;
 pub(crate) mod session;
 pub(crate) mod transport;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use aviary_broker::Broker;
+use aviary_broker::channels::RedisChannelCounts;
 use aviary_core::usage::UsageMeter;
 use aviary_core::{ApiKeyAuthority, ConfigEvent, Registry};
 use axum::Router;
@@ -79,6 +85,11 @@ pub struct DataPlaneConfig {
     pub max_frame_bytes: usize,
     /// Consecutive malformed frames tolerated before closing with 4000.
     pub max_malformed_frames: u32,
+    /// How often a node with the cluster channel listing enabled
+    /// ([`DataPlane::enable_cluster_channel_listing`]) reports its per-channel subscriber
+    /// counts; other nodes' listings lag by at most this, and a crashed node's channels leave
+    /// them within five intervals.
+    pub channel_report_interval: Duration,
     /// Initial read buffer of each WebSocket. Small, because most connections are idle and
     /// client frames are small; it grows on demand for larger frames.
     pub ws_read_buffer_bytes: usize,
@@ -98,6 +109,7 @@ impl Default for DataPlaneConfig {
             max_frame_bytes: 1024 * 1024,
             max_malformed_frames: 10,
             ws_read_buffer_bytes: 8 * 1024,
+            channel_report_interval: Duration::from_secs(2),
         }
     }
 }
@@ -112,6 +124,8 @@ pub(crate) struct NodeState {
     pub(crate) quotas: Arc<dyn QuotaEnforcer>,
     /// Per-app usage for billing, drained by the binary's usage reporter.
     pub(crate) usage: Arc<UsageMeter>,
+    /// Cluster-wide channel listing, when enabled; `None` lists this node's channels only.
+    pub(crate) channel_counts: OnceLock<Arc<RedisChannelCounts>>,
     /// Open connections by connection id, for drain and revocations.
     pub(crate) sessions: DashMap<Arc<str>, Arc<SessionHandle>>,
     pub(crate) shutdown: CancellationToken,
@@ -196,6 +210,7 @@ impl DataPlane {
             hub,
             quotas,
             usage: Arc::new(UsageMeter::new(aviary_core::unix_now_ms())),
+            channel_counts: OnceLock::new(),
             sessions: DashMap::new(),
             shutdown,
             draining: AtomicBool::new(false),
@@ -225,6 +240,22 @@ impl DataPlane {
     /// Hand it to the usage reporter, which drains it on an interval.
     pub fn usage_meter(&self) -> &Arc<UsageMeter> {
         &self.inner.usage
+    }
+
+    /// Makes `GET /v1/apps/{app_id}/channels` list channels cluster-wide: this node reports its
+    /// per-channel subscriber counts to Redis (`redis_urls` and `prefix` as for the broker)
+    /// every [`DataPlaneConfig::channel_report_interval`], and the listing adds up every live
+    /// node's counts. Without it (e.g. `aviary dev` on the memory broker) the listing shows
+    /// this node's channels only. Call once, inside a Tokio runtime; a second call is an error.
+    pub fn enable_cluster_channel_listing(&self, redis_urls: &[String], prefix: &str) -> Result<(), Error> {
+        let interval = self.inner.config.channel_report_interval.max(Duration::from_millis(100));
+        let counts = Arc::new(RedisChannelCounts::new(redis_urls, prefix, &self.inner.config.node_id, interval * 5)?);
+        self.inner
+            .channel_counts
+            .set(counts.clone())
+            .map_err(|_| Error::Internal("cluster channel listing is already enabled".into()))?;
+        tokio::spawn(report_channels(Arc::downgrade(&self.inner), counts, interval, self.inner.shutdown.clone()));
+        Ok(())
     }
 
     /// Channels with at least one local subscriber.
@@ -353,5 +384,59 @@ fn recheck_all(inner: &NodeState) {
         if let Some(reason) = reason {
             s.value().close(reason);
         }
+    }
+}
+
+/// Reports this node's per-channel subscriber counts for the cluster-wide listing: an app's
+/// counts are rewritten when they changed since the last accepted report and only confirmed
+/// otherwise. A failed report is retried on the next tick. On shutdown the node withdraws its
+/// counts (best effort; otherwise they expire with the node TTL).
+async fn report_channels(
+    inner: std::sync::Weak<NodeState>,
+    counts: Arc<RedisChannelCounts>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported: HashMap<Arc<str>, Vec<(Arc<str>, u64)>> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let Some(snapshot) = inner.upgrade().map(|inner| inner.hub.snapshot()) else { return };
+        let apps: Vec<Arc<str>> = snapshot
+            .keys()
+            .chain(reported.keys())
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for app in apps {
+            let now: &[(Arc<str>, u64)] = snapshot.get(&app).map_or(&[], Vec::as_slice);
+            let result = if reported.get(&app).map(Vec::as_slice) == Some(now) {
+                match counts.report(&app, None).await {
+                    Ok(true) => Ok(()),
+                    // Redis lost the last report (restart, flush): write it again.
+                    Ok(false) => counts.report(&app, Some(now)).await.map(drop),
+                    Err(e) => Err(e),
+                }
+            } else {
+                counts.report(&app, Some(now)).await.map(drop)
+            };
+            match result {
+                Ok(()) if now.is_empty() => {
+                    reported.remove(&app);
+                }
+                Ok(()) => {
+                    reported.insert(app, now.to_vec());
+                }
+                Err(e) => tracing::debug!(app_id = %app, error = %e, "channel count report failed; retrying next tick"),
+            }
+        }
+    }
+    for app in reported.keys() {
+        let _ = counts.report(app, Some(&[])).await;
     }
 }

@@ -475,7 +475,9 @@ pub async fn presence(
     Ok(Json(PresenceResponse { members: members.into_iter().map(Member::from).collect() }))
 }
 
-/// List the app's active channels (those with subscribers on this node).
+/// List the app's active channels with their subscriber counts: across the cluster when the
+/// node reports to Redis (other nodes' counts lag by up to a couple of seconds), else this
+/// node's.
 #[utoipa::path(
     get,
     path = "/v1/apps/{app_id}/channels",
@@ -483,6 +485,7 @@ pub async fn presence(
     params(("app_id" = String, Path, description = "App id"), ChannelsQuery),
     responses(
         (status = 200, description = "Active channels with subscriber counts", body = ChannelsResponse),
+        (status = 503, description = "Cluster channel counts unavailable (Redis unreachable); retry", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Key belongs to another app, or app disabled", body = Problem, content_type = "application/problem+json"),
     ),
@@ -496,12 +499,24 @@ pub async fn channels(
 ) -> Result<Json<ChannelsResponse>> {
     let inner = dp.inner();
     let app = key.app(inner, &app_id)?;
-    let channels = inner
-        .hub
-        .channels(&app.app_id, q.prefix.as_deref().unwrap_or(""))
-        .into_iter()
-        .map(|(channel, subscribers)| ChannelInfo { channel, subscribers })
-        .collect();
+    let prefix = q.prefix.as_deref().unwrap_or("");
+    let local = inner.hub.channels(&app.app_id, prefix);
+    let channels = match inner.channel_counts.get() {
+        None => local.into_iter().map(|(channel, subscribers)| ChannelInfo { channel, subscribers }).collect(),
+        Some(counts) => {
+            // Other nodes' reported counts plus this node's live ones.
+            let mut sums: std::collections::BTreeMap<String, usize> = counts
+                .others(&app.app_id, prefix)
+                .await?
+                .into_iter()
+                .map(|(channel, n)| (channel, usize::try_from(n).unwrap_or(usize::MAX)))
+                .collect();
+            for (channel, n) in local {
+                *sums.entry(channel).or_default() += n;
+            }
+            sums.into_iter().map(|(channel, subscribers)| ChannelInfo { channel, subscribers }).collect()
+        }
+    };
     Ok(Json(ChannelsResponse { channels }))
 }
 

@@ -22,13 +22,17 @@ use tokio_util::sync::CancellationToken;
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
 const WAIT: Duration = Duration::from_secs(10);
 
-/// No REST in these tests: every key is refused.
-struct NoKeys;
+/// Test-only API key authority: one key for the test's app (the real one is the control
+/// plane's).
+struct OneKey {
+    secret: String,
+    key: VerifiedApiKey,
+}
 
 #[async_trait]
-impl ApiKeyAuthority for NoKeys {
-    async fn verify_api_key(&self, _presented: &str) -> Result<VerifiedApiKey, ApiKeyError> {
-        Err(ApiKeyError::Invalid)
+impl ApiKeyAuthority for OneKey {
+    async fn verify_api_key(&self, presented: &str) -> Result<VerifiedApiKey, ApiKeyError> {
+        if presented == self.secret { Ok(self.key.clone()) } else { Err(ApiKeyError::Invalid) }
     }
 }
 
@@ -37,6 +41,7 @@ struct Cluster {
     app: AppConfig,
     signing: SigningKey,
     prefix: String,
+    api_key: String,
 }
 
 impl Cluster {
@@ -54,23 +59,51 @@ impl Cluster {
             quotas: Quotas::default(),
         };
         configure(&mut app);
-        Cluster { app, signing: SigningKey::generate(), prefix: format!("test_{}", uuid::Uuid::new_v4().simple()) }
+        Cluster {
+            app,
+            signing: SigningKey::generate(),
+            prefix: format!("test_{}", uuid::Uuid::new_v4().simple()),
+            api_key: format!("avk_{}", uuid::Uuid::new_v4().simple()),
+        }
     }
 
-    /// Starts one node on its own port, with its own broker and quota connections.
+    fn keys(&self) -> Arc<OneKey> {
+        Arc::new(OneKey {
+            secret: self.api_key.clone(),
+            key: VerifiedApiKey {
+                key_id: format!("key_1_{}", self.app.app_id),
+                tenant_id: self.app.tenant_id.clone(),
+                app_id: self.app.app_id.clone(),
+                capabilities: Capabilities::all(),
+            },
+        })
+    }
+
+    /// Starts one node on its own port, with its own broker and quota connections; returns
+    /// its WebSocket URL.
     async fn node(&self) -> String {
+        self.start().await.0
+    }
+
+    /// Starts one node; returns its WebSocket URL and its HTTP base URL.
+    async fn start(&self) -> (String, String) {
         let registry = Arc::new(Registry::new());
         registry.set_verifying_keys([self.signing.verifying_key()]);
         registry.upsert_app(self.app.clone());
         let urls = [REDIS_URL.to_owned()];
         let broker = Arc::new(RedisBroker::new(&urls, &self.prefix).expect("broker"));
         let quotas = Arc::new(ClusterQuotas::new(&urls, &self.prefix).expect("quotas"));
-        let config = DataPlaneConfig { ws_heartbeat_interval: Duration::from_secs(5), ..DataPlaneConfig::default() };
-        let dp = DataPlane::with_quotas(registry, broker, Arc::new(NoKeys), config, CancellationToken::new(), quotas);
+        let config = DataPlaneConfig {
+            ws_heartbeat_interval: Duration::from_secs(5),
+            channel_report_interval: Duration::from_millis(200),
+            ..DataPlaneConfig::default()
+        };
+        let dp = DataPlane::with_quotas(registry, broker, self.keys(), config, CancellationToken::new(), quotas);
+        dp.enable_cluster_channel_listing(&urls, &self.prefix).expect("channel listing");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(axum::serve(listener, dp.router()).into_future());
-        format!("ws://{addr}/v1/connect")
+        (format!("ws://{addr}/v1/connect"), format!("http://{addr}"))
     }
 
     fn token(&self, client: &str) -> String {
@@ -154,7 +187,7 @@ async fn unreachable_quota_store_refuses_new_connections_retryably() {
     let dp = DataPlane::with_quotas(
         registry,
         broker,
-        Arc::new(NoKeys),
+        cluster.keys(),
         DataPlaneConfig::default(),
         CancellationToken::new(),
         quotas,
@@ -225,4 +258,60 @@ async fn subscribers_are_told_when_the_engine_loses_a_stream() {
     );
     let message = next(&mut subscriber).await.unwrap();
     assert_eq!((message["epoch"].as_str(), message["offset"].as_u64()), (Some(new_epoch.as_str()), Some(1)));
+}
+
+/// `GET /v1/apps/{app}/channels` on `base`, as `[(channel, subscribers)]`.
+async fn listing(cluster: &Cluster, base: &str) -> Vec<(String, u64)> {
+    let r = reqwest::Client::new()
+        .get(format!("{base}/v1/apps/{}/channels?prefix=room", cluster.app.app_id))
+        .bearer_auth(&cluster.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    body["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["channel"].as_str().unwrap().to_owned(), c["subscribers"].as_u64().unwrap()))
+        .collect()
+}
+
+/// Polls the listing until it equals `expected` (other nodes report on an interval).
+async fn await_listing(cluster: &Cluster, base: &str, expected: &[(&str, u64)]) {
+    let expected: Vec<(String, u64)> = expected.iter().map(|(c, n)| ((*c).to_owned(), *n)).collect();
+    let mut last = Vec::new();
+    let polled = timeout(WAIT, async {
+        loop {
+            last = listing(cluster, base).await;
+            if last == expected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(polled.is_ok(), "listing stayed {last:?}, expected {expected:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_listing_sums_subscribers_across_nodes() {
+    let cluster = Cluster::new(|_| {});
+    let ((ws_one, http_one), (ws_two, http_two)) = (cluster.start().await, cluster.start().await);
+    let mut a = connected(&ws_one, &cluster.token("a")).await;
+    let mut b = connected(&ws_one, &cluster.token("b")).await;
+    let mut c = connected(&ws_two, &cluster.token("c")).await;
+    request(&mut a, 1, json!({"type": "subscribe", "channel": "room-1"})).await;
+    request(&mut b, 1, json!({"type": "subscribe", "channel": "room-1"})).await;
+    request(&mut b, 2, json!({"type": "subscribe", "channel": "room-2"})).await;
+    request(&mut c, 1, json!({"type": "subscribe", "channel": "room-1"})).await;
+    request(&mut c, 2, json!({"type": "subscribe", "channel": "other"})).await;
+    for base in [&http_one, &http_two] {
+        await_listing(&cluster, base, &[("room-1", 3), ("room-2", 1)]).await;
+    }
+    // Leaving on node one shows on node two after its next report.
+    b.close(None).await.unwrap();
+    while timeout(WAIT, b.next()).await.expect("close completes").is_some() {}
+    await_listing(&cluster, &http_two, &[("room-1", 2)]).await;
 }

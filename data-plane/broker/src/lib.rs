@@ -2,7 +2,9 @@
 //!
 //! [`Broker`] is the contract every engine keeps; its doc comments are the spec and
 //! [`contract`] is the one test suite every implementation passes (the in-process
-//! [`memory::MemoryBroker`] for `aviary dev`, [`redis::RedisBroker`] for clusters).
+//! [`memory::MemoryBroker`] for `aviary dev`, [`redis::RedisBroker`] for clusters). Beside the
+//! engine, Redis also holds cluster-wide quota counters ([`quota`]) and per-node channel
+//! subscriber counts for listings ([`channels`]).
 //!
 //! # Contract
 //! - **Streams.** Each channel (keyed by [`ChannelKey`], so two apps never share one) has a
@@ -23,6 +25,7 @@
 //! - **Failure.** An engine that cannot reach its backing store returns
 //!   [`BrokerError::Unavailable`]; nothing it reported as published is lost while it stays up.
 
+pub mod channels;
 pub mod contract;
 pub mod memory;
 pub mod quota;
