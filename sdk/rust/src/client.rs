@@ -91,6 +91,12 @@ impl ClientBuilder {
             Some(url) => parse_base(url)?,
             None => control_plane.clone(),
         };
+        // Checked once here so a pasted key with a stray newline fails loudly, not per request.
+        if reqwest::header::HeaderValue::from_str(&format!("Bearer {}", self.api_key)).is_err() {
+            return Err(Error::InvalidConfig(
+                "the API key contains characters not allowed in an HTTP header".to_owned(),
+            ));
+        }
         let http = match self.http {
             Some(http) => http,
             None => reqwest::Client::builder()
@@ -407,5 +413,11 @@ mod tests {
         assert!(parse_base("ftp://x").is_err());
         assert!(parse_base("not a url").is_err());
         assert!(parse_base("http://127.0.0.1:8080").is_ok());
+    }
+
+    #[test]
+    fn an_api_key_that_cannot_be_a_header_is_refused_at_build_time() {
+        let err = Client::new("http://127.0.0.1:1", "created\navk_x").expect_err("newline in the key");
+        assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
     }
 }

@@ -83,6 +83,11 @@ pub enum Error {
     #[error("invalid URL: {0}")]
     InvalidUrl(String),
 
+    /// The client was configured with something unusable (e.g. an API key that cannot be sent in
+    /// an HTTP header).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+
     /// The server sent something the SDK could not decode (a bug on one side; please report).
     #[error("unexpected response from aviary: {0}")]
     Decode(String),

@@ -43,7 +43,7 @@ impl GrpcClient {
         let channel = endpoint.connect().await?;
         let authorization = format!("Bearer {api_key}")
             .parse()
-            .map_err(|_| Error::InvalidUrl("the API key is not valid ASCII metadata".to_owned()))?;
+            .map_err(|_| Error::InvalidConfig("the API key is not valid ASCII metadata".to_owned()))?;
         Ok(GrpcClient {
             inner: proto::control_plane_client::ControlPlaneClient::new(channel),
             authorization,
