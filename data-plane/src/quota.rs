@@ -8,7 +8,7 @@
 //! the two), so one noisy app cannot starve its siblings beyond its own limit.
 //!
 //! # When the quota store is unavailable
-//! An enforcer that cannot decide returns [`Error::Unavailable`](crate::Error::Unavailable); it never admits blindly.
+//! An enforcer that cannot decide returns [`Error::Unavailable`]; it never admits blindly.
 //! - A new connection is refused with a retryable answer: WebSocket `disconnect` with close
 //!   code 1013 (try again later) and `reconnect: true`; SSE `503` with `Retry-After`. Open
 //!   connections are untouched: they were admitted and stay counted locally, and the Redis
@@ -30,14 +30,14 @@ use aviary_core::AppConfig;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Decides admission. Called on the connect and publish paths, so implementations answer in
 /// one round trip at most and never wait on anything unbounded.
 #[async_trait]
 pub trait QuotaEnforcer: Send + Sync + 'static {
     /// Counts a new connection for the app and its tenant: `Ok(false)` when either is at its
-    /// `max_connections`, [`Error::Unavailable`](crate::Error::Unavailable) when the decision cannot be made. A granted
+    /// `max_connections`, [`Error::Unavailable`] when the decision cannot be made. A granted
     /// connection must be released with [`QuotaEnforcer::release_connection`] (use
     /// [`ConnectionPermit`]).
     async fn try_acquire_connection(&self, app: &AppConfig) -> Result<bool>;
@@ -214,36 +214,43 @@ impl QuotaEnforcer for LocalQuotas {
 /// [`RedisQuotas::node_ttl`] (30 s by default).
 #[derive(Debug)]
 pub struct ClusterQuotas {
-    redis: RedisQuotas,
+    redis: Arc<RedisQuotas>,
 }
 
 impl ClusterQuotas {
     /// Quotas over the same Redis URLs and key prefix as the node's
     /// [`aviary_broker::redis::RedisBroker`] (tenants are sharded over the URLs by consistent
     /// hashing). Connects lazily, so this succeeds while Redis is down; admissions then fail
-    /// with [`Error::Unavailable`](crate::Error::Unavailable). Must be called inside a Tokio runtime.
+    /// with [`Error::Unavailable`]. Must be called inside a Tokio runtime.
     pub fn new(redis_urls: &[String], prefix: &str) -> Result<Self> {
-        Ok(ClusterQuotas { redis: RedisQuotas::new(redis_urls, prefix)? })
+        Ok(ClusterQuotas { redis: Arc::new(RedisQuotas::new(redis_urls, prefix)?) })
     }
 
     /// Wraps an existing [`RedisQuotas`] (e.g. one built with a custom node TTL).
     pub fn from_redis(redis: RedisQuotas) -> Self {
-        ClusterQuotas { redis }
+        ClusterQuotas { redis: Arc::new(redis) }
     }
 }
 
 #[async_trait]
 impl QuotaEnforcer for ClusterQuotas {
     async fn try_acquire_connection(&self, app: &AppConfig) -> Result<bool> {
-        Ok(self
-            .redis
-            .try_acquire_connection(
-                &app.tenant_id,
-                &app.app_id,
-                app.tenant_quotas.max_connections,
-                app.quotas.max_connections,
-            )
-            .await?)
+        // The admission runs to completion in its own task: if the caller goes away mid-way
+        // (an SSE request whose client hung up), a slot Redis granted is released instead of
+        // being counted forever.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let redis = self.redis.clone();
+        let (tenant_id, app_id) = (app.tenant_id.clone(), app.app_id.clone());
+        let (tenant_max, app_max) = (app.tenant_quotas.max_connections, app.quotas.max_connections);
+        tokio::spawn(async move {
+            let result = redis.try_acquire_connection(&tenant_id, &app_id, tenant_max, app_max).await;
+            if let Err(Ok(true)) = tx.send(result) {
+                let _ = redis.release_connection(&tenant_id, &app_id).await;
+            }
+        });
+        rx.await
+            .map_err(|_| Error::Internal("connection admission task ended without an answer".into()))?
+            .map_err(Error::from)
     }
 
     async fn release_connection(&self, tenant_id: &str, app_id: &str) {
