@@ -6,7 +6,10 @@ const $ = (id) => document.getElementById(id);
 const TAB = Math.random().toString(36).slice(2, 10);
 
 const session = await fetch('/api/me');
-if (session.status === 401) location.assign('/login');
+if (!session.ok) {
+  location.assign('/login');
+  throw new Error('not logged in');
+}
 const { user, aviaryUrl } = await session.json();
 $('me').textContent = user;
 

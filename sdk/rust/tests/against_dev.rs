@@ -3,6 +3,9 @@
 //! The binary is not built by this crate: build it first with `cargo build -p aviary`. It is
 //! looked up in `$CARGO_TARGET_DIR/debug/aviary`, else `<workspace>/target/debug/aviary`, or at
 //! `$AVIARY_BIN` when set. Each test starts its own process with a fresh data dir.
+//!
+//! The two 5xx retry tests use a tiny scripted HTTP server instead (a healthy `aviary dev` never
+//! answers 503), to check what the SDK puts on the wire when it retries.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -162,6 +165,8 @@ async fn rest_and_grpc_tokens_connect_and_receive_every_kind_of_publish() {
     let bob = Connection::connect(&dev.ws_url(), &grpc_token.token).await.expect("bob connects with a gRPC token");
     assert_eq!(bob.info().client_id, "bob");
     bob.ping().await.expect("ping round-trips");
+    let fresh = grpc.issue_token(&app.app_id, &TokenRequest::new("bob").ttl_s(900)).await.expect("second mint");
+    assert_eq!(bob.refresh(&fresh.token).await.expect("refresh in place"), fresh.expires_at);
 
     let mut sub =
         bob.subscribe("chat:lobby", SubscribeOptions { since: None, presence: true }).await.expect("subscribe");
@@ -311,4 +316,81 @@ async fn rate_limited_publish_is_retried_after_retry_after() {
     let once = Client::builder(&dev.http_url, &app.api_key).auto_idempotency_keys(false).build().unwrap();
     let err = once.publish(&app.app_id, "chat:a", &json!(4), None).await.expect_err("not retried");
     assert!(matches!(err, Error::RateLimited { .. }), "{err:?}");
+}
+
+/// A one-purpose HTTP/1.1 server on 127.0.0.1:0 answering each request with the next canned
+/// response and recording the request bodies: the 5xx path cannot be provoked on a healthy
+/// `aviary dev`, and what matters here is what the SDK sends on the wire when it retries.
+async fn scripted_server(responses: Vec<&'static str>) -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for response in responses {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read headers, then Content-Length bytes of body.
+            let body = loop {
+                let Ok(n) = socket.read(&mut buf).await else { return };
+                if n == 0 {
+                    return;
+                }
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break request[end + 4..end + 4 + length].to_vec();
+                    }
+                }
+            };
+            let _ = tx.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
+            let (status, body) = response.split_once('|').expect("status|body");
+            let content_type = if status.starts_with('2') { "application/json" } else { "application/problem+json" };
+            let reply = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(reply.as_bytes()).await;
+        }
+    });
+    (url, rx)
+}
+
+const UNAVAILABLE: &str = r#"503 Service Unavailable|{"type":"https://aviary.dev/problems/unavailable","title":"Unavailable","status":503,"detail":"engine unavailable"}"#;
+const PUBLISHED: &str = r#"201 Created|{"epoch":"e1","offset":7}"#;
+
+#[tokio::test]
+async fn a_publish_retried_after_a_5xx_carries_the_same_idempotency_key() {
+    let (url, mut bodies) = scripted_server(vec![UNAVAILABLE, UNAVAILABLE, PUBLISHED]).await;
+    let client = Client::new(&url, "avk_test_key").expect("client builds");
+    let position = client.publish("app_1", "chat:a", &json!({"n": 1}), None).await.expect("third attempt succeeds");
+    assert_eq!(position, StreamPosition { epoch: "e1".to_owned(), offset: 7 });
+    let mut keys = Vec::new();
+    for _ in 0..3 {
+        let body = bodies.recv().await.expect("a request");
+        assert_eq!(body["data"], json!({"n": 1}));
+        keys.push(body["idempotency_key"].as_str().expect("a generated key").to_owned());
+    }
+    assert!(keys.iter().all(|k| k == &keys[0]), "{keys:?}");
+}
+
+#[tokio::test]
+async fn a_publish_without_a_key_is_sent_once_and_a_5xx_surfaces_as_a_typed_error() {
+    let (url, mut bodies) = scripted_server(vec![UNAVAILABLE, PUBLISHED]).await;
+    let client = Client::builder(&url, "avk_test_key").auto_idempotency_keys(false).build().expect("client builds");
+    let err = client.publish("app_1", "chat:a", &json!(1), None).await.expect_err("not retried");
+    assert_eq!((err.status(), err.kind()), (Some(503), Some("unavailable")), "{err:?}");
+    assert_eq!(bodies.recv().await.expect("one request")["idempotency_key"], Value::Null);
+    // The next request gets the second canned answer: nothing was retried in between.
+    let position = client.publish("app_1", "chat:a", &json!(2), None).await.expect("second request");
+    assert_eq!(position.offset, 7);
 }
