@@ -9,7 +9,8 @@
 //! pushed back to the server, which closes the connection with 4008 rather than letting memory
 //! grow. Read your subscriptions.
 //!
-//! It does not reconnect: on [`Error::Closed`] make a new [`Connection`] and subscribe with the
+//! A connection from which nothing (not even the server's WebSocket ping) arrives for two
+//! heartbeat intervals is treated as dead and closed. It does not reconnect: on [`Error::Closed`] make a new [`Connection`] and subscribe with the
 //! last [`StreamPosition`] you processed (see `Message::position`).
 
 use std::collections::HashMap;
@@ -115,7 +116,8 @@ pub struct SubscribeOptions {
 }
 
 /// A channel subscription: a `Stream` of [`Event`]s that ends when the connection closes or the
-/// channel is unsubscribed. Dropping it unsubscribes.
+/// channel is unsubscribed. Dropping it unsubscribes lazily: the connection sends `unsubscribe`
+/// when the next event for the channel finds no reader.
 #[derive(Debug)]
 pub struct Subscription {
     /// The channel.
@@ -186,16 +188,18 @@ pub struct Connection {
     next_id: AtomicU64,
     closed: watch::Receiver<Option<CloseInfo>>,
     request_timeout: Duration,
-    _task: TaskGuard,
+    task: TaskGuard,
 }
 
-/// Aborts the socket task when the last handle goes away, so a dropped connection never lingers.
+/// Aborts the socket task when the connection is dropped, so a dropped connection never lingers.
 #[derive(Debug)]
-struct TaskGuard(tokio::task::AbortHandle);
+struct TaskGuard(Option<tokio::task::JoinHandle<()>>);
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -212,14 +216,17 @@ impl Connection {
             tokio::time::timeout(timeout, await_connected(&mut socket)).await.map_err(|_| Error::Timeout)??;
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (closed_tx, closed) = watch::channel(None);
-        let task = tokio::spawn(run(socket, command_rx, closed_tx));
+        // Two heartbeat intervals without any inbound frame (the server pings every `heartbeat_s`)
+        // mean the connection is dead even if TCP has not noticed; the margin absorbs jitter.
+        let silence = Duration::from_secs(connected.heartbeat_s.max(1) * 2 + 5);
+        let task = tokio::spawn(run(socket, command_rx, closed_tx, silence));
         Ok(Connection {
             connected,
             commands,
             next_id: AtomicU64::new(1),
             closed,
             request_timeout: timeout,
-            _task: TaskGuard(task.abort_handle()),
+            task: TaskGuard(Some(task)),
         })
     }
 
@@ -308,6 +315,18 @@ impl Connection {
         self.request(json!({"type": "ping"}), Pending::Other).await.map(drop)
     }
 
+    /// Closes the connection with a normal close handshake (the server removes this connection's
+    /// presence at once) and waits for the socket task to finish. Dropping a `Connection` instead
+    /// just drops the socket.
+    pub async fn close(mut self) {
+        // The task sees its command queue end only when this, the only sender, is gone.
+        let (placeholder, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.commands, placeholder));
+        if let Some(task) = self.task.0.take() {
+            let _ = tokio::time::timeout(self.request_timeout, task).await;
+        }
+    }
+
     /// Waits until the connection is closed and says why.
     pub async fn closed(&self) -> CloseInfo {
         let mut closed = self.closed.clone();
@@ -388,7 +407,14 @@ fn close_info(disconnect: Option<CloseInfo>, close: Option<&CloseFrame>) -> Clos
 }
 
 /// The socket task: runs until the server closes, the socket fails, or every handle is dropped.
-async fn run(mut socket: Socket, mut commands: mpsc::Receiver<Request>, closed: watch::Sender<Option<CloseInfo>>) {
+async fn run(
+    mut socket: Socket,
+    mut commands: mpsc::Receiver<Request>,
+    closed: watch::Sender<Option<CloseInfo>>,
+    silence: Duration,
+) {
+    let dead_after = tokio::time::sleep(silence);
+    tokio::pin!(dead_after);
     let mut pending: HashMap<u64, (Pending, oneshot::Sender<Result<Value>>)> = HashMap::new();
     let mut subscriptions: HashMap<String, mpsc::Sender<Event>> = HashMap::new();
     let mut disconnect: Option<CloseInfo> = None;
@@ -405,7 +431,15 @@ async fn run(mut socket: Socket, mut commands: mpsc::Receiver<Request>, closed: 
                 }
                 pending.insert(id, (kind, reply));
             }
+            () = &mut dead_after => {
+                break CloseInfo {
+                    code: None,
+                    reason: format!("no frame from the server for {} s", silence.as_secs()),
+                    reconnect: true,
+                };
+            }
             message = socket.next() => {
+                dead_after.as_mut().reset(tokio::time::Instant::now() + silence);
                 let text = match message {
                     Some(Ok(WsMessage::Text(text))) => text,
                     Some(Ok(WsMessage::Close(close))) => break close_info(disconnect.take(), close.as_ref()),

@@ -244,6 +244,21 @@ async fn rest_and_grpc_tokens_connect_and_receive_every_kind_of_publish() {
     assert_eq!((channels[0].channel.as_str(), channels[0].subscribers), ("chat:lobby", 2));
     assert!(client.channels(&app.app_id, Some("other:")).await.expect("channels").is_empty());
 
+    // Closing alice's connection removes her presence; bob sees her leave.
+    alice.close().await;
+    let left = tokio::time::timeout(WAIT, async {
+        loop {
+            match sub.next().await {
+                Some(Event::Presence(p)) if p.action == PresenceAction::Leave => break p,
+                Some(_) => {}
+                None => panic!("subscription ended"),
+            }
+        }
+    })
+    .await
+    .expect("a leave in time");
+    assert_eq!(left.member.client_id, "alice");
+
     // Unsubscribing ends the stream.
     bob.unsubscribe("chat:lobby").await.expect("unsubscribe");
     assert!(tokio::time::timeout(WAIT, async { while sub.next().await.is_some() {} }).await.is_ok());
