@@ -49,6 +49,9 @@ pub struct DevArgs {
     /// Operator token (administers tenants). Generated once and kept in the data dir if unset.
     #[arg(long, env = "AVIARY_OPERATOR_TOKEN", hide_env_values = true)]
     pub operator_token: Option<String>,
+    /// Seconds between usage reports into the usage API (billing figures).
+    #[arg(long, env = "AVIARY_USAGE_INTERVAL_S", default_value_t = 10)]
+    pub usage_interval_s: u64,
     #[command(flatten)]
     pub node: NodeTuning,
 }
@@ -67,6 +70,10 @@ pub struct ControlPlaneArgs {
     /// Operator token (administers tenants). Required: a control plane never invents one.
     #[arg(long, env = "AVIARY_OPERATOR_TOKEN", hide_env_values = true)]
     pub operator_token: String,
+    /// Shared secret data-plane nodes present to stream config and report usage. Without it no
+    /// node can connect.
+    #[arg(long, env = "AVIARY_NODE_TOKEN", hide_env_values = true)]
+    pub node_token: Option<String>,
     /// Do not apply migrations at start (run `aviary migrate` separately).
     #[arg(long, env = "AVIARY_NO_MIGRATE")]
     pub no_migrate: bool,
@@ -77,13 +84,24 @@ pub struct DataPlaneArgs {
     /// Address for WebSocket, SSE and the REST publish API.
     #[arg(long, env = "AVIARY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
-    /// Postgres URL of the control plane's store, read for app config and key checks (off the
-    /// message path, refreshed every `--config-refresh-ms`).
-    #[arg(long, env = "AVIARY_DATABASE_URL")]
-    pub database_url: String,
-    /// How often the node reloads config from the store, in milliseconds.
-    #[arg(long, env = "AVIARY_CONFIG_REFRESH_MS", default_value_t = 1000)]
-    pub config_refresh_ms: u64,
+    /// gRPC URL of the control plane, which streams this node its config (apps, quotas,
+    /// verifying keys, revocations) and receives its usage reports.
+    #[arg(long, env = "AVIARY_CONTROL_PLANE", default_value = "http://127.0.0.1:8071")]
+    pub control_plane: String,
+    /// Shared secret nodes present to the control plane (its `--node-token`).
+    #[arg(long, env = "AVIARY_NODE_TOKEN", hide_env_values = true)]
+    pub node_token: String,
+    /// This node's id in logs, metrics and usage reports; unique per running process.
+    /// Random when unset.
+    #[arg(long, env = "AVIARY_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Where the node keeps its last config, to start with it while the control plane is
+    /// unreachable.
+    #[arg(long, env = "AVIARY_CACHE_DIR", default_value = "./.aviary-node")]
+    pub cache_dir: PathBuf,
+    /// Seconds between usage reports to the control plane.
+    #[arg(long, env = "AVIARY_USAGE_INTERVAL_S", default_value_t = 10)]
+    pub usage_interval_s: u64,
     /// Redis URL(s) of the broker shared by all nodes; repeat (or comma-separate) to shard
     /// channels over several Redis servers. Without it the node uses the in-process broker and
     /// works alone.

@@ -52,6 +52,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         shutdown.child_token(),
     );
 
+    // Usage goes into the same store and API as in a cluster, through the same ingestion path.
+    let reporter = aviary_control_plane::UsageReporter::spawn(
+        data_plane.usage_meter().clone(),
+        Arc::new(control_plane.clone()),
+        "dev".to_owned(),
+        std::time::Duration::from_secs(args.usage_interval_s.max(1)),
+    );
     let http = nodes::ops_router(Some(&control_plane), Some(&data_plane), Vec::new())
         .merge(crate::console::router())
         .merge(aviary_control_plane::api::router(control_plane.clone()))
@@ -59,7 +66,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .merge(crate::demo::router(control_plane.clone(), demo));
     let servers = Servers::bind(args.listen, Some(args.grpc_listen)).await?;
     print_banner(servers.http_addr, servers.grpc_addr, &operator_token, configured_token.is_none());
-    servers.serve(http, Some(control_plane), Some(data_plane), shutdown).await
+    let served = servers.serve(http, Some(control_plane), Some(data_plane), shutdown).await;
+    reporter.stop().await;
+    served
 }
 
 /// Writes `bytes` to `path`, readable by the owner only.

@@ -9,7 +9,10 @@ use anyhow::Context;
 use aviary_broker::Broker;
 use aviary_broker::memory::MemoryBroker;
 use aviary_broker::redis::RedisBroker;
-use aviary_control_plane::{ControlPlaneConfig, ControlPlaneState};
+use aviary_control_plane::{
+    ConfigFollower, ControlPlaneConfig, ControlPlaneState, FollowerConfig, GrpcUsageSink, RemoteApiKeyAuthority,
+    UsageReporter,
+};
 use aviary_core::Registry;
 use aviary_data_plane::{DataPlane, DataPlaneConfig};
 use axum::Router;
@@ -158,30 +161,42 @@ fn tokio_stream_listener(listener: TcpListener) -> tokio_stream::wrappers::TcpLi
 pub async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let store = aviary_control_plane::open_store(&args.database_url, !args.no_migrate).await?;
     let registry = Arc::new(Registry::new());
-    let control_plane = ControlPlaneState::new(store, registry, ControlPlaneConfig::new(args.operator_token)).await?;
+    let mut config = ControlPlaneConfig::new(args.operator_token);
+    config.node_token = args.node_token.filter(|t| !t.trim().is_empty());
+    let control_plane = ControlPlaneState::new(store, registry, config).await?;
     // The console talks to the control-plane API, so it is served where that API is.
     let http = ops_router(Some(&control_plane), None, Vec::new())
         .merge(crate::console::router())
         .merge(aviary_control_plane::api::router(control_plane.clone()));
     let servers = Servers::bind(args.listen, Some(args.grpc_listen)).await?;
     tracing::info!(http = %servers.http_addr, grpc = ?servers.grpc_addr, "control plane listening");
+    if let Some(grpc) = servers.grpc_addr {
+        println!("grpc on http://{grpc}");
+    }
     println!("listening on http://{}", servers.http_addr);
     servers.serve(http, Some(control_plane), None, crate::shutdown::on_signal()).await
 }
 
-/// `aviary data-plane`: a node that reads app config from the control plane's store, off the
-/// message path, every `--config-refresh-ms`. (Config streaming over gRPC replaces this read.)
+/// `aviary data-plane`: a stateless node. Its config streams from the control plane over gRPC
+/// (and is cached on disk, so a restart during a control-plane outage still serves); tokens are
+/// verified locally; API keys for the REST publish API are checked with the control plane and
+/// cached; usage is reported every `--usage-interval-s`.
 pub async fn run_data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
-    let store = aviary_control_plane::open_store(&args.database_url, false).await?;
+    let node_id = args.node_id.clone().unwrap_or_else(|| format!("node-{}", uuid::Uuid::new_v4().simple()));
     let registry = Arc::new(Registry::new());
-    // The node never serves the control-plane API, so its operator token is a random value
-    // nobody knows.
-    let unusable_operator_token = uuid::Uuid::new_v4().to_string();
-    let mut config = ControlPlaneConfig::new(unusable_operator_token);
-    // The state re-reads the store on this interval and publishes only what changed (apps,
-    // removals, revocations, signing keys) into the registry the node serves from.
-    config.refresh_interval = Duration::from_millis(args.config_refresh_ms.max(100));
-    let control_plane = ControlPlaneState::new(store, registry.clone(), config).await?;
+    let follower = ConfigFollower::start(
+        FollowerConfig::new(&args.control_plane, &args.node_token, &node_id, &args.cache_dir),
+        registry.clone(),
+    )?;
+    if !follower.wait_for_config(Duration::from_secs(10)).await {
+        tracing::warn!("no config yet (control plane unreachable and no cache): serving nothing until it arrives");
+    }
+    let api_keys = Arc::new(RemoteApiKeyAuthority::new(
+        &args.control_plane,
+        &args.node_token,
+        Duration::from_secs(30),
+        registry.clone(),
+    )?);
     let shutdown = crate::shutdown::on_signal();
     let (broker, redis): (Arc<dyn Broker>, Option<Arc<RedisBroker>>) = if args.redis_urls.is_empty() {
         tracing::warn!("no --redis-url: using the in-process broker; this node cannot share channels with others");
@@ -190,16 +205,29 @@ pub async fn run_data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
         let redis = Arc::new(RedisBroker::new(&args.redis_urls, &args.redis_prefix)?);
         (redis.clone(), Some(redis))
     };
-    let data_plane = DataPlane::new(
-        registry,
-        broker,
-        control_plane.api_key_authority(),
-        data_plane_config(&args.node),
-        shutdown.child_token(),
+    let config = DataPlaneConfig { node_id: node_id.clone(), ..data_plane_config(&args.node) };
+    let data_plane = DataPlane::new(registry, broker, api_keys, config, shutdown.child_token());
+    let reporter = UsageReporter::spawn(
+        data_plane.usage_meter().clone(),
+        Arc::new(GrpcUsageSink::new(&args.control_plane, &args.node_token)?),
+        node_id,
+        Duration::from_secs(args.usage_interval_s.max(1)),
     );
-    let mut extra: Vec<(&'static str, ReadinessProbe)> = Vec::new();
+
+    let mut checks: Vec<(&'static str, ReadinessProbe)> = Vec::new();
+    let follower = Arc::new(follower);
+    checks.push((
+        "config",
+        Arc::new(move || {
+            let status = follower.status();
+            Box::pin(async move {
+                let detail = serde_json::to_string(&status).unwrap_or_default();
+                if status.has_config() { Ok(detail) } else { Err(detail) }
+            })
+        }),
+    ));
     if let Some(redis) = redis {
-        extra.push((
+        checks.push((
             "redis",
             Arc::new(move || {
                 let redis = redis.clone();
@@ -207,11 +235,14 @@ pub async fn run_data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
             }),
         ));
     }
-    let http = ops_router(Some(&control_plane), Some(&data_plane), extra).merge(data_plane.router());
+    let http = ops_router(None, Some(&data_plane), checks).merge(data_plane.router());
     let servers = Servers::bind(args.listen, None).await?;
     tracing::info!(http = %servers.http_addr, "data plane listening");
     println!("listening on http://{}", servers.http_addr);
-    servers.serve(http, None, Some(data_plane), shutdown).await
+    let served = servers.serve(http, None, Some(data_plane), shutdown).await;
+    // A last report, so a clean shutdown loses no usage.
+    reporter.stop().await;
+    served
 }
 
 /// `aviary migrate`.

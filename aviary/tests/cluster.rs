@@ -101,35 +101,48 @@ impl Drop for PrivateRedis {
 /// A control plane, three data-plane nodes, and an app with an all-powerful API key.
 struct Cluster {
     _db: Database,
-    _cp: Proc,
+    cp: Proc,
+    cp_args: Vec<String>,
     nodes: Vec<Proc>,
     node_args: Vec<String>,
     app_id: String,
+    tenant_id: String,
     admin_key: String,
     api_key: String,
     cp_url: String,
 }
 
 const OPERATOR: &str = "avo_cluster_test_operator_token_0123456789";
+const NODE_TOKEN: &str = "avn_cluster_test_node_token_0123456789";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
 
 impl Cluster {
     async fn start(redis_url: &str, tenant_quotas: Option<Value>) -> Cluster {
         let db = Database::create().await;
         let db_url = db.url();
-        let cp = Proc::spawn(
-            &[
-                "control-plane",
-                "--database-url",
-                &db_url,
-                "--listen",
-                "127.0.0.1:0",
-                "--grpc-listen",
-                "127.0.0.1:0",
-                "--operator-token",
-                OPERATOR,
-            ],
-            &[],
-        );
+        // Fixed ports, so a restarted control plane comes back where the nodes look for it.
+        let grpc = format!("127.0.0.1:{}", free_port());
+        let http_addr = format!("127.0.0.1:{}", free_port());
+        let cp_args: Vec<String> = [
+            "control-plane",
+            "--database-url",
+            &db_url,
+            "--listen",
+            &http_addr,
+            "--grpc-listen",
+            &grpc,
+            "--operator-token",
+            OPERATOR,
+            "--node-token",
+            NODE_TOKEN,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let cp = spawn_node(&cp_args);
         let http = reqwest::Client::new();
         let mut tenant_req = json!({"name": "acme"});
         if let Some(q) = tenant_quotas {
@@ -156,10 +169,15 @@ impl Cluster {
         let api_key = key["secret"].as_str().unwrap().to_owned();
 
         let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+        let control_plane = format!("http://{grpc}");
         let node_args: Vec<String> = [
             "data-plane",
-            "--database-url",
-            &db_url,
+            "--control-plane",
+            &control_plane,
+            "--node-token",
+            NODE_TOKEN,
+            "--usage-interval-s",
+            "1",
             "--listen",
             "127.0.0.1:0",
             "--redis-url",
@@ -170,16 +188,14 @@ impl Cluster {
             "1",
             "--presence-ttl-s",
             "3",
-            "--config-refresh-ms",
-            "200",
             "--drain-deadline-s",
             "2",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let nodes = (0..3).map(|_| spawn_node(&node_args)).collect();
-        Cluster { cp_url: cp.url(""), _db: db, _cp: cp, nodes, node_args, app_id, admin_key, api_key }
+        let nodes = (0..3).map(|i| spawn_data_node(&node_args, i)).collect();
+        Cluster { cp_url: cp.url(""), _db: db, cp, cp_args, nodes, node_args, app_id, tenant_id, admin_key, api_key }
     }
 
     async fn token(&self, client_id: &str) -> String {
@@ -200,6 +216,31 @@ impl Cluster {
 
     fn publish_url(&self, node: usize, channel: &str) -> String {
         self.nodes[node].url(&format!("/v1/apps/{}/channels/{channel}/messages", self.app_id))
+    }
+}
+
+/// Starts data-plane node `index` with its own config cache dir (kept across restarts of the
+/// same index, as a real node's disk would be).
+fn spawn_data_node(args: &[String], index: usize) -> Proc {
+    let cache = node_cache_dir(args, index);
+    let mut args = args.to_vec();
+    args.extend(["--cache-dir".to_owned(), cache.to_str().unwrap().to_owned()]);
+    spawn_node(&args)
+}
+
+fn node_cache_dir(args: &[String], index: usize) -> std::path::PathBuf {
+    let prefix = args.iter().position(|a| a == "--redis-prefix").map(|i| args[i + 1].clone()).unwrap_or_default();
+    std::env::temp_dir().join(format!("aviary-node-cache-{prefix}-{index}"))
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        for index in 0..self.nodes.len() {
+            let _ = std::fs::remove_dir_all(node_cache_dir(&self.node_args, index));
+        }
     }
 }
 
@@ -351,7 +392,7 @@ async fn a_killed_node_loses_its_members_and_its_clients_resume_elsewhere_withou
     let m = next_message(&mut resumed).await;
     assert_eq!((m["offset"].as_u64(), &m["data"]), (Some(16), &json!("live")), "no duplicates, then live");
     // Restart the killed node: it serves again with the same config.
-    cluster.nodes[0] = spawn_node(&cluster.node_args);
+    cluster.nodes[0] = spawn_data_node(&cluster.node_args, 0);
     let mut back = cluster.client(0, "back").await;
     subscribe(&mut back, 1, "room:k", json!({})).await;
 }
@@ -445,4 +486,172 @@ async fn revoking_a_key_closes_its_connections_on_every_node() {
     assert_eq!(refused["code"], 4010, "{refused}");
     let ok = request(&mut bystander, 2, json!({"type": "publish", "channel": "room:v", "data": "still here"})).await;
     assert_eq!(ok["type"], "ok", "{ok}");
+}
+
+impl Cluster {
+    /// Creates an app with a key; returns (app_id, api_key).
+    async fn create_app(&self, name: &str) -> (String, String) {
+        let http = reqwest::Client::new();
+        let (status, app) = send(
+            http.post(format!("{}/v1/tenants/{}/apps", self.cp_url, self.tenant_id))
+                .bearer_auth(&self.admin_key)
+                .json(&json!({"name": name})),
+        )
+        .await;
+        assert_eq!(status, 201, "{app}");
+        let app_id = app["id"].as_str().unwrap().to_owned();
+        let (status, key) = send(
+            http.post(format!("{}/v1/apps/{app_id}/keys", self.cp_url))
+                .bearer_auth(&self.admin_key)
+                .json(&json!({"name": "k", "capabilities": {"*": ["subscribe", "publish", "presence", "history"]}})),
+        )
+        .await;
+        assert_eq!(status, 201, "{key}");
+        (app_id, key["secret"].as_str().unwrap().to_owned())
+    }
+
+    /// Publishes over a node's REST API with the given app's key, retrying while the node does
+    /// not know the app yet; returns how long until it worked.
+    async fn publish_when_usable(&self, node: usize, app_id: &str, api_key: &str) -> Duration {
+        let started = Instant::now();
+        let url = self.nodes[node].url(&format!("/v1/apps/{app_id}/channels/news/messages"));
+        loop {
+            let (status, body) =
+                send(reqwest::Client::new().post(&url).bearer_auth(api_key).json(&json!({"data": 1}))).await;
+            if status == 201 {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "app never became usable on node {node}: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn usage_totals(&self) -> Value {
+        let (status, usage) = send(
+            reqwest::Client::new()
+                .get(format!("{}/v1/tenants/{}/usage", self.cp_url, self.tenant_id))
+                .bearer_auth(&self.admin_key),
+        )
+        .await;
+        assert_eq!(status, 200, "{usage}");
+        usage["totals"].clone()
+    }
+}
+
+#[tokio::test]
+async fn an_app_created_over_rest_is_usable_on_every_node_within_a_second() {
+    let cluster = Cluster::start(REDIS, None).await;
+    let (app_id, api_key) = cluster.create_app("fresh").await;
+    for node in 0..3 {
+        let took = cluster.publish_when_usable(node, &app_id, &api_key).await;
+        eprintln!("new app usable on node {node} after {took:?}");
+        assert!(took < Duration::from_secs(1), "config propagation took {took:?}");
+    }
+}
+
+#[tokio::test]
+async fn nodes_keep_serving_while_the_control_plane_is_down_and_catch_up_when_it_returns() {
+    let mut cluster = Cluster::start(REDIS, None).await;
+    let mut reader = cluster.client(0, "reader").await;
+    subscribe(&mut reader, 1, "room:s", json!({})).await;
+    let spare_token = cluster.token("latecomer").await;
+    // Node 1 must have written its config cache before the outage (it debounces writes).
+    let cache = node_cache_dir(&cluster.node_args, 1).join("config-cache.pb");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cache.exists() {
+        assert!(Instant::now() < deadline, "node 1 never wrote {}", cache.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    cluster.cp.kill();
+    // Existing connections keep working, new ones too: tokens are verified locally.
+    let mut latecomer = connect(&cluster.nodes[2].ws_url(), &spare_token).await;
+    let ok = request(&mut latecomer, 1, json!({"type": "publish", "channel": "room:s", "data": "during outage"})).await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    assert_eq!(next_message(&mut reader).await["data"], "during outage");
+
+    // A node restarted during the outage comes up with its cached config and says so.
+    cluster.nodes[1].kill();
+    cluster.nodes[1] = spawn_data_node(&cluster.node_args, 1);
+    let (status, ready) = send(reqwest::Client::new().get(cluster.nodes[1].url("/readyz"))).await;
+    assert_eq!(status, 200, "{ready}");
+    let detail: Value = serde_json::from_str(ready["checks"]["config"]["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(detail["source"], "cache", "{detail}");
+    let mut restarted = connect(&cluster.nodes[1].ws_url(), &spare_token).await;
+    subscribe(&mut restarted, 1, "room:s", json!({})).await;
+
+    // The control plane returns; nodes catch up and see new apps again.
+    cluster.cp = spawn_node(&cluster.cp_args);
+    let (app_id, api_key) = cluster.create_app("after-outage").await;
+    for node in 0..3 {
+        let took = cluster.publish_when_usable(node, &app_id, &api_key).await;
+        eprintln!("after the outage, new app usable on node {node} after {took:?}");
+    }
+    drop(restarted);
+}
+
+#[tokio::test]
+async fn usage_after_a_scripted_load_counts_every_message_once_across_a_node_restart() {
+    let mut cluster = Cluster::start(REDIS, None).await;
+    let http = reqwest::Client::new();
+    let mut readers = Vec::new();
+    for node in [0, 1] {
+        let mut ws = cluster.client(node, &format!("reader-{node}")).await;
+        subscribe(&mut ws, 1, "room:u", json!({})).await;
+        readers.push(ws);
+    }
+    let mut writer = cluster.client(2, "writer").await;
+    for i in 0..10u64 {
+        let ok = request(&mut writer, 10 + i, json!({"type": "publish", "channel": "room:u", "data": i})).await;
+        assert_eq!(ok["type"], "ok");
+    }
+    for _ in 0..20 {
+        let (status, _) =
+            send(http.post(cluster.publish_url(1, "room:u")).bearer_auth(&cluster.api_key).json(&json!({"data": "r"})))
+                .await;
+        assert_eq!(status, 201);
+    }
+    for ws in &mut readers {
+        for _ in 0..30 {
+            next_message(ws).await;
+        }
+    }
+    // Node 2 restarts cleanly (SIGTERM: it drains and sends its last report); its writer
+    // reconnects to the new process and publishes 5 more.
+    drop(writer);
+    cluster.nodes[2].signal("-TERM");
+    let _ = cluster.nodes[2].child.wait();
+    cluster.nodes[2] = spawn_data_node(&cluster.node_args, 2);
+    let mut writer = cluster.client(2, "writer").await;
+    for i in 0..5u64 {
+        request(&mut writer, 100 + i, json!({"type": "publish", "channel": "room:u", "data": i})).await;
+    }
+    for ws in &mut readers {
+        for _ in 0..5 {
+            next_message(ws).await;
+        }
+    }
+    // Reports arrive every second; wait until they add up, then check nothing is counted twice.
+    let expected_published = 35;
+    let expected_delivered = 70;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let totals = loop {
+        let totals = cluster.usage_totals().await;
+        if totals["messages_published"] == expected_published && totals["messages_delivered"] == expected_delivered {
+            break totals;
+        }
+        assert!(
+            totals["messages_published"].as_u64().unwrap_or(0) <= expected_published
+                && totals["messages_delivered"].as_u64().unwrap_or(0) <= expected_delivered,
+            "counted twice: {totals}"
+        );
+        assert!(Instant::now() < deadline, "usage never added up: {totals}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(totals["bytes_in"].as_u64().unwrap() > 0 && totals["bytes_out"].as_u64().unwrap() > 0, "{totals}");
+    assert!(totals["connection_minutes"].as_f64().unwrap() > 0.0, "{totals}");
+    assert!(totals["peak_connections"].as_u64().unwrap() >= 1, "{totals}");
 }
