@@ -12,6 +12,7 @@ db=${AVIARY_CLUSTER_DB:-aviary_local}
 export AVIARY_DATABASE_URL=${AVIARY_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/$db}
 export AVIARY_REDIS_URL=${AVIARY_REDIS_URL:-redis://127.0.0.1:6379}
 export AVIARY_OPERATOR_TOKEN=${AVIARY_OPERATOR_TOKEN:-avo_local_$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
+export AVIARY_NODE_TOKEN=${AVIARY_NODE_TOKEN:-avn_local_$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 mkdir -p "$run"
 
 [ -x "$bin" ] || (cd "$root" && cargo build --release -p aviary)
@@ -26,7 +27,8 @@ echo $! >"$run/control-plane.pid"
 wait_http http://127.0.0.1:8070/healthz
 upstreams=""
 for i in 1 2 3; do
-  "$bin" data-plane --listen 127.0.0.1:808$i >"$run/data-plane-$i.log" 2>&1 &
+  "$bin" data-plane --listen 127.0.0.1:808$i --control-plane http://127.0.0.1:8071 --node-id "local-$i" \
+    --cache-dir "$run/node-$i" >"$run/data-plane-$i.log" 2>&1 &
   echo $! >"$run/data-plane-$i.pid"
   upstreams="${upstreams}server 127.0.0.1:808$i; "
 done
