@@ -204,7 +204,7 @@ impl Drop for TaskGuard {
 }
 
 impl Connection {
-    /// Connects to `url` (`ws://HOST/v1/connect`, or `wss://` when the crate's WebSocket has TLS),
+    /// Connects to `url` (`ws://HOST/v1/connect`, or `wss://` with the `rustls` feature),
     /// sends the token in the `connect` frame and waits for `connected`.
     pub async fn connect(url: &str, token: &str) -> Result<Connection> {
         let timeout = Duration::from_secs(10);
