@@ -23,7 +23,7 @@ export async function startAviary() {
   const dataDir = await mkdtemp(join(tmpdir(), 'aviary-e2e-'));
   const child = spawn(
     AVIARY_BIN,
-    ['dev', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--grpc-listen', '127.0.0.1:0', '--drain-deadline-s', '1'],
+    ['dev', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--grpc-listen', '127.0.0.1:0', '--drain-deadline-s', '1', '--usage-interval-s', '1'],
     { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1', RUST_LOG: process.env.RUST_LOG ?? 'warn' } },
   );
   // Keep reading both pipes for the process's whole life (a full pipe would stall the server);
