@@ -132,7 +132,7 @@ pub struct NodeTuning {
     pub outbound_queue: usize,
     /// Seconds a presence member outlives its node's last refresh: how long the members of a
     /// node that crashed stay visible.
-    #[arg(long, env = "AVIARY_PRESENCE_TTL_S", default_value_t = 30)]
+    #[arg(long, env = "AVIARY_PRESENCE_TTL_S", default_value_t = 25)]
     pub presence_ttl_s: u64,
     /// Seconds a draining node gives clients to leave before closing the rest.
     #[arg(long, env = "AVIARY_DRAIN_DEADLINE_S", default_value_t = 10)]

@@ -14,7 +14,7 @@ use aviary_control_plane::{
     UsageReporter,
 };
 use aviary_core::Registry;
-use aviary_data_plane::{DataPlane, DataPlaneConfig};
+use aviary_data_plane::{ClusterQuotas, DataPlane, DataPlaneConfig, LocalQuotas, QuotaEnforcer};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -206,7 +206,17 @@ pub async fn run_data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
         (redis.clone(), Some(redis))
     };
     let config = DataPlaneConfig { node_id: node_id.clone(), ..data_plane_config(&args.node) };
-    let data_plane = DataPlane::new(registry, broker, api_keys, config, shutdown.child_token());
+    // With Redis, connection and message-rate quotas hold across all nodes, and channel
+    // listings add up every node's subscribers.
+    let quotas: Arc<dyn QuotaEnforcer> = if args.redis_urls.is_empty() {
+        Arc::new(LocalQuotas::new())
+    } else {
+        Arc::new(ClusterQuotas::new(&args.redis_urls, &args.redis_prefix)?)
+    };
+    let data_plane = DataPlane::with_quotas(registry, broker, api_keys, config, shutdown.child_token(), quotas);
+    if !args.redis_urls.is_empty() {
+        data_plane.enable_cluster_channel_listing(&args.redis_urls, &args.redis_prefix)?;
+    }
     let reporter = UsageReporter::spawn(
         data_plane.usage_meter().clone(),
         Arc::new(GrpcUsageSink::new(&args.control_plane, &args.node_token)?),

@@ -655,3 +655,43 @@ async fn usage_after_a_scripted_load_counts_every_message_once_across_a_node_res
     assert!(totals["connection_minutes"].as_f64().unwrap() > 0.0, "{totals}");
     assert!(totals["peak_connections"].as_u64().unwrap() >= 1, "{totals}");
 }
+
+#[tokio::test]
+async fn the_tenant_connection_quota_holds_across_nodes() {
+    let quotas = json!({
+        "max_connections": 3,
+        "max_messages_per_s": 1000,
+        "max_message_bytes": 65536,
+        "max_subscriptions_per_connection": 128,
+        "max_presence_members": 1000
+    });
+    let cluster = Cluster::start(REDIS, Some(quotas)).await;
+    let token = cluster.token("crowd").await;
+    // Three connections spread over three nodes use the whole tenant quota...
+    let mut open = Vec::new();
+    for node in 0..3 {
+        open.push(connect(&cluster.nodes[node].ws_url(), &token).await);
+    }
+    // ...so a fourth is refused on any node.
+    for node in 0..3 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(cluster.nodes[node].ws_url()).await.unwrap();
+        common::send_frame(&mut ws, json!({"type": "connect", "token": token})).await;
+        let refused = next_of_type(&mut ws, "disconnect").await;
+        assert_eq!(refused["code"], 4009, "node {node}: {refused}");
+    }
+    // Closing one on node 1 frees a slot that node 3 can use.
+    let first = open.remove(0);
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (mut ws, _) = tokio_tungstenite::connect_async(cluster.nodes[2].ws_url()).await.unwrap();
+        common::send_frame(&mut ws, json!({"type": "connect", "token": token})).await;
+        let answer = common::next_json(&mut ws).await;
+        if answer["type"] == "connected" {
+            break;
+        }
+        assert_eq!(answer["code"], 4009, "{answer}");
+        assert!(Instant::now() < deadline, "the freed slot never became available");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -193,3 +193,35 @@ mod tests {
         assert!(meter.drain(2_000).is_empty());
     }
 }
+
+/// The price of metering on the delivery path, for the record (not a timed assertion):
+/// `cargo test --release -p aviary-core usage::cost -- --ignored --nocapture`.
+#[cfg(test)]
+mod cost {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn nanoseconds_per_delivery_counted() {
+        let meter = UsageMeter::new(0);
+        let app = meter.app("ten_1", "app_1");
+        const N: u64 = 20_000_000;
+        for threads in [1u64, 2] {
+            let started = Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    let app = app.clone();
+                    s.spawn(move || {
+                        for _ in 0..N {
+                            app.delivered(1, std::hint::black_box(120));
+                        }
+                    });
+                }
+            });
+            let per_op = started.elapsed().as_nanos() as f64 / (N * threads) as f64;
+            println!("{threads} thread(s) counting into one app: {per_op:.2} ns per delivery");
+        }
+        assert_eq!(meter.drain(1)[0].messages_delivered, 3 * N);
+    }
+}
