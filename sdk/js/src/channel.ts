@@ -396,6 +396,21 @@ export class Channel<T = unknown> extends Emitter<ChannelEvents> {
     this.onAttached({ ...frame, recovered: false }, cursor, false);
   }
 
+  /**
+   * @internal The server saw the stream change under a live subscription (a new epoch, or a gap
+   * it could not fill): the same as resubscribing with `recovered:false`. The next message
+   * continues from `position`, so deduplication restarts there.
+   */
+  onDiscontinuity(frame: Frame): void {
+    const position = decodePosition(frame.position);
+    const previous = decodePosition(frame.previous) ?? this.delivered ?? this.cursor;
+    this.cursor = position;
+    this.delivered = position;
+    const event = { channel: this.name, previous, position };
+    this.emit('discontinuity', event);
+    this.host.discontinuity(event);
+  }
+
   /** @internal The client was closed or failed. */
   fail(err: unknown): void {
     this.detach(false);

@@ -553,6 +553,9 @@ export class Aviary extends Emitter<ClientEvents> {
       case 'presence':
         if (typeof frame.channel === 'string') this.channelMap.get(frame.channel)?.dispatchPresence(frame);
         return;
+      case 'discontinuity':
+        if (typeof frame.channel === 'string') this.channelMap.get(frame.channel)?.onDiscontinuity(frame);
+        return;
       case 'disconnect':
         this.disconnectFrame = {
           code: typeof frame.code === 'number' ? frame.code : null,
@@ -939,7 +942,7 @@ export class Aviary extends Emitter<ClientEvents> {
     if (typeof frame.type !== 'string') frame.type = event.event;
     if (frame.type === 'subscribed') {
       if (typeof frame.channel === 'string') this.channelMap.get(frame.channel)?.onStreamSubscribed(frame, this.resumedByStream.has(frame.channel));
-    } else if (frame.type === 'message' || frame.type === 'presence' || frame.type === 'disconnect') {
+    } else if (frame.type === 'message' || frame.type === 'presence' || frame.type === 'discontinuity' || frame.type === 'disconnect') {
       this.onFrame(generation, frame);
     }
   }

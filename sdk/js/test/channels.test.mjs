@@ -148,6 +148,29 @@ test('recovered:false raises discontinuity on the channel and the client, then g
   assert.equal(got.items[1].offset, 1);
 });
 
+test('a discontinuity pushed on a live subscription raises the event and restarts dedupe', async (t) => {
+  const name = unique('live-lost');
+  const c = client(server);
+  t.after(() => c.close());
+  const got = collector();
+  await c.channel(name).subscribe(got);
+  server.publish(name, 'a');
+  server.publish(name, 'b');
+  await got.until(2);
+  const before = c.channel(name).position;
+  const onEvent = next(c.channel(name), 'discontinuity');
+  server.loseStreamLive(name, before);
+  const event = await onEvent;
+  assert.deepEqual(event.previous, before);
+  assert.deepEqual(event.position, { epoch: server.channel(name).epoch, offset: 0 });
+  assert.equal(c.state, 'connected', 'the connection stays up');
+  // Offset 1 of the new epoch is delivered, not mistaken for a duplicate of the old offset 1.
+  server.publish(name, 'fresh');
+  await got.until(3);
+  assert.deepEqual([got.items[2].data, got.items[2].offset], ['fresh', 1]);
+  assert.deepEqual(c.channel(name).position, { epoch: server.channel(name).epoch, offset: 1 });
+});
+
 test('history older than the server keeps also raises discontinuity', async (t) => {
   const name = unique('gap');
   const c = client(server);

@@ -87,6 +87,15 @@ export class FakeServer extends EventEmitter {
     ch.history = [];
   }
 
+  /** Loses the stream under live subscribers and tells them, as a node does after a Redis
+   * restart: a `discontinuity` push, then the new epoch continues from offset 1. */
+  loseStreamLive(name, previous) {
+    this.loseStream(name);
+    const ch = this.channel(name);
+    const text = JSON.stringify({ type: 'discontinuity', channel: name, previous, position: { epoch: ch.epoch, offset: 0 } });
+    for (const c of this.conns) if (c.subs.has(name)) c.sendRaw(text);
+  }
+
   /** Kills every socket without a close handshake (as a dead network would look: code 1006). */
   dropAll() {
     for (const c of this.conns) c.ws.terminate();
