@@ -105,7 +105,7 @@ async fn mint(
     let Json(request) = match body {
         Ok(body) => body,
         Err(rejection) => {
-            return problem(StatusCode::BAD_REQUEST, "invalid-request", "Invalid request", rejection.body_text());
+            return problem(StatusCode::BAD_REQUEST, "bad-request", "Bad request", rejection.body_text());
         }
     };
     let key = match state.control_plane.keys().verify_api_key(&app.api_key).await {

@@ -13,7 +13,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The request is malformed or breaks a validation rule (400 `invalid-request`).
+    /// The request is malformed or breaks a validation rule (400 `bad-request`).
     #[error("{0}")]
     Invalid(String),
     /// No credentials, or credentials that do not verify (401 `unauthorized`).
@@ -76,7 +76,7 @@ impl Error {
     /// HTTP status, problem slug and title of this error.
     pub fn kind(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            Error::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid-request", "Invalid request"),
+            Error::Invalid(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
             Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             Error::CapabilityEscalation(_) => {

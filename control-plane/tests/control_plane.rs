@@ -369,7 +369,7 @@ async fn newcomer_flow_mints_a_token_that_verifies_against_the_jwks(store: TestS
     assert_eq!(page2["next_cursor"], Value::Null);
     s.get(&format!("/v1/tenants/{tenant_id}/apps?cursor=garbage"), &admin)
         .await
-        .expect_problem(StatusCode::BAD_REQUEST, "invalid-request");
+        .expect_problem(StatusCode::BAD_REQUEST, "bad-request");
 
     // Operator deletes the tenant: everything goes, the registry forgets the app.
     assert!(s.state.registry().app(&app_id).is_some());
@@ -488,10 +488,10 @@ async fn capability_escalation_on_mint_is_forbidden(store: TestStore) {
     // Bad globs and unknown operations are input errors, not escalations.
     s.post(&path, &api_key, json!({ "client_id": "u", "capabilities": { "chat room": ["subscribe"] } }))
         .await
-        .expect_problem(StatusCode::BAD_REQUEST, "invalid-request");
+        .expect_problem(StatusCode::BAD_REQUEST, "bad-request");
     s.post(&path, &api_key, json!({ "client_id": "u", "capabilities": { "chat:*": ["admin"] } }))
         .await
-        .expect_problem(StatusCode::BAD_REQUEST, "invalid-request");
+        .expect_problem(StatusCode::BAD_REQUEST, "bad-request");
 }
 
 async fn bad_bodies_are_refused_and_change_nothing(store: TestStore) {
@@ -501,18 +501,18 @@ async fn bad_bodies_are_refused_and_change_nothing(store: TestStore) {
     let apps = format!("/v1/tenants/{tenant_id}/apps");
 
     let malformed = s.raw(&apps, &admin, "application/json", "{\"name\": \"x\",").await;
-    malformed.expect_problem(StatusCode::BAD_REQUEST, "invalid-request");
+    malformed.expect_problem(StatusCode::BAD_REQUEST, "bad-request");
     assert!(malformed.body["detail"].as_str().unwrap().contains("malformed JSON"));
 
     let unknown = s.post(&apps, &admin, json!({ "name": "x", "colour": "red" })).await;
-    unknown.expect_problem(StatusCode::BAD_REQUEST, "invalid-request");
+    unknown.expect_problem(StatusCode::BAD_REQUEST, "bad-request");
     assert!(unknown.body["detail"].as_str().unwrap().contains("colour"), "detail names the field: {}", unknown.body);
 
     s.post("/v1/tenants", OPERATOR, json!({ "name": "t", "quotas": { "max_connections": 1 } }))
         .await
-        .expect_problem(StatusCode::BAD_REQUEST, "invalid-request");
-    s.post(&apps, &admin, json!({ "name": 42 })).await.expect_problem(StatusCode::BAD_REQUEST, "invalid-request");
-    s.post(&apps, &admin, json!({})).await.expect_problem(StatusCode::BAD_REQUEST, "invalid-request");
+        .expect_problem(StatusCode::BAD_REQUEST, "bad-request");
+    s.post(&apps, &admin, json!({ "name": 42 })).await.expect_problem(StatusCode::BAD_REQUEST, "bad-request");
+    s.post(&apps, &admin, json!({})).await.expect_problem(StatusCode::BAD_REQUEST, "bad-request");
 
     let huge = json!({ "name": "x".repeat(8192) }).to_string();
     s.raw(&apps, &admin, "application/json", huge.clone())
@@ -536,21 +536,21 @@ async fn bad_bodies_are_refused_and_change_nothing(store: TestStore) {
         json!({ "name": "ok", "quotas": { "max_connections": 1_000_000, "max_messages_per_s": 1, "max_message_bytes": 1,
                 "max_subscriptions_per_connection": 1, "max_presence_members": 1 } }),
     ] {
-        s.post(&apps, &admin, body).await.expect_problem(StatusCode::BAD_REQUEST, "invalid-request");
+        s.post(&apps, &admin, body).await.expect_problem(StatusCode::BAD_REQUEST, "bad-request");
     }
     s.post(&format!("/v1/apps/{app_id}/keys"), &admin, json!({ "name": "k", "capabilities": {} }))
         .await
-        .expect_problem(StatusCode::BAD_REQUEST, "invalid-request");
+        .expect_problem(StatusCode::BAD_REQUEST, "bad-request");
     s.post(
         &format!("/v1/apps/{app_id}/keys"),
         &admin,
         json!({ "name": "k", "capabilities": { "bad glob": ["subscribe"] } }),
     )
     .await
-    .expect_problem(StatusCode::BAD_REQUEST, "invalid-request");
+    .expect_problem(StatusCode::BAD_REQUEST, "bad-request");
     s.post(&format!("/v1/apps/{app_id}/tokens"), &api_key, json!({ "client_id": "has space" }))
         .await
-        .expect_problem(StatusCode::BAD_REQUEST, "invalid-request");
+        .expect_problem(StatusCode::BAD_REQUEST, "bad-request");
     s.post("/v1/tenants", OPERATOR, json!({ "name": "bodies" })).await.expect_problem(StatusCode::CONFLICT, "conflict");
     s.get("/v1/nowhere", OPERATOR).await.expect_problem(StatusCode::NOT_FOUND, "not-found");
 
@@ -563,7 +563,7 @@ async fn sql_looking_names_are_refused_or_stored_literally(store: TestStore) {
     for name in ["x'); DROP TABLE tenants; --", "a\" OR \"1\"=\"1", "x; DELETE FROM apps"] {
         s.post("/v1/tenants", OPERATOR, json!({ "name": name }))
             .await
-            .expect_problem(StatusCode::BAD_REQUEST, "invalid-request");
+            .expect_problem(StatusCode::BAD_REQUEST, "bad-request");
     }
     assert_eq!(snapshot(&**s.state.store()).await, before);
     // Legal characters that spell SQL are just a name.

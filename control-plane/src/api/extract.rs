@@ -1,7 +1,7 @@
 //! Request extractors that fail with problem+json instead of axum's plain-text rejections.
 //!
 //! Every JSON body goes through [`Json`]: syntax errors, unknown fields (all request types use
-//! `deny_unknown_fields`), wrong types and missing fields are 400 `invalid-request` with serde's
+//! `deny_unknown_fields`), wrong types and missing fields are 400 `bad-request` with serde's
 //! message as the detail; a body over the limit is 413; a body not declared as JSON is 415.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
