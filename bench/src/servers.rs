@@ -192,7 +192,8 @@ pub async fn aviary_dev(bins: &Binaries) -> anyhow::Result<Server> {
     })
 }
 
-/// A control plane on a fresh Postgres database and `nodes` data-plane nodes sharing Redis.
+/// A control plane on a fresh Postgres database and `nodes` data-plane nodes sharing Redis
+/// (the nodes follow the control plane over gRPC).
 pub async fn aviary_cluster(bins: &Binaries, nodes: usize) -> anyhow::Result<Server> {
     let name = format!("aviary_bench_{}", uuid::Uuid::new_v4().simple());
     let status = std::process::Command::new("psql")
@@ -213,23 +214,28 @@ pub async fn aviary_cluster(bins: &Binaries, nodes: usize) -> anyhow::Result<Ser
         scratch: None,
         database: Some((bins.postgres.clone(), name)),
     };
+    let grpc = format!("127.0.0.1:{}", free_port()?);
+    let node_token = format!("avn_bench_{}", uuid::Uuid::new_v4().simple());
     let mut cp = aviary_command(&bins.aviary_bin);
-    cp.args(["control-plane", "--database-url", &db_url, "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
-        .args(["--operator-token", OPERATOR_TOKEN]);
+    cp.args(["control-plane", "--database-url", &db_url, "--listen", "127.0.0.1:0", "--grpc-listen", &grpc]).args([
+        "--operator-token",
+        OPERATOR_TOKEN,
+        "--node-token",
+        &node_token,
+    ]);
     let (cp_child, cp_addr) = spawn_listening(cp, "aviary control-plane").await?;
     server.children.push(cp_child);
     let (app_id, api_key, tokens) = provision(&format!("http://{cp_addr}"), TOKEN_POOL).await?;
     let prefix = format!("bench{}", uuid::Uuid::new_v4().simple());
+    let scratch = scratch_dir("cluster")?;
+    server.scratch = Some(scratch.clone());
     for i in 0..nodes {
         let mut n = aviary_command(&bins.aviary_bin);
-        n.args(["data-plane", "--database-url", &db_url, "--listen", "127.0.0.1:0"]).args([
-            "--redis-url",
-            &bins.redis,
-            "--redis-prefix",
-            &prefix,
-            "--config-refresh-ms",
-            "500",
-        ]);
+        // Nodes stream app config and keys from the control plane over gRPC.
+        n.args(["data-plane", "--control-plane", &format!("http://{grpc}"), "--node-token", &node_token])
+            .args(["--listen", "127.0.0.1:0", "--redis-url", &bins.redis, "--redis-prefix", &prefix])
+            .arg("--cache-dir")
+            .arg(scratch.join(format!("node-{i}")));
         let (child, addr) = spawn_listening(n, &format!("aviary data-plane {i}")).await?;
         server.pids.extend(child.id());
         server.children.push(child);
