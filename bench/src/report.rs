@@ -37,8 +37,6 @@ pub fn write(
     std::fs::create_dir_all(charts_dir)?;
     let json = serde_json::to_string_pretty(&Run { started_at, sizes, outcomes })?;
     std::fs::write(dir.join("results.json"), json)?;
-    let md = markdown(outcomes, charts_dir, dir);
-    std::fs::write(dir.join("results.md"), md)?;
     for (id, title) in SCENARIOS {
         let of: Vec<&Outcome> = outcomes.iter().filter(|o| o.scenario == id && !o.metrics.is_empty()).collect();
         if of.is_empty() {
@@ -58,6 +56,9 @@ pub fn write(
             })?;
         }
     }
+    // After the charts: the markdown links only charts that exist.
+    let md = markdown(outcomes, charts_dir, dir);
+    std::fs::write(dir.join("results.md"), md)?;
     Ok(())
 }
 
