@@ -44,6 +44,7 @@ pub fn data_plane_config(tuning: &NodeTuning) -> DataPlaneConfig {
         outbound_queue_capacity: tuning.outbound_queue.max(1),
         drain_deadline: Duration::from_secs(tuning.drain_deadline_s),
         presence_ttl: Duration::from_secs(tuning.presence_ttl_s.max(1)),
+        ws_read_buffer_bytes: tuning.ws_read_buffer_bytes.clamp(512, 1024 * 1024),
         ..DataPlaneConfig::default()
     }
 }
