@@ -313,8 +313,9 @@ test('tenant admin: sign in, apps, keys shown once, live tail, revocation, usage
     assert.ok(usage.totals.messages_delivered >= 20, `deliveries to the load page are counted: ${JSON.stringify(usage.totals)}`);
     // The load shows in the totals, in the chart's text alternative and in the drawn line.
     await page.getByRole('link', { name: 'Last 24 hours' }).click();
-    assert.equal(await page.locator('svg.chart').count(), 4);
     await page.waitForFunction(() => Number(document.querySelector('[data-total="messages_published"]')?.textContent.replace(/\D/g, '')) >= 20, null, WAIT);
+    await page.locator('svg.chart').nth(3).waitFor(WAIT);
+    assert.equal(await page.locator('svg.chart').count(), 4);
     assert.match(await page.locator('#chart-messages').getAttribute('aria-label'), /Published: total (\d{2,}|[2-9]\d)/);
     assert.ok((await page.locator('#chart-messages path').count()) >= 1);
     await page.locator('#usage-zero').waitFor({ state: 'detached', ...WAIT });
