@@ -8,6 +8,8 @@
 //! live stream at once, like a killed process; it "restarts" as a new `ControlPlaneState`
 //! (new epoch) on the same store, behind a proxy on the same port.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,18 +17,18 @@ use std::time::{Duration, Instant};
 use aviary_control_plane::follower::{ConfigSource, FollowerConfig};
 use aviary_control_plane::grpc::{ControlPlaneClient, pb};
 use aviary_control_plane::{
-    ConfigFollower, ControlPlaneConfig, ControlPlaneState, GrpcUsageSink, PgStore, RateLimitConfig,
-    RemoteApiKeyAuthority, SqliteStore, Store, UsageReporter,
+    ConfigFollower, ControlPlaneConfig, ControlPlaneState, GrpcUsageSink, RateLimitConfig, RemoteApiKeyAuthority,
+    UsageReporter,
 };
 use aviary_core::usage::{UsageMeter, UsageRecord};
 use aviary_core::{ApiKeyAuthority, ApiKeyError, Registry};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+use common::{TestStore, pg_store, sqlite_store};
+
 const OPERATOR: &str = "operator-secret-for-streaming-tests";
 const NODE_TOKEN: &str = "node-secret-for-streaming-tests";
 const SECOND: Duration = Duration::from_secs(1);
@@ -36,53 +38,6 @@ const SECOND: Duration = Duration::from_secs(1);
 const PROMPTLY: Duration = Duration::from_secs(5);
 
 // ---------- fixtures ----------
-
-struct TestStore {
-    store: Arc<dyn Store>,
-    pg_schema: Option<String>,
-    sqlite_file: Option<std::path::PathBuf>,
-}
-
-impl Drop for TestStore {
-    fn drop(&mut self) {
-        if let Some(schema) = self.pg_schema.clone() {
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-                rt.block_on(async {
-                    let store = PgStore::connect(PG_URL).await.ok()?;
-                    let sql = sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
-                    sqlx::query(sql).execute(store.pool()).await.ok()
-                })
-            })
-            .join();
-        }
-        if let Some(path) = &self.sqlite_file {
-            for suffix in ["", "-wal", "-shm"] {
-                let mut p = path.clone().into_os_string();
-                p.push(suffix);
-                let _ = std::fs::remove_file(p);
-            }
-        }
-    }
-}
-
-async fn pg_store() -> TestStore {
-    let schema = format!("s_{}", uuid::Uuid::new_v4().simple());
-    let admin = PgStore::connect(PG_URL).await.expect("Postgres at 127.0.0.1:5432 (user postgres, db test)");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(admin.pool()).await.unwrap();
-    admin.pool().close().await;
-    let options: PgConnectOptions = PG_URL.parse().unwrap();
-    let store = PgStore::connect_with(options.options([("search_path", schema.as_str())])).await.unwrap();
-    store.migrate().await.unwrap();
-    TestStore { store: Arc::new(store), pg_schema: Some(schema), sqlite_file: None }
-}
-
-async fn sqlite_store() -> TestStore {
-    let path = std::env::temp_dir().join(format!("aviary-stream-{}.db", uuid::Uuid::new_v4().simple()));
-    let store = SqliteStore::open(&path).await.unwrap();
-    store.migrate().await.unwrap();
-    TestStore { store: Arc::new(store), pg_schema: None, sqlite_file: Some(path) }
-}
 
 /// Forwards `listener`'s connections to `target` until dropped; dropping cuts them all.
 struct Proxy {
