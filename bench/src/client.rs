@@ -247,6 +247,23 @@ impl Conn {
         Ok(())
     }
 
+    /// Reads for up to `within` until a text frame contains `needle`; false if none did.
+    pub async fn wait_for(&mut self, needle: &str, within: Duration) -> anyhow::Result<bool> {
+        let found = tokio::time::timeout(within, async {
+            loop {
+                let text = self.next_text().await?.ok_or_else(|| anyhow!("closed by the server"))?;
+                if text.contains(needle) {
+                    return Ok::<_, anyhow::Error>(());
+                }
+            }
+        })
+        .await;
+        match found {
+            Ok(r) => r.map(|()| true),
+            Err(_) => Ok(false),
+        }
+    }
+
     /// The frame that publishes `payload` to `channel` from this connection.
     fn publish_frame(&mut self, channel: &str, payload: &str) -> String {
         match self.kind {

@@ -41,8 +41,8 @@ struct Cli {
 
 #[derive(Debug, Clone, Copy, Subcommand)]
 enum Command {
-    /// A few seconds at tiny sizes against `aviary dev` only; fails unless every publication
-    /// reached every subscriber.
+    /// A few seconds at tiny sizes against `aviary dev` (and multi-node over 2 nodes of each peer
+    /// that is installed, with Redis up); fails unless every publication reached every subscriber.
     Smoke,
     /// Scenario 1: idle connections (RSS per connection, connect rate).
     Idle,
@@ -52,7 +52,7 @@ enum Command {
     Rooms,
     /// Scenario 4: REST publish and token mint throughput.
     Rest,
-    /// Scenario 5: scenario 2 over --nodes Aviary data-plane nodes sharing Redis.
+    /// Scenario 5: scenario 2 over --nodes nodes of each target joined through Redis.
     Multinode,
     /// Every scenario, every target, in one run.
     All,
@@ -94,7 +94,7 @@ async fn run(cli: &mut Cli) -> anyhow::Result<()> {
             rooms_duration_s: 2,
             rest_duration_s: 1,
             rest_concurrency: 4,
-            nodes: 1,
+            nodes: 2,
             payload_bytes: 32,
             sources: 2,
             connect_concurrency: 20,
@@ -114,7 +114,7 @@ async fn run(cli: &mut Cli) -> anyhow::Result<()> {
     }
     if wants(Command::Fanout) {
         for &k in &cli.targets {
-            outcomes.push(scenarios::fanout(k, bins, sizes, None).await);
+            outcomes.push(scenarios::fanout(k, bins, sizes).await);
         }
     }
     if wants(Command::Rooms) {
@@ -127,8 +127,11 @@ async fn run(cli: &mut Cli) -> anyhow::Result<()> {
             outcomes.push(scenarios::rest(k, bins, sizes).await);
         }
     }
-    if wants(Command::Multinode) && !smoke && cli.targets.contains(&Kind::Aviary) {
-        outcomes.push(scenarios::fanout(Kind::Aviary, bins, sizes, Some(sizes.nodes)).await);
+    if wants(Command::Multinode) {
+        let targets = if smoke { smoke_multinode_targets(bins).await } else { cli.targets.clone() };
+        for k in targets {
+            outcomes.push(scenarios::multinode(k, bins, sizes).await);
+        }
     }
     let charts = cli.charts.clone().unwrap_or_else(|| cli.out.clone());
     report::write(&cli.out, &charts, &started_at, sizes, &outcomes)?;
@@ -138,6 +141,39 @@ async fn run(cli: &mut Cli) -> anyhow::Result<()> {
         eprintln!("[aviary-bench] smoke: every publication reached every subscriber");
     }
     Ok(())
+}
+
+/// The peers the smoke run also drives over several nodes: those installed (the Socket.io peer
+/// with its Redis adapter, a Sockudo binary), when Redis answers. Aviary's cluster needs Postgres
+/// too and is left to `multinode`.
+async fn smoke_multinode_targets(bins: &Binaries) -> Vec<Kind> {
+    // redis://[user:password@]host:port[/db]
+    let authority = bins.redis.trim_start_matches("redis://").split('/').next().unwrap_or_default();
+    let redis = authority.rsplit('@').next().unwrap_or_default().to_owned();
+    let redis_up = matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(2), tokio::net::TcpStream::connect(&redis)).await,
+        Ok(Ok(_))
+    );
+    let mut targets = Vec::new();
+    let mut skipped = Vec::new();
+    if !redis_up {
+        skipped.push(format!("every peer (Redis at {} does not answer)", bins.redis));
+    } else {
+        if bins.socketio_dir.join("node_modules/@socket.io/redis-adapter").is_dir() {
+            targets.push(Kind::Socketio);
+        } else {
+            skipped.push(format!("Socket.io (no npm ci in {})", bins.socketio_dir.display()));
+        }
+        if servers::find_binary(&bins.sockudo_bin).is_some() {
+            targets.push(Kind::Sockudo);
+        } else {
+            skipped.push(format!("Sockudo ({} not found)", bins.sockudo_bin.display()));
+        }
+    }
+    for s in skipped {
+        eprintln!("[aviary-bench] smoke: multi-node skips {s}");
+    }
+    targets
 }
 
 /// The smoke run passes when nothing failed and nothing was lost.

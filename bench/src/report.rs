@@ -104,7 +104,7 @@ pub fn markdown(outcomes: &[Outcome], charts_dir: &Path, md_dir: &Path) -> Strin
             rule.push_str(" ---: |");
         }
         for p in &peers {
-            let _ = write!(header, " Aviary / {} |", p.target);
+            let _ = write!(header, " Aviary / {} |", short_target(&p.target));
             rule.push_str(" ---: |");
         }
         let _ = writeln!(md, "{header}\n{rule}");
@@ -166,6 +166,12 @@ pub fn markdown(outcomes: &[Outcome], charts_dir: &Path, md_dir: &Path) -> Strin
         }
     }
     md
+}
+
+/// A target without the node count of the multi-node scenario (`Sockudo ×3 nodes (Redis)` →
+/// `Sockudo`), for the ratio headers.
+fn short_target(target: &str) -> &str {
+    target.split_once(" ×").map_or(target, |(name, _)| name)
 }
 
 /// A ratio with enough digits to stay readable when it is far from 1.
@@ -299,5 +305,42 @@ mod tests {
         assert_eq!(group_thousands(1_234_567), "1,234,567");
         assert_eq!(group_thousands(999), "999");
         assert_eq!(fmt_value(4.256, "ms"), "4.26 ms");
+    }
+
+    fn outcome(scenario: &'static str, target: String, delivered: f64) -> Outcome {
+        Outcome {
+            scenario,
+            target,
+            metrics: vec![crate::scenarios::Metric {
+                name: "deliveries/s",
+                value: delivered,
+                unit: "msg/s",
+                higher_is_better: Some(true),
+            }],
+            latency: None,
+            series: Vec::new(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn multinode_table_has_a_ratio_column_per_peer() {
+        use crate::client::Kind;
+        use crate::scenarios::multinode_target;
+        let outcomes: Vec<Outcome> = [(Kind::Aviary, 400.0), (Kind::Sockudo, 200.0), (Kind::Socketio, 100.0)]
+            .into_iter()
+            .map(|(k, v)| outcome("multinode", multinode_target(k, 3), v))
+            .collect();
+        let dir = std::env::temp_dir().join("aviary-bench-no-charts");
+        let md = markdown(&outcomes, &dir, &dir);
+        assert!(md.contains("### 5. Multi-node fan-out"), "{md}");
+        assert!(
+            md.contains(
+                "| metric | Aviary ×3 nodes (Redis) | Sockudo ×3 nodes (Redis) | Socket.io ×3 nodes (Redis) \
+                 | Aviary / Sockudo | Aviary / Socket.io |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| deliveries/s | 400 msg/s | 200 msg/s | 100 msg/s | 2.00× | 4.00× |"), "{md}");
     }
 }

@@ -243,31 +243,60 @@ pub async fn idle(kind: Kind, bins: &Binaries, sizes: &Sizes) -> Outcome {
     .await
 }
 
-/// Scenario 2 (and 5 with a cluster): one channel, many subscribers, fixed publish rate.
-pub async fn fanout(kind: Kind, bins: &Binaries, sizes: &Sizes, cluster_nodes: Option<usize>) -> Outcome {
-    let (scenario, target) = match cluster_nodes {
-        Some(n) => ("multinode", format!("{} ×{n} nodes (Redis)", kind.label())),
-        None => ("fanout", kind.label().to_owned()),
-    };
-    run_guarded(scenario, target.clone(), async {
-        let server = match cluster_nodes {
-            Some(n) => servers::aviary_cluster(bins, n).await?,
-            None => servers::start(kind, bins).await?,
-        };
-        run_fanout(scenario, target, &server, sizes).await
+/// Scenario 2: one channel, many subscribers, fixed publish rate.
+pub async fn fanout(kind: Kind, bins: &Binaries, sizes: &Sizes) -> Outcome {
+    let target = kind.label().to_owned();
+    run_guarded("fanout", target.clone(), async {
+        let server = servers::start(kind, bins).await?;
+        run_fanout("fanout", target, &server, sizes).await
     })
     .await
+}
+
+/// Scenario 5: scenario 2 over `sizes.nodes` nodes of `kind` joined through Redis (subscribers
+/// round-robin over the nodes, publications to node 0).
+pub async fn multinode(kind: Kind, bins: &Binaries, sizes: &Sizes) -> Outcome {
+    let target = multinode_target(kind, sizes.nodes);
+    run_guarded("multinode", target.clone(), async {
+        let server = servers::start_cluster(kind, bins, sizes.nodes).await?;
+        run_fanout("multinode", target, &server, sizes).await
+    })
+    .await
+}
+
+/// The column label of a multi-node target: `Aviary ×3 nodes (Redis)`.
+pub fn multinode_target(kind: Kind, nodes: usize) -> String {
+    format!("{} ×{nodes} nodes (Redis)", kind.label())
+}
+
+/// Connections subscribed to one channel, each reading on its own task and counting every
+/// delivery into `stats` (the setup of the fan-out and multi-node scenarios).
+struct Subscribers {
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+    set: JoinSet<anyhow::Result<u64>>,
+    /// How many subscribed (each publication is expected this many times).
+    count: u64,
+    failed: usize,
+    first_error: Option<String>,
+}
+
+/// Opens `n` connections to `ep` (round-robin over its nodes), subscribes each to `channel`
+/// and starts counting deliveries.
+async fn subscribe_and_count(ep: &Endpoint, n: usize, channel: &str, sizes: &Sizes) -> Subscribers {
+    let stats = Stats::new();
+    let stop = CancellationToken::new();
+    let (conns, failed, first_error) = connect_many(ep, n, sizes, |_| Some(channel.to_owned())).await;
+    let count = conns.len() as u64;
+    let set = spawn_all(conns, &stats, &stop, |_| None);
+    Subscribers { stats, stop, set, count, failed, first_error }
 }
 
 async fn run_fanout(scenario: &'static str, target: String, server: &Server, sizes: &Sizes) -> anyhow::Result<Outcome> {
     let ep = &server.endpoint;
     let channel = "fanout";
-    let stats = Stats::new();
-    let stop = CancellationToken::new();
-    let (conns, failed, first_error) =
-        connect_many(ep, sizes.fanout_subscribers, sizes, |_| Some(channel.to_owned())).await;
-    let subscribers = conns.len() as u64;
-    let set = spawn_all(conns, &stats, &stop, |_| None);
+    let Subscribers { stats, stop, set, count: subscribers, failed, first_error } =
+        subscribe_and_count(ep, sizes.fanout_subscribers, channel, sizes).await;
     let sampler_stop = CancellationToken::new();
     let sampler = tokio::spawn(stats::sample(
         server.pids.clone(),

@@ -1,6 +1,7 @@
 //! Starting the servers under test as child processes and provisioning them: `aviary dev`, an
 //! Aviary cluster (control plane on Postgres + data-plane nodes on Redis), Sockudo with its
-//! in-memory adapter, and the Socket.io peer. Every child is killed when its [`Server`] drops.
+//! in-memory adapter or as nodes joined by its Redis adapter, and the Socket.io peer alone or as
+//! nodes joined by `@socket.io/redis-adapter`. Every child is killed when its [`Server`] drops.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -257,6 +258,7 @@ pub async fn aviary_cluster(bins: &Binaries, nodes: usize) -> anyhow::Result<Ser
             }
         }
     }
+    await_joined(&server.endpoint).await?;
     Ok(server)
 }
 
@@ -264,14 +266,17 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Sockudo with its local (in-memory) adapter, memory app manager/cache/queue, no rate limits.
-pub async fn sockudo(bins: &Binaries) -> anyhow::Result<Server> {
-    let dir = scratch_dir("sockudo")?;
-    let port = free_port()?;
-    let (app_id, key, secret) = ("bench".to_owned(), "bench-key".to_owned(), "bench-secret".to_owned());
+/// The Pusher app every Sockudo node serves: `(id, key, secret)`.
+const SOCKUDO_APP: (&str, &str, &str) = ("bench", "bench-key", "bench-secret");
+
+/// A Sockudo node configured through env: memory app manager holding [`SOCKUDO_APP`], memory
+/// cache and queue, no rate limits, metrics off. It runs in `dir`, so no config file is read but
+/// `dir/config/config.toml` (if the caller wrote one), and writes its output to `log`.
+fn sockudo_command(bins: &Binaries, dir: &Path, port: u16, log: &Path) -> anyhow::Result<Command> {
+    let (app_id, key, secret) = SOCKUDO_APP;
+    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut c = Command::new(&bins.sockudo_bin);
-    // Run in an empty directory so no config/config.toml is picked up; configure through env.
-    c.current_dir(&dir)
+    c.current_dir(dir)
         .envs([
             ("HOST", "127.0.0.1"),
             ("PORT", &port.to_string()),
@@ -282,37 +287,70 @@ pub async fn sockudo(bins: &Binaries) -> anyhow::Result<Server> {
             ("APP_MANAGER_DRIVER", "memory"),
             ("RATE_LIMITER_ENABLED", "false"),
             ("METRICS_ENABLED", "false"),
-            ("SOCKUDO_DEFAULT_APP_ID", &app_id),
-            ("SOCKUDO_DEFAULT_APP_KEY", &key),
-            ("SOCKUDO_DEFAULT_APP_SECRET", &secret),
+            ("SOCKUDO_DEFAULT_APP_ID", app_id),
+            ("SOCKUDO_DEFAULT_APP_KEY", key),
+            ("SOCKUDO_DEFAULT_APP_SECRET", secret),
             ("SOCKUDO_DEFAULT_APP_ENABLED", "true"),
             ("SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS", "1000000"),
             ("SOCKUDO_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SECOND", "10000000"),
             ("SOCKUDO_DEFAULT_APP_MAX_CLIENT_EVENTS_PER_SECOND", "10000000"),
             ("SOCKUDO_DEFAULT_APP_MAX_READ_REQUESTS_PER_SECOND", "10000000"),
             ("SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES", "true"),
+            ("LOG_COLORS_ENABLED", "false"),
             ("RUST_LOG", "warn"),
         ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
         .stdin(Stdio::null())
         .kill_on_drop(true);
-    let child = c.spawn().with_context(|| format!("starting {}", bins.sockudo_bin.display()))?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    Ok(c)
+}
+
+/// The last lines of a child's log, for an error message.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(5)..].join(" / ");
+    if tail.is_empty() { format!("{} is empty", log.display()) } else { format!("{}: {tail}", log.display()) }
+}
+
+/// Spawns `command` and waits until `addr` accepts TCP connections; if the process exits first,
+/// the error quotes the end of its `log`.
+async fn spawn_accepting(mut command: Command, addr: SocketAddr, log: &Path, what: &str) -> anyhow::Result<Child> {
+    let mut child = command.spawn().with_context(|| format!("starting {what}"))?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited ({status}) before listening on {addr}; {}", log_tail(log));
+        }
         if tokio::time::Instant::now() > deadline {
-            bail!("sockudo did not listen on {addr} within 30 s");
+            bail!("{what} did not listen on {addr} within 30 s; {}", log_tail(log));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(child)
+}
+
+fn sockudo_endpoint(nodes: Vec<SocketAddr>) -> Endpoint {
+    let (app_id, key, secret) = SOCKUDO_APP;
+    Endpoint {
+        kind: Kind::Sockudo,
+        http: nodes.first().map(|a| format!("http://{a}")).unwrap_or_default(),
+        nodes,
+        auth: Auth::Pusher { app_id: app_id.to_owned(), key: key.to_owned(), secret: secret.to_owned() },
+    }
+}
+
+/// Sockudo with its local (in-memory) adapter, memory app manager/cache/queue, no rate limits.
+pub async fn sockudo(bins: &Binaries) -> anyhow::Result<Server> {
+    let dir = scratch_dir("sockudo")?;
+    let port = free_port()?;
+    let log = dir.join("sockudo.log");
+    let c = sockudo_command(bins, &dir, port, &log)?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let child = spawn_accepting(c, addr, &log, &format!("sockudo ({})", bins.sockudo_bin.display())).await?;
     Ok(Server {
-        endpoint: Endpoint {
-            kind: Kind::Sockudo,
-            nodes: vec![addr],
-            http: format!("http://{addr}"),
-            auth: Auth::Pusher { app_id, key, secret },
-        },
+        endpoint: sockudo_endpoint(vec![addr]),
         pids: child.id().into_iter().collect(),
         children: vec![child],
         scratch: Some(dir),
@@ -320,23 +358,136 @@ pub async fn sockudo(bins: &Binaries) -> anyhow::Result<Server> {
     })
 }
 
-/// The Socket.io 4 peer (`bench/peers/socketio/server.js`) on Node.
-pub async fn socketio(bins: &Binaries) -> anyhow::Result<Server> {
+/// `nodes` Sockudo nodes joined by its Redis adapter on `--redis` (channels under a prefix unique
+/// to this run), each otherwise configured as [`sockudo`] is. The adapter must be compiled in
+/// (`cargo install sockudo --features redis`); falling back to a local adapter is disabled, so a
+/// binary without it fails here instead of silently running unjoined nodes.
+pub async fn sockudo_cluster(bins: &Binaries, nodes: usize) -> anyhow::Result<Server> {
+    let dir = scratch_dir("sockudo-cluster")?;
+    let mut server = Server {
+        endpoint: sockudo_endpoint(Vec::new()),
+        pids: Vec::new(),
+        children: Vec::new(),
+        scratch: Some(dir.clone()),
+        database: None,
+    };
+    // The adapter's channel prefix has no env variable: it comes from the config file, which
+    // Sockudo reads from ./config/config.toml (env variables still override the rest).
+    let prefix = format!("aviary_bench_sockudo_{}", uuid::Uuid::new_v4().simple());
+    std::fs::create_dir_all(dir.join("config"))?;
+    std::fs::write(
+        dir.join("config/config.toml"),
+        format!("[adapter]\nfallback_to_local = false\n\n[adapter.redis]\nprefix = \"{prefix}\"\n"),
+    )?;
+    let mut addrs = Vec::with_capacity(nodes);
+    for i in 0..nodes {
+        let port = free_port()?;
+        let log = dir.join(format!("node-{i}.log"));
+        let mut c = sockudo_command(bins, &dir, port, &log)?;
+        c.envs([
+            ("ADAPTER_DRIVER", "redis"),
+            ("ADAPTER_FALLBACK_TO_LOCAL", "false"),
+            ("REDIS_URL", bins.redis.as_str()),
+            ("INSTANCE_PROCESS_ID", &format!("aviary-bench-node-{i}")),
+            // Unused while metrics are off, but distinct per node should they be enabled.
+            ("METRICS_PORT", &free_port()?.to_string()),
+        ]);
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let child = spawn_accepting(c, addr, &log, &format!("sockudo node {i}")).await?;
+        server.pids.extend(child.id());
+        server.children.push(child);
+        addrs.push(addr);
+    }
+    server.endpoint = sockudo_endpoint(addrs);
+    await_joined(&server.endpoint).await?;
+    Ok(server)
+}
+
+fn socketio_command(bins: &Binaries) -> Command {
     let mut c = Command::new("node");
     c.arg("server.js").current_dir(&bins.socketio_dir).env("PORT", "0").env("HOST", "127.0.0.1");
-    let (child, addr) = spawn_listening(c, "socket.io peer").await?;
+    c
+}
+
+fn socketio_endpoint(nodes: Vec<SocketAddr>) -> Endpoint {
+    let http = nodes.first().map(|a| format!("http://{a}")).unwrap_or_default();
+    Endpoint { kind: Kind::Socketio, http, nodes, auth: Auth::None }
+}
+
+/// The Socket.io 4 peer (`bench/peers/socketio/server.js`) on Node.
+pub async fn socketio(bins: &Binaries) -> anyhow::Result<Server> {
+    let (child, addr) = spawn_listening(socketio_command(bins), "socket.io peer").await?;
     Ok(Server {
-        endpoint: Endpoint {
-            kind: Kind::Socketio,
-            nodes: vec![addr],
-            http: format!("http://{addr}"),
-            auth: Auth::None,
-        },
+        endpoint: socketio_endpoint(vec![addr]),
         pids: child.id().into_iter().collect(),
         children: vec![child],
         scratch: None,
         database: None,
     })
+}
+
+/// `nodes` Socket.io peers joined by `@socket.io/redis-adapter` on `--redis` (channels under a
+/// prefix unique to this run): `server.js` uses the adapter when `REDIS_URL` is set.
+pub async fn socketio_cluster(bins: &Binaries, nodes: usize) -> anyhow::Result<Server> {
+    let prefix = format!("aviary_bench_socketio_{}", uuid::Uuid::new_v4().simple());
+    let mut server = Server {
+        endpoint: socketio_endpoint(Vec::new()),
+        pids: Vec::new(),
+        children: Vec::new(),
+        scratch: None,
+        database: None,
+    };
+    let mut addrs = Vec::with_capacity(nodes);
+    for i in 0..nodes {
+        let mut c = socketio_command(bins);
+        c.env("REDIS_URL", &bins.redis).env("REDIS_PREFIX", &prefix);
+        let (child, addr) = spawn_listening(c, &format!("socket.io peer node {i}")).await?;
+        server.pids.extend(child.id());
+        server.children.push(child);
+        addrs.push(addr);
+    }
+    server.endpoint = socketio_endpoint(addrs);
+    await_joined(&server.endpoint).await?;
+    Ok(server)
+}
+
+/// Waits until a publication sent through the backend API of node 0 reaches a subscriber on
+/// every node, i.e. the nodes are joined through Redis before a scenario counts deliveries.
+async fn await_joined(ep: &Endpoint) -> anyhow::Result<()> {
+    let channel = "benchprobe";
+    let src = "127.0.0.1".parse()?;
+    let mut conns = Vec::with_capacity(ep.nodes.len());
+    for i in 0..ep.nodes.len() {
+        let mut conn = crate::client::open(ep, i, src).await.with_context(|| format!("node {i}"))?;
+        conn.subscribe(ep, channel).await.with_context(|| format!("node {i}"))?;
+        conns.push(conn);
+    }
+    let backend = crate::client::Backend::new(ep)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for (i, conn) in conns.iter_mut().enumerate() {
+        loop {
+            let probe = format!("probe-{}", uuid::Uuid::new_v4().simple());
+            let status = backend.publish(channel, &probe).await.context("publishing to node 0")?;
+            if !(200..300).contains(&status) {
+                bail!("node 0 refused a publication: HTTP {status}");
+            }
+            if conn.wait_for(&probe, Duration::from_millis(500)).await.with_context(|| format!("node {i}"))? {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("node {i} received nothing published to node 0 within 20 s: the nodes are not joined");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `bin` if it names an existing file, else the first match of a bare name on `PATH`.
+pub fn find_binary(bin: &Path) -> Option<PathBuf> {
+    if bin.components().count() > 1 || bin.is_file() {
+        return bin.is_file().then(|| bin.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(bin)).find(|p| p.is_file())
 }
 
 /// Starts the single-node server of `kind`.
@@ -345,5 +496,17 @@ pub async fn start(kind: Kind, bins: &Binaries) -> anyhow::Result<Server> {
         Kind::Aviary => aviary_dev(bins).await,
         Kind::Sockudo => sockudo(bins).await,
         Kind::Socketio => socketio(bins).await,
+    }
+}
+
+/// Starts `nodes` nodes of `kind` joined through Redis (the multi-node scenario).
+pub async fn start_cluster(kind: Kind, bins: &Binaries, nodes: usize) -> anyhow::Result<Server> {
+    if nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    match kind {
+        Kind::Aviary => aviary_cluster(bins, nodes).await,
+        Kind::Sockudo => sockudo_cluster(bins, nodes).await,
+        Kind::Socketio => socketio_cluster(bins, nodes).await,
     }
 }
