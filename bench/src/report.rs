@@ -96,7 +96,11 @@ pub fn markdown(outcomes: &[Outcome], charts_dir: &Path, md_dir: &Path) -> Strin
         }
         let _ = writeln!(md, "### {title}\n");
         let aviary = of.iter().find(|o| o.target.starts_with("Aviary")).copied();
-        let peers: Vec<&Outcome> = of.iter().filter(|o| !o.target.starts_with("Aviary")).copied().collect();
+        // Ratio columns only when there is an Aviary figure to divide.
+        let peers: Vec<&Outcome> = match aviary {
+            Some(_) => of.iter().filter(|o| !o.target.starts_with("Aviary")).copied().collect(),
+            None => Vec::new(),
+        };
         let mut header = String::from("| metric |");
         let mut rule = String::from("| --- |");
         for o in &of {
