@@ -2,9 +2,10 @@
 //! fan-out of broker events to them.
 //!
 //! The hub is the broker's [`BrokerEvents`] sink. Each publication is encoded once into a
-//! `message` frame ([`encode_message`]) and every subscriber gets a clone of the same
-//! [`Text`] (a `Bytes`) handle through a non-blocking `try_send` into its bounded queue. A full queue is
-//! that connection's problem only: it is closed with 4008 (slow consumer) and the loop moves on.
+//! `message` frame ([`encode_message`]), wrapped once in an `Arc<`[`Delivery`]`>`, and every
+//! subscriber gets a clone of that pointer through a non-blocking push into its connection's
+//! [`Outbox`](crate::outbox::Outbox). A full queue is that connection's problem only: it is
+//! closed with 4008 (slow consumer) and the loop moves on.
 //!
 //! A new subscriber starts *buffering*: while its session replays history, live publications
 //! are parked in the subscriber; [`Subscriber::go_live`] then flushes the parked ones newer than
@@ -30,13 +31,13 @@ use aviary_broker::{
 };
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
 
+use crate::outbox::PushError;
 use crate::protocol::{CloseReason, Text, close, encode_discontinuity, encode_message, encode_presence};
 use crate::session::SessionHandle;
 
-/// An item of a connection's outbound queue.
+/// An item of a connection's outbound queue: a pointer and a tag, so a queue slot is small
+/// and handing a publication to a subscriber is one reference-count increment.
 #[derive(Debug, Clone)]
 pub enum Outbound {
     /// A frame for this connection only (a reply) or a presence event.
@@ -44,22 +45,54 @@ pub enum Outbound {
     /// A frame that also tells the transport a channel's position (SSE `subscribed` and
     /// `discontinuity` events, named by `event`, so resume ids stay in step with what was
     /// actually written).
-    Position { event: &'static str, channel: Arc<str>, epoch: Arc<str>, offset: u64, frame: Text },
-    /// A publication's shared `message` frame, with the position transports need (SSE ids,
-    /// dedup after replay) and the broker timestamp for the latency histogram.
-    Message { channel: Arc<str>, epoch: Arc<str>, offset: u64, ts: i64, frame: Text },
+    Position(Box<Position>),
+    /// A publication's `message` frame, shared by every subscriber.
+    Message(Arc<Delivery>),
+}
+
+/// A publication as the transports write it: built once per publication per node.
+#[derive(Debug)]
+pub struct Delivery {
+    pub channel: Arc<str>,
+    pub epoch: Arc<str>,
+    pub offset: u64,
+    /// When the broker accepted it (Unix ms), for the publish-to-deliver histogram.
+    pub ts: i64,
+    /// The encoded `message` frame.
+    pub frame: Text,
+}
+
+impl Delivery {
+    pub fn new(key: &ChannelKey, p: &Publication) -> Arc<Self> {
+        Arc::new(Delivery {
+            channel: key.channel.clone(),
+            epoch: p.epoch.clone(),
+            offset: p.offset,
+            ts: p.ts,
+            frame: encode_message(&key.channel, p),
+        })
+    }
+}
+
+/// A frame that moves a channel's position (see [`Outbound::Position`]).
+#[derive(Debug, Clone)]
+pub struct Position {
+    pub event: &'static str,
+    pub channel: Arc<str>,
+    pub epoch: Arc<str>,
+    pub offset: u64,
+    pub frame: Text,
 }
 
 impl Outbound {
-    pub fn message(key: &ChannelKey, p: &Publication, frame: Text) -> Self {
-        Outbound::Message { channel: key.channel.clone(), epoch: p.epoch.clone(), offset: p.offset, ts: p.ts, frame }
+    pub fn position(event: &'static str, channel: Arc<str>, epoch: Arc<str>, offset: u64, frame: Text) -> Self {
+        Outbound::Position(Box::new(Position { event, channel, epoch, offset, frame }))
     }
 }
 
 /// One connection's subscription to one channel, as the fan-out sees it.
 pub struct Subscriber {
     session: Arc<SessionHandle>,
-    tx: mpsc::Sender<Outbound>,
     /// Whether this subscription also receives presence events.
     presence: bool,
     /// False while the session replays history; deliveries are parked in `parked` meanwhile.
@@ -78,10 +111,9 @@ impl std::fmt::Debug for Subscriber {
 }
 
 impl Subscriber {
-    pub fn new(session: Arc<SessionHandle>, tx: mpsc::Sender<Outbound>, presence: bool, park_limit: usize) -> Self {
+    pub fn new(session: Arc<SessionHandle>, presence: bool, park_limit: usize) -> Self {
         Subscriber {
             session,
-            tx,
             presence,
             live: AtomicBool::new(false),
             parked: Mutex::new(Vec::new()),
@@ -95,11 +127,11 @@ impl Subscriber {
     }
 
     fn push(&self, item: Outbound) {
-        match self.tx.try_send(item) {
+        match self.session.outbox.try_push(item) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.slow_consumer(),
+            Err(PushError::Full) => self.slow_consumer(),
             // The session is gone and will unsubscribe shortly.
-            Err(TrySendError::Closed(_)) => {}
+            Err(PushError::Closed) => {}
         }
     }
 
@@ -119,8 +151,8 @@ impl Subscriber {
                 return;
             }
         }
-        if matches!(item, Outbound::Message { .. }) {
-            self.deliver_in_sequence(item, &mut self.last.lock());
+        if let Outbound::Message(delivery) = item {
+            self.deliver_in_sequence(delivery, &mut self.last.lock());
         } else {
             self.push(item);
         }
@@ -128,11 +160,8 @@ impl Subscriber {
 
     /// Delivers a publication after `last`: drops it if already delivered, announces a
     /// `discontinuity` first if it does not directly follow `last`.
-    fn deliver_in_sequence(&self, item: Outbound, last: &mut Option<(Arc<str>, u64)>) {
-        let Outbound::Message { channel, epoch, offset, .. } = &item else {
-            self.push(item);
-            return;
-        };
+    fn deliver_in_sequence(&self, delivery: Arc<Delivery>, last: &mut Option<(Arc<str>, u64)>) {
+        let Delivery { channel, epoch, offset, .. } = &*delivery;
         if let Some((last_epoch, last_offset)) = last.as_ref() {
             let same_epoch = Arc::ptr_eq(last_epoch, epoch) || **last_epoch == **epoch;
             if same_epoch && *offset <= *last_offset {
@@ -142,17 +171,17 @@ impl Subscriber {
                 let previous = StreamPosition { epoch: last_epoch.to_string(), offset: *last_offset };
                 let position = StreamPosition { epoch: epoch.to_string(), offset: offset.saturating_sub(1) };
                 tracing::debug!(channel = %channel, ?previous, ?position, "live delivery skipped publications");
-                self.push(Outbound::Position {
-                    event: "discontinuity",
-                    channel: channel.clone(),
-                    epoch: epoch.clone(),
-                    offset: position.offset,
-                    frame: encode_discontinuity(channel, &previous, &position),
-                });
+                self.push(Outbound::position(
+                    "discontinuity",
+                    channel.clone(),
+                    epoch.clone(),
+                    position.offset,
+                    encode_discontinuity(channel, &previous, &position),
+                ));
             }
         }
         *last = Some((epoch.clone(), *offset));
-        self.push(item);
+        self.push(Outbound::Message(delivery));
     }
 
     /// Ends the replay: flushes parked deliveries that come after `(epoch, offset)` (the last
@@ -162,7 +191,10 @@ impl Subscriber {
         let mut last = self.last.lock();
         *last = Some((epoch.into(), offset));
         for item in parked.drain(..) {
-            self.deliver_in_sequence(item, &mut last);
+            match item {
+                Outbound::Message(delivery) => self.deliver_in_sequence(delivery, &mut last),
+                other => self.push(other),
+            }
         }
         self.live.store(true, Ordering::Release);
     }
@@ -297,9 +329,9 @@ impl BrokerEvents for Hub {
         if subscribers.is_empty() {
             return;
         }
-        let frame = encode_message(&key.channel, &publication);
+        let delivery = Delivery::new(key, &publication);
         for s in subscribers.iter() {
-            s.offer(Outbound::message(key, &publication, frame.clone()));
+            s.offer(Outbound::Message(delivery.clone()));
         }
     }
 
@@ -326,24 +358,27 @@ mod tests {
     }
 
     /// The type and (epoch, offset) of what the hub queued for the connection.
-    fn queued(rx: &mut mpsc::Receiver<Outbound>) -> Vec<(String, String, u64)> {
-        let mut out = Vec::new();
-        while let Ok(item) = rx.try_recv() {
-            out.push(match item {
-                Outbound::Message { epoch, offset, .. } => ("message".to_owned(), epoch.to_string(), offset),
-                Outbound::Position { event, epoch, offset, .. } => (event.to_owned(), epoch.to_string(), offset),
-                Outbound::Frame(f) => (f.as_str().to_owned(), String::new(), 0),
-            });
+    async fn queued(session: &SessionHandle) -> Vec<(String, String, u64)> {
+        let mut items = std::collections::VecDeque::new();
+        if !session.outbox.is_empty() {
+            assert!(session.outbox.take(&mut items).await);
         }
-        out
+        items
+            .into_iter()
+            .map(|item| match item {
+                Outbound::Message(d) => ("message".to_owned(), d.epoch.to_string(), d.offset),
+                Outbound::Position(p) => (p.event.to_owned(), p.epoch.to_string(), p.offset),
+                Outbound::Frame(f) => (f.as_str().to_owned(), String::new(), 0),
+            })
+            .collect()
     }
 
     #[tokio::test]
     async fn live_delivery_drops_repeats_and_announces_gaps_and_new_epochs() {
         let hub = Hub::new(Arc::new(MemoryBroker::new()));
         let key = ChannelKey::new("app_a", "room");
-        let (tx, mut rx) = mpsc::channel(16);
-        let subscriber = Arc::new(Subscriber::new(SessionHandle::new(), tx, false, 16));
+        let session = SessionHandle::new(16);
+        let subscriber = Arc::new(Subscriber::new(session.clone(), false, 16));
         hub.subscribe(&key, subscriber.clone()).await.unwrap();
         // Parked during the replay: 2 was replayed already, 3 follows it.
         hub.on_publication(&key, publication("e1", 2));
@@ -354,7 +389,7 @@ mod tests {
         hub.on_publication(&key, publication("e2", 1)); // the stream was lost
         let m = |e: &str, o| ("message".to_owned(), e.to_owned(), o);
         let d = |e: &str, o| ("discontinuity".to_owned(), e.to_owned(), o);
-        assert_eq!(queued(&mut rx), vec![m("e1", 3), d("e1", 5), m("e1", 6), d("e2", 0), m("e2", 1)]);
+        assert_eq!(queued(&session).await, vec![m("e1", 3), d("e1", 5), m("e1", 6), d("e2", 0), m("e2", 1)]);
     }
 
     #[test]

@@ -24,6 +24,7 @@
 pub mod error;
 pub(crate) mod hub;
 pub mod metrics;
+pub(crate) mod outbox;
 pub mod protocol;
 pub mod quota;
 pub mod rest;

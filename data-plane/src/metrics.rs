@@ -26,7 +26,9 @@ pub const BYTES_OUT: &str = "aviary_bytes_out_total";
 /// Refused operations and forced disconnects (counter). Labels: tenant, app, reason.
 pub const REJECTIONS: &str = "aviary_rejections_total";
 /// Seconds from the broker accepting a publication to its frame being written to a client's
-/// socket (histogram). Labels: tenant, app.
+/// socket (histogram). Labels: tenant, app. Recorded once per write burst, with the age of the
+/// burst's oldest publication (an upper bound for the rest of the burst), so the sample count
+/// is the number of bursts, not of messages (that is `aviary_messages_out_total`).
 pub const PUBLISH_TO_DELIVER: &str = "aviary_publish_to_deliver_seconds";
 
 /// Counts a refusal with its reason.
@@ -74,13 +76,33 @@ impl ConnectionMetrics {
         }
     }
 
-    /// Records one delivered publication, accepted by the broker at `ts_ms`.
-    pub fn delivered(&self, frame_len: usize, ts_ms: i64) {
-        self.messages_out.increment(1);
-        self.bytes_out.increment(frame_len as u64);
-        self.usage.delivered(1, frame_len as u64);
-        let age_ms = aviary_core::unix_now_ms().saturating_sub(ts_ms).max(0);
+    /// Records the publications of one written burst.
+    pub fn delivered(&self, burst: &Burst) {
+        let Some(oldest_ts) = burst.oldest_ts else { return };
+        self.messages_out.increment(burst.count);
+        self.bytes_out.increment(burst.bytes);
+        self.usage.delivered(burst.count, burst.bytes);
+        let age_ms = aviary_core::unix_now_ms().saturating_sub(oldest_ts).max(0);
         self.latency.record(age_ms as f64 / 1000.0);
+    }
+}
+
+/// Publications written to one connection between two flushes, summed so the metrics are
+/// touched once per burst instead of once per message.
+#[derive(Debug, Default)]
+pub struct Burst {
+    count: u64,
+    bytes: u64,
+    /// The broker timestamp (Unix ms) of the oldest publication in the burst.
+    oldest_ts: Option<i64>,
+}
+
+impl Burst {
+    /// Adds a publication accepted by the broker at `ts_ms` whose frame is `frame_len` bytes.
+    pub fn add(&mut self, frame_len: usize, ts_ms: i64) {
+        self.count += 1;
+        self.bytes += frame_len as u64;
+        self.oldest_ts = Some(self.oldest_ts.map_or(ts_ms, |t| t.min(ts_ms)));
     }
 }
 

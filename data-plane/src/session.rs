@@ -17,12 +17,13 @@ use aviary_core::{AppConfig, ConnectionClaims, Namespace, Operation};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::NodeState;
 use crate::error::{Error, Result};
-use crate::hub::{Outbound, Subscriber};
+use crate::hub::{Delivery, Outbound, Subscriber};
 use crate::metrics::{self, ConnectionMetrics};
+use crate::outbox::Outbox;
 use crate::protocol::{self, ClientFrame, CloseReason, Connected, Empty, ErrorCode, Text, close};
 use crate::quota::ConnectionPermit;
 
@@ -48,16 +49,20 @@ pub struct SessionHandle {
     close: watch::Sender<Option<CloseReason>>,
     identity: Mutex<Option<Identity>>,
     metrics: OnceLock<Arc<ConnectionMetrics>>,
+    /// What waits to be written to the client; the transport's writer drains it.
+    pub outbox: Outbox,
 }
 
 impl SessionHandle {
-    pub fn new() -> Arc<Self> {
+    /// A handle whose outbound queue holds up to `queue_capacity` items.
+    pub fn new(queue_capacity: usize) -> Arc<Self> {
         let (close, _) = watch::channel(None);
         Arc::new(SessionHandle {
             connection_id: format!("conn_{}", uuid::Uuid::now_v7().simple()).into(),
             close,
             identity: Mutex::new(None),
             metrics: OnceLock::new(),
+            outbox: Outbox::new(queue_capacity),
         })
     }
 
@@ -120,7 +125,6 @@ struct Auth {
 pub struct Session {
     dp: Arc<NodeState>,
     pub handle: Arc<SessionHandle>,
-    tx: mpsc::Sender<Outbound>,
     transport: &'static str,
     auth: Option<Auth>,
     /// Channel name -> its subscription.
@@ -132,22 +136,19 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session with its outbound queue; the transport drains the returned receiver.
-    pub fn new(dp: Arc<NodeState>, transport: &'static str) -> (Self, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(dp.config.outbound_queue_capacity.max(1));
-        let handle = SessionHandle::new();
+    /// A session with its outbound queue (`handle.outbox`), which the transport drains.
+    pub fn new(dp: Arc<NodeState>, transport: &'static str) -> Self {
+        let handle = SessionHandle::new(dp.config.outbound_queue_capacity);
         dp.sessions.insert(handle.connection_id.clone(), handle.clone());
-        let session = Session {
+        Session {
             dp,
             handle,
-            tx,
             transport,
             auth: None,
             subscriptions: HashMap::new(),
             presence: HashMap::new(),
             malformed: 0,
-        };
-        (session, rx)
+        }
     }
 
     pub fn is_authenticated(&self) -> bool {
@@ -171,7 +172,7 @@ impl Session {
     pub async fn send(&self, item: Outbound) {
         let mut signal = self.handle.close_signal();
         tokio::select! {
-            _ = self.tx.send(item) => {}
+            _ = self.handle.outbox.push(item) => {}
             _ = closed(&mut signal) => {}
         }
     }
@@ -419,12 +420,8 @@ impl Session {
         announce: impl FnOnce(&StreamPosition, bool) -> Outbound,
     ) -> Result<()> {
         let key = self.check_subscribe(channel, presence)?;
-        let subscriber = Arc::new(Subscriber::new(
-            self.handle.clone(),
-            self.tx.clone(),
-            presence,
-            self.dp.config.outbound_queue_capacity.max(1),
-        ));
+        let subscriber =
+            Arc::new(Subscriber::new(self.handle.clone(), presence, self.dp.config.outbound_queue_capacity.max(1)));
         // Join the fan-out (parking live publications) *before* reading the stream position, so
         // every publication is either in what we read or parked, never in neither.
         self.dp.hub.subscribe(&key, subscriber.clone()).await?;
@@ -471,8 +468,7 @@ impl Session {
         let mut page = page;
         loop {
             for p in &page.publications {
-                let frame = protocol::encode_message(&key.channel, p);
-                self.send(Outbound::message(key, p, frame)).await;
+                self.send(Outbound::Message(Delivery::new(key, p))).await;
                 last.offset = p.offset;
             }
             if last.offset >= target.offset || page.publications.is_empty() {
@@ -660,6 +656,9 @@ impl Session {
                 metrics::rejection(&auth.tenant_id, &auth.app_id, disconnect_reason(reason.code));
             }
         }
+        // Nothing queued from here on will be written (the transport's writer has been told
+        // to close, and it sends only the farewell now).
+        self.handle.outbox.close();
         // Release the connection quota now, before the transport says goodbye, so a client
         // that saw its connection end can immediately open a new one.
         if let Some(auth) = self.auth.take() {

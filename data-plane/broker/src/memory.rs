@@ -8,10 +8,19 @@
 //! its presence set, its idempotency keys and whether this node subscribed to it. Every
 //! operation on a channel runs under its shard's lock and never across an `.await`, so the
 //! operations on one channel are serialized. That lock is what makes publish atomic: the
-//! offset is assigned, the publication appended to history and handed to [`BrokerEvents`]
+//! offset is assigned, the publication appended to history and queued for [`BrokerEvents`]
 //! before the lock is released, so no reader sees an offset whose publication is not in
-//! history yet, and the sink receives one channel's publications in offset order (the sink
-//! never blocks, so holding the lock across the call is cheap).
+//! history yet.
+//!
+//! # Events
+//! The fan-out of a publication (the sink's [`BrokerEvents::on_publication`]) can take
+//! milliseconds for a channel with thousands of local subscribers, so it runs *after* the
+//! shard lock is released: under the lock the event is only appended to the channel's
+//! [`EventQueue`]; the caller that found the queue idle becomes its drainer and delivers
+//! events, oldest first, until the queue is empty. One drainer at a time per channel and a
+//! queue filled in lock order keep the sink's view of a channel in offset order, while
+//! publishes, subscribes and history reads on the other channels of the shard (and further
+//! publishes on the same channel, which just append) proceed.
 //!
 //! # Expiry
 //! A stream lives `history_ttl_s` after its latest publication (a stream that never had one,
@@ -77,6 +86,8 @@ struct Channel {
     stream: Option<Stream>,
     presence: HashMap<String, Member>,
     idempotency: IdempotencyKeys,
+    /// Events on their way to the sink (see "Events" above).
+    events: Arc<EventQueue>,
 }
 
 struct Stream {
@@ -160,60 +171,130 @@ impl Inner {
         &self.shards[(self.hasher.hash_one(key) as usize) & (SHARDS - 1)]
     }
 
-    /// Runs `f` on the channel under its shard lock, creating the channel if needed.
-    fn with_channel<R>(&self, key: &ChannelKey, f: impl FnOnce(&mut Channel, Sink<'_>) -> R) -> R {
-        let mut shard = self.shard(key).lock();
-        // Cloning the key is two reference-count increments.
-        let channel = shard.entry(key.clone()).or_default();
-        let sink = Sink { key, events: if channel.subscribed { self.events.get() } else { None } };
-        f(channel, sink)
+    /// Runs `f` on the channel under its shard lock, creating the channel if needed, then
+    /// delivers the events it queued.
+    fn with_channel<R>(&self, key: &ChannelKey, f: impl FnOnce(&mut Channel, &Sink) -> R) -> R {
+        let (result, sink) = {
+            let mut shard = self.shard(key).lock();
+            // Cloning the key is two reference-count increments.
+            let channel = shard.entry(key.clone()).or_default();
+            let sink = Sink::for_channel(channel);
+            (f(channel, &sink), sink)
+        };
+        self.drain(key, sink);
+        result
     }
 
     /// Runs `f` on the channel if it exists; reads and removals never create channels.
-    fn with_existing<R>(&self, key: &ChannelKey, f: impl FnOnce(&mut Channel, Sink<'_>) -> R) -> Option<R> {
-        let mut shard = self.shard(key).lock();
-        let channel = shard.get_mut(key)?;
-        let sink = Sink { key, events: if channel.subscribed { self.events.get() } else { None } };
-        Some(f(channel, sink))
+    fn with_existing<R>(&self, key: &ChannelKey, f: impl FnOnce(&mut Channel, &Sink) -> R) -> Option<R> {
+        let (result, sink) = {
+            let mut shard = self.shard(key).lock();
+            let channel = shard.get_mut(key)?;
+            let sink = Sink::for_channel(channel);
+            (f(channel, &sink), sink)
+        };
+        self.drain(key, sink);
+        Some(result)
+    }
+
+    /// Delivers the channel's queued events if `sink` made this caller the drainer.
+    fn drain(&self, key: &ChannelKey, sink: Sink) {
+        let Some(queue) = sink.queue.filter(|_| sink.drainer.get()) else { return };
+        let events = self.events.get();
+        loop {
+            let event = {
+                let mut state = queue.state.lock();
+                match state.pending.pop_front() {
+                    Some(event) => event,
+                    None => {
+                        state.draining = false;
+                        return;
+                    }
+                }
+            };
+            let Some(events) = events else { continue };
+            match event {
+                Event::Publication(p) => events.on_publication(key, p),
+                Event::Presence(action, member) => events.on_presence(key, action, &member),
+            }
+        }
     }
 
     fn sweep_shard(&self, shard: usize, now: Instant) {
-        let mut channels = self.shards[shard].lock();
-        channels.retain(|key, channel| {
-            let sink = Sink { key, events: if channel.subscribed { self.events.get() } else { None } };
-            channel.expire(now, sink);
-            channel.subscribed
-                || channel.stream.is_some()
-                || !channel.presence.is_empty()
-                || !channel.idempotency.positions.is_empty()
-        });
+        let mut to_drain = Vec::new();
+        {
+            let mut channels = self.shards[shard].lock();
+            channels.retain(|key, channel| {
+                let sink = Sink::for_channel(channel);
+                channel.expire(now, &sink);
+                if sink.drainer.get() {
+                    to_drain.push((key.clone(), sink));
+                }
+                channel.subscribed
+                    || channel.stream.is_some()
+                    || !channel.presence.is_empty()
+                    || !channel.idempotency.positions.is_empty()
+            });
+        }
+        for (key, sink) in to_drain {
+            self.drain(&key, sink);
+        }
     }
 }
 
-/// Where a channel's events go: the node's sink, only while the channel is subscribed.
-#[derive(Clone, Copy)]
-struct Sink<'a> {
-    key: &'a ChannelKey,
-    events: Option<&'a Arc<dyn BrokerEvents>>,
+/// A channel's events waiting for the node's sink, in the order they happened.
+#[derive(Default)]
+struct EventQueue {
+    state: Mutex<EventState>,
 }
 
-impl Sink<'_> {
-    fn publication(&self, publication: &Arc<Publication>) {
-        if let Some(events) = self.events {
-            events.on_publication(self.key, Arc::clone(publication));
+#[derive(Default)]
+struct EventState {
+    pending: VecDeque<Event>,
+    /// Some caller is delivering `pending`; others only append.
+    draining: bool,
+}
+
+enum Event {
+    Publication(Arc<Publication>),
+    Presence(PresenceAction, PresenceMember),
+}
+
+/// Collects a channel's events while its shard is locked: queued only while this node
+/// subscribes to the channel, and delivered by [`Inner::drain`] after the lock is released.
+struct Sink {
+    queue: Option<Arc<EventQueue>>,
+    /// Whether this operation found the queue idle and must deliver it.
+    drainer: std::cell::Cell<bool>,
+}
+
+impl Sink {
+    fn for_channel(channel: &Channel) -> Self {
+        Sink { queue: channel.subscribed.then(|| Arc::clone(&channel.events)), drainer: std::cell::Cell::new(false) }
+    }
+
+    fn push(&self, event: Event) {
+        let Some(queue) = &self.queue else { return };
+        let mut state = queue.state.lock();
+        state.pending.push_back(event);
+        if !state.draining {
+            state.draining = true;
+            self.drainer.set(true);
         }
+    }
+
+    fn publication(&self, publication: &Arc<Publication>) {
+        self.push(Event::Publication(Arc::clone(publication)));
     }
 
     fn presence(&self, action: PresenceAction, member: &PresenceMember) {
-        if let Some(events) = self.events {
-            events.on_presence(self.key, action, member);
-        }
+        self.push(Event::Presence(action, member.clone()));
     }
 }
 
 impl Channel {
     /// Drops what has expired: the stream, presence members (with `leave` events), old keys.
-    fn expire(&mut self, now: Instant, sink: Sink<'_>) {
+    fn expire(&mut self, now: Instant, sink: &Sink) {
         if self.stream.as_ref().is_some_and(|s| s.expires_at <= now) {
             self.stream = None;
         }
@@ -234,7 +315,7 @@ impl Channel {
         })
     }
 
-    fn expire_presence(&mut self, now: Instant, sink: Sink<'_>) {
+    fn expire_presence(&mut self, now: Instant, sink: &Sink) {
         if self.presence.values().any(|m| m.expires_at <= now) {
             self.presence.retain(|_, m| {
                 let alive = m.expires_at > now;

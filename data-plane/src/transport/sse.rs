@@ -8,7 +8,7 @@
 //! not been written yet. A comment line is sent every `sse_heartbeat_interval` to keep
 //! proxies from timing the stream out.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -30,6 +30,7 @@ use tracing::Instrument;
 
 use crate::error::Error;
 use crate::hub::Outbound;
+use crate::metrics::Burst;
 use crate::protocol::{self, CloseReason, Text, close};
 use crate::session::{Session, closed};
 use crate::{DataPlane, NodeState};
@@ -115,7 +116,7 @@ pub async fn stream(
         .unwrap_or_default();
     let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
 
-    let (mut session, rx) = Session::new(inner.clone(), "sse");
+    let mut session = Session::new(inner.clone(), "sse");
     let span = tracing::info_span!(
         "connection",
         transport = "sse",
@@ -148,7 +149,7 @@ pub async fn stream(
     }
 
     let (body_tx, body_rx) = mpsc::channel::<Bytes>(BODY_BUFFER);
-    tokio::spawn(drive(inner, session, rx, body_tx, channels, resume).instrument(span));
+    tokio::spawn(drive(inner, session, body_tx, channels, resume).instrument(span));
     let body = Body::from_stream(ReceiverStream::new(body_rx).map(Ok::<_, Infallible>));
     let mut response = (StatusCode::OK, body).into_response();
     let h = response.headers_mut();
@@ -164,14 +165,13 @@ pub async fn stream(
 async fn drive(
     inner: Arc<NodeState>,
     mut session: Session,
-    mut rx: mpsc::Receiver<Outbound>,
     body: mpsc::Sender<Bytes>,
     channels: Vec<String>,
     resume: HashMap<String, StreamPosition>,
 ) {
     let handle = session.handle.clone();
     let expires_at = session.expires_at().unwrap_or_default();
-    let pump = pump(&inner, &mut rx, &body, &handle, expires_at);
+    let pump = pump(&inner, &body, &handle, expires_at);
     tokio::pin!(pump);
     let subscribe_all = async {
         for channel in &channels {
@@ -191,13 +191,7 @@ async fn drive(
                         None,
                         &protocol::Subscribed { channel: &name, position, recovered },
                     );
-                    Outbound::Position {
-                        event: "subscribed",
-                        channel: name.clone(),
-                        epoch: start.epoch.as_str().into(),
-                        offset: start.offset,
-                        frame,
-                    }
+                    Outbound::position("subscribed", name.clone(), start.epoch.as_str().into(), start.offset, frame)
                 })
                 .await?;
         }
@@ -244,18 +238,50 @@ async fn write_event(body: &mpsc::Sender<Bytes>, event: Option<&str>, id: Option
         && body.send(Bytes::from_static(b"\n\n")).await.is_ok()
 }
 
-async fn pump(
-    inner: &NodeState,
-    rx: &mut mpsc::Receiver<Outbound>,
+/// Writes taken items as events; false once the client is gone.
+async fn write_queued(
+    queued: &mut VecDeque<Outbound>,
     body: &mpsc::Sender<Bytes>,
     handle: &crate::session::SessionHandle,
-    expires_at: i64,
-) {
+    positions: &mut BTreeMap<Arc<str>, (Arc<str>, u64)>,
+) -> bool {
+    let mut burst = Burst::default();
+    let mut ok = true;
+    while let Some(item) = queued.pop_front() {
+        ok = match item {
+            // Nothing subscribes SSE streams to presence or sends them replies; pass any such
+            // frame through under its own event name rather than as a message.
+            Outbound::Frame(frame) => write_event(body, Some("frame"), None, frame).await,
+            Outbound::Position(p) => {
+                positions.insert(p.channel, (p.epoch, p.offset));
+                let id = encode_event_id(positions);
+                write_event(body, Some(p.event), Some(&id), p.frame).await
+            }
+            Outbound::Message(d) => {
+                positions.insert(d.channel.clone(), (d.epoch.clone(), d.offset));
+                let id = encode_event_id(positions);
+                burst.add(d.frame.len(), d.ts);
+                write_event(body, None, Some(&id), d.frame.clone()).await
+            }
+        };
+        if !ok {
+            queued.clear();
+            break;
+        }
+    }
+    if let Some(m) = handle.metrics() {
+        m.delivered(&burst);
+    }
+    ok
+}
+
+async fn pump(inner: &NodeState, body: &mpsc::Sender<Bytes>, handle: &crate::session::SessionHandle, expires_at: i64) {
     let mut closing = handle.close_signal();
     let mut heartbeat = interval(inner.config.sse_heartbeat_interval);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     heartbeat.tick().await;
     let mut positions: BTreeMap<Arc<str>, (Arc<str>, u64)> = BTreeMap::new();
+    let mut queued = VecDeque::new();
     // Ask browsers to reconnect quickly after a drop.
     if body.send(Bytes::from_static(b"retry: 2000\n\n")).await.is_err() {
         return;
@@ -278,25 +304,9 @@ async fn pump(
             }
             _ = heartbeat.tick() => body.send(Bytes::from_static(b": ping\n\n")).await.is_ok(),
             _ = body.closed() => false,
-            item = rx.recv() => match item {
-                None => false,
-                // Nothing subscribes SSE streams to presence or sends them replies; pass any such
-                // frame through under its own event name rather than as a message.
-                Some(Outbound::Frame(frame)) => write_event(body, Some("frame"), None, frame).await,
-                Some(Outbound::Position { event, channel, epoch, offset, frame }) => {
-                    positions.insert(channel, (epoch, offset));
-                    let id = encode_event_id(&positions);
-                    write_event(body, Some(event), Some(&id), frame).await
-                }
-                Some(Outbound::Message { channel, epoch, offset, ts, frame }) => {
-                    positions.insert(channel, (epoch, offset));
-                    let id = encode_event_id(&positions);
-                    if let Some(m) = handle.metrics() {
-                        m.delivered(frame.len(), ts);
-                    }
-                    write_event(body, None, Some(&id), frame).await
-                }
-            },
+            open = handle.outbox.take(&mut queued) => {
+                open && write_queued(&mut queued, body, handle, &mut positions).await
+            }
         };
         if !ok {
             return;

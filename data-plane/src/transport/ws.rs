@@ -2,11 +2,13 @@
 //!
 //! Each connection runs two tasks. The reader (this handler's task) feeds text frames to the
 //! session, watches liveness, token expiry, drain and the close signal. The writer drains the
-//! session's bounded queue into the socket and sends pings; it never waits on the session, so
-//! a slow command (a long history replay) does not stall deliveries. On close, the writer
+//! session's [`Outbox`](crate::outbox::Outbox) into the socket, a whole backlog per flush, and
+//! sends pings; it never waits on the session, so a slow command (a long history replay) does
+//! not stall deliveries. On close, the writer
 //! drops what is still queued and sends the `disconnect` frame and the close code, bounded by
 //! `close_timeout` so a client that stopped reading cannot hold the task.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -18,12 +20,12 @@ use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval, interval_at, sleep_until};
 use tracing::Instrument;
 
 use crate::error::Error;
 use crate::hub::Outbound;
+use crate::metrics::Burst;
 use crate::protocol::{CloseReason, close};
 use crate::session::{Flow, Session, SessionHandle, closed};
 use crate::{DataPlane, NodeState};
@@ -56,8 +58,17 @@ pub async fn upgrade(
         .on_upgrade(move |socket| serve(inner, socket, query.token, origin))
 }
 
-async fn serve(inner: Arc<NodeState>, socket: WebSocket, token: Option<String>, origin: Option<String>) {
-    let (session, rx) = Session::new(inner.clone(), "ws");
+/// The connection's future. A plain function, not an `async fn`: an `async fn` keeps its
+/// arguments in its state for as long as it runs, and this one runs as long as the
+/// connection. So the socket is split and the session boxed *before* the long-lived future
+/// is built, and what it carries is a few pointers.
+fn serve(
+    inner: Arc<NodeState>,
+    socket: WebSocket,
+    token: Option<String>,
+    origin: Option<String>,
+) -> impl Future<Output = ()> + Send {
+    let session = Box::new(Session::new(inner.clone(), "ws"));
     let span = tracing::info_span!(
         "connection",
         transport = "ws",
@@ -67,28 +78,28 @@ async fn serve(inner: Arc<NodeState>, socket: WebSocket, token: Option<String>, 
         app_id = tracing::field::Empty,
         client_id = tracing::field::Empty,
     );
-    run(inner, session, rx, socket, token, origin).instrument(span).await;
+    let (sink, stream) = socket.split();
+    run(inner, session, sink, stream, token, origin).instrument(span)
 }
 
 async fn run(
     inner: Arc<NodeState>,
-    mut session: Session,
-    rx: mpsc::Receiver<Outbound>,
-    socket: WebSocket,
+    mut session: Box<Session>,
+    sink: SplitSink<WebSocket, Message>,
+    mut stream: SplitStream<WebSocket>,
     token: Option<String>,
     origin: Option<String>,
 ) {
-    let (sink, mut stream) = socket.split();
     let handle = session.handle.clone();
     let writer = tokio::spawn(
-        write_loop(sink, rx, handle.clone(), inner.config.ws_heartbeat_interval, inner.config.close_timeout)
+        write_loop(sink, handle.clone(), inner.config.ws_heartbeat_interval, inner.config.close_timeout)
             .in_current_span(),
     );
     if let Some(token) = token {
-        match session.authenticate(&token, origin.as_deref()).await {
+        match Box::pin(session.authenticate(&token, origin.as_deref())).await {
             Ok(()) => {
                 if let Some(frame) = session.connected_frame() {
-                    session.send(Outbound::Frame(frame)).await;
+                    Box::pin(session.send(Outbound::Frame(frame))).await;
                 }
             }
             Err(reason) => {
@@ -99,7 +110,7 @@ async fn run(
     read_loop(&inner, &mut session, &mut stream, origin.as_deref()).await;
     // Whatever ended the loop, make sure the writer knows, then release everything.
     let server_initiated = !handle.close(CloseReason::new(PEER_GONE, "closed"));
-    session.finish().await;
+    Box::pin(session.finish()).await;
     // The writer is bounded by close_timeout per write; this only waits for the farewell.
     let _ = writer.await;
     if server_initiated {
@@ -112,6 +123,10 @@ async fn run(
     tracing::debug!(reason = ?handle.close_reason(), "connection closed");
 }
 
+// The connection's tasks live as long as the connection, idle most of the time, and a task's
+// state is as large as the largest future it ever awaits inline. The rarely running ones
+// (commands, authentication, presence refresh, the farewell) are boxed at their await points
+// so an idle connection does not carry their state.
 async fn read_loop(
     inner: &NodeState,
     session: &mut Session,
@@ -120,48 +135,58 @@ async fn read_loop(
 ) {
     let handle = session.handle.clone();
     let mut closing = handle.close_signal();
-    // A peer that sends nothing (no frame, no pong) for two ping intervals is gone. The timer
-    // is re-armed lazily, when it fires early, rather than on every frame.
+    // A peer that sends nothing (no frame, no pong) for two ping intervals is gone.
     let silence_limit = inner.config.ws_heartbeat_interval * 2;
     let mut last_seen = Instant::now();
-    let liveness = sleep_until(last_seen + silence_limit);
-    tokio::pin!(liveness);
+    let connect_deadline = last_seen + inner.config.connect_timeout;
     // Presence refreshes follow the presence TTL, not the ping interval.
     let touch_every = inner.presence_touch_interval();
     let mut touch = interval_at(Instant::now() + touch_every, touch_every);
     touch.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let connect_deadline = sleep_until(Instant::now() + inner.config.connect_timeout);
-    tokio::pin!(connect_deadline);
-    // Re-armed whenever the token changes (connect, refresh).
-    let expiry = sleep_until(Instant::now() + inner.config.connect_timeout);
-    tokio::pin!(expiry);
-    let mut armed_exp: Option<i64> = None;
+    // One timer for the three deadlines (silence, connect frame, token expiry), set to the
+    // earliest. It is moved earlier at once when needed and re-armed lazily, when it fires
+    // before the deadline it stood for (a frame arrived, the token was refreshed).
+    let mut expiry: Option<(i64, Instant)> = None;
+    let deadline = |expiry: Option<(i64, Instant)>, authenticated: bool, last_seen: Instant| {
+        let mut next = last_seen + silence_limit;
+        if !authenticated {
+            next = next.min(connect_deadline);
+        }
+        if let Some((_, at)) = expiry {
+            next = next.min(at);
+        }
+        next
+    };
+    let timer = sleep_until(deadline(None, false, last_seen));
+    tokio::pin!(timer);
     loop {
-        if session.expires_at() != armed_exp {
-            armed_exp = session.expires_at();
-            if let Some(exp) = armed_exp {
-                expiry.as_mut().reset(super::expiry_instant(exp));
+        let exp = session.expires_at();
+        if exp != expiry.map(|(e, _)| e) {
+            expiry = exp.map(|e| (e, super::expiry_instant(e)));
+            let next = deadline(expiry, session.is_authenticated(), last_seen);
+            if next < timer.deadline() {
+                timer.as_mut().reset(next);
             }
         }
         let reason = tokio::select! {
             biased;
             _ = closed(&mut closing) => return,
             _ = inner.shutdown.cancelled() => CloseReason::new(close::GOING_AWAY, "node draining"),
-            _ = &mut expiry, if armed_exp.is_some() => CloseReason::new(close::TOKEN_EXPIRED, "token expired"),
-            _ = &mut connect_deadline, if !session.is_authenticated() => {
-                CloseReason::new(close::INVALID_TOKEN, "no connect frame received in time")
-            }
-            _ = &mut liveness => {
-                let deadline = last_seen + silence_limit;
-                if Instant::now() >= deadline {
+            _ = &mut timer => {
+                let now = Instant::now();
+                if expiry.is_some_and(|(_, at)| now >= at) {
+                    CloseReason::new(close::TOKEN_EXPIRED, "token expired")
+                } else if !session.is_authenticated() && now >= connect_deadline {
+                    CloseReason::new(close::INVALID_TOKEN, "no connect frame received in time")
+                } else if now >= last_seen + silence_limit {
                     CloseReason::new(close::PROTOCOL_ERROR, "heartbeat timeout")
                 } else {
-                    liveness.as_mut().reset(deadline);
+                    timer.as_mut().reset(deadline(expiry, session.is_authenticated(), last_seen));
                     continue;
                 }
             }
             _ = touch.tick() => {
-                session.touch_presence().await;
+                Box::pin(session.touch_presence()).await;
                 continue;
             }
             frame = stream.next() => {
@@ -180,13 +205,13 @@ async fn read_loop(
                         if session.max_frame_bytes().is_some_and(|max| text.len() > max) {
                             CloseReason::new(close::TOO_BIG, "frame too big")
                         } else {
-                            match session.handle_text(text.as_str(), origin).await {
+                            match Box::pin(session.handle_text(text.as_str(), origin)).await {
                                 Flow::Continue => continue,
                                 Flow::Close(reason) => reason,
                             }
                         }
                     }
-                    Some(Ok(Message::Binary(_))) => match session.malformed_frame(None, "binary frames are not supported; send JSON text").await {
+                    Some(Ok(Message::Binary(_))) => match Box::pin(session.malformed_frame(None, "binary frames are not supported; send JSON text")).await {
                         Flow::Continue => continue,
                         Flow::Close(reason) => reason,
                     },
@@ -213,25 +238,20 @@ fn is_too_big(e: &axum::Error) -> bool {
     false
 }
 
-/// Most queued frames written between two flushes.
-const MAX_BURST: usize = 64;
-
-/// The WebSocket message for a queued item, counting delivered publications.
-fn to_message(item: Outbound, handle: &SessionHandle) -> Message {
+/// The WebSocket message for a queued item; publications are added to `burst`.
+fn to_message(item: Outbound, burst: &mut Burst) -> Message {
     match item {
-        Outbound::Frame(frame) | Outbound::Position { frame, .. } => Message::Text(frame),
-        Outbound::Message { frame, ts, .. } => {
-            if let Some(m) = handle.metrics() {
-                m.delivered(frame.len(), ts);
-            }
-            Message::Text(frame)
+        Outbound::Frame(frame) => Message::Text(frame),
+        Outbound::Position(p) => Message::Text(p.frame),
+        Outbound::Message(delivery) => {
+            burst.add(delivery.frame.len(), delivery.ts);
+            Message::Text(delivery.frame.clone())
         }
     }
 }
 
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
     handle: Arc<SessionHandle>,
     ping_every: std::time::Duration,
     close_timeout: std::time::Duration,
@@ -240,42 +260,47 @@ async fn write_loop(
     let mut ping = interval(ping_every);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ping.tick().await;
+    let mut queued = VecDeque::new();
     loop {
-        let first = tokio::select! {
+        let ping_now = tokio::select! {
             biased;
             _ = closed(&mut closing) => break,
-            _ = ping.tick() => Message::Ping(Bytes::new()),
-            item = rx.recv() => match item {
-                None => break,
-                Some(item) => to_message(item, &handle),
-            },
+            _ = ping.tick() => true,
+            open = handle.outbox.take(&mut queued) => if open { false } else { break },
         };
-        // Write what is queued right now as one burst and flush once: under fan-out load this
-        // turns one syscall per frame into one per burst.
-        let burst = async {
-            sink.feed(first).await?;
-            for _ in 1..MAX_BURST {
-                let Ok(item) = rx.try_recv() else { break };
-                sink.feed(to_message(item, &handle)).await?;
+        // Write everything that was queued as one burst and flush once: under fan-out load
+        // this turns one syscall per frame into one per burst.
+        let mut burst = Burst::default();
+        let write = async {
+            if ping_now {
+                sink.feed(Message::Ping(Bytes::new())).await?;
+            }
+            while let Some(item) = queued.pop_front() {
+                sink.feed(to_message(item, &mut burst)).await?;
             }
             sink.flush().await
         };
-        tokio::pin!(burst);
-        let sent = tokio::select! {
-            result = &mut burst => result.is_ok(),
-            // Closing while a write is stuck: give it close_timeout to finish so the farewell
-            // is not written into the middle of a frame, then give up on the client.
-            _ = closed(&mut closing) => match tokio::time::timeout(close_timeout, &mut burst).await {
-                Ok(result) => result.is_ok(),
-                Err(_) => return,
-            },
+        let sent = {
+            tokio::pin!(write);
+            tokio::select! {
+                result = &mut write => result.is_ok(),
+                // Closing while a write is stuck: give it close_timeout to finish so the
+                // farewell is not written into the middle of a frame, then give up on the client.
+                _ = closed(&mut closing) => match tokio::time::timeout(close_timeout, &mut write).await {
+                    Ok(result) => result.is_ok(),
+                    Err(_) => return handle.outbox.close(),
+                },
+            }
         };
+        if let Some(m) = handle.metrics() {
+            m.delivered(&burst);
+        }
         if !sent {
-            return;
+            return handle.outbox.close();
         }
     }
     // Drop undelivered frames: a closing connection gets its farewell next, not its backlog.
-    rx.close();
+    handle.outbox.close();
     let Some(reason) = handle.close_reason() else { return };
     if reason.code == PEER_GONE {
         // Completes the close handshake if the peer started it (tungstenite queued the reply).
@@ -287,5 +312,5 @@ async fn write_loop(
         sink.send(Message::Close(Some(CloseFrame { code: reason.code, reason: reason.reason.clone().into() }))).await?;
         sink.close().await
     };
-    let _ = tokio::time::timeout(close_timeout, farewell).await;
+    let _ = tokio::time::timeout(close_timeout, Box::pin(farewell)).await;
 }
