@@ -109,7 +109,7 @@ impl Default for DataPlaneConfig {
             presence_ttl: Duration::from_secs(25),
             max_frame_bytes: 1024 * 1024,
             max_malformed_frames: 10,
-            ws_read_buffer_bytes: 2 * 1024,
+            ws_read_buffer_bytes: 1024,
             channel_report_interval: Duration::from_secs(2),
         }
     }

@@ -17,7 +17,7 @@ use aviary_core::{AppConfig, ConnectionClaims, Namespace, Operation};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::NodeState;
 use crate::error::{Error, Result};
@@ -46,7 +46,10 @@ pub struct Identity {
 #[derive(Debug)]
 pub struct SessionHandle {
     pub connection_id: Arc<str>,
-    close: watch::Sender<Option<CloseReason>>,
+    /// Set once, by the first [`SessionHandle::close`].
+    close_reason: OnceLock<CloseReason>,
+    /// Wakes the connection's tasks when `close_reason` is set.
+    closing: Notify,
     identity: Mutex<Option<Identity>>,
     metrics: OnceLock<Arc<ConnectionMetrics>>,
     /// What waits to be written to the client; the transport's writer drains it.
@@ -56,10 +59,10 @@ pub struct SessionHandle {
 impl SessionHandle {
     /// A handle whose outbound queue holds up to `queue_capacity` items.
     pub fn new(queue_capacity: usize) -> Arc<Self> {
-        let (close, _) = watch::channel(None);
         Arc::new(SessionHandle {
             connection_id: format!("conn_{}", uuid::Uuid::now_v7().simple()).into(),
-            close,
+            close_reason: OnceLock::new(),
+            closing: Notify::new(),
             identity: Mutex::new(None),
             metrics: OnceLock::new(),
             outbox: Outbox::new(queue_capacity),
@@ -69,24 +72,30 @@ impl SessionHandle {
     /// Asks the connection to close with `reason`. Returns false if it was already closing
     /// (the earlier reason stands).
     pub fn close(&self, reason: CloseReason) -> bool {
-        self.close.send_if_modified(|current| {
-            if current.is_none() {
-                *current = Some(reason);
-                true
-            } else {
-                false
-            }
-        })
+        let first = self.close_reason.set(reason).is_ok();
+        if first {
+            self.closing.notify_waiters();
+        }
+        first
     }
 
     /// The reason the connection is closing, once it is.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.close.borrow().clone()
+        self.close_reason.get().cloned()
     }
 
-    /// A receiver that changes once, when the connection starts closing.
-    pub fn close_signal(&self) -> watch::Receiver<Option<CloseReason>> {
-        self.close.subscribe()
+    /// Completes once the connection starts closing (at once if it already has).
+    pub async fn closed(&self) {
+        loop {
+            // Register before looking, so a close between the look and the wait is not missed.
+            let notified = self.closing.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.close_reason.get().is_some() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub fn identity(&self) -> Option<Identity> {
@@ -97,12 +106,6 @@ impl SessionHandle {
     pub fn metrics(&self) -> Option<&Arc<ConnectionMetrics>> {
         self.metrics.get()
     }
-}
-
-/// Waits until `signal` carries a close reason.
-pub async fn closed(signal: &mut watch::Receiver<Option<CloseReason>>) {
-    // An error means the handle is gone, which also means "closed".
-    let _ = signal.wait_for(Option::is_some).await;
 }
 
 /// What the transport should do after a frame.
@@ -170,10 +173,9 @@ impl Session {
     /// Queues a frame for this connection, waiting for room (a reply is the client's own
     /// backpressure) unless the connection is closing.
     pub async fn send(&self, item: Outbound) {
-        let mut signal = self.handle.close_signal();
         tokio::select! {
             _ = self.handle.outbox.push(item) => {}
-            _ = closed(&mut signal) => {}
+            _ = self.handle.closed() => {}
         }
     }
 

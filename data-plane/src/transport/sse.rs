@@ -32,7 +32,7 @@ use crate::error::Error;
 use crate::hub::Outbound;
 use crate::metrics::Burst;
 use crate::protocol::{self, CloseReason, Text, close};
-use crate::session::{Session, closed};
+use crate::session::Session;
 use crate::{DataPlane, NodeState};
 
 /// Prefix of the current event-id format; bump it if the encoding changes so old ids are
@@ -276,7 +276,6 @@ async fn write_queued(
 }
 
 async fn pump(inner: &NodeState, body: &mpsc::Sender<Bytes>, handle: &crate::session::SessionHandle, expires_at: i64) {
-    let mut closing = handle.close_signal();
     let mut heartbeat = interval(inner.config.sse_heartbeat_interval);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     heartbeat.tick().await;
@@ -293,7 +292,7 @@ async fn pump(inner: &NodeState, body: &mpsc::Sender<Bytes>, handle: &crate::ses
     loop {
         let ok = tokio::select! {
             biased;
-            _ = closed(&mut closing) => break,
+            _ = handle.closed() => break,
             _ = inner.shutdown.cancelled() => {
                 handle.close(CloseReason::new(close::GOING_AWAY, "node draining"));
                 break;

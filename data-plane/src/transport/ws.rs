@@ -27,7 +27,7 @@ use crate::error::Error;
 use crate::hub::Outbound;
 use crate::metrics::Burst;
 use crate::protocol::{CloseReason, close};
-use crate::session::{Flow, Session, SessionHandle, closed};
+use crate::session::{Flow, Session, SessionHandle};
 use crate::{DataPlane, NodeState};
 
 /// Close code used when the peer went away first; no farewell is sent for it.
@@ -134,7 +134,6 @@ async fn read_loop(
     origin: Option<&str>,
 ) {
     let handle = session.handle.clone();
-    let mut closing = handle.close_signal();
     // A peer that sends nothing (no frame, no pong) for two ping intervals is gone.
     let silence_limit = inner.config.ws_heartbeat_interval * 2;
     let mut last_seen = Instant::now();
@@ -170,7 +169,7 @@ async fn read_loop(
         }
         let reason = tokio::select! {
             biased;
-            _ = closed(&mut closing) => return,
+            _ = handle.closed() => return,
             _ = inner.shutdown.cancelled() => CloseReason::new(close::GOING_AWAY, "node draining"),
             _ = &mut timer => {
                 let now = Instant::now();
@@ -256,7 +255,6 @@ async fn write_loop(
     ping_every: std::time::Duration,
     close_timeout: std::time::Duration,
 ) {
-    let mut closing = handle.close_signal();
     let mut ping = interval(ping_every);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ping.tick().await;
@@ -264,7 +262,7 @@ async fn write_loop(
     loop {
         let ping_now = tokio::select! {
             biased;
-            _ = closed(&mut closing) => break,
+            _ = handle.closed() => break,
             _ = ping.tick() => true,
             open = handle.outbox.take(&mut queued) => if open { false } else { break },
         };
@@ -286,7 +284,7 @@ async fn write_loop(
                 result = &mut write => result.is_ok(),
                 // Closing while a write is stuck: give it close_timeout to finish so the
                 // farewell is not written into the middle of a frame, then give up on the client.
-                _ = closed(&mut closing) => match tokio::time::timeout(close_timeout, &mut write).await {
+                _ = handle.closed() => match tokio::time::timeout(close_timeout, &mut write).await {
                     Ok(result) => result.is_ok(),
                     Err(_) => return handle.outbox.close(),
                 },
