@@ -359,7 +359,8 @@ pub async fn sockudo(bins: &Binaries) -> anyhow::Result<Server> {
 }
 
 /// `nodes` Sockudo nodes joined by its Redis adapter on `--redis` (channels under a prefix unique
-/// to this run), each otherwise configured as [`sockudo`] is. The adapter must be compiled in
+/// to this run), each otherwise configured as [`sockudo`] is but for a Redis cache, which Sockudo
+/// requires of a cluster. The adapter must be compiled in
 /// (`cargo install sockudo --features redis`); falling back to a local adapter is disabled, so a
 /// binary without it fails here instead of silently running unjoined nodes.
 pub async fn sockudo_cluster(bins: &Binaries, nodes: usize) -> anyhow::Result<Server> {
@@ -377,7 +378,10 @@ pub async fn sockudo_cluster(bins: &Binaries, nodes: usize) -> anyhow::Result<Se
     std::fs::create_dir_all(dir.join("config"))?;
     std::fs::write(
         dir.join("config/config.toml"),
-        format!("[adapter]\nfallback_to_local = false\n\n[adapter.redis]\nprefix = \"{prefix}\"\n"),
+        format!(
+            "[adapter]\nfallback_to_local = false\n\n[adapter.redis]\nprefix = \"{prefix}\"\n\n\
+             [cache.redis]\nprefix = \"{prefix}_cache\"\n"
+        ),
     )?;
     let mut addrs = Vec::with_capacity(nodes);
     for i in 0..nodes {
@@ -387,6 +391,9 @@ pub async fn sockudo_cluster(bins: &Binaries, nodes: usize) -> anyhow::Result<Se
         c.envs([
             ("ADAPTER_DRIVER", "redis"),
             ("ADAPTER_FALLBACK_TO_LOCAL", "false"),
+            // Sockudo refuses a cluster on node-local caches (its idempotency keys must be
+            // shared); publications without an idempotency key, as here, never touch it.
+            ("CACHE_DRIVER", "redis"),
             ("REDIS_URL", bins.redis.as_str()),
             ("INSTANCE_PROCESS_ID", &format!("aviary-bench-node-{i}")),
             // Unused while metrics are off, but distinct per node should they be enabled.
