@@ -132,7 +132,7 @@ pub struct NodeTuning {
     pub outbound_queue: usize,
     /// Bytes of each WebSocket's read buffer: most of an idle connection's memory. Larger
     /// frames still arrive (the buffer grows); smaller means less memory per connection.
-    #[arg(long, env = "AVIARY_WS_READ_BUFFER_BYTES", default_value_t = 2 * 1024)]
+    #[arg(long, env = "AVIARY_WS_READ_BUFFER_BYTES", default_value_t = 1024)]
     pub ws_read_buffer_bytes: usize,
     /// Seconds a presence member outlives its node's last refresh: how long the members of a
     /// node that crashed stay visible.

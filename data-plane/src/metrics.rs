@@ -76,7 +76,8 @@ impl ConnectionMetrics {
         }
     }
 
-    /// Records the publications of one written burst.
+    /// Records the publications of one written burst: counts and bytes summed, and the
+    /// latency of its oldest publication.
     pub fn delivered(&self, burst: &Burst) {
         let Some(oldest_ts) = burst.oldest_ts else { return };
         self.messages_out.increment(burst.count);
@@ -87,8 +88,7 @@ impl ConnectionMetrics {
     }
 }
 
-/// Publications written to one connection between two flushes, summed so the metrics are
-/// touched once per burst instead of once per message.
+/// Publications written to one connection between two flushes of the socket.
 #[derive(Debug, Default)]
 pub struct Burst {
     count: u64,

@@ -158,6 +158,11 @@ async fn read_loop(
     };
     let timer = sleep_until(deadline(None, false, last_seen));
     tokio::pin!(timer);
+    // Built once, not per frame: each registers for a wake-up (a lock) when first polled.
+    let closed = handle.closed();
+    tokio::pin!(closed);
+    let draining = inner.shutdown.cancelled();
+    tokio::pin!(draining);
     loop {
         let exp = session.expires_at();
         if exp != expiry.map(|(e, _)| e) {
@@ -169,8 +174,8 @@ async fn read_loop(
         }
         let reason = tokio::select! {
             biased;
-            _ = handle.closed() => return,
-            _ = inner.shutdown.cancelled() => CloseReason::new(close::GOING_AWAY, "node draining"),
+            _ = &mut closed => return,
+            _ = &mut draining => CloseReason::new(close::GOING_AWAY, "node draining"),
             _ = &mut timer => {
                 let now = Instant::now();
                 if expiry.is_some_and(|(_, at)| now >= at) {
@@ -259,10 +264,14 @@ async fn write_loop(
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ping.tick().await;
     let mut queued = VecDeque::new();
-    loop {
+    // Built once: registering for the close wake-up on every pass would cost a lock each time.
+    let closed = handle.closed();
+    tokio::pin!(closed);
+    let mut closing = false;
+    while !closing {
         let ping_now = tokio::select! {
             biased;
-            _ = handle.closed() => break,
+            _ = &mut closed => break,
             _ = ping.tick() => true,
             open = handle.outbox.take(&mut queued) => if open { false } else { break },
         };
@@ -281,13 +290,14 @@ async fn write_loop(
         let sent = {
             tokio::pin!(write);
             tokio::select! {
+                biased;
                 result = &mut write => result.is_ok(),
                 // Closing while a write is stuck: give it close_timeout to finish so the
                 // farewell is not written into the middle of a frame, then give up on the client.
-                _ = handle.closed() => match tokio::time::timeout(close_timeout, &mut write).await {
-                    Ok(result) => result.is_ok(),
-                    Err(_) => return handle.outbox.close(),
-                },
+                _ = &mut closed => {
+                    closing = true;
+                    matches!(tokio::time::timeout(close_timeout, &mut write).await, Ok(Ok(())))
+                }
             }
         };
         if let Some(m) = handle.metrics() {
