@@ -53,7 +53,38 @@ pub struct DevArgs {
     #[arg(long, env = "AVIARY_USAGE_INTERVAL_S", default_value_t = 10)]
     pub usage_interval_s: u64,
     #[command(flatten)]
+    pub rate_limits: RateLimits,
+    #[command(flatten)]
     pub node: NodeTuning,
+}
+
+/// The control plane's request rate limits (token mints and every other authenticated call).
+#[derive(Debug, Clone, Args)]
+pub struct RateLimits {
+    /// Requests per second one client address may make to the control-plane API (0: no
+    /// per-address limit).
+    #[arg(long, env = "AVIARY_RATE_LIMIT_PER_IP", default_value_t = 200)]
+    pub rate_limit_per_ip: u32,
+    /// Burst above the per-address rate.
+    #[arg(long, env = "AVIARY_RATE_LIMIT_PER_IP_BURST", default_value_t = 400)]
+    pub rate_limit_per_ip_burst: u32,
+    /// Requests per second one API key may make, token mints included (0: no per-key limit).
+    #[arg(long, env = "AVIARY_RATE_LIMIT_PER_KEY", default_value_t = 100)]
+    pub rate_limit_per_key: u32,
+    /// Burst above the per-key rate.
+    #[arg(long, env = "AVIARY_RATE_LIMIT_PER_KEY_BURST", default_value_t = 200)]
+    pub rate_limit_per_key_burst: u32,
+}
+
+impl RateLimits {
+    pub fn config(&self) -> aviary_control_plane::RateLimitConfig {
+        aviary_control_plane::RateLimitConfig {
+            per_ip_per_s: self.rate_limit_per_ip,
+            per_ip_burst: self.rate_limit_per_ip_burst.max(self.rate_limit_per_ip),
+            per_key_per_s: self.rate_limit_per_key,
+            per_key_burst: self.rate_limit_per_key_burst.max(self.rate_limit_per_key),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -77,6 +108,8 @@ pub struct ControlPlaneArgs {
     /// Do not apply migrations at start (run `aviary migrate` separately).
     #[arg(long, env = "AVIARY_NO_MIGRATE")]
     pub no_migrate: bool,
+    #[command(flatten)]
+    pub rate_limits: RateLimits,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -31,8 +31,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let store = aviary_control_plane::open_dev_store(&args.data_dir).await?;
     let registry = Arc::new(Registry::new());
-    let control_plane =
-        ControlPlaneState::new(store, registry.clone(), ControlPlaneConfig::new(&operator_token)).await?;
+    let mut cp_config = ControlPlaneConfig::new(&operator_token);
+    cp_config.rate_limits = args.rate_limits.config();
+    let control_plane = ControlPlaneState::new(store, registry.clone(), cp_config).await?;
     let demo = match control_plane.bootstrap_demo().await? {
         Some(created) => {
             let app = crate::demo::remember(&args.data_dir, &created)?;

@@ -172,6 +172,7 @@ pub async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let registry = Arc::new(Registry::new());
     let mut config = ControlPlaneConfig::new(args.operator_token);
     config.node_token = args.node_token.filter(|t| !t.trim().is_empty());
+    config.rate_limits = args.rate_limits.config();
     let control_plane = ControlPlaneState::new(store, registry, config).await?;
     // The console talks to the control-plane API, so it is served where that API is.
     let http = ops_router(Some(&control_plane), None, Vec::new())
