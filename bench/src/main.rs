@@ -159,15 +159,15 @@ async fn smoke_multinode_targets(bins: &Binaries) -> Vec<Kind> {
     if !redis_up {
         skipped.push(format!("every peer (Redis at {} does not answer)", bins.redis));
     } else {
-        if bins.socketio_dir.join("node_modules/@socket.io/redis-adapter").is_dir() {
-            targets.push(Kind::Socketio);
-        } else {
-            skipped.push(format!("Socket.io (no npm ci in {})", bins.socketio_dir.display()));
-        }
         if servers::find_binary(&bins.sockudo_bin).is_some() {
             targets.push(Kind::Sockudo);
         } else {
             skipped.push(format!("Sockudo ({} not found)", bins.sockudo_bin.display()));
+        }
+        if bins.socketio_dir.join("node_modules/@socket.io/redis-adapter").is_dir() {
+            targets.push(Kind::Socketio);
+        } else {
+            skipped.push(format!("Socket.io (no npm ci in {})", bins.socketio_dir.display()));
         }
     }
     for s in skipped {
