@@ -392,7 +392,8 @@ pub async fn sockudo_cluster(bins: &Binaries, nodes: usize) -> anyhow::Result<Se
             ("ADAPTER_DRIVER", "redis"),
             ("ADAPTER_FALLBACK_TO_LOCAL", "false"),
             // Sockudo refuses a cluster on node-local caches (its idempotency keys must be
-            // shared); publications without an idempotency key, as here, never touch it.
+            // shared). Publications without an idempotency key, as here, do not use it; app
+            // lookups are cached in it (keys with a 5-minute TTL).
             ("CACHE_DRIVER", "redis"),
             ("REDIS_URL", bins.redis.as_str()),
             ("INSTANCE_PROCESS_ID", &format!("aviary-bench-node-{i}")),
