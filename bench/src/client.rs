@@ -367,32 +367,50 @@ impl Backend {
         Ok(Backend { http, ep: ep.clone() })
     }
 
-    /// Publishes `payload` (a JSON string) to `channel`; returns the HTTP status.
-    pub async fn publish(&self, channel: &str, payload: &str) -> anyhow::Result<u16> {
-        let base = &self.ep.http;
-        let req = match &self.ep.auth {
-            Auth::Aviary { app_id, api_key, .. } => self
-                .http
-                .post(format!("{base}/v1/apps/{app_id}/channels/{channel}/messages"))
-                .bearer_auth(api_key)
-                .json(&json!({"data": payload})),
+    /// The publish request for `payload` (a JSON string) on `channel`: path and query, extra
+    /// headers, JSON body.
+    fn publish_request(&self, channel: &str, payload: &str) -> (String, Option<String>, String) {
+        match &self.ep.auth {
+            Auth::Aviary { app_id, api_key, .. } => (
+                format!("/v1/apps/{app_id}/channels/{channel}/messages"),
+                Some(format!("Bearer {api_key}")),
+                json!({"data": payload}).to_string(),
+            ),
             Auth::Pusher { app_id, key, secret } => {
                 let body = json!({"name": "m", "channels": [channel], "data": payload}).to_string();
                 let path = format!("/apps/{app_id}/events");
                 let query = pusher_signed_query("POST", &path, key, secret, &body);
-                self.http.post(format!("{base}{path}?{query}")).header("content-type", "application/json").body(body)
+                (format!("{path}?{query}"), None, body)
             }
-            Auth::None => self
-                .http
-                .post(format!("{base}/publish/{channel}"))
-                .header("content-type", "application/json")
-                .body(Value::String(payload.to_owned()).to_string()),
-        };
+            Auth::None => (format!("/publish/{channel}"), None, Value::String(payload.to_owned()).to_string()),
+        }
+    }
+
+    /// Publishes `payload` (a JSON string) to `channel`; returns the HTTP status.
+    pub async fn publish(&self, channel: &str, payload: &str) -> anyhow::Result<u16> {
+        let (path, authorization, body) = self.publish_request(channel, payload);
+        let mut req =
+            self.http.post(format!("{}{path}", self.ep.http)).header("content-type", "application/json").body(body);
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
+        }
         let res = req.send().await?;
         let status = res.status().as_u16();
         // Read the body so the pooled connection can be reused.
         let _ = res.bytes().await;
         Ok(status)
+    }
+
+    /// Publishes over `conn`, a lean keep-alive connection (see [`RawHttp`]).
+    pub async fn publish_on(&self, conn: &mut RawHttp, channel: &str, payload: &str) -> anyhow::Result<u16> {
+        let (path, authorization, body) = self.publish_request(channel, payload);
+        conn.post(&path, authorization.as_deref(), body.as_bytes()).await
+    }
+
+    /// A lean connection to the server's HTTP API, for throughput runs.
+    pub async fn raw_connection(&self) -> anyhow::Result<RawHttp> {
+        let addr = self.ep.http.trim_start_matches("http://").trim_end_matches('/');
+        RawHttp::connect(addr.parse().with_context(|| format!("HTTP address {addr}"))?).await
     }
 
     /// Mints one connection token (Aviary only); returns the HTTP status.
@@ -421,6 +439,103 @@ pub fn pusher_signed_query(method: &str, path: &str, key: &str, secret: &str, bo
     let query = format!("auth_key={key}&auth_timestamp={ts}&auth_version=1.0&body_md5={md5}");
     let sig = hmac_hex(secret, &format!("{method}\n{path}\n{query}"));
     format!("{query}&auth_signature={sig}")
+}
+
+/// A minimal HTTP/1.1 keep-alive client: one connection, one request at a time, no pool and
+/// no per-request URL parsing. Throughput runs use it so the measurement is bounded by the
+/// server rather than by a general-purpose client sharing the same two cores (a `reqwest`
+/// client capped every server near the same ~20k requests/s here).
+pub struct RawHttp {
+    stream: tokio::io::BufStream<TcpStream>,
+    addr: SocketAddr,
+    host: String,
+    request: Vec<u8>,
+    line: String,
+}
+
+impl RawHttp {
+    pub async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
+        stream.set_nodelay(true)?;
+        Ok(RawHttp {
+            stream: tokio::io::BufStream::new(stream),
+            addr,
+            host: addr.to_string(),
+            request: Vec::new(),
+            line: String::new(),
+        })
+    }
+
+    /// Sends a JSON `POST` and reads the whole response; returns its status.
+    pub async fn post(&mut self, path: &str, authorization: Option<&str>, body: &[u8]) -> anyhow::Result<u16> {
+        use std::io::Write as _;
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        self.request.clear();
+        write!(self.request, "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n", self.host)?;
+        if let Some(a) = authorization {
+            write!(self.request, "authorization: {a}\r\n")?;
+        }
+        write!(self.request, "content-length: {}\r\n\r\n", body.len())?;
+        self.request.extend_from_slice(body);
+        self.stream.write_all(&self.request).await?;
+        self.stream.flush().await?;
+
+        self.line.clear();
+        self.stream.read_line(&mut self.line).await?;
+        let status: u16 = self
+            .line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("bad status line {:?}", self.line))?;
+        let mut length: Option<usize> = None;
+        let mut chunked = false;
+        let mut close = false;
+        loop {
+            self.line.clear();
+            if self.stream.read_line(&mut self.line).await? == 0 {
+                bail!("connection closed in the response head");
+            }
+            let header = self.line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                let value = value.trim();
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = Some(value.parse()?);
+                } else if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
+                    chunked = true;
+                } else if name.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close") {
+                    close = true;
+                }
+            }
+        }
+        let mut discard = Vec::new();
+        if chunked {
+            loop {
+                self.line.clear();
+                self.stream.read_line(&mut self.line).await?;
+                let size = usize::from_str_radix(self.line.trim().split(';').next().unwrap_or(""), 16)?;
+                discard.resize(size + 2, 0);
+                self.stream.read_exact(&mut discard).await?;
+                if size == 0 {
+                    break;
+                }
+            }
+        } else if let Some(n) = length {
+            discard.resize(n, 0);
+            self.stream.read_exact(&mut discard).await?;
+        }
+        if close {
+            // The server ends the connection after this response (Sockudo's HTTP API does so
+            // for every request): reconnect, as any client would, and count the cost in.
+            let stream = TcpStream::connect(self.addr).await.with_context(|| format!("reconnect {}", self.addr))?;
+            stream.set_nodelay(true)?;
+            self.stream = tokio::io::BufStream::new(stream);
+        }
+        Ok(status)
+    }
 }
 
 #[cfg(test)]

@@ -456,6 +456,8 @@ struct Hammered {
     limited: u64,
     failed: u64,
     secs: f64,
+    /// The first failure, for the report.
+    first_error: Option<String>,
 }
 
 /// Runs `op` (returning an HTTP status) from `concurrency` workers for `duration`, recording
@@ -468,18 +470,30 @@ where
     let ok = Arc::new(AtomicU64::new(0));
     let limited = Arc::new(AtomicU64::new(0));
     let bad = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let started = Instant::now();
     let mut set = JoinSet::new();
     for w in 0..concurrency.max(1) {
         let (op, ok, limited, bad, stats) = (op.clone(), ok.clone(), limited.clone(), bad.clone(), stats.clone());
+        let first_error = first_error.clone();
         set.spawn(async move {
             let mut n = 0u64;
             while started.elapsed() < duration {
                 let t = Instant::now();
-                match op(w as u64 * 1_000_000_000 + n).await {
+                let outcome = op(w as u64 * 1_000_000_000 + n).await;
+                match outcome {
                     Ok(200..=299) => ok.fetch_add(1, Ordering::Relaxed),
                     Ok(429) => limited.fetch_add(1, Ordering::Relaxed),
-                    _ => bad.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        let mut first = first_error.lock().unwrap_or_else(|e| e.into_inner());
+                        if first.is_none() {
+                            *first = Some(match other {
+                                Ok(status) => format!("HTTP {status}"),
+                                Err(e) => format!("{e:#}"),
+                            });
+                        }
+                        bad.fetch_add(1, Ordering::Relaxed)
+                    }
                 };
                 stats.record_latency(w, t.elapsed().as_micros() as u64);
                 n += 1;
@@ -492,6 +506,7 @@ where
         limited: limited.load(Ordering::Relaxed),
         failed: bad.load(Ordering::Relaxed),
         secs: started.elapsed().as_secs_f64(),
+        first_error: first_error.lock().unwrap_or_else(|e| e.into_inner()).take(),
     }
 }
 
@@ -504,10 +519,18 @@ pub async fn rest(kind: Kind, bins: &Binaries, sizes: &Sizes) -> Outcome {
         let publish_stats = Stats::new();
         let cpu = CpuWindow::start(&server.pids);
         let size = sizes.payload_bytes;
+        // One lean keep-alive connection per worker (see `RawHttp`), opened before the clock
+        // starts.
+        let mut conns = Vec::with_capacity(sizes.rest_concurrency.max(1));
+        for _ in 0..sizes.rest_concurrency.max(1) {
+            conns.push(Arc::new(tokio::sync::Mutex::new(backend.raw_connection().await?)));
+        }
         let (b, s) = (backend.clone(), publish_stats.clone());
-        let publish = hammer(sizes.rest_concurrency, duration, &publish_stats, move |_| {
+        let publish = hammer(sizes.rest_concurrency, duration, &publish_stats, move |n| {
             let (b, s) = (b.clone(), s.clone());
-            async move { b.publish("rest", &s.payload(size)).await }
+            // `hammer` numbers each worker's calls from worker * 1e9.
+            let conn = conns[(n / 1_000_000_000) as usize % conns.len()].clone();
+            async move { b.publish_on(&mut *conn.lock().await, "rest", &s.payload(size)).await }
         })
         .await;
         let publish_cpu = cpu.percent(&server.pids);
@@ -519,6 +542,7 @@ pub async fn rest(kind: Kind, bins: &Binaries, sizes: &Sizes) -> Outcome {
             m("publish errors", (publish.failed + publish.limited) as f64, "", Some(false)),
             m("server CPU (publish)", publish_cpu, "% of a core", Some(false)),
         ];
+        let mut errors: Vec<String> = publish.first_error.iter().map(|e| format!("first publish error: {e}")).collect();
         if kind == Kind::Aviary {
             let mint_stats = Stats::new();
             let b = backend.clone();
@@ -530,10 +554,13 @@ pub async fn rest(kind: Kind, bins: &Binaries, sizes: &Sizes) -> Outcome {
             let lat = mint_stats.percentiles();
             metrics.push(m("token mints/s", mint.ok as f64 / mint.secs, "req/s", Some(true)));
             metrics.push(m("token mint p99", lat.as_ref().map_or(0.0, |l| l.p99_ms), "ms", Some(false)));
-            // The control plane rate-limits each API key (100/s, burst 200 by default): those
-            // refusals are the limiter working, not failures.
+            // The bench starts the control plane without request rate limits; a 429 here would
+            // be a limiter working, not a failure.
             metrics.push(m("token mints refused by the rate limiter (429)", mint.limited as f64, "", None));
             metrics.push(m("token mint errors", mint.failed as f64, "", Some(false)));
+            if let Some(e) = mint.first_error {
+                errors.push(format!("first token mint error: {e}"));
+            }
         }
         drop(server);
         Ok(Outcome {
@@ -542,7 +569,7 @@ pub async fn rest(kind: Kind, bins: &Binaries, sizes: &Sizes) -> Outcome {
             metrics,
             latency: lat,
             series: Vec::new(),
-            error: None,
+            error: (!errors.is_empty()).then(|| errors.join("; ")),
         })
     })
     .await

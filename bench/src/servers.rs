@@ -102,6 +102,10 @@ async fn spawn_listening(mut command: Command, what: &str) -> anyhow::Result<(Ch
 fn aviary_command(bin: &Path) -> Command {
     let mut c = Command::new(bin);
     c.env("AVIARY_LOG", "warn");
+    // The control plane's request rate limits (100 requests/s per API key by default) would
+    // cap the token-mint measurement at the limit; the bench measures the mint path itself.
+    // Data-plane nodes ignore these variables.
+    c.env("AVIARY_RATE_LIMIT_PER_IP", "0").env("AVIARY_RATE_LIMIT_PER_KEY", "0");
     c
 }
 
