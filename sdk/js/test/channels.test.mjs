@@ -14,6 +14,16 @@ after(() => server.stop());
 let seq = 0;
 const unique = (prefix) => `${prefix}-${++seq}`;
 
+// A client subscribed to a fresh channel named after `prefix`, closed when the test ends.
+async function subscribed(t, prefix) {
+  const name = unique(prefix);
+  const c = client(server);
+  t.after(() => c.close());
+  const got = collector();
+  await c.channel(name).subscribe(got);
+  return { name, c, got };
+}
+
 test('publish resolves with the position and subscribers receive the message', async (t) => {
   const name = unique('room');
   const a = client(server);
@@ -45,11 +55,7 @@ test('subscribe before connecting waits for the connection, and the channel obje
 });
 
 test('after a drop, resubscribe with since delivers every missed message once, in order', async (t) => {
-  const name = unique('resume');
-  const c = client(server);
-  t.after(() => c.close());
-  const got = collector();
-  await c.channel(name).subscribe(got);
+  const { name, c, got } = await subscribed(t, 'resume');
   server.publish(name, 1);
   server.publish(name, 2);
   await got.until(2);
@@ -101,11 +107,7 @@ test('many forced disconnects mid-stream lose and duplicate nothing', async (t) 
 });
 
 test('a message at or below the last delivered offset is dropped', async (t) => {
-  const name = unique('dupes');
-  const c = client(server);
-  t.after(() => c.close());
-  const got = collector();
-  await c.channel(name).subscribe(got);
+  const { name, c, got } = await subscribed(t, 'dupes');
   server.publish(name, 'a');
   server.publish(name, 'b');
   await got.until(2);
@@ -123,11 +125,7 @@ test('a message at or below the last delivered offset is dropped', async (t) => 
 });
 
 test('recovered:false raises discontinuity on the channel and the client, then goes live', async (t) => {
-  const name = unique('lost');
-  const c = client(server);
-  t.after(() => c.close());
-  const got = collector();
-  await c.channel(name).subscribe(got);
+  const { name, c, got } = await subscribed(t, 'lost');
   server.publish(name, 1);
   await got.until(1);
   const before = c.channel(name).position;
@@ -149,11 +147,7 @@ test('recovered:false raises discontinuity on the channel and the client, then g
 });
 
 test('a discontinuity pushed on a live subscription raises the event and restarts dedupe', async (t) => {
-  const name = unique('live-lost');
-  const c = client(server);
-  t.after(() => c.close());
-  const got = collector();
-  await c.channel(name).subscribe(got);
+  const { name, c, got } = await subscribed(t, 'live-lost');
   server.publish(name, 'a');
   server.publish(name, 'b');
   await got.until(2);
@@ -172,11 +166,7 @@ test('a discontinuity pushed on a live subscription raises the event and restart
 });
 
 test('history older than the server keeps also raises discontinuity', async (t) => {
-  const name = unique('gap');
-  const c = client(server);
-  t.after(() => c.close());
-  const got = collector();
-  await c.channel(name).subscribe(got);
+  const { name, c, got } = await subscribed(t, 'gap');
   server.publish(name, 0);
   await got.until(1);
   server.dropAll();
@@ -187,11 +177,7 @@ test('history older than the server keeps also raises discontinuity', async (t) 
 });
 
 test('unsubscribe stops delivery and a later subscribe starts live', async (t) => {
-  const name = unique('unsub');
-  const c = client(server);
-  t.after(() => c.close());
-  const got = collector();
-  await c.channel(name).subscribe(got);
+  const { name, c, got } = await subscribed(t, 'unsub');
   c.channel(name).unsubscribe(got);
   await server.waitFrame((f) => f.type === 'unsubscribe' && f.channel === name);
   assert.equal(c.channel(name).position, null);
