@@ -63,17 +63,19 @@ impl Outbox {
 
     /// Queues `item` without waiting.
     pub fn try_push(&self, item: Outbound) -> Result<(), PushError> {
-        self.push_or_return(item).map_err(|(e, _)| e)
+        self.push_or_return(item, false).map_err(|(e, _)| e)
     }
 
-    fn push_or_return(&self, item: Outbound) -> Result<(), (PushError, Outbound)> {
+    /// Queues `item` if there is room; on a full queue, `wait` records (under the same lock as
+    /// the check, so the wake-up cannot be missed) that a producer waits for room.
+    fn push_or_return(&self, item: Outbound, wait: bool) -> Result<(), (PushError, Outbound)> {
         let waker = {
             let mut state = self.state.lock();
             if state.closed {
                 return Err((PushError::Closed, item));
             }
             if state.queue.len() >= self.capacity {
-                state.waiting = true;
+                state.waiting |= wait;
                 return Err((PushError::Full, item));
             }
             state.queue.push_back(item);
@@ -95,7 +97,7 @@ impl Outbox {
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            match self.push_or_return(item) {
+            match self.push_or_return(item, true) {
                 Ok(()) => return Ok(()),
                 Err((PushError::Closed, _)) => return Err(PushError::Closed),
                 Err((PushError::Full, returned)) => item = returned,
