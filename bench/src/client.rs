@@ -455,15 +455,19 @@ pub struct RawHttp {
 
 impl RawHttp {
     pub async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
-        stream.set_nodelay(true)?;
         Ok(RawHttp {
-            stream: tokio::io::BufStream::new(stream),
+            stream: Self::open(addr).await?,
             addr,
             host: addr.to_string(),
             request: Vec::new(),
             line: String::new(),
         })
+    }
+
+    async fn open(addr: SocketAddr) -> anyhow::Result<tokio::io::BufStream<TcpStream>> {
+        let stream = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
+        stream.set_nodelay(true)?;
+        Ok(tokio::io::BufStream::new(stream))
     }
 
     /// Sends a JSON `POST` and reads the whole response; returns its status.
@@ -530,9 +534,7 @@ impl RawHttp {
         if close {
             // The server ends the connection after this response (Sockudo's HTTP API does so
             // for every request): reconnect, as any client would, and count the cost in.
-            let stream = TcpStream::connect(self.addr).await.with_context(|| format!("reconnect {}", self.addr))?;
-            stream.set_nodelay(true)?;
-            self.stream = tokio::io::BufStream::new(stream);
+            self.stream = Self::open(self.addr).await?;
         }
         Ok(status)
     }
