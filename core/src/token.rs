@@ -7,7 +7,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, Header};
 use serde::{Deserialize, Serialize};
 
 use crate::capability::Capabilities;
@@ -70,7 +70,9 @@ pub struct VerifyingKey {
     pub kid: String,
     /// Raw 32-byte Ed25519 public key.
     pub public: [u8; 32],
-    decoding: DecodingKey,
+    /// The key decompressed once: checking a signature against raw bytes would redo the
+    /// point decompression (a field square root) on every connect.
+    parsed: Option<ed25519_dalek::VerifyingKey>,
 }
 
 impl std::fmt::Debug for VerifyingKey {
@@ -81,7 +83,9 @@ impl std::fmt::Debug for VerifyingKey {
 
 impl VerifyingKey {
     pub fn new(kid: impl Into<String>, public: [u8; 32]) -> Self {
-        VerifyingKey { kid: kid.into(), public, decoding: DecodingKey::from_ed_der(&public) }
+        // Bytes that are not a curve point verify nothing: every token signed "by" them fails.
+        let parsed = ed25519_dalek::VerifyingKey::from_bytes(&public).ok();
+        VerifyingKey { kid: kid.into(), public, parsed }
     }
 
     /// This key as a JWK (`kty: OKP`, `crv: Ed25519`).
@@ -132,7 +136,10 @@ pub struct SigningKey {
     pub kid: String,
     pkcs8: Vec<u8>,
     public: [u8; 32],
-    encoding: EncodingKey,
+    /// Parsed once (a PKCS#8 parse plus deriving the public point), not per token.
+    signer: ed25519_dalek::SigningKey,
+    /// The encoded JWT header, the same for every token this key signs.
+    header_b64: String,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -148,7 +155,7 @@ impl SigningKey {
         let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
         let kid = format!("sk_{}", uuid::Uuid::now_v7().simple());
         let pkcs8 = key.to_pkcs8_der().expect("ed25519 keys always encode").as_bytes().to_vec();
-        Self::from_parts(kid, pkcs8, key.verifying_key().to_bytes())
+        Self::from_parts(kid, pkcs8, key)
     }
 
     /// Rebuilds a key from what [`SigningKey::pkcs8_der`] stored. `None` if the bytes are not an
@@ -156,12 +163,15 @@ impl SigningKey {
     pub fn from_pkcs8(kid: impl Into<String>, pkcs8: &[u8]) -> Option<Self> {
         use ed25519_dalek::pkcs8::DecodePrivateKey;
         let key = ed25519_dalek::SigningKey::from_pkcs8_der(pkcs8).ok()?;
-        Some(Self::from_parts(kid.into(), pkcs8.to_vec(), key.verifying_key().to_bytes()))
+        Some(Self::from_parts(kid.into(), pkcs8.to_vec(), key))
     }
 
-    fn from_parts(kid: String, pkcs8: Vec<u8>, public: [u8; 32]) -> Self {
-        let encoding = EncodingKey::from_ed_der(&pkcs8);
-        SigningKey { kid, pkcs8, public, encoding }
+    fn from_parts(kid: String, pkcs8: Vec<u8>, signer: ed25519_dalek::SigningKey) -> Self {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.clone());
+        header.typ = Some("JWT".into());
+        let header_b64 = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).expect("a JWT header serializes"));
+        SigningKey { kid, pkcs8, public: signer.verifying_key().to_bytes(), signer, header_b64 }
     }
 
     /// The PKCS#8 DER of the private key, for storage.
@@ -174,44 +184,63 @@ impl SigningKey {
         VerifyingKey::new(self.kid.clone(), self.public)
     }
 
-    /// Signs `claims` into a compact JWT with this key's `kid` in the header.
+    /// Signs `claims` into a compact JWT (RFC 7515 compact serialization, `alg: EdDSA`, this
+    /// key's `kid` in the header).
     pub fn sign(&self, claims: &ConnectionClaims) -> String {
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.kid.clone());
-        header.typ = Some("JWT".into());
-        jsonwebtoken::encode(&header, claims, &self.encoding).expect("EdDSA signing of serializable claims cannot fail")
+        use ed25519_dalek::Signer;
+        let payload = serde_json::to_vec(claims).expect("connection claims serialize");
+        let mut token = String::with_capacity(self.header_b64.len() + payload.len() * 4 / 3 + 92);
+        token.push_str(&self.header_b64);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
+        let signature = self.signer.sign(token.as_bytes());
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut token);
+        token
     }
 }
 
 /// Verifies a connection token against the registry's trusted keys and revocations.
 ///
-/// Checks, in order: header parses and names EdDSA with a known `kid`; the signature; `exp`
-/// (with leeway); `iss`; that the token's key and client are not revoked. The app's existence
-/// and state are checked by the caller, which needs the app config anyway.
+/// Checks, in order: the token has three parts; the header parses and names EdDSA with a known
+/// `kid`; the signature (strict Ed25519, against the key decompressed once when it was
+/// trusted); the claims parse; `iss`; `exp` (with leeway); that the token's key and client
+/// are not revoked. The app's existence and state are checked by the caller, which needs the
+/// app config anyway.
+///
+/// This is the connect hot path, so the token is split, decoded and parsed once (a generic
+/// `jsonwebtoken::decode` parses the header twice and the claims twice, and decompresses the
+/// public key per call); the header itself is still read by `jsonwebtoken`.
 pub fn verify(token: &str, registry: &Registry) -> Result<ConnectionClaims, TokenError> {
+    let (signed, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
+    let (_, payload_b64) = signed.split_once('.').ok_or(TokenError::Malformed)?;
+    if payload_b64.contains('.') {
+        return Err(TokenError::Malformed);
+    }
     let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
     if header.alg != Algorithm::EdDSA {
         return Err(TokenError::WrongAlgorithm);
     }
     let kid = header.kid.ok_or(TokenError::UnknownKey)?;
     let key = registry.verifying_key(&kid).ok_or(TokenError::UnknownKey)?;
-    let mut validation = Validation::new(Algorithm::EdDSA);
-    validation.leeway = LEEWAY_S;
-    validation.set_issuer(&[ISSUER]);
-    validation.set_required_spec_claims(&["exp", "iat", "sub", "iss"]);
-    let data = jsonwebtoken::decode::<ConnectionClaims>(token, &key.decoding, &validation).map_err(|e| {
-        use jsonwebtoken::errors::ErrorKind;
-        match e.kind() {
-            ErrorKind::ExpiredSignature => TokenError::Expired,
-            ErrorKind::InvalidSignature => TokenError::BadSignature,
-            ErrorKind::InvalidAlgorithm => TokenError::WrongAlgorithm,
-            ErrorKind::InvalidIssuer | ErrorKind::MissingRequiredClaim(_) | ErrorKind::Json(_) => {
-                TokenError::BadClaims(e.to_string())
-            }
-            _ => TokenError::Malformed,
-        }
-    })?;
-    let claims = data.claims;
+    let parsed = key.parsed.as_ref().ok_or(TokenError::BadSignature)?;
+    let mut sig = [0u8; ed25519_dalek::SIGNATURE_LENGTH];
+    match URL_SAFE_NO_PAD.decode_slice(signature, &mut sig) {
+        Ok(n) if n == sig.len() => {}
+        _ => return Err(TokenError::BadSignature),
+    }
+    parsed
+        .verify_strict(signed.as_bytes(), &ed25519_dalek::Signature::from_bytes(&sig))
+        .map_err(|_| TokenError::BadSignature)?;
+    let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| TokenError::Malformed)?;
+    let claims: ConnectionClaims =
+        serde_json::from_slice(&payload).map_err(|e| TokenError::BadClaims(e.to_string()))?;
+    if claims.iss != ISSUER {
+        return Err(TokenError::BadClaims("invalid issuer".into()));
+    }
+    if claims.exp.saturating_add(LEEWAY_S as i64) < crate::unix_now() {
+        return Err(TokenError::Expired);
+    }
     if registry.api_key_revoked(&claims.akid) || registry.client_revoked(&claims.app, &claims.sub, claims.iat) {
         return Err(TokenError::Revoked);
     }
@@ -246,6 +275,7 @@ pub fn claims_for(
 mod tests {
     use super::*;
     use crate::capability::Operation;
+    use jsonwebtoken::{DecodingKey, EncodingKey, Validation};
 
     fn setup() -> (SigningKey, Registry) {
         let key = SigningKey::generate();
@@ -282,6 +312,29 @@ mod tests {
     }
 
     #[test]
+    fn tokens_are_standard_jwts() {
+        // What a third party holding only the JWKS does: verify with a stock JWT library.
+        let (key, _) = setup();
+        let c = claims(60);
+        let token = key.sign(&c);
+        let jwk = key.verifying_key().to_jwk();
+        let decoding = DecodingKey::from_ed_components(&jwk.x).unwrap();
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[ISSUER]);
+        let data = jsonwebtoken::decode::<ConnectionClaims>(&token, &decoding, &validation).unwrap();
+        assert_eq!(data.claims, c);
+        assert_eq!(data.header.kid.as_deref(), Some(key.kid.as_str()));
+        assert_eq!(data.header.typ.as_deref(), Some("JWT"));
+        // And what the stock library signs, we verify.
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(key.kid.clone());
+        let registry = Registry::new();
+        registry.set_verifying_keys([key.verifying_key()]);
+        let stock = jsonwebtoken::encode(&header, &c, &EncodingKey::from_ed_der(key.pkcs8_der())).unwrap();
+        assert_eq!(verify(&stock, &registry).unwrap(), c);
+    }
+
+    #[test]
     fn rejects_expired_tokens_beyond_leeway() {
         let (key, registry) = setup();
         assert_eq!(verify(&key.sign(&claims(-(LEEWAY_S as i64) - 2)), &registry), Err(TokenError::Expired));
@@ -311,6 +364,40 @@ mod tests {
             jsonwebtoken::encode(&hs, &claims(60), &EncodingKey::from_secret(&key.verifying_key().public)).unwrap();
         assert_eq!(verify(&hs_token, &registry), Err(TokenError::WrongAlgorithm));
         assert_eq!(verify("not a token", &registry), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn rejects_tampered_and_misshapen_tokens() {
+        let (key, registry) = setup();
+        let token = key.sign(&claims(60));
+        let (header, rest) = token.split_once('.').unwrap();
+        let (_, signature) = rest.split_once('.').unwrap();
+        // Claims swapped under a valid signature (a longer lifetime, say): a forgery.
+        let mut longer = claims(3600);
+        longer.jti = "forged".into();
+        let swapped = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&longer).unwrap());
+        assert_eq!(verify(&format!("{header}.{swapped}.{signature}"), &registry), Err(TokenError::BadSignature));
+        // A truncated or padded signature.
+        assert_eq!(verify(&token[..token.len() - 4], &registry), Err(TokenError::BadSignature));
+        assert_eq!(verify(&format!("{token}AAAA"), &registry), Err(TokenError::BadSignature));
+        // Four parts, two parts, an empty string.
+        assert_eq!(verify(&format!("{header}.{token}"), &registry), Err(TokenError::Malformed));
+        assert_eq!(verify(&format!("{header}.{signature}"), &registry), Err(TokenError::Malformed));
+        assert_eq!(verify("", &registry), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn rejects_a_foreign_issuer_and_missing_claims() {
+        let (key, registry) = setup();
+        let mut c = claims(60);
+        c.iss = "someone-else".into();
+        assert!(matches!(verify(&key.sign(&c), &registry), Err(TokenError::BadClaims(_))));
+        // Properly signed by the trusted key, but not a connection token.
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(key.kid.clone());
+        let encoding = EncodingKey::from_ed_der(key.pkcs8_der());
+        let partial = jsonwebtoken::encode(&header, &serde_json::json!({"iss": ISSUER, "exp": 1}), &encoding).unwrap();
+        assert!(matches!(verify(&partial, &registry), Err(TokenError::BadClaims(_))));
     }
 
     #[test]
