@@ -50,6 +50,19 @@ pub struct Server {
     database: Option<(String, String)>,
 }
 
+impl Server {
+    /// Takes over a started node of a cluster: its process is measured and killed with the
+    /// server, connections are spread over it, and the first node takes the backend HTTP calls.
+    fn adopt_node(&mut self, child: Child, addr: SocketAddr) {
+        self.pids.extend(child.id());
+        self.children.push(child);
+        if self.endpoint.nodes.is_empty() {
+            self.endpoint.http = format!("http://{addr}");
+        }
+        self.endpoint.nodes.push(addr);
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         for child in &mut self.children {
@@ -242,11 +255,8 @@ pub async fn aviary_cluster(bins: &Binaries, nodes: usize) -> anyhow::Result<Ser
             .arg("--cache-dir")
             .arg(scratch.join(format!("node-{i}")));
         let (child, addr) = spawn_listening(n, &format!("aviary data-plane {i}")).await?;
-        server.pids.extend(child.id());
-        server.children.push(child);
-        server.endpoint.nodes.push(addr);
+        server.adopt_node(child, addr);
     }
-    server.endpoint.http = format!("http://{}", server.endpoint.nodes[0]);
     server.endpoint.auth = Auth::Aviary { app_id, api_key, tokens };
     // Nodes read app config from the store on their refresh cadence; wait until every node
     // accepts a connection for the new app.
@@ -387,7 +397,6 @@ pub async fn sockudo_cluster(bins: &Binaries, nodes: usize) -> anyhow::Result<Se
              [cache.redis]\nprefix = \"{prefix}_cache\"\n"
         ),
     )?;
-    let mut addrs = Vec::with_capacity(nodes);
     for i in 0..nodes {
         let port = free_port()?;
         let log = dir.join(format!("node-{i}.log"));
@@ -406,11 +415,8 @@ pub async fn sockudo_cluster(bins: &Binaries, nodes: usize) -> anyhow::Result<Se
         ]);
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let child = spawn_accepting(c, addr, &log, &format!("sockudo node {i}")).await?;
-        server.pids.extend(child.id());
-        server.children.push(child);
-        addrs.push(addr);
+        server.adopt_node(child, addr);
     }
-    server.endpoint = sockudo_endpoint(addrs);
     await_joined(&server.endpoint).await?;
     Ok(server)
 }
@@ -449,16 +455,12 @@ pub async fn socketio_cluster(bins: &Binaries, nodes: usize) -> anyhow::Result<S
         scratch: None,
         database: None,
     };
-    let mut addrs = Vec::with_capacity(nodes);
     for i in 0..nodes {
         let mut c = socketio_command(bins);
         c.env("REDIS_URL", &bins.redis).env("REDIS_PREFIX", &prefix);
         let (child, addr) = spawn_listening(c, &format!("socket.io peer node {i}")).await?;
-        server.pids.extend(child.id());
-        server.children.push(child);
-        addrs.push(addr);
+        server.adopt_node(child, addr);
     }
-    server.endpoint = socketio_endpoint(addrs);
     await_joined(&server.endpoint).await?;
     Ok(server)
 }
