@@ -470,7 +470,7 @@ impl Session {
         let mut page = page;
         loop {
             for p in &page.publications {
-                self.send(Outbound::Message(Delivery::new(key, p))).await;
+                self.send(Outbound::Message(Delivery::new(key, p, p.epoch.clone()))).await;
                 last.offset = p.offset;
             }
             if last.offset >= target.offset || page.publications.is_empty() {
