@@ -392,13 +392,20 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn live_delivery_drops_repeats_and_announces_gaps_and_new_epochs() {
+    /// A hub on the memory broker with one connection subscribed to `app_a/room`, still
+    /// replaying (its deliveries are parked until `go_live`).
+    async fn subscribed() -> (Hub, ChannelKey, Arc<SessionHandle>, Arc<Subscriber>) {
         let hub = Hub::new(Arc::new(MemoryBroker::new()));
         let key = ChannelKey::new("app_a", "room");
         let session = SessionHandle::new(16);
         let subscriber = Arc::new(Subscriber::new(session.clone(), false, 16));
         hub.subscribe(&key, subscriber.clone()).await.unwrap();
+        (hub, key, session, subscriber)
+    }
+
+    #[tokio::test]
+    async fn live_delivery_drops_repeats_and_announces_gaps_and_new_epochs() {
+        let (hub, key, session, subscriber) = subscribed().await;
         // Parked during the replay: 2 was replayed already, 3 follows it.
         hub.on_publication(&key, publication("e1", 2));
         hub.on_publication(&key, publication("e1", 3));
@@ -413,11 +420,7 @@ mod tests {
 
     #[tokio::test]
     async fn deliveries_of_one_epoch_share_one_epoch_string() {
-        let hub = Hub::new(Arc::new(MemoryBroker::new()));
-        let key = ChannelKey::new("app_a", "room");
-        let session = SessionHandle::new(16);
-        let subscriber = Arc::new(Subscriber::new(session.clone(), false, 16));
-        hub.subscribe(&key, subscriber.clone()).await.unwrap();
+        let (hub, key, session, subscriber) = subscribed().await;
         subscriber.go_live("e1", 0);
         // Each publication carries its own copy of the epoch, as a decoding broker's do.
         for (epoch, offset) in [("e1", 1), ("e1", 2), ("e2", 1), ("e2", 2)] {
