@@ -34,7 +34,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// mimalloc asks for huge pages on its arenas, and returns memory it no longer uses to the
 /// kernel after a short delay. With huge pages each re-use of such memory faults in and zeroes a
 /// whole 2 MiB page: 13 % of the server's CPU while 19,000 clients connected, and 1.1 KiB more
-/// resident memory per idle connection (docs/benchmarks.md, "Allocator").
+/// resident memory per idle connection (docs/benchmarks.md, "Connect rate").
 fn disable_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: PR_SET_THP_DISABLE takes plain integer arguments and only sets a flag on this
