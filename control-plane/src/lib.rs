@@ -12,7 +12,8 @@
 //! - [`sync`]: mirrors the store into the `aviary_core::Registry` the data plane reads.
 //! - [`api`]: the REST surface (`router()`, `openapi()`); [`grpc`]: `aviary.v1.ControlPlane`.
 //! - [`watch`]: the numbered change log behind the `Watch` config stream nodes follow.
-//! - [`usage`]: usage ingestion, the usage series API and the over-quota rule.
+//! - [`usage`]: usage ingestion, the usage series API and the over-quota rule; [`clock`]: the
+//!   "now" they read (pinned by tests).
 //! - Node side (run inside data-plane processes): [`follower`] (`ConfigFollower`,
 //!   `RemoteApiKeyAuthority`) and [`reporter`] (`UsageReporter`).
 //!
@@ -38,6 +39,7 @@ use aviary_core::Registry;
 
 pub mod api;
 pub mod auth;
+pub mod clock;
 mod demo;
 pub mod error;
 pub mod follower;
@@ -52,6 +54,7 @@ pub mod usage;
 pub mod watch;
 
 pub use auth::KeyVerifier;
+pub use clock::{Clock, SystemClock};
 pub use demo::DemoCredentials;
 pub use error::{Error, Result};
 pub use follower::{ConfigFollower, FollowerConfig, FollowerStatus, RemoteApiKeyAuthority};
@@ -82,6 +85,9 @@ pub struct ControlPlaneConfig {
     /// How often an idle `Watch` stream carries a heartbeat (nodes treat 3 missed as a dead
     /// stream).
     pub watch_heartbeat: Duration,
+    /// "Now" for usage: the default usage window, the over-quota hour, batch id retention.
+    /// [`SystemClock`] unless a test pins the time.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for ControlPlaneConfig {
@@ -100,7 +106,7 @@ impl std::fmt::Debug for ControlPlaneConfig {
 
 impl ControlPlaneConfig {
     /// Defaults for everything but the operator token: 24 h token TTL ceiling, 60 s key cache,
-    /// 64 KiB bodies, [`RateLimitConfig::default`], 30 s store refresh.
+    /// 64 KiB bodies, [`RateLimitConfig::default`], 30 s store refresh, the system clock.
     pub fn new(operator_token: impl Into<String>) -> Self {
         ControlPlaneConfig {
             operator_token: operator_token.into(),
@@ -111,6 +117,7 @@ impl ControlPlaneConfig {
             refresh_interval: Duration::from_secs(30),
             node_token: None,
             watch_heartbeat: Duration::from_secs(5),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -165,7 +172,7 @@ impl ControlPlaneState {
                 let state = ControlPlaneState { inner };
                 if pruned_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(3600)) {
                     pruned_at = Some(std::time::Instant::now());
-                    let before = (chrono::Utc::now() - usage::BATCH_ID_RETENTION).timestamp();
+                    let before = (state.now() - usage::BATCH_ID_RETENTION).timestamp();
                     match state.store().prune_usage_batches(before).await {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(forgotten = n, "old usage batch ids pruned"),
@@ -252,6 +259,11 @@ impl ControlPlaneState {
 
     pub fn config(&self) -> &ControlPlaneConfig {
         &self.inner.config
+    }
+
+    /// The current time as usage sees it ([`ControlPlaneConfig::clock`]).
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.inner.config.clock.now()
     }
 
     /// Is the store reachable? (`/readyz`)

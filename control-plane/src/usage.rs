@@ -53,9 +53,12 @@ impl Granularity {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct UsageQuery {
-    /// Start (RFC 3339), rounded down to the granularity; default: 24 hours before `to`.
+    /// Start (RFC 3339), rounded down to the granularity; default: 24 hours before `to` (before
+    /// now when `to` is absent). The answer's `from` is the start actually used.
     pub from: Option<DateTime<Utc>>,
-    /// End, exclusive (RFC 3339), rounded up to the granularity; default: now.
+    /// End, exclusive (RFC 3339), rounded up to the granularity; default: the end of the period
+    /// (hour or UTC day) in progress, so the default window always includes the current one.
+    /// The answer's `to` is the end actually used.
     pub to: Option<DateTime<Utc>>,
     /// `hour` (default) or `day` (UTC days).
     pub granularity: Option<Granularity>,
@@ -122,7 +125,11 @@ pub struct AppUsageSeries {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TenantUsage {
     pub tenant_id: String,
+    /// Start of the window these figures cover (inclusive), after defaults and rounding: with
+    /// no query, the start of the hour 24 hours ago.
     pub from: DateTime<Utc>,
+    /// End of the window these figures cover (exclusive), after defaults and rounding: with no
+    /// query, the end of the hour in progress.
     pub to: DateTime<Utc>,
     pub granularity: Granularity,
     /// Sums over the tenant's apps (peak: the highest app peak).
@@ -150,6 +157,35 @@ pub struct OverQuota {
 
 fn floor_to(t: i64, step: i64) -> i64 {
     t.div_euclid(step) * step
+}
+
+/// Seconds of `t` rounded up: an instant past a whole second belongs to the next one, so an
+/// end at 12:00:00.5 still covers the 12:00 hour.
+fn ceil_seconds(t: DateTime<Utc>) -> i64 {
+    t.timestamp() + i64::from(t.timestamp_subsec_nanos() > 0)
+}
+
+/// The window `[from, to)` (Unix seconds, whole periods) a usage query covers at `now`.
+///
+/// Defaults: `to` is the end of the period in progress (the current hour or UTC day counts
+/// even at its first instant), `from` is 24 hours before `to`, or before `now` when `to` is
+/// absent too. Given bounds round outwards: `from` down, `to` up.
+pub fn usage_window(query: &UsageQuery, now: DateTime<Utc>) -> Result<(i64, i64)> {
+    let step = query.granularity.unwrap_or_default().seconds();
+    let to = query.to.unwrap_or(now);
+    let from = query.from.unwrap_or(to - TimeDelta::hours(24));
+    if from >= to {
+        return Err(Error::invalid("`from` must be before `to`"));
+    }
+    if to - from > TimeDelta::days(MAX_RANGE_DAYS) {
+        return Err(Error::invalid(format!("a usage range spans at most {MAX_RANGE_DAYS} days")));
+    }
+    let from_s = floor_to(from.timestamp(), step);
+    let to_s = match query.to {
+        Some(to) => floor_to(ceil_seconds(to) + step - 1, step),
+        None => floor_to(now.timestamp(), step) + step,
+    };
+    Ok((from_s, to_s))
 }
 
 fn at(secs: i64) -> DateTime<Utc> {
@@ -205,17 +241,8 @@ impl ControlPlaneState {
         admin.check(tenant_id, "tenant")?;
         let granularity = query.granularity.unwrap_or_default();
         let step = granularity.seconds();
-        let to = query.to.unwrap_or_else(Utc::now);
-        let from = query.from.unwrap_or(to - TimeDelta::hours(24));
-        if from >= to {
-            return Err(Error::invalid("`from` must be before `to`"));
-        }
-        if to - from > TimeDelta::days(MAX_RANGE_DAYS) {
-            return Err(Error::invalid(format!("a usage range spans at most {MAX_RANGE_DAYS} days")));
-        }
+        let (from_s, to_s) = usage_window(query, self.now())?;
         self.existing_tenant_for_usage(tenant_id).await?;
-        let from_s = floor_to(from.timestamp(), step);
-        let to_s = floor_to(to.timestamp() + step - 1, step);
         let buckets = self.store().usage_buckets(Some(tenant_id), from_s, to_s).await?;
 
         let mut per_app: BTreeMap<String, BTreeMap<i64, UsageFigures>> = BTreeMap::new();
@@ -298,5 +325,67 @@ impl ControlPlaneState {
             }
         }
         Ok(over)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn window(query: UsageQuery, now: &str) -> (DateTime<Utc>, DateTime<Utc>) {
+        let (from, to) = usage_window(&query, t(now)).unwrap();
+        (at(from), at(to))
+    }
+
+    #[test]
+    fn the_default_window_is_the_last_24_hours_and_the_hour_in_progress() {
+        for (now, from, to) in [
+            ("2026-03-14T00:30:00Z", "2026-03-13T00:00:00Z", "2026-03-14T01:00:00Z"),
+            ("2026-03-14T04:30:00Z", "2026-03-13T04:00:00Z", "2026-03-14T05:00:00Z"),
+            // At the first instant of an hour, that hour is already in the window.
+            ("2026-03-14T12:00:00Z", "2026-03-13T12:00:00Z", "2026-03-14T13:00:00Z"),
+            ("2026-03-14T23:59:59.999Z", "2026-03-13T23:00:00Z", "2026-03-15T00:00:00Z"),
+        ] {
+            assert_eq!(window(UsageQuery::default(), now), (t(from), t(to)), "now {now}");
+        }
+        let daily = UsageQuery { granularity: Some(Granularity::Day), ..UsageQuery::default() };
+        assert_eq!(
+            window(daily, "2026-03-14T00:30:00Z"),
+            (t("2026-03-13T00:00:00Z"), t("2026-03-15T00:00:00Z")),
+            "yesterday and today"
+        );
+    }
+
+    #[test]
+    fn given_bounds_round_outwards_including_a_fraction_of_a_second() {
+        let query = |from: &str, to: &str| UsageQuery { from: Some(t(from)), to: Some(t(to)), granularity: None };
+        assert_eq!(
+            window(query("2026-03-14T03:15:00Z", "2026-03-14T12:00:00Z"), "2030-01-01T00:00:00Z"),
+            (t("2026-03-14T03:00:00Z"), t("2026-03-14T12:00:00Z")),
+            "an end on the hour excludes that hour"
+        );
+        assert_eq!(
+            window(query("2026-03-14T03:15:00Z", "2026-03-14T12:00:00.500Z"), "2030-01-01T00:00:00Z"),
+            (t("2026-03-14T03:00:00Z"), t("2026-03-14T13:00:00Z")),
+            "half a second into an hour includes it"
+        );
+        let only_to = UsageQuery { to: Some(t("2026-03-14T12:00:00Z")), ..UsageQuery::default() };
+        assert_eq!(window(only_to, "2030-01-01T00:00:00Z"), (t("2026-03-13T12:00:00Z"), t("2026-03-14T12:00:00Z")));
+    }
+
+    #[test]
+    fn empty_reversed_and_overlong_windows_are_refused() {
+        let now = t("2026-03-14T12:00:00Z");
+        let future = UsageQuery { from: Some(t("2026-03-14T12:00:01Z")), ..UsageQuery::default() };
+        assert!(usage_window(&future, now).is_err(), "`from` after the implicit `to` (now)");
+        let reversed = UsageQuery { from: Some(now), to: Some(now - TimeDelta::hours(1)), granularity: None };
+        assert!(usage_window(&reversed, now).is_err());
+        let long =
+            UsageQuery { from: Some(now - TimeDelta::days(MAX_RANGE_DAYS + 1)), to: Some(now), granularity: None };
+        assert!(usage_window(&long, now).is_err());
     }
 }

@@ -129,5 +129,5 @@ pub async fn tenant_usage(
 #[utoipa::path(get, path = "/v1/tenants/over-quota", tag = "tenants", security(("operator" = [])),
     responses((status = 200, body = Vec<OverQuota>), (status = 401, body = Problem, content_type = "application/problem+json")))]
 pub async fn over_quota(State(state): State<ControlPlaneState>, _: Operator) -> Result<axum::Json<Vec<OverQuota>>> {
-    Ok(axum::Json(state.over_quota(chrono::Utc::now()).await?))
+    Ok(axum::Json(state.over_quota(state.now()).await?))
 }
