@@ -1,22 +1,66 @@
 //! The data plane's one error type.
 //!
 //! The same [`Error`] answers a WebSocket command (as an `error` frame with a protocol
-//! [`ErrorCode`]) and a REST request (as `application/problem+json` with a stable `type`), so a
-//! rule such as "publishing here is forbidden" is decided once and reported the same way on
-//! every transport.
+//! [`ErrorCode`], [`Error::code`]) and a REST request (as `application/problem+json` with a
+//! stable `type`, [`Error::problem`]), so a rule such as "publishing here is forbidden" is
+//! decided once (in [`crate::ops`]) and reported the same way on every transport. Each refusal
+//! of the operations layer has its own variant, so a front end to come (another protocol,
+//! webhooks) maps the typed refusal into its own words without parsing messages.
 
 use aviary_broker::BrokerError;
 use aviary_core::problem::{PROBLEM_JSON, Problem};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use aviary_core::Operation;
+
 use crate::protocol::ErrorCode;
+
+/// Who was refused a capability, for the message ("token" or "API key").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrincipalKind {
+    Token,
+    ApiKey,
+}
+
+/// A namespace option that forbids an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamespaceRule {
+    /// `client_publish` is off: only backends publish here.
+    ClientPublish,
+    /// `presence` is off.
+    Presence,
+}
+
+impl std::fmt::Display for NamespaceRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NamespaceRule::ClientPublish => "clients may not publish on this namespace",
+            NamespaceRule::Presence => "presence is disabled on this namespace",
+        })
+    }
+}
 
 /// Everything a data-plane operation can refuse or fail with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
     BadRequest(String),
+    /// The channel name is not valid.
+    #[error("{0}")]
+    InvalidChannel(String),
+    /// The channel's namespace is not configured (and the app has no default namespace).
+    #[error("unknown channel namespace")]
+    UnknownNamespace,
+    /// A namespace option forbids the operation.
+    #[error("{0}")]
+    NamespaceForbids(NamespaceRule),
+    /// The token or API key lacks the capability for the operation on the channel.
+    #[error("{} does not allow {} on {channel:?}", match principal { PrincipalKind::Token => "token", PrincipalKind::ApiKey => "API key" }, operation.as_str())]
+    CapabilityMissing { principal: PrincipalKind, operation: Operation, channel: String },
+    /// The idempotency key is not 1 to 128 visible ASCII characters.
+    #[error("{0}")]
+    InvalidIdempotencyKey(String),
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -25,7 +69,7 @@ pub enum Error {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("app is disabled")]
+    #[error("app is disabled or deleted")]
     AppDisabled,
     #[error("message is {size} bytes; the limit is {limit}")]
     PayloadTooLarge { size: usize, limit: u32 },
@@ -45,11 +89,13 @@ impl Error {
     /// The protocol error code this error is reported with on WebSocket.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Error::BadRequest(_) => ErrorCode::BadRequest,
+            Error::BadRequest(_) | Error::InvalidChannel(_) | Error::InvalidIdempotencyKey(_) => ErrorCode::BadRequest,
             Error::Unauthorized(_) => ErrorCode::Unauthorized,
             Error::TokenExpired(_) => ErrorCode::TokenExpired,
-            Error::Forbidden(_) | Error::AppDisabled => ErrorCode::Forbidden,
-            Error::NotFound(_) => ErrorCode::NotFound,
+            Error::Forbidden(_) | Error::NamespaceForbids(_) | Error::CapabilityMissing { .. } | Error::AppDisabled => {
+                ErrorCode::Forbidden
+            }
+            Error::NotFound(_) | Error::UnknownNamespace => ErrorCode::NotFound,
             Error::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             Error::RateLimited(_) => ErrorCode::RateLimited,
             Error::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
@@ -75,20 +121,25 @@ impl Error {
         }
     }
 
-    fn problem(&self) -> Problem {
+    /// The problem+json body this error is reported with over HTTP. Its `type` slug is the
+    /// WebSocket code with `-` for `_` (`bad_request` ⇔ `bad-request`), except for the HTTP-only
+    /// kinds (`app-disabled`, `draining`, `unavailable`), so a client can branch on either.
+    pub fn problem(&self) -> Problem {
         let (slug, title, status) = match self {
-            Error::BadRequest(_) => ("bad-request", "Bad request", StatusCode::BAD_REQUEST),
-            Error::Unauthorized(_) => ("unauthorized", "Unauthorized", StatusCode::UNAUTHORIZED),
-            Error::TokenExpired(_) => ("token-expired", "Token expired", StatusCode::UNAUTHORIZED),
-            Error::Forbidden(_) => ("forbidden", "Forbidden", StatusCode::FORBIDDEN),
-            Error::NotFound(_) => ("not-found", "Not found", StatusCode::NOT_FOUND),
             Error::AppDisabled => ("app-disabled", "App disabled", StatusCode::FORBIDDEN),
-            Error::PayloadTooLarge { .. } => ("payload-too-large", "Payload too large", StatusCode::PAYLOAD_TOO_LARGE),
-            Error::RateLimited(_) => ("rate-limited", "Rate limited", StatusCode::TOO_MANY_REQUESTS),
-            Error::QuotaExceeded(_) => ("quota-exceeded", "Quota exceeded", StatusCode::TOO_MANY_REQUESTS),
             Error::Draining => ("draining", "Node draining", StatusCode::SERVICE_UNAVAILABLE),
             Error::Unavailable(_) => ("unavailable", "Service unavailable", StatusCode::SERVICE_UNAVAILABLE),
-            Error::Internal(_) => ("internal", "Internal error", StatusCode::INTERNAL_SERVER_ERROR),
+            other => match other.code() {
+                ErrorCode::BadRequest => ("bad-request", "Bad request", StatusCode::BAD_REQUEST),
+                ErrorCode::Unauthorized => ("unauthorized", "Unauthorized", StatusCode::UNAUTHORIZED),
+                ErrorCode::TokenExpired => ("token-expired", "Token expired", StatusCode::UNAUTHORIZED),
+                ErrorCode::Forbidden => ("forbidden", "Forbidden", StatusCode::FORBIDDEN),
+                ErrorCode::NotFound => ("not-found", "Not found", StatusCode::NOT_FOUND),
+                ErrorCode::PayloadTooLarge => ("payload-too-large", "Payload too large", StatusCode::PAYLOAD_TOO_LARGE),
+                ErrorCode::RateLimited => ("rate-limited", "Rate limited", StatusCode::TOO_MANY_REQUESTS),
+                ErrorCode::QuotaExceeded => ("quota-exceeded", "Quota exceeded", StatusCode::TOO_MANY_REQUESTS),
+                ErrorCode::Internal => ("internal", "Internal error", StatusCode::INTERNAL_SERVER_ERROR),
+            },
         };
         Problem::new(slug, title, status.as_u16(), self.public_message())
     }

@@ -7,12 +7,14 @@
 //! broker.
 //!
 //! Code map: [`protocol`] (wire frames), `transport` (WebSocket and SSE byte pumps and
-//! heartbeats), `session` (one client's state and commands), `hub` (channel -> local
-//! subscribers, fan-out), [`quota`] (admission), [`rest`] (backend API), [`metrics`],
-//! [`error`]. `docs/protocol.md` documents the wire protocol for SDK authors.
+//! heartbeats), `session` (one client's state; decodes its commands), `ops` (every operation
+//! once, with every rule: the front ends' shared core), `hub` (channel -> local subscribers,
+//! fan-out), [`quota`] (admission), [`rest`] (backend API), [`metrics`], [`error`].
+//! `docs/protocol.md` documents the wire protocol for SDK authors.
 //!
-//! The path of a publication: a client `publish` (session) or a REST call (rest) passes the
-//! capability, namespace, size and rate checks, then `Broker::publish` orders it, stores it and
+//! The path of a publication: a client `publish` (session) or a REST call (rest) becomes
+//! `ops::publish`, which runs the checks in their documented order (channel, namespace,
+//! capability, idempotency key, size, rate), then `Broker::publish` orders it, stores it and
 //! hands it to every node's hub (`BrokerEvents::on_publication`); the hub encodes the `message`
 //! frame once and `try_send`s a clone of its bytes into each local subscriber's bounded queue;
 //! each connection's writer task drains its queue into the socket.
@@ -24,6 +26,7 @@
 pub mod error;
 pub(crate) mod hub;
 pub mod metrics;
+pub(crate) mod ops;
 pub(crate) mod outbox;
 pub mod protocol;
 pub mod quota;

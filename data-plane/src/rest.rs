@@ -1,15 +1,13 @@
 //! The backend REST API: publish (one or many), history, presence and channel listing,
 //! authenticated with an app API key (`Authorization: Bearer avk_...`).
 //!
-//! Handlers are thin: extract, check the key against the app and its capabilities, call the
-//! broker, map the result. Every error is `application/problem+json` (see [`Error`]).
+//! Handlers are thin: extract, check the key belongs to the app in the path, call the
+//! operation of [`crate::ops`] (which applies every rule), encode the result. Every error is
+//! `application/problem+json` (see [`Error`]).
 
-use std::sync::Arc;
-
-use aviary_broker::{ChannelKey, PresenceMember, PublishRequest, StreamPosition};
-use aviary_core::channel::validate_channel;
+use aviary_broker::{PresenceMember, StreamPosition};
 use aviary_core::problem::Problem;
-use aviary_core::{ApiKeyError, AppConfig, Operation, VerifiedApiKey};
+use aviary_core::{ApiKeyError, VerifiedApiKey};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::StatusCode;
@@ -20,13 +18,11 @@ use serde_json::value::RawValue;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
+use crate::DataPlane;
 use crate::error::{Error, Result};
-use crate::metrics;
-use crate::session::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_PAGE};
-use crate::{DataPlane, NodeState};
+use crate::ops::{self, Principal};
 
-/// Most messages one batch publish may carry.
-pub const MAX_BATCH: usize = 100;
+pub use crate::ops::publish::MAX_BATCH;
 
 // ---------------------------------------------------------------------------------------------
 // Extractors whose rejections are problems, like every other error.
@@ -97,24 +93,14 @@ impl FromRequestParts<DataPlane> for AppKey {
 }
 
 impl AppKey {
-    /// The app the request targets, after checking the key belongs to it and it is enabled.
-    fn app(&self, inner: &NodeState, app_id: &str) -> Result<Arc<AppConfig>> {
+    /// The key as the principal of an operation on the app in the path: a key of another app
+    /// is refused here, before any operation (the URL names the wrong app).
+    fn principal(&self, app_id: &str) -> Result<Principal<'_>> {
+        let principal = Principal::ApiKey(&self.0);
         if self.0.app_id != app_id {
-            return Err(Error::Forbidden("API key belongs to another app".into()));
+            return Err(principal.refused(Error::Forbidden("API key belongs to another app".into())));
         }
-        match inner.registry.app(app_id) {
-            None => Err(Error::NotFound("app not found".into())),
-            Some(app) if !app.enabled => Err(Error::AppDisabled),
-            Some(app) => Ok(app),
-        }
-    }
-
-    fn require(&self, channel: &str, op: Operation) -> Result<()> {
-        if self.0.capabilities.allows(channel, op) {
-            Ok(())
-        } else {
-            Err(Error::Forbidden(format!("API key does not allow {} on {channel:?}", op.as_str())))
-        }
+        Ok(principal)
     }
 }
 
@@ -254,46 +240,6 @@ pub struct ChannelsResponse {
 // Handlers
 // ---------------------------------------------------------------------------------------------
 
-/// A publish that passed every check, ready for the broker.
-struct Checked {
-    key: ChannelKey,
-    request: PublishRequest,
-}
-
-fn check_publish(
-    key: &AppKey,
-    app: &AppConfig,
-    channel: &str,
-    data: &RawValue,
-    idempotency_key: Option<String>,
-) -> Result<Checked> {
-    validate_channel(channel).map_err(|e| Error::BadRequest(e.to_string()))?;
-    if let Some(k) = &idempotency_key {
-        crate::protocol::validate_idempotency_key(k).map_err(Error::BadRequest)?;
-    }
-    let namespace = app.namespace_for(channel).ok_or_else(|| Error::NotFound("unknown channel namespace".into()))?;
-    key.require(channel, Operation::Publish)?;
-    let payload = data.get().as_bytes();
-    if payload.len() > app.quotas.max_message_bytes as usize {
-        return Err(Error::PayloadTooLarge { size: payload.len(), limit: app.quotas.max_message_bytes });
-    }
-    Ok(Checked {
-        key: ChannelKey::new(&app.app_id, channel),
-        request: PublishRequest {
-            data: bytes::Bytes::copy_from_slice(payload),
-            client_id: None,
-            idempotency_key,
-            history_size: namespace.history_size,
-            history_ttl_s: namespace.history_ttl_s,
-        },
-    })
-}
-
-fn rejected(app: &AppConfig, e: Error) -> Error {
-    metrics::rejection(&app.tenant_id, &app.app_id, e.reason());
-    e
-}
-
 /// Publish a message to one channel.
 #[utoipa::path(
     post,
@@ -305,8 +251,8 @@ fn rejected(app: &AppConfig, e: Error) -> Error {
         (status = 201, description = "Published", body = Position),
         (status = 400, description = "Invalid channel or body", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key not allowed to publish here, or app disabled", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown app or channel namespace", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key of another app or not allowed to publish here (`forbidden`), or app disabled or deleted (`app-disabled`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown channel namespace", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Payload larger than the app's max_message_bytes", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Message rate quota exceeded", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Engine unavailable; retry with the same idempotency key", body = Problem, content_type = "application/problem+json"),
@@ -319,20 +265,9 @@ pub async fn publish(
     Path((app_id, channel)): Path<(String, String)>,
     Json(body): Json<PublishBody>,
 ) -> Result<(StatusCode, Json<Position>)> {
-    let inner = dp.inner();
-    let app = key.app(inner, &app_id)?;
-    let checked =
-        check_publish(&key, &app, &channel, &body.data, body.idempotency_key).map_err(|e| rejected(&app, e))?;
-    if !inner.quotas.try_acquire_messages(&app, 1).await.map_err(|e| rejected(&app, e))? {
-        return Err(rejected(&app, Error::RateLimited(app.quotas.max_messages_per_s)));
-    }
-    let size = checked.request.data.len();
-    let result = inner.broker.publish(&checked.key, checked.request).await?;
-    if !result.duplicate {
-        metrics::message_in(&app.tenant_id, &app.app_id, "rest", size);
-        inner.usage.app(&app.tenant_id, &app.app_id).published(1, size as u64);
-    }
-    Ok((StatusCode::CREATED, Json(result.position.into())))
+    let message = ops::publish::Message { channel: &channel, data: &body.data, idempotency_key: body.idempotency_key };
+    let position = ops::publish::publish(dp.inner(), key.principal(&app_id)?, message).await?;
+    Ok((StatusCode::CREATED, Json(position.into())))
 }
 
 /// Publish up to 100 messages to any channels of the app in one call.
@@ -350,8 +285,8 @@ pub async fn publish(
         (status = 201, description = "All published; results in request order", body = BatchResponse),
         (status = 400, description = "Invalid channel or body, or more than 100 messages", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key not allowed to publish on a channel, or app disabled", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown app or channel namespace", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key of another app or not allowed to publish on a channel (`forbidden`), or app disabled or deleted (`app-disabled`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown channel namespace", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "A payload is too large", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Message rate quota exceeded", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Engine unavailable", body = Problem, content_type = "application/problem+json"),
@@ -362,44 +297,28 @@ pub async fn publish_batch(
     State(dp): State<DataPlane>,
     key: AppKey,
     Path(app_id): Path<String>,
-    Json(body): Json<BatchBody>,
+    Json(mut body): Json<BatchBody>,
 ) -> Result<(StatusCode, Json<BatchResponse>)> {
-    let inner = dp.inner();
-    let app = key.app(inner, &app_id)?;
-    if body.messages.is_empty() || body.messages.len() > MAX_BATCH {
-        return Err(Error::BadRequest(format!("send between 1 and {MAX_BATCH} messages")));
-    }
-    let mut checked = Vec::with_capacity(body.messages.len());
-    for m in body.messages {
-        checked.push(check_publish(&key, &app, &m.channel, &m.data, m.idempotency_key).map_err(|e| rejected(&app, e))?);
-    }
-    let n = u32::try_from(checked.len()).unwrap_or(u32::MAX);
-    if !inner.quotas.try_acquire_messages(&app, n).await.map_err(|e| rejected(&app, e))? {
-        return Err(rejected(&app, Error::RateLimited(app.quotas.max_messages_per_s)));
-    }
-    let mut results = Vec::with_capacity(checked.len());
-    let usage = inner.usage.app(&app.tenant_id, &app.app_id);
-    for c in checked {
-        let size = c.request.data.len();
-        let result = inner.broker.publish(&c.key, c.request).await?;
-        if !result.duplicate {
-            metrics::message_in(&app.tenant_id, &app.app_id, "rest", size);
-            usage.published(1, size as u64);
-        }
-        results.push(BatchResult {
-            channel: c.key.channel.to_string(),
-            epoch: result.position.epoch,
-            offset: result.position.offset,
-        });
-    }
+    let principal = key.principal(&app_id)?;
+    let messages = body
+        .messages
+        .iter_mut()
+        .map(|m| ops::publish::Message {
+            channel: &m.channel,
+            data: &m.data,
+            idempotency_key: m.idempotency_key.take(),
+        })
+        .collect();
+    let results = ops::publish::publish_batch(dp.inner(), principal, messages)
+        .await?
+        .into_iter()
+        .map(|(key, position)| BatchResult {
+            channel: key.channel.to_string(),
+            epoch: position.epoch,
+            offset: position.offset,
+        })
+        .collect();
     Ok((StatusCode::CREATED, Json(BatchResponse { results })))
-}
-
-fn channel_key(key: &AppKey, app: &AppConfig, channel: &str, op: Operation) -> Result<ChannelKey> {
-    validate_channel(channel).map_err(|e| Error::BadRequest(e.to_string()))?;
-    app.namespace_for(channel).ok_or_else(|| Error::NotFound("unknown channel namespace".into()))?;
-    key.require(channel, op)?;
-    Ok(ChannelKey::new(&app.app_id, channel))
 }
 
 /// Read a channel's history.
@@ -412,8 +331,8 @@ fn channel_key(key: &AppKey, app: &AppConfig, channel: &str, op: Operation) -> R
         (status = 200, description = "Publications, oldest first", body = HistoryResponse),
         (status = 400, description = "Invalid channel or query", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the history capability", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown app or channel namespace", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key of another app or lacking the history capability (`forbidden`), or app disabled or deleted (`app-disabled`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown channel namespace", body = Problem, content_type = "application/problem+json"),
     ),
     security(("api_key" = []))
 )]
@@ -423,16 +342,13 @@ pub async fn history(
     Path((app_id, channel)): Path<(String, String)>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<Json<HistoryResponse>> {
-    let inner = dp.inner();
-    let app = key.app(inner, &app_id)?;
-    let ck = channel_key(&key, &app, &channel, Operation::History)?;
+    let principal = key.principal(&app_id)?;
     let since = match (q.since_offset, q.epoch) {
         (Some(offset), Some(epoch)) => Some(StreamPosition { epoch, offset }),
         (None, None) => None,
-        _ => return Err(Error::BadRequest("since_offset and epoch go together".into())),
+        _ => return Err(principal.refused(Error::BadRequest("since_offset and epoch go together".into()))),
     };
-    let limit = q.limit.unwrap_or(DEFAULT_HISTORY_LIMIT).clamp(1, MAX_HISTORY_PAGE);
-    let page = inner.broker.history(&ck, since.as_ref(), limit).await?;
+    let page = ops::history::history(dp.inner(), principal, &channel, since.as_ref(), q.limit).await?;
     let mut publications = Vec::with_capacity(page.publications.len());
     for p in page.publications {
         let text =
@@ -457,9 +373,10 @@ pub async fn history(
     params(("app_id" = String, Path, description = "App id"), ("channel" = String, Path, description = "Channel name")),
     responses(
         (status = 200, description = "Current members", body = PresenceResponse),
+        (status = 400, description = "Invalid channel", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the presence capability", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown app or channel namespace", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key of another app or lacking the presence capability, or presence off on the channel's namespace (`forbidden`); app disabled or deleted (`app-disabled`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown channel namespace", body = Problem, content_type = "application/problem+json"),
     ),
     security(("api_key" = []))
 )]
@@ -468,10 +385,7 @@ pub async fn presence(
     key: AppKey,
     Path((app_id, channel)): Path<(String, String)>,
 ) -> Result<Json<PresenceResponse>> {
-    let inner = dp.inner();
-    let app = key.app(inner, &app_id)?;
-    let ck = channel_key(&key, &app, &channel, Operation::Presence)?;
-    let members = inner.broker.presence(&ck).await?;
+    let members = ops::presence::members(dp.inner(), key.principal(&app_id)?, &channel).await?;
     Ok(Json(PresenceResponse { members: members.into_iter().map(Member::from).collect() }))
 }
 
@@ -487,7 +401,7 @@ pub async fn presence(
         (status = 200, description = "Active channels with subscriber counts", body = ChannelsResponse),
         (status = 503, description = "Cluster channel counts unavailable (Redis unreachable); retry", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key belongs to another app, or app disabled", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key belongs to another app (`forbidden`), or app disabled or deleted (`app-disabled`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("api_key" = []))
 )]
@@ -497,26 +411,12 @@ pub async fn channels(
     Path(app_id): Path<String>,
     Query(q): Query<ChannelsQuery>,
 ) -> Result<Json<ChannelsResponse>> {
-    let inner = dp.inner();
-    let app = key.app(inner, &app_id)?;
     let prefix = q.prefix.as_deref().unwrap_or("");
-    let local = inner.hub.channels(&app.app_id, prefix);
-    let channels = match inner.channel_counts.get() {
-        None => local.into_iter().map(|(channel, subscribers)| ChannelInfo { channel, subscribers }).collect(),
-        Some(counts) => {
-            // Other nodes' reported counts plus this node's live ones.
-            let mut sums: std::collections::BTreeMap<String, usize> = counts
-                .others(&app.app_id, prefix)
-                .await?
-                .into_iter()
-                .map(|(channel, n)| (channel, usize::try_from(n).unwrap_or(usize::MAX)))
-                .collect();
-            for (channel, n) in local {
-                *sums.entry(channel).or_default() += n;
-            }
-            sums.into_iter().map(|(channel, subscribers)| ChannelInfo { channel, subscribers }).collect()
-        }
-    };
+    let channels = ops::channels::list(dp.inner(), key.principal(&app_id)?, prefix)
+        .await?
+        .into_iter()
+        .map(|(channel, subscribers)| ChannelInfo { channel, subscribers })
+        .collect();
     Ok(Json(ChannelsResponse { channels }))
 }
 

@@ -1,5 +1,7 @@
 //! One connected client: its authentication, subscriptions, presence, bounded outbound queue
-//! and the handling of every protocol command.
+//! and the decoding of every protocol command into an operation of [`crate::ops`], which holds
+//! every rule; the session keeps only what is the connection's own (which channels it holds,
+//! its queue, its token).
 //!
 //! A [`Session`] is owned by its transport task (WebSocket or SSE), which feeds it frames and
 //! drains its outbound queue; the session itself does no I/O on the socket. The small
@@ -10,11 +12,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use aviary_broker::{ChannelKey, PresenceMember, PublishRequest, StreamPosition};
-use aviary_core::channel::validate_channel;
+use aviary_broker::{ChannelKey, StreamPosition};
 use aviary_core::token::{self, TokenError};
-use aviary_core::{AppConfig, ConnectionClaims, Namespace, Operation};
-use bytes::Bytes;
+use aviary_core::{AppConfig, ConnectionClaims};
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
@@ -23,14 +23,10 @@ use crate::NodeState;
 use crate::error::{Error, Result};
 use crate::hub::{Delivery, Outbound, Subscriber};
 use crate::metrics::{self, ConnectionMetrics};
+use crate::ops::{self, ClientPrincipal, Principal};
 use crate::outbox::Outbox;
 use crate::protocol::{self, ClientFrame, CloseReason, Connected, Empty, ErrorCode, Text, close};
 use crate::quota::ConnectionPermit;
-
-/// Most publications one `history` command returns, and the page size of a resume replay.
-pub const MAX_HISTORY_PAGE: usize = 1000;
-/// Publications a `history` command returns when it names no `limit`.
-pub const DEFAULT_HISTORY_LIMIT: usize = 100;
 
 /// Who a connection is, as the config-event listener needs it to apply revocations.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,11 +113,17 @@ pub enum Flow {
 
 /// The authenticated state of a session.
 struct Auth {
-    claims: ConnectionClaims,
-    app_id: Arc<str>,
-    client_id: Arc<str>,
-    tenant_id: String,
+    principal: ClientPrincipal,
     permit: ConnectionPermit,
+}
+
+impl ops::subscribe::Held for HashMap<Arc<str>, ChannelKey> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn contains(&self, channel: &str) -> bool {
+        self.contains_key(channel)
+    }
 }
 
 /// One connected client.
@@ -160,13 +162,13 @@ impl Session {
 
     /// When the current token expires (Unix seconds), once authenticated.
     pub fn expires_at(&self) -> Option<i64> {
-        self.auth.as_ref().map(|a| a.claims.exp)
+        self.auth.as_ref().map(|a| a.principal.claims.exp)
     }
 
     /// The app's largest accepted frame: its message limit plus room for the envelope.
     pub fn max_frame_bytes(&self) -> Option<usize> {
         let auth = self.auth.as_ref()?;
-        let app = self.dp.registry.app(&auth.app_id)?;
+        let app = self.dp.registry.app(&auth.principal.app_id)?;
         Some(app.quotas.max_message_bytes as usize + crate::FRAME_ENVELOPE_BYTES)
     }
 
@@ -231,7 +233,7 @@ impl Session {
             &app.tenant_id,
             &app.app_id,
             self.transport,
-            usage,
+            usage.clone(),
         )));
         *self.handle.identity.lock() = Some(Identity {
             tenant_id: app.tenant_id.clone(),
@@ -242,10 +244,14 @@ impl Session {
         });
         tracing::debug!(exp = claims.exp, "connection authenticated");
         self.auth = Some(Auth {
-            app_id: app.app_id.as_str().into(),
-            client_id: claims.sub.as_str().into(),
-            tenant_id: app.tenant_id.clone(),
-            claims,
+            principal: ClientPrincipal {
+                app_id: app.app_id.as_str().into(),
+                client_id: claims.sub.as_str().into(),
+                tenant_id: app.tenant_id.clone(),
+                connection_id: self.handle.connection_id.clone(),
+                usage,
+                claims,
+            },
             permit,
         });
         Ok(())
@@ -253,15 +259,15 @@ impl Session {
 
     /// The `connected` frame for an authenticated session.
     pub fn connected_frame(&self) -> Option<Text> {
-        let auth = self.auth.as_ref()?;
+        let client = &self.auth.as_ref()?.principal;
         Some(protocol::reply(
             "connected",
             None,
             &Connected {
-                client_id: &auth.client_id,
+                client_id: &client.client_id,
                 connection_id: &self.handle.connection_id,
                 heartbeat_s: self.dp.config.ws_heartbeat_interval.as_secs(),
-                expires_at: auth.claims.exp,
+                expires_at: client.claims.exp,
             },
         ))
     }
@@ -344,11 +350,9 @@ impl Session {
                 return Flow::Close(CloseReason::new(close::APP_UNAVAILABLE, "app is disabled or deleted"));
             }
             Err(e) => {
+                // Already counted where it was decided (an operation, or `refused` here).
                 if let Error::Internal(detail) = &e {
                     tracing::error!(%detail, "command failed");
-                }
-                if let Some(auth) = &self.auth {
-                    metrics::rejection(&auth.tenant_id, &auth.app_id, e.reason());
                 }
                 self.send_frame(protocol::error(id, e.code(), &e.public_message())).await;
             }
@@ -360,7 +364,7 @@ impl Session {
     pub async fn malformed_frame(&mut self, id: Option<&RawValue>, message: &str) -> Flow {
         self.malformed += 1;
         if let Some(auth) = &self.auth {
-            metrics::rejection(&auth.tenant_id, &auth.app_id, "bad_request");
+            metrics::rejection(&auth.principal.tenant_id, &auth.principal.app_id, "bad_request");
         }
         if self.malformed > self.dp.config.max_malformed_frames {
             return Flow::Close(CloseReason::new(close::PROTOCOL_ERROR, "too many malformed frames"));
@@ -369,43 +373,28 @@ impl Session {
         Flow::Continue
     }
 
-    /// The session's app as configured now (config changes apply to the next command), with
-    /// the namespace of `channel` after validating the name.
-    fn context(&self, channel: &str) -> Result<(&Auth, Arc<AppConfig>, Namespace)> {
-        let auth = self.auth.as_ref().ok_or_else(|| Error::Unauthorized("send a connect frame first".into()))?;
-        let app = self.dp.registry.app(&auth.app_id).filter(|a| a.enabled).ok_or(Error::AppDisabled)?;
-        validate_channel(channel).map_err(|e| Error::BadRequest(e.to_string()))?;
-        let namespace =
-            app.namespace_for(channel).cloned().ok_or_else(|| Error::NotFound("unknown channel namespace".into()))?;
-        Ok((auth, app, namespace))
+    /// The authenticated client, as operations take it.
+    fn client(&self) -> Result<&ClientPrincipal> {
+        self.auth.as_ref().map(|a| &a.principal).ok_or_else(|| Error::Unauthorized("send a connect frame first".into()))
     }
 
-    fn require(auth: &Auth, channel: &str, op: Operation) -> Result<()> {
-        if auth.claims.cap.allows(channel, op) {
-            Ok(())
-        } else {
-            Err(Error::Forbidden(format!("token does not allow {} on {channel:?}", op.as_str())))
+    /// Counts a refusal decided by the session itself (not by an operation, which counts its
+    /// own) and hands it back.
+    fn refused(&self, e: Error) -> Error {
+        match &self.auth {
+            Some(auth) => Principal::Client(&auth.principal).refused(e),
+            None => e,
         }
     }
 
-    /// Checks a subscription would be allowed (capabilities, namespace, quota) without making
-    /// it; returns the channel's key.
+    /// Checks a subscription would be admitted without making it; returns the channel's key.
     pub fn check_subscribe(&self, channel: &str, presence: bool) -> Result<ChannelKey> {
-        let (auth, app, namespace) = self.context(channel)?;
-        Self::require(auth, channel, Operation::Subscribe)?;
-        if presence {
-            Self::require(auth, channel, Operation::Presence)?;
-            if !namespace.presence {
-                return Err(Error::Forbidden("presence is disabled on this namespace".into()));
-            }
-        }
-        if self.subscriptions.contains_key(channel) {
-            return Err(Error::BadRequest(format!("already subscribed to {channel:?}")));
-        }
-        if self.subscriptions.len() >= app.quotas.max_subscriptions_per_connection as usize {
-            return Err(Error::QuotaExceeded("subscriptions per connection quota exceeded".into()));
-        }
-        Ok(ChannelKey::new(&auth.app_id, channel))
+        ops::subscribe::admit_one(&self.dp, self.client()?, channel, presence, &self.subscriptions)
+    }
+
+    /// Checks that a fresh connection may subscribe to all of `channels` (an SSE stream).
+    pub fn check_subscribe_all(&self, channels: &[String]) -> Result<Vec<ChannelKey>> {
+        ops::subscribe::admit_all(&self.dp, self.client()?, channels)
     }
 
     /// Subscribes to `channel`. `announce` builds the frame reporting the position (the `ok`
@@ -426,7 +415,7 @@ impl Session {
             Arc::new(Subscriber::new(self.handle.clone(), presence, self.dp.config.outbound_queue_capacity.max(1)));
         // Join the fan-out (parking live publications) *before* reading the stream position, so
         // every publication is either in what we read or parked, never in neither.
-        self.dp.hub.subscribe(&key, subscriber.clone()).await?;
+        self.dp.hub.subscribe(&key, subscriber.clone()).await.map_err(|e| self.refused(e.into()))?;
         self.subscriptions.insert(key.channel.clone(), key.clone());
         if let Some(m) = self.handle.metrics() {
             m.subscriptions.increment(1.0);
@@ -438,7 +427,7 @@ impl Session {
             }
             Err(e) => {
                 self.unsubscribe(channel).await.ok();
-                Err(e)
+                Err(self.refused(e))
             }
         }
     }
@@ -451,13 +440,12 @@ impl Session {
         since: Option<StreamPosition>,
         announce: impl FnOnce(&StreamPosition, bool) -> Outbound,
     ) -> Result<StreamPosition> {
-        let broker = &self.dp.broker;
         let Some(since) = since else {
-            let position = broker.position(key).await?;
+            let position = ops::history::position(&self.dp, key).await?;
             self.send(announce(&position, true)).await;
             return Ok(position);
         };
-        let page = broker.history(key, Some(&since), MAX_HISTORY_PAGE).await?;
+        let page = ops::history::replay_page(&self.dp, key, &since).await?;
         // A position ahead of the stream cannot be one this stream ever delivered: resuming
         // from it would silently skip the next publications.
         let recovered = page.recovered && since.offset <= page.position.offset;
@@ -476,7 +464,7 @@ impl Session {
             if last.offset >= target.offset || page.publications.is_empty() {
                 break;
             }
-            page = broker.history(key, Some(&last), MAX_HISTORY_PAGE).await?;
+            page = ops::history::replay_page(&self.dp, key, &last).await?;
             if !page.recovered {
                 // History was trimmed under a long replay; nothing can fill the gap now.
                 tracing::warn!(channel = ?key, "history trimmed during resume replay");
@@ -488,7 +476,7 @@ impl Session {
 
     pub async fn unsubscribe(&mut self, channel: &str) -> Result<()> {
         let Some(key) = self.subscriptions.remove(channel) else {
-            return Err(Error::NotFound(format!("not subscribed to {channel:?}")));
+            return Err(self.refused(Error::NotFound(format!("not subscribed to {channel:?}"))));
         };
         self.dp.hub.unsubscribe(&key, &self.handle.connection_id).await;
         if let Some(m) = self.handle.metrics() {
@@ -498,86 +486,25 @@ impl Session {
     }
 
     async fn publish(&self, channel: &str, data: &RawValue, idempotency_key: Option<String>) -> Result<StreamPosition> {
-        let (auth, app, namespace) = self.context(channel)?;
-        if !namespace.client_publish {
-            return Err(Error::Forbidden("clients may not publish on this namespace".into()));
-        }
-        Self::require(auth, channel, Operation::Publish)?;
-        if let Some(k) = &idempotency_key {
-            protocol::validate_idempotency_key(k).map_err(Error::BadRequest)?;
-        }
-        let payload = data.get().as_bytes();
-        if payload.len() > app.quotas.max_message_bytes as usize {
-            return Err(Error::PayloadTooLarge { size: payload.len(), limit: app.quotas.max_message_bytes });
-        }
-        if !self.dp.quotas.try_acquire_messages(&app, 1).await? {
-            return Err(Error::RateLimited(app.quotas.max_messages_per_s));
-        }
-        let key = ChannelKey::new(&auth.app_id, channel);
-        let result = self
-            .dp
-            .broker
-            .publish(
-                &key,
-                PublishRequest {
-                    data: Bytes::copy_from_slice(payload),
-                    client_id: Some(auth.client_id.clone()),
-                    idempotency_key,
-                    history_size: namespace.history_size,
-                    history_ttl_s: namespace.history_ttl_s,
-                },
-            )
-            .await?;
-        // An idempotent retry published nothing new: neither monitored nor billed again.
-        if !result.duplicate {
-            metrics::message_in(&auth.tenant_id, &auth.app_id, "client", payload.len());
-            if let Some(m) = self.handle.metrics() {
-                m.usage.published(1, payload.len() as u64);
-            }
-        }
-        Ok(result.position)
-    }
-
-    fn presence_context(&self, channel: &str) -> Result<(&Auth, Arc<AppConfig>, ChannelKey)> {
-        let (auth, app, namespace) = self.context(channel)?;
-        if !namespace.presence {
-            return Err(Error::Forbidden("presence is disabled on this namespace".into()));
-        }
-        Self::require(auth, channel, Operation::Presence)?;
-        Ok((auth, app, ChannelKey::new(&auth.app_id, channel)))
+        let message = ops::publish::Message { channel, data, idempotency_key };
+        ops::publish::publish(&self.dp, Principal::Client(self.client()?), message).await
     }
 
     async fn presence_set(&mut self, channel: &str, data: Option<serde_json::Value>) -> Result<()> {
-        let (auth, app, key) = self.presence_context(channel)?;
-        let data = data.or_else(|| auth.claims.info.clone());
-        if let Some(d) = &data {
-            let size = serde_json::to_vec(d).map(|v| v.len()).unwrap_or(0);
-            if size > app.quotas.max_message_bytes as usize {
-                return Err(Error::PayloadTooLarge { size, limit: app.quotas.max_message_bytes });
-            }
-        }
-        let member = PresenceMember {
-            client_id: auth.client_id.to_string(),
-            connection_id: self.handle.connection_id.to_string(),
-            data,
-        };
-        let ttl = self.dp.presence_ttl_s();
-        self.dp.broker.presence_join(&key, member, ttl, app.quotas.max_presence_members).await?;
+        let key = ops::presence::enter(&self.dp, self.client()?, channel, data).await?;
         self.presence.insert(key.channel.clone(), key);
         Ok(())
     }
 
     async fn presence_leave(&mut self, channel: &str) -> Result<()> {
         let Some(key) = self.presence.remove(channel) else {
-            return Err(Error::NotFound(format!("not present on {channel:?}")));
+            return Err(self.refused(Error::NotFound(format!("not present on {channel:?}"))));
         };
-        self.dp.broker.presence_leave(&key, &self.handle.connection_id).await?;
-        Ok(())
+        ops::presence::leave(&self.dp, &self.handle.connection_id, &key).await.map_err(|e| self.refused(e))
     }
 
-    async fn presence_get(&self, channel: &str) -> Result<Vec<PresenceMember>> {
-        let (_, _, key) = self.presence_context(channel)?;
-        Ok(self.dp.broker.presence(&key).await?)
+    async fn presence_get(&self, channel: &str) -> Result<Vec<aviary_broker::PresenceMember>> {
+        ops::presence::members(&self.dp, Principal::Client(self.client()?), channel).await
     }
 
     async fn history(
@@ -587,11 +514,8 @@ impl Session {
         since: Option<StreamPosition>,
         limit: Option<usize>,
     ) -> Result<Text> {
-        let (auth, _, _) = self.context(channel)?;
-        Self::require(auth, channel, Operation::History)?;
-        let key = ChannelKey::new(&auth.app_id, channel);
-        let limit = limit.unwrap_or(DEFAULT_HISTORY_LIMIT).clamp(1, MAX_HISTORY_PAGE);
-        let page = self.dp.broker.history(&key, since.as_ref(), limit).await?;
+        let page =
+            ops::history::history(&self.dp, Principal::Client(self.client()?), channel, since.as_ref(), limit).await?;
         let publications = page.publications.iter().filter_map(protocol::HistoryItem::from_publication).collect();
         Ok(protocol::ok(
             id,
@@ -602,12 +526,26 @@ impl Session {
     /// Replaces the connection's token with a fresh one for the same app and client; returns
     /// the new expiry.
     fn refresh(&mut self, token: &str) -> Result<i64> {
-        let auth = self.auth.as_mut().ok_or_else(|| Error::Unauthorized("send a connect frame first".into()))?;
+        let claims = self.verify_refresh(token).map_err(|e| self.refused(e))?;
+        let exp = claims.exp;
+        if let Some(identity) = self.handle.identity.lock().as_mut() {
+            identity.key_id = claims.akid.clone();
+            identity.issued_at = claims.iat;
+        }
+        if let Some(auth) = self.auth.as_mut() {
+            auth.principal.claims = claims;
+        }
+        Ok(exp)
+    }
+
+    /// The claims of a refresh token, if it may replace the current one.
+    fn verify_refresh(&self, token: &str) -> Result<ConnectionClaims> {
+        let client = self.client()?;
         let claims = token::verify(token, &self.dp.registry).map_err(|e| match e {
             TokenError::Expired => Error::TokenExpired(e.to_string()),
             other => Error::Unauthorized(other.to_string()),
         })?;
-        if claims.app != *auth.app_id || claims.sub != *auth.client_id {
+        if claims.app != *client.app_id || claims.sub != *client.client_id {
             return Err(Error::Unauthorized("refresh token is for another app or client".into()));
         }
         if let Some(app) = self.dp.registry.app(&claims.app)
@@ -615,31 +553,19 @@ impl Session {
         {
             return Err(Error::Unauthorized("token lifetime exceeds the app's maximum".into()));
         }
-        let exp = claims.exp;
-        if let Some(identity) = self.handle.identity.lock().as_mut() {
-            identity.key_id = claims.akid.clone();
-            identity.issued_at = claims.iat;
-        }
-        auth.claims = claims;
-        Ok(exp)
+        Ok(claims)
     }
 
     /// Extends the TTL of this connection's presence entries (called on each heartbeat tick).
     pub async fn touch_presence(&self) {
-        let ids = [self.handle.connection_id.to_string()];
-        let ttl = self.dp.presence_ttl_s();
-        for key in self.presence.values() {
-            if let Err(e) = self.dp.broker.presence_touch(key, &ids, ttl).await {
-                tracing::warn!(channel = ?key, error = %e, "presence touch failed");
-            }
-        }
+        ops::presence::touch(&self.dp, &self.handle.connection_id, self.presence.values()).await;
     }
 
     /// Leaves every channel and presence set and forgets the session. Call once, when the
     /// transport ends, whatever the reason.
     pub async fn finish(&mut self) {
         for (_, key) in self.presence.drain() {
-            if let Err(e) = self.dp.broker.presence_leave(&key, &self.handle.connection_id).await {
+            if let Err(e) = ops::presence::leave(&self.dp, &self.handle.connection_id, &key).await {
                 tracing::warn!(channel = ?key, error = %e, "presence leave failed");
             }
         }
@@ -655,7 +581,7 @@ impl Session {
         {
             tracing::info!(code = reason.code, reason = %reason.reason, "connection closed by the server");
             if let Some(auth) = &self.auth {
-                metrics::rejection(&auth.tenant_id, &auth.app_id, disconnect_reason(reason.code));
+                metrics::rejection(&auth.principal.tenant_id, &auth.principal.app_id, disconnect_reason(reason.code));
             }
         }
         // Nothing queued from here on will be written (the transport's writer has been told

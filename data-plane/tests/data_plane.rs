@@ -56,6 +56,8 @@ struct Node {
     api_key: String,
     other_app: AppConfig,
     other_api_key: String,
+    /// A key of `app` that may do anything on `chat:*` channels only.
+    limited_api_key: String,
     http: reqwest::Client,
 }
 
@@ -101,14 +103,18 @@ async fn start(configure: impl FnOnce(&mut AppConfig, &mut DataPlaneConfig)) -> 
     registry.upsert_app(other_app.clone());
     let api_key = format!("avk_{}", uuid::Uuid::new_v4().simple());
     let other_api_key = format!("avk_{}", uuid::Uuid::new_v4().simple());
-    let verified = |app: &AppConfig, n: &str| VerifiedApiKey {
+    let limited_api_key = format!("avk_{}", uuid::Uuid::new_v4().simple());
+    let verified = |app: &AppConfig, n: &str, capabilities: Capabilities| VerifiedApiKey {
         key_id: format!("key_{n}_{}", app.app_id),
         tenant_id: app.tenant_id.clone(),
         app_id: app.app_id.clone(),
-        capabilities: Capabilities::all(),
+        capabilities,
     };
-    let keys =
-        FixedKeys(vec![(api_key.clone(), verified(&app, "1")), (other_api_key.clone(), verified(&other_app, "2"))]);
+    let keys = FixedKeys(vec![
+        (api_key.clone(), verified(&app, "1", Capabilities::all())),
+        (other_api_key.clone(), verified(&other_app, "2", Capabilities::all())),
+        (limited_api_key.clone(), verified(&app, "3", chat_only())),
+    ]);
     let broker = Arc::new(MemoryBroker::new());
     let dp = DataPlane::new(registry.clone(), broker, Arc::new(keys), config, CancellationToken::new());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -124,12 +130,19 @@ async fn start(configure: impl FnOnce(&mut AppConfig, &mut DataPlaneConfig)) -> 
         api_key,
         other_app,
         other_api_key,
+        limited_api_key,
         http: reqwest::Client::new(),
     }
 }
 
 fn all_caps() -> Capabilities {
     Capabilities::all()
+}
+
+/// Every operation, on `chat:*` channels only.
+fn chat_only() -> Capabilities {
+    let every = [Operation::Subscribe, Operation::Publish, Operation::Presence, Operation::History];
+    Capabilities::from_pairs([("chat:*", &every[..])])
 }
 
 impl Node {
@@ -1163,4 +1176,215 @@ async fn metrics_are_recorded_per_tenant_and_app() {
     let mine = usage.iter().find(|r| r.app_id == node.app.app_id).unwrap();
     assert_eq!((mine.peak_connections, mine.messages_published, mine.messages_delivered), (1, 1, 1));
     assert_eq!(mine.bytes_in, 7);
+}
+
+// ---------------------------------------------------------------------------------------------
+// One answer per refusal, on every transport
+// ---------------------------------------------------------------------------------------------
+
+/// One refusal, as each transport asks for it. `None` where a transport cannot ask (SSE only
+/// subscribes; a backend may publish where clients may not).
+struct Refusal {
+    name: &'static str,
+    /// The protocol error code; REST and SSE answer the problem `type` with `-` for `_`.
+    code: &'static str,
+    /// Whether the token and API key are limited to `chat:*` ([`chat_only`]).
+    limited: bool,
+    ws: Value,
+    sse: Option<&'static str>,
+    /// Method, path below `/v1/apps/{app_id}`, body.
+    rest: Option<(reqwest::Method, &'static str, Option<Value>)>,
+}
+
+/// The code a problem `type` stands for: `https://aviary.dev/problems/bad-request` → `bad_request`.
+fn problem_code(problem: &Value) -> String {
+    let kind = problem["type"].as_str().unwrap_or_default();
+    kind.strip_prefix("https://aviary.dev/problems/").unwrap_or(kind).replace('-', "_")
+}
+
+async fn rest_refusal(node: &Node, key: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> String {
+    let mut request = node.http.request(method, format!("{}/v1/apps/{}{path}", node.base, node.app.app_id));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let r = request.bearer_auth(key).send().await.unwrap();
+    assert!(r.status().is_client_error(), "{path}: {}", r.status());
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    problem_code(&r.json().await.unwrap())
+}
+
+async fn sse_refusal(node: &Node, token: &str, channels: &str) -> String {
+    let url = format!("{}/v1/sse?channels={channels}", node.base);
+    let r = node.http.get(url).bearer_auth(token).send().await.unwrap();
+    assert!(r.status().is_client_error(), "{channels}: {}", r.status());
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    problem_code(&r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_gets_the_same_code_on_websocket_sse_and_rest() {
+    use reqwest::Method;
+    let node = start(|app, _| app.quotas.max_message_bytes = 1024).await;
+    let big = "x".repeat(1500);
+    let cases = [
+        Refusal {
+            name: "bad channel name",
+            code: "bad_request",
+            limited: false,
+            ws: json!({"type": "publish", "channel": "a*b", "data": 1}),
+            sse: Some("a*b"),
+            rest: Some((Method::POST, "/channels/a*b/messages", Some(json!({"data": 1})))),
+        },
+        Refusal {
+            name: "bad channel name in history",
+            code: "bad_request",
+            limited: false,
+            ws: json!({"type": "history", "channel": "a*b"}),
+            sse: None,
+            rest: Some((Method::GET, "/channels/a*b/history", None)),
+        },
+        Refusal {
+            name: "namespace option off: presence on news:*",
+            code: "forbidden",
+            limited: false,
+            ws: json!({"type": "presence.get", "channel": "news:1"}),
+            sse: None,
+            rest: Some((Method::GET, "/channels/news:1/presence", None)),
+        },
+        Refusal {
+            name: "namespace option off: client publish on news:*",
+            code: "forbidden",
+            limited: false,
+            ws: json!({"type": "publish", "channel": "news:1", "data": 1}),
+            sse: None,
+            rest: None,
+        },
+        Refusal {
+            name: "missing capability to publish",
+            code: "forbidden",
+            limited: true,
+            ws: json!({"type": "publish", "channel": "secret", "data": 1}),
+            sse: None,
+            rest: Some((Method::POST, "/channels/secret/messages", Some(json!({"data": 1})))),
+        },
+        Refusal {
+            name: "missing capability to subscribe",
+            code: "forbidden",
+            limited: true,
+            ws: json!({"type": "subscribe", "channel": "secret"}),
+            sse: Some("chat:ok,secret"),
+            rest: None,
+        },
+        Refusal {
+            name: "missing capability to read history",
+            code: "forbidden",
+            limited: true,
+            ws: json!({"type": "history", "channel": "secret"}),
+            sse: None,
+            rest: Some((Method::GET, "/channels/secret/history", None)),
+        },
+        Refusal {
+            name: "missing capability for presence",
+            code: "forbidden",
+            limited: true,
+            ws: json!({"type": "presence.get", "channel": "secret"}),
+            sse: None,
+            rest: Some((Method::GET, "/channels/secret/presence", None)),
+        },
+        Refusal {
+            name: "bad idempotency key",
+            code: "bad_request",
+            limited: false,
+            ws: json!({"type": "publish", "channel": "chat:x", "data": 1, "idempotency_key": "has space"}),
+            sse: None,
+            rest: Some((
+                Method::POST,
+                "/channels/chat:x/messages",
+                Some(json!({"data": 1, "idempotency_key": "has space"})),
+            )),
+        },
+        Refusal {
+            name: "bad idempotency key in a batch",
+            code: "bad_request",
+            limited: false,
+            ws: json!({"type": "publish", "channel": "chat:x", "data": 1, "idempotency_key": ""}),
+            sse: None,
+            rest: Some((
+                Method::POST,
+                "/messages",
+                Some(json!({"messages": [{"channel": "chat:x", "data": 1, "idempotency_key": ""}]})),
+            )),
+        },
+        Refusal {
+            // The capability (check 4) comes before the idempotency key (check 5) everywhere.
+            name: "two refusals at once: the first in the documented order answers",
+            code: "forbidden",
+            limited: true,
+            ws: json!({"type": "publish", "channel": "secret", "data": 1, "idempotency_key": "has space"}),
+            sse: None,
+            rest: Some((
+                Method::POST,
+                "/channels/secret/messages",
+                Some(json!({"data": 1, "idempotency_key": "has space"})),
+            )),
+        },
+        Refusal {
+            name: "oversize payload",
+            code: "payload_too_large",
+            limited: false,
+            ws: json!({"type": "publish", "channel": "chat:x", "data": big}),
+            sse: None,
+            rest: Some((Method::POST, "/channels/chat:x/messages", Some(json!({"data": big})))),
+        },
+    ];
+    let full = node.token("refused");
+    let limited = node.token_for(&node.app, "refused", 600, chat_only());
+    let mut ws_full = Client::connect(&node.ws, &full).await;
+    let mut ws_limited = Client::connect(&node.ws, &limited).await;
+    for case in cases {
+        let (ws, token, key) = if case.limited {
+            (&mut ws_limited, &limited, &node.limited_api_key)
+        } else {
+            (&mut ws_full, &full, &node.api_key)
+        };
+        let reply = ws.request(case.ws.clone()).await;
+        assert_eq!(reply["type"], "error", "{}: {reply}", case.name);
+        assert_eq!(reply["code"], case.code, "{} over WebSocket: {reply}", case.name);
+        if let Some(channels) = case.sse {
+            assert_eq!(sse_refusal(&node, token, channels).await, case.code, "{} over SSE", case.name);
+        }
+        if let Some((method, path, body)) = case.rest {
+            assert_eq!(rest_refusal(&node, key, method, path, body).await, case.code, "{} over REST", case.name);
+        }
+    }
+    // None of the refused publishes went through.
+    assert_eq!(node.rest_publish("chat:x", json!("after")).await["offset"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_rate_quota_every_transport_answers_rate_limited() {
+    // One message per second for the app, shared by clients and backends: spend it, then
+    // publish until refused (bounded), and check every refusal's code on both transports.
+    let node = start(|app, _| app.quotas.max_messages_per_s = 1).await;
+    let mut ws = node.client("flood").await;
+    let mut ws_codes = Vec::new();
+    for i in 0..20 {
+        let reply = ws.request(json!({"type": "publish", "channel": "chat:x", "data": i})).await;
+        if reply["type"] == "error" {
+            ws_codes.push(reply["code"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(!ws_codes.is_empty(), "twenty publishes within a 1/s quota were all accepted");
+    assert!(ws_codes.iter().all(|c| c == "rate_limited"), "{ws_codes:?}");
+    let mut rest_codes = Vec::new();
+    for i in 0..20 {
+        let url = format!("{}/v1/apps/{}/channels/chat:x/messages", node.base, node.app.app_id);
+        let r = node.http.post(url).bearer_auth(&node.api_key).json(&json!({ "data": i })).send().await.unwrap();
+        if r.status() != 201 {
+            assert_eq!(r.headers()["content-type"], "application/problem+json");
+            rest_codes.push(problem_code(&r.json().await.unwrap()));
+        }
+    }
+    assert!(!rest_codes.is_empty(), "twenty publishes within a 1/s quota were all accepted");
+    assert!(rest_codes.iter().all(|c| c == "rate_limited"), "{rest_codes:?}");
 }

@@ -129,16 +129,7 @@ pub async fn stream(
     // Refuse with an HTTP status while we still can: once the stream starts, it is 200.
     let checked = async {
         session.authenticate(token, origin).await.map_err(|r| refusal(&r))?;
-        if channels.len() > 1 {
-            // Quota on the whole list at once; `check_subscribe` sees one channel at a time.
-            let app = inner.registry.app(&session.handle.identity().map(|i| i.app_id).unwrap_or_default());
-            if app.is_some_and(|a| channels.len() > a.quotas.max_subscriptions_per_connection as usize) {
-                return Err(Error::QuotaExceeded("subscriptions per connection quota exceeded".into()));
-            }
-        }
-        for c in &channels {
-            session.check_subscribe(c, false)?;
-        }
+        session.check_subscribe_all(&channels)?;
         Ok::<_, Error>(())
     }
     .instrument(span.clone())

@@ -1,0 +1,73 @@
+//! Presence: who is on a channel (any principal), and a connection entering, updating,
+//! refreshing and leaving it (client connections only: a member is a connection).
+
+use aviary_broker::{ChannelKey, PresenceMember};
+use aviary_core::Operation;
+
+use super::{ClientPrincipal, Needs, Principal, admit, counted};
+use crate::NodeState;
+use crate::error::{Error, Result};
+
+/// The channel's current members.
+pub async fn members(node: &NodeState, principal: Principal<'_>, channel: &str) -> Result<Vec<PresenceMember>> {
+    counted(
+        principal,
+        async {
+            let admitted = admit(node, principal, channel, Needs::Presence, &[Operation::Presence])?;
+            Ok(node.broker.presence(&admitted.key).await?)
+        }
+        .await,
+    )
+}
+
+/// Enters the connection into the channel's presence set, or updates its data if it is
+/// already there. Without `data`, the token's `info` claim is shown. Returns the channel's key
+/// for the connection to remember (it leaves on close).
+pub async fn enter(
+    node: &NodeState,
+    client: &ClientPrincipal,
+    channel: &str,
+    data: Option<serde_json::Value>,
+) -> Result<ChannelKey> {
+    let principal = Principal::Client(client);
+    counted(
+        principal,
+        async {
+            let admitted = admit(node, principal, channel, Needs::Presence, &[Operation::Presence])?;
+            let data = data.or_else(|| client.claims.info.clone());
+            if let Some(d) = &data {
+                let size = serde_json::to_vec(d).map(|v| v.len()).unwrap_or(0);
+                let limit = admitted.app.quotas.max_message_bytes;
+                if size > limit as usize {
+                    return Err(Error::PayloadTooLarge { size, limit });
+                }
+            }
+            let member = PresenceMember {
+                client_id: client.client_id.to_string(),
+                connection_id: client.connection_id.to_string(),
+                data,
+            };
+            let max_members = admitted.app.quotas.max_presence_members;
+            node.broker.presence_join(&admitted.key, member, node.presence_ttl_s(), max_members).await?;
+            Ok(admitted.key)
+        }
+        .await,
+    )
+}
+
+/// Removes the connection from a presence set it entered (`key` as [`enter`] returned it).
+/// No checks: leaving is always allowed, even after the app or the token changed.
+pub async fn leave(node: &NodeState, connection_id: &str, key: &ChannelKey) -> Result<()> {
+    Ok(node.broker.presence_leave(key, connection_id).await?)
+}
+
+/// Extends the TTL of the connection's presence entries (each heartbeat of the connection).
+pub async fn touch<'a>(node: &NodeState, connection_id: &str, keys: impl IntoIterator<Item = &'a ChannelKey>) {
+    let ids = [connection_id.to_owned()];
+    let ttl = node.presence_ttl_s();
+    for key in keys {
+        if let Err(e) = node.broker.presence_touch(key, &ids, ttl).await {
+            tracing::warn!(channel = ?key, error = %e, "presence touch failed");
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Publishing: one message, or a batch checked whole before any of it is published.
+
+use aviary_broker::{ChannelKey, PublishRequest, StreamPosition};
+use aviary_core::{AppConfig, Operation};
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use super::{Needs, Principal, admit_in, counted};
+use crate::NodeState;
+use crate::error::{Error, Result};
+use crate::metrics;
+use crate::protocol::validate_idempotency_key;
+
+/// Most messages one batch may carry.
+pub const MAX_BATCH: usize = 100;
+
+/// One message to publish, as every front end decodes it.
+#[derive(Debug)]
+pub struct Message<'a> {
+    pub channel: &'a str,
+    /// Any JSON value, stored and delivered verbatim.
+    pub data: &'a RawValue,
+    pub idempotency_key: Option<String>,
+}
+
+/// Publishes `message`; returns where it landed (the first result again for a repeated
+/// idempotency key).
+pub async fn publish(node: &NodeState, principal: Principal<'_>, message: Message<'_>) -> Result<StreamPosition> {
+    counted(
+        principal,
+        async {
+            let app = principal.app(node)?;
+            let checked = check(&app, principal, message)?;
+            take_rate(node, &app, 1).await?;
+            send(node, principal, checked).await
+        }
+        .await,
+    )
+}
+
+/// Publishes up to [`MAX_BATCH`] messages in order. Every message passes checks 2 to 6 and the
+/// rate quota is taken for the whole batch before any is published, so a refused check
+/// publishes nothing; an engine failure part-way leaves the earlier ones published (retry with
+/// the same idempotency keys). Results are in request order.
+pub async fn publish_batch(
+    node: &NodeState,
+    principal: Principal<'_>,
+    messages: Vec<Message<'_>>,
+) -> Result<Vec<(ChannelKey, StreamPosition)>> {
+    counted(
+        principal,
+        async {
+            let app = principal.app(node)?;
+            if messages.is_empty() || messages.len() > MAX_BATCH {
+                return Err(Error::BadRequest(format!("send between 1 and {MAX_BATCH} messages")));
+            }
+            let mut checked = Vec::with_capacity(messages.len());
+            for m in messages {
+                checked.push(check(&app, principal, m)?);
+            }
+            take_rate(node, &app, u32::try_from(checked.len()).unwrap_or(u32::MAX)).await?;
+            let mut results = Vec::with_capacity(checked.len());
+            for c in checked {
+                let key = c.key.clone();
+                results.push((key, send(node, principal, c).await?));
+            }
+            Ok(results)
+        }
+        .await,
+    )
+}
+
+/// A message that passed checks 2 to 6, ready for the broker.
+struct Checked {
+    key: ChannelKey,
+    request: PublishRequest,
+}
+
+/// Checks 2 to 6 of one message.
+fn check(app: &AppConfig, principal: Principal<'_>, message: Message<'_>) -> Result<Checked> {
+    let namespace = admit_in(app, principal, message.channel, Needs::Publish, &[Operation::Publish])?;
+    if let Some(k) = &message.idempotency_key {
+        validate_idempotency_key(k).map_err(Error::InvalidIdempotencyKey)?;
+    }
+    let payload = message.data.get().as_bytes();
+    if payload.len() > app.quotas.max_message_bytes as usize {
+        return Err(Error::PayloadTooLarge { size: payload.len(), limit: app.quotas.max_message_bytes });
+    }
+    Ok(Checked {
+        key: ChannelKey::new(&app.app_id, message.channel),
+        request: PublishRequest {
+            data: Bytes::copy_from_slice(payload),
+            client_id: match principal {
+                Principal::Client(c) => Some(c.client_id.clone()),
+                Principal::ApiKey(_) => None,
+            },
+            idempotency_key: message.idempotency_key,
+            history_size: namespace.history_size,
+            history_ttl_s: namespace.history_ttl_s,
+        },
+    })
+}
+
+/// Check 7: takes `n` messages from the app's and tenant's rate budgets.
+async fn take_rate(node: &NodeState, app: &AppConfig, n: u32) -> Result<()> {
+    if node.quotas.try_acquire_messages(app, n).await? {
+        Ok(())
+    } else {
+        Err(Error::RateLimited(app.quotas.max_messages_per_s))
+    }
+}
+
+/// Hands a checked message to the broker and counts it.
+async fn send(node: &NodeState, principal: Principal<'_>, checked: Checked) -> Result<StreamPosition> {
+    let size = checked.request.data.len();
+    let result = node.broker.publish(&checked.key, checked.request).await?;
+    // An idempotent retry published nothing new: neither monitored nor billed again.
+    if !result.duplicate {
+        metrics::message_in(principal.tenant_id(), principal.app_id(), principal.source(), size);
+        principal.usage(node).published(1, size as u64);
+    }
+    Ok(result.position)
+}
