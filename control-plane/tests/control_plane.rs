@@ -146,6 +146,21 @@ impl Server {
         self.call(reqwest::Method::POST, path, Some(auth), Some(body)).await
     }
 
+    /// The app's key list once the first key's `last_used_at` is set: the verifier records a
+    /// use in the background (once per cache miss), so the answer to the request that used
+    /// the key can come first.
+    async fn keys_once_used(&self, app_id: &str, admin: &str) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let keys = self.get(&format!("/v1/apps/{app_id}/keys"), admin).await.expect(StatusCode::OK);
+            if keys["items"][0]["last_used_at"].is_string() {
+                return keys;
+            }
+            assert!(std::time::Instant::now() < deadline, "the key's use was never recorded: {keys}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn get(&self, path: &str, auth: &str) -> Answer {
         self.call(reqwest::Method::GET, path, Some(auth), None).await
     }
@@ -270,11 +285,13 @@ async fn newcomer_flow_mints_a_token_that_verifies_against_the_jwks(store: TestS
     let claims = verify(minted["token"].as_str().unwrap(), &s.jwks_registry().await).unwrap();
     assert_eq!(serde_json::to_value(&claims.cap).unwrap(), chat_caps());
 
-    // The key list shows metadata, never the secret.
-    let keys = s.get(&format!("/v1/apps/{app_id}/keys"), &admin).await.expect(StatusCode::OK);
+    // The key list shows metadata, never the secret; the mint above was the key's first use.
+    let keys = s.keys_once_used(&app_id, &admin).await;
     assert_eq!(keys["items"].as_array().unwrap().len(), 1);
     assert!(keys["items"][0]["created_at"].is_string());
-    assert!(keys["items"][0].get("last_used_at").is_some());
+    let at =
+        |field: &str| keys["items"][0][field].as_str().and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok());
+    assert!(at("last_used_at").is_some() && at("last_used_at") >= at("created_at"), "{keys}");
     assert!(!keys.to_string().contains(&api_key[37..]), "secret must never be listed");
 
     // Listing, reading, patching, usage.
@@ -536,9 +553,9 @@ async fn revocation_takes_effect_at_once_despite_the_cache(store: TestStore) {
         .expect(StatusCode::NO_CONTENT);
     s.post(&mint, &api_key, json!({ "client_id": "u" })).await.expect_problem(StatusCode::UNAUTHORIZED, "unauthorized");
     assert!(s.state.registry().api_key_revoked(key_id), "the data plane sees the revocation");
-    let keys = s.get(&format!("/v1/apps/{app_id}/keys"), &admin).await.expect(StatusCode::OK);
-    assert!(keys["items"][0]["revoked_at"].is_string());
-    assert!(keys["items"][0]["last_used_at"].is_string() || keys["items"][0]["last_used_at"].is_null());
+    // Revoked, and the uses before the revocation were recorded.
+    let keys = s.keys_once_used(&app_id, &admin).await;
+    assert!(keys["items"][0]["revoked_at"].is_string(), "{keys}");
     // Idempotent; unknown keys are 404.
     s.call(reqwest::Method::DELETE, &format!("/v1/apps/{app_id}/keys/{key_id}"), Some(&admin), None)
         .await

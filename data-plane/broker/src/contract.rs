@@ -116,10 +116,16 @@ impl Events {
         }
     }
 
-    /// Asserts nothing is queued right now (use after awaiting a later marker event).
-    pub fn assert_empty(&mut self) {
-        if let Ok(event) = self.rx.try_recv() {
-            panic!("unexpected event {event:?}");
+    /// Asserts that no event arrived (or is still on its way) before a marker published now on
+    /// `channel`, which this node must be subscribed to. Events of a channel arrive in order,
+    /// so anything delivered for it before this call comes before the marker; a look at the
+    /// queue alone would miss an event still in flight.
+    pub async fn assert_none_before_marker<B: Broker + ?Sized>(&mut self, broker: &B, channel: &ChannelKey) {
+        let marker = Bytes::from_static(b"\"end-of-case marker\"");
+        broker.publish(channel, request("\"end-of-case marker\"")).await.expect("publish the marker");
+        match self.next().await {
+            Event::Publication(c, p) if &c == channel && p.data == marker => {}
+            other => panic!("unexpected event before the marker: {other:?}"),
         }
     }
 }
@@ -362,7 +368,7 @@ pub async fn events_reach_only_subscribed_channels_in_order<B: Broker>(broker: B
         assert_eq!(publication.offset, i);
         assert_eq!(publication.data, Bytes::from(i.to_string()));
     }
-    events.assert_empty();
+    events.assert_none_before_marker(&broker, &watched).await;
 }
 
 /// After `unsubscribe`, a node gets nothing for the channel; after subscribing again it gets
@@ -383,7 +389,7 @@ pub async fn unsubscribe_stops_events<B: Broker>(broker: B) {
     broker.publish(&channel, request("3")).await.expect("publish");
     let (_, publication) = events.next_publication().await;
     assert_eq!(publication.offset, 3, "offset 2 and the join happened while unsubscribed");
-    events.assert_empty();
+    events.assert_none_before_marker(&broker, &channel).await;
 }
 
 /// The hub's join sequence, under load: subscribe, then read the position; every publication
@@ -485,7 +491,7 @@ pub async fn presence_join_update_leave_fan_out_events<B: Broker>(broker: B) {
     broker.presence_leave(&channel, "never-joined").await.expect("leave unknown");
     broker.presence_leave(&channel, "c2").await.expect("leave");
     assert_eq!(events.next_presence().await, (channel.clone(), PresenceAction::Leave, bob));
-    events.assert_empty();
+    events.assert_none_before_marker(&broker, &channel).await;
     assert!(broker.presence(&channel).await.expect("presence").is_empty());
 }
 
@@ -548,8 +554,10 @@ pub async fn touched_presence_members_stay_while_untouched_ones_expire<B: Broker
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(broker.presence(&channel).await.expect("presence"), vec![live.clone()]);
     }
+    // No leave and join of the live member meanwhile (checked while it is still touched, as
+    // it will expire once the heartbeat stops).
+    events.assert_none_before_marker(&*broker, &channel).await;
     heartbeat.abort();
-    events.assert_empty();
 }
 
 /// Two apps with the same channel name have separate streams, history, presence and events.
@@ -569,11 +577,11 @@ pub async fn apps_with_the_same_channel_name_are_isolated<B: Broker>(broker: B) 
 
     let (channel, publication) = events.next_publication().await;
     assert_eq!((channel, publication.data.clone()), (ours.clone(), Bytes::from_static(b"\"ours\"")));
-    events.assert_empty();
     let page = broker.history(&ours, None, 100).await.expect("history");
     assert_eq!(offsets(&page.publications), vec![1]);
     assert!(broker.presence(&ours).await.expect("presence").is_empty());
     assert_eq!(broker.presence(&theirs).await.expect("presence").len(), 1);
+    events.assert_none_before_marker(&broker, &ours).await;
 }
 
 /// Two nodes sharing one backing store see each other's publications (in order) and presence.
