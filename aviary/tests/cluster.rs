@@ -10,50 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{Proc, Ws, connect, next_matching, next_of_type, request, send};
+use common::{Database, Proc, Ws, connect, next_matching, next_of_type, request, send};
 
-const ADMIN_DB: &str = "postgres://postgres@127.0.0.1:5432/test";
 const REDIS: &str = "redis://127.0.0.1:6379";
-
-/// A fresh Postgres database, dropped when the test ends.
-struct Database {
-    name: String,
-}
-
-impl Database {
-    async fn create() -> Database {
-        let name = format!("aviary_t_{}", uuid::Uuid::new_v4().simple());
-        let admin = sqlx::PgPool::connect(ADMIN_DB).await.expect("Postgres at 127.0.0.1:5432 answers");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .expect("database created");
-        admin.close().await;
-        Database { name }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs outside any runtime guarantee; use a private one on a plain thread.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            rt.block_on(async {
-                if let Ok(admin) = sqlx::PgPool::connect(ADMIN_DB).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                        .execute(&admin)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
 
 /// A private redis-server on a free port, for tests that restart Redis.
 struct PrivateRedis {

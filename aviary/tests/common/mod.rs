@@ -14,6 +14,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The shared Postgres; tests create their own databases in it.
+pub const ADMIN_DB: &str = "postgres://postgres@127.0.0.1:5432/test";
+
 /// A running `aviary` process, killed on drop.
 pub struct Proc {
     pub child: Child,
@@ -132,4 +135,44 @@ pub async fn connect(url: &str, token: &str) -> Ws {
     let connected = next_json(&mut ws).await;
     assert_eq!(connected["type"], "connected", "{connected}");
     ws
+}
+
+/// A fresh Postgres database, dropped when the test ends.
+pub struct Database {
+    pub name: String,
+}
+
+impl Database {
+    pub async fn create() -> Database {
+        let name = format!("aviary_t_{}", uuid::Uuid::new_v4().simple());
+        let admin = sqlx::PgPool::connect(ADMIN_DB).await.expect("Postgres at 127.0.0.1:5432 answers");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("database created");
+        admin.close().await;
+        Database { name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside any runtime guarantee; use a private one on a plain thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async {
+                if let Ok(admin) = sqlx::PgPool::connect(ADMIN_DB).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                        .execute(&admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
 }
