@@ -34,6 +34,17 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
          `https://aviary.dev/problems/<slug>`. The WebSocket and SSE protocol is in docs/protocol.md."
             .to_owned(),
     );
+    let server = |url: &str, description: &str| {
+        utoipa::openapi::ServerBuilder::new().url(url).description(Some(description)).build()
+    };
+    doc.servers = Some(vec![
+        server(
+            "/",
+            "The origin this document was fetched from: `aviary dev`, or the load balancer in front of a cluster \
+             (infra/nginx.conf routes each operation to the plane that serves it).",
+        ),
+        server("http://127.0.0.1:8080", "`aviary dev` on its default address."),
+    ]);
     doc
 }
 

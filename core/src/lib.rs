@@ -8,6 +8,7 @@ pub mod auth;
 pub mod capability;
 pub mod channel;
 pub mod config;
+pub mod openapi;
 pub mod problem;
 pub mod token;
 pub mod usage;

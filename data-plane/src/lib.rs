@@ -26,6 +26,7 @@
 pub mod error;
 pub(crate) mod hub;
 pub mod metrics;
+mod openapi;
 pub(crate) mod ops;
 pub(crate) mod outbox;
 pub mod protocol;
@@ -313,8 +314,7 @@ pub fn router(state: DataPlane) -> Router {
 
 /// The OpenAPI document of the REST API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    use utoipa::OpenApi;
-    rest::ApiDoc::openapi()
+    openapi::document()
 }
 
 /// Applies registry changes to live connections: closes those of removed or disabled apps

@@ -18,7 +18,7 @@ use crate::store::App;
 #[utoipa::path(post, path = "/v1/tenants/{tenant_id}/apps", tag = "apps", security(("tenant_admin" = []), ("operator" = [])),
     request_body = CreateApp,
     responses(
-        (status = 201, body = App),
+        (status = 201, description = "The new app.", body = App),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -35,7 +35,7 @@ pub async fn create_app(
 
 /// Lists the tenant's apps.
 #[utoipa::path(get, path = "/v1/tenants/{tenant_id}/apps", tag = "apps", security(("tenant_admin" = []), ("operator" = [])), params(ListParams),
-    responses((status = 200, body = Listing<App>), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "A page of the tenant's apps; pass `next_cursor` as `cursor` for the next.", body = Listing<App>), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_apps(
     State(state): State<ControlPlaneState>,
     admin: TenantAdmin,
@@ -47,7 +47,7 @@ pub async fn list_apps(
 
 /// Reads an app.
 #[utoipa::path(get, path = "/v1/apps/{app_id}", tag = "apps", security(("tenant_admin" = []), ("operator" = [])),
-    responses((status = 200, body = App), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The app.", body = App), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn get_app(
     State(state): State<ControlPlaneState>,
     admin: TenantAdmin,
@@ -60,7 +60,7 @@ pub async fn get_app(
 #[utoipa::path(patch, path = "/v1/apps/{app_id}", tag = "apps", security(("tenant_admin" = []), ("operator" = [])),
     request_body = UpdateApp,
     responses(
-        (status = 200, body = App),
+        (status = 200, description = "The app as changed.", body = App),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ))]
@@ -75,7 +75,7 @@ pub async fn update_app(
 
 /// Deletes an app and its keys; its connections are closed.
 #[utoipa::path(delete, path = "/v1/apps/{app_id}", tag = "apps", security(("tenant_admin" = []), ("operator" = [])),
-    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "Deleted; its connections are being closed (4004)."), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_app(
     State(state): State<ControlPlaneState>,
     admin: TenantAdmin,
@@ -89,7 +89,7 @@ pub async fn delete_app(
 #[utoipa::path(post, path = "/v1/apps/{app_id}/keys", tag = "keys", security(("tenant_admin" = []), ("operator" = [])),
     request_body = CreateApiKey,
     responses(
-        (status = 201, body = ApiKeyCreated),
+        (status = 201, description = "The new API key (the secret is shown only here).", body = ApiKeyCreated),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ))]
@@ -104,7 +104,7 @@ pub async fn create_api_key(
 
 /// Lists the app's API keys (never their secrets).
 #[utoipa::path(get, path = "/v1/apps/{app_id}/keys", tag = "keys", security(("tenant_admin" = []), ("operator" = [])), params(ListParams),
-    responses((status = 200, body = Listing<ApiKeyView>), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "A page of the app's API keys, without secrets.", body = Listing<ApiKeyView>), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_api_keys(
     State(state): State<ControlPlaneState>,
     admin: TenantAdmin,
@@ -116,7 +116,7 @@ pub async fn list_api_keys(
 
 /// Revokes an API key at once: it mints nothing more and its connections are closed.
 #[utoipa::path(delete, path = "/v1/apps/{app_id}/keys/{key_id}", tag = "keys", security(("tenant_admin" = []), ("operator" = [])),
-    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "Revoked; its connections are being closed (4010)."), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn revoke_api_key(
     State(state): State<ControlPlaneState>,
     admin: TenantAdmin,
@@ -131,7 +131,7 @@ pub async fn revoke_api_key(
 #[utoipa::path(post, path = "/v1/apps/{app_id}/clients/{client_id}/revoke", tag = "keys",
     security(("tenant_admin" = []), ("operator" = [])),
     responses(
-        (status = 200, body = ClientRevoked),
+        (status = 200, description = "Revoked: the client's tokens issued up to now are refused.", body = ClientRevoked),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),

@@ -22,9 +22,11 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 
 use crate::ControlPlaneState;
 use crate::rate_limit::{Credential, PeerIp, limiter, refusal};
+use responses::StandardResponses;
 
 mod apps;
 pub mod extract;
+mod responses;
 mod tenants;
 mod tokens;
 
@@ -119,7 +121,7 @@ async fn method_not_allowed() -> impl IntoResponse {
         tokens::issue_token, tokens::rotate_signing_key, tokens::jwks,
     ),
     components(schemas(aviary_core::problem::Problem, aviary_core::Operation)),
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &StandardResponses),
     tags(
         (name = "tenants", description = "Operator: tenants, quotas, admin keys; tenant usage"),
         (name = "apps", description = "Tenant admin: apps and their settings"),

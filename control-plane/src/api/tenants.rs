@@ -17,7 +17,7 @@ use crate::usage::{OverQuota, TenantUsage, UsageQuery};
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", security(("operator" = [])),
     request_body = CreateTenant,
     responses(
-        (status = 201, body = TenantCreated),
+        (status = 201, description = "The tenant and its first admin key (the secret is shown only here).", body = TenantCreated),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json"),
@@ -33,7 +33,7 @@ pub async fn create_tenant(
 
 /// Lists tenants.
 #[utoipa::path(get, path = "/v1/tenants", tag = "tenants", security(("operator" = [])), params(ListParams),
-    responses((status = 200, body = Listing<Tenant>), (status = 401, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "A page of tenants; pass `next_cursor` as `cursor` for the next.", body = Listing<Tenant>), (status = 401, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_tenants(
     State(state): State<ControlPlaneState>,
     _: Operator,
@@ -44,7 +44,7 @@ pub async fn list_tenants(
 
 /// Reads a tenant (the operator, or the tenant's own admin key).
 #[utoipa::path(get, path = "/v1/tenants/{tenant_id}", tag = "tenants", security(("operator" = []), ("tenant_admin" = [])),
-    responses((status = 200, body = Tenant), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The tenant.", body = Tenant), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn get_tenant(
     State(state): State<ControlPlaneState>,
     admin: TenantAdmin,
@@ -57,7 +57,7 @@ pub async fn get_tenant(
 #[utoipa::path(patch, path = "/v1/tenants/{tenant_id}", tag = "tenants", security(("operator" = [])),
     request_body = UpdateTenant,
     responses(
-        (status = 200, body = Tenant),
+        (status = 200, description = "The tenant as changed.", body = Tenant),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ))]
@@ -72,7 +72,7 @@ pub async fn update_tenant(
 
 /// Deletes a tenant with all its apps and keys.
 #[utoipa::path(delete, path = "/v1/tenants/{tenant_id}", tag = "tenants", security(("operator" = [])),
-    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "Deleted, with its apps and keys."), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_tenant(
     State(state): State<ControlPlaneState>,
     _: Operator,
@@ -84,7 +84,7 @@ pub async fn delete_tenant(
 
 /// Creates another admin key for a tenant (shown once).
 #[utoipa::path(post, path = "/v1/tenants/{tenant_id}/admin-keys", tag = "tenants", security(("operator" = [])),
-    responses((status = 201, body = CreatedSecret), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 201, description = "The new admin key (the secret is shown only here).", body = CreatedSecret), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn create_admin_key(
     State(state): State<ControlPlaneState>,
     _: Operator,
@@ -95,7 +95,7 @@ pub async fn create_admin_key(
 
 /// Revokes a tenant admin key at once.
 #[utoipa::path(delete, path = "/v1/tenants/{tenant_id}/admin-keys/{key_id}", tag = "tenants", security(("operator" = [])),
-    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "Revoked."), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn revoke_admin_key(
     State(state): State<ControlPlaneState>,
     _: Operator,
@@ -110,7 +110,7 @@ pub async fn revoke_admin_key(
 #[utoipa::path(get, path = "/v1/tenants/{tenant_id}/usage", tag = "tenants", security(("tenant_admin" = []), ("operator" = [])),
     params(UsageQuery),
     responses(
-        (status = 200, body = TenantUsage),
+        (status = 200, description = "Usage per app and period.", body = TenantUsage),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -127,7 +127,7 @@ pub async fn tenant_usage(
 /// Tenants over a quota in the current or previous hour: connections (sum of the apps' peaks)
 /// above `max_connections`, or the hour's average publish rate above `max_messages_per_s`.
 #[utoipa::path(get, path = "/v1/tenants/over-quota", tag = "tenants", security(("operator" = [])),
-    responses((status = 200, body = Vec<OverQuota>), (status = 401, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The tenants over a quota (empty when none is).", body = Vec<OverQuota>), (status = 401, body = Problem, content_type = "application/problem+json")))]
 pub async fn over_quota(State(state): State<ControlPlaneState>, _: Operator) -> Result<axum::Json<Vec<OverQuota>>> {
     Ok(axum::Json(state.over_quota(state.now()).await?))
 }

@@ -1,0 +1,64 @@
+//! The data plane's OpenAPI document, completed with what its routes answer for reasons outside
+//! their handlers, from the facts that cause them (so a new route cannot forget one):
+//!
+//! - every route takes an app API key (`rest::AppKey`): 401 when it is missing or invalid, 503
+//!   when the control plane that checks it is unreachable and the key is not cached;
+//! - a `{channel}` in the path is validated: 400 for an invalid name;
+//! - bodies and query strings go through `rest::Json` and `rest::Query`: 400 for anything they
+//!   cannot parse (not JSON, malformed, too large, unknown parameters).
+//!
+//! Message and presence `data` is any JSON value (docs/protocol.md), whatever Rust type holds it.
+
+use aviary_core::openapi::{add_problem, describe_responses, has_query, is_secured, operations_mut};
+use utoipa::openapi::schema::{Object, Schema, SchemaType};
+use utoipa::openapi::{OpenApi, RefOr};
+
+/// The document of `crate::router`'s REST routes.
+pub fn document() -> OpenApi {
+    use utoipa::OpenApi as _;
+    let mut doc = crate::rest::ApiDoc::openapi();
+    for (path, op) in operations_mut(&mut doc) {
+        if is_secured(op) {
+            add_problem(op, 401, "Missing, malformed, revoked or unknown API key (`unauthorized`).");
+            add_problem(
+                op,
+                503,
+                "The API key could not be checked: the control plane is unreachable and the key is not cached; \
+                 retry (`unavailable`).",
+            );
+        } else {
+            op.security = Some(Vec::new());
+        }
+        if path.contains("{channel}") {
+            add_problem(op, 400, "Invalid channel name (`bad-request`).");
+        }
+        if op.request_body.is_some() {
+            add_problem(op, 400, "Invalid body: not JSON, malformed, or too large (`bad-request`).");
+        }
+        if has_query(op) {
+            add_problem(op, 400, "Invalid query string (`bad-request`).");
+        }
+        describe_responses(op);
+    }
+    if let Some(components) = doc.components.as_mut() {
+        for schema in components.schemas.values_mut() {
+            if let RefOr::T(Schema::Object(object)) = schema
+                && let Some(data) = object.properties.get_mut("data")
+            {
+                *data = RefOr::T(Schema::Object(any_json(data)));
+            }
+        }
+    }
+    doc
+}
+
+/// A schema accepting any JSON value, keeping the description of the one it replaces.
+fn any_json(previous: &RefOr<Schema>) -> Object {
+    let mut any = Object::with_type(SchemaType::AnyValue);
+    any.description = match previous {
+        RefOr::T(Schema::Object(o)) => o.description.clone(),
+        _ => None,
+    }
+    .or_else(|| Some("Any JSON value.".to_owned()));
+    any
+}
