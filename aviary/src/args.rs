@@ -40,12 +40,17 @@ pub struct DevArgs {
     /// Directory for the embedded store, the operator token and the demo credentials.
     #[arg(long, env = "AVIARY_DATA_DIR", default_value = "./.aviary")]
     pub data_dir: PathBuf,
-    /// Address for all HTTP traffic: REST, WebSocket, SSE, demo page, metrics.
+    /// Address for all HTTP traffic: REST, WebSocket, SSE, demo page, console.
     #[arg(long, env = "AVIARY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Address for the gRPC control-plane API.
     #[arg(long, env = "AVIARY_GRPC_LISTEN", default_value = "127.0.0.1:8071")]
     pub grpc_listen: SocketAddr,
+    /// Address of the Prometheus `/metrics` endpoint. Its series name every tenant and app,
+    /// so it is served apart from the public port, on loopback unless you choose otherwise.
+    /// Default 127.0.0.1:9464, or 127.0.0.1:0 (any free port) when --listen has port 0.
+    #[arg(long, env = "AVIARY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Operator token (administers tenants). Generated once and kept in the data dir if unset.
     #[arg(long, env = "AVIARY_OPERATOR_TOKEN", hide_env_values = true)]
     pub operator_token: Option<String>,
@@ -56,6 +61,8 @@ pub struct DevArgs {
     pub rate_limits: RateLimits,
     #[command(flatten)]
     pub node: NodeTuning,
+    #[command(flatten)]
+    pub http_limits: HttpLimits,
 }
 
 /// The control plane's request rate limits (token mints and every other authenticated call).
@@ -98,6 +105,11 @@ pub struct ControlPlaneArgs {
     /// Address for the gRPC API.
     #[arg(long, env = "AVIARY_GRPC_LISTEN", default_value = "0.0.0.0:8071")]
     pub grpc_listen: SocketAddr,
+    /// Address of the Prometheus `/metrics` endpoint. Its series name every tenant and app,
+    /// so it is served apart from the public port, on loopback unless you choose otherwise.
+    /// Default 127.0.0.1:9464, or 127.0.0.1:0 (any free port) when --listen has port 0.
+    #[arg(long, env = "AVIARY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Operator token (administers tenants). Required: a control plane never invents one.
     #[arg(long, env = "AVIARY_OPERATOR_TOKEN", hide_env_values = true)]
     pub operator_token: String,
@@ -110,6 +122,8 @@ pub struct ControlPlaneArgs {
     pub no_migrate: bool,
     #[command(flatten)]
     pub rate_limits: RateLimits,
+    #[command(flatten)]
+    pub http_limits: HttpLimits,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -117,6 +131,11 @@ pub struct DataPlaneArgs {
     /// Address for WebSocket, SSE and the REST publish API.
     #[arg(long, env = "AVIARY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// Address of the Prometheus `/metrics` endpoint. Its series name every tenant and app,
+    /// so it is served apart from the public port, on loopback unless you choose otherwise.
+    /// Default 127.0.0.1:9464, or 127.0.0.1:0 (any free port) when --listen has port 0.
+    #[arg(long, env = "AVIARY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// gRPC URL of the control plane, which streams this node its config (apps, quotas,
     /// verifying keys, revocations) and receives its usage reports.
     #[arg(long, env = "AVIARY_CONTROL_PLANE", default_value = "http://127.0.0.1:8071")]
@@ -145,6 +164,8 @@ pub struct DataPlaneArgs {
     pub redis_prefix: String,
     #[command(flatten)]
     pub node: NodeTuning,
+    #[command(flatten)]
+    pub http_limits: HttpLimits,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -174,4 +195,34 @@ pub struct NodeTuning {
     /// Seconds a draining node gives clients to leave before closing the rest.
     #[arg(long, env = "AVIARY_DRAIN_DEADLINE_S", default_value_t = 10)]
     pub drain_deadline_s: u64,
+}
+
+/// Bounds on HTTP connections, against idle and silent sockets (every role). The number of open
+/// connections follows the descriptor limit (`ulimit -n`), with a reserve for health checks.
+#[derive(Debug, Clone, Args)]
+pub struct HttpLimits {
+    /// Seconds a connection has to send a complete request header, counted from when it opens
+    /// and again from the end of each response: also the keep-alive idle timeout.
+    #[arg(long, env = "AVIARY_HTTP_HEADER_TIMEOUT_S", default_value_t = 20)]
+    pub http_header_timeout_s: u64,
+    /// Connections from one source address that have not authenticated yet (WebSocket before
+    /// its `connect`, any HTTP connection before an authenticated request); more are refused
+    /// with 503.
+    #[arg(long, env = "AVIARY_MAX_PENDING_PER_IP", default_value_t = 256)]
+    pub max_pending_per_ip: usize,
+}
+
+impl HttpLimits {
+    pub fn header_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.http_header_timeout_s.max(1))
+    }
+}
+
+/// The metrics address: `--metrics-listen`, else loopback port 9464, or any free loopback port
+/// when the public listener takes any free port too (tests, benchmarks: many processes at once).
+pub fn metrics_listen(flag: Option<SocketAddr>, listen: SocketAddr) -> SocketAddr {
+    flag.unwrap_or_else(|| {
+        let port = if listen.port() == 0 { 0 } else { 9464 };
+        SocketAddr::from(([127, 0, 0, 1], port))
+    })
 }

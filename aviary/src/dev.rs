@@ -65,9 +65,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .merge(aviary_control_plane::api::router(control_plane.clone()))
         .merge(data_plane.router())
         .merge(crate::demo::router(control_plane.clone(), demo));
-    let servers = Servers::bind(args.listen, Some(args.grpc_listen)).await?;
-    print_banner(servers.http_addr, servers.grpc_addr, &operator_token, configured_token.is_none());
-    let served = servers.serve(http, Some(control_plane), Some(data_plane), shutdown).await;
+    let servers = Servers::bind(
+        args.listen,
+        Some(args.grpc_listen),
+        crate::args::metrics_listen(args.metrics_listen, args.listen),
+    )
+    .await?;
+    print_banner(
+        servers.http_addr,
+        servers.grpc_addr,
+        servers.metrics_addr,
+        &operator_token,
+        configured_token.is_none(),
+    );
+    let served = servers.serve(http, Some(control_plane), Some(data_plane), shutdown, &args.http_limits).await;
     reporter.stop().await;
     served
 }
@@ -102,7 +113,13 @@ fn load_or_create_operator_token(data_dir: &Path) -> anyhow::Result<String> {
 }
 
 // The banner is for the person at the terminal, so it goes to stdout, never to the log.
-fn print_banner(http: SocketAddr, grpc: Option<SocketAddr>, operator_token: &str, token_in_data_dir: bool) {
+fn print_banner(
+    http: SocketAddr,
+    grpc: Option<SocketAddr>,
+    metrics: SocketAddr,
+    operator_token: &str,
+    token_in_data_dir: bool,
+) {
     println!();
     println!("  Aviary dev is running");
     println!("  demo chat      http://{http}/");
@@ -112,7 +129,7 @@ fn print_banner(http: SocketAddr, grpc: Option<SocketAddr>, operator_token: &str
     if let Some(grpc) = grpc {
         println!("  gRPC           http://{grpc}");
     }
-    println!("  metrics        http://{http}/metrics");
+    println!("  metrics        http://{metrics}/metrics   (operators only: every tenant's series)");
     if token_in_data_dir {
         println!("  operator token {operator_token}   (kept in the data dir)");
     } else {

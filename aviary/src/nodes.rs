@@ -14,13 +14,13 @@ use aviary_control_plane::{
     UsageReporter,
 };
 use aviary_core::Registry;
+use aviary_data_plane::admission::Admission;
 use aviary_data_plane::{ClusterQuotas, DataPlane, DataPlaneConfig, LocalQuotas, QuotaEnforcer};
 use axum::Router;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::args::{ControlPlaneArgs, DataPlaneArgs, MigrateArgs, NodeTuning};
+use crate::args::{ControlPlaneArgs, DataPlaneArgs, HttpLimits, MigrateArgs, NodeTuning};
 use crate::ops::{Ops, ReadinessProbe};
 
 /// The OpenAPI document of everything Aviary serves over REST (both planes).
@@ -31,7 +31,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc.info.description = Some(
         "Control plane (tenants, apps, API keys, connection tokens) and data plane (publish, history, presence, \
          channels) REST APIs. Errors are RFC 9457 problem documents whose `type` is a stable URI \
-         `https://aviary.dev/problems/<slug>`. The WebSocket and SSE protocol is in docs/protocol.md."
+         `https://aviary.dev/problems/<slug>`. Any request may be refused before it is read with 503 \
+         `connection-refused` (`Retry-After: 1`): too many unauthenticated connections from its address or on \
+         the node, or the node at its descriptor limit. Failed API key checks are limited per source address \
+         and per key id (429 `rate-limited`). Metrics are not on this port: see `--metrics-listen`. The \
+         WebSocket and SSE protocol is in docs/protocol.md."
             .to_owned(),
     );
     let server = |url: &str, description: &str| {
@@ -60,7 +64,7 @@ pub fn data_plane_config(tuning: &NodeTuning) -> DataPlaneConfig {
     }
 }
 
-/// `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`, with readiness checks for the
+/// `/healthz`, `/readyz`, `/openapi.json`, `/docs`, with readiness checks for the
 /// planes this process runs.
 pub fn ops_router(
     control_plane: Option<&ControlPlaneState>,
@@ -103,13 +107,17 @@ pub fn ops_router(
 pub struct Servers {
     pub http_addr: SocketAddr,
     pub grpc_addr: Option<SocketAddr>,
+    pub metrics_addr: SocketAddr,
     http: TcpListener,
     grpc: Option<TcpListener>,
+    metrics: TcpListener,
 }
 
 impl Servers {
-    /// Binds the HTTP (and optionally gRPC) listeners; port 0 picks a free port.
-    pub async fn bind(http: SocketAddr, grpc: Option<SocketAddr>) -> anyhow::Result<Self> {
+    /// Binds the HTTP, metrics (and optionally gRPC) listeners; port 0 picks a free port.
+    pub async fn bind(http: SocketAddr, grpc: Option<SocketAddr>, metrics: SocketAddr) -> anyhow::Result<Self> {
+        let metrics =
+            TcpListener::bind(metrics).await.with_context(|| format!("binding metrics listener on {metrics}"))?;
         let http = TcpListener::bind(http).await.with_context(|| format!("binding HTTP listener on {http}"))?;
         let grpc = match grpc {
             Some(addr) => {
@@ -120,19 +128,23 @@ impl Servers {
         Ok(Servers {
             http_addr: http.local_addr()?,
             grpc_addr: grpc.as_ref().map(|g| g.local_addr()).transpose()?,
+            metrics_addr: metrics.local_addr()?,
             http,
             grpc,
+            metrics,
         })
     }
 
     /// Serves until `shutdown` is cancelled; then the data plane drains (clients are told to
-    /// reconnect elsewhere) before the listeners close.
+    /// reconnect elsewhere) before the listeners close. HTTP goes through [`crate::serve`]
+    /// (admission, header timeout, accept back-off).
     pub async fn serve(
         self,
         http: Router,
         control_plane: Option<ControlPlaneState>,
         data_plane: Option<DataPlane>,
         shutdown: CancellationToken,
+        limits: &HttpLimits,
     ) -> anyhow::Result<()> {
         let grpc_task = match (self.grpc, control_plane) {
             (Some(listener), Some(cp)) => {
@@ -155,17 +167,25 @@ impl Servers {
                 tracing::info!(closed_at_deadline = left, "data plane drained");
             }
         };
-        // Frames are small and latency-sensitive: never let Nagle hold one back waiting for an
-        // ACK (it showed as a 40 ms mode in the many-rooms benchmark).
-        let listener = self.http.tap_io(|tcp| {
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::debug!(%err, "could not set TCP_NODELAY");
-            }
-        });
-        axum::serve(listener, http.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(graceful)
+        // The metrics listener is loopback by default and small: its own admission, stopped
+        // with the rest.
+        let metrics_task = {
+            let admission = Admission::new(crate::serve::admission_limits(limits.max_pending_per_ip));
+            let stop = shutdown.clone();
+            tokio::spawn(crate::serve::serve_http(
+                self.metrics,
+                crate::ops::metrics_router(),
+                admission,
+                limits.header_timeout(),
+                stop.cancelled_owned(),
+            ))
+        };
+        let admission = Admission::new(crate::serve::admission_limits(limits.max_pending_per_ip));
+        tracing::debug!(limits = ?admission.limits(), "connection admission");
+        crate::serve::serve_http(self.http, http, admission, limits.header_timeout(), graceful)
             .await
             .context("HTTP server failed")?;
+        metrics_task.await.context("metrics server task panicked")?.context("metrics server failed")?;
         if let Some(task) = grpc_task {
             task.await.context("gRPC server task panicked")?.context("gRPC server failed")?;
         }
@@ -189,13 +209,19 @@ pub async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let http = ops_router(Some(&control_plane), None, Vec::new())
         .merge(crate::console::router())
         .merge(aviary_control_plane::api::router(control_plane.clone()));
-    let servers = Servers::bind(args.listen, Some(args.grpc_listen)).await?;
+    let servers = Servers::bind(
+        args.listen,
+        Some(args.grpc_listen),
+        crate::args::metrics_listen(args.metrics_listen, args.listen),
+    )
+    .await?;
     tracing::info!(http = %servers.http_addr, grpc = ?servers.grpc_addr, "control plane listening");
     if let Some(grpc) = servers.grpc_addr {
         println!("grpc on http://{grpc}");
     }
+    println!("metrics on http://{}/metrics", servers.metrics_addr);
     println!("listening on http://{}", servers.http_addr);
-    servers.serve(http, Some(control_plane), None, crate::shutdown::on_signal()).await
+    servers.serve(http, Some(control_plane), None, crate::shutdown::on_signal(), &args.http_limits).await
 }
 
 /// `aviary data-plane`: a stateless node. Its config streams from the control plane over gRPC
@@ -267,10 +293,12 @@ pub async fn run_data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
         ));
     }
     let http = ops_router(None, Some(&data_plane), checks).merge(data_plane.router());
-    let servers = Servers::bind(args.listen, None).await?;
+    let servers =
+        Servers::bind(args.listen, None, crate::args::metrics_listen(args.metrics_listen, args.listen)).await?;
     tracing::info!(http = %servers.http_addr, "data plane listening");
+    println!("metrics on http://{}/metrics", servers.metrics_addr);
     println!("listening on http://{}", servers.http_addr);
-    let served = servers.serve(http, None, Some(data_plane), shutdown).await;
+    let served = servers.serve(http, None, Some(data_plane), shutdown, &args.http_limits).await;
     // A last report, so a clean shutdown loses no usage.
     reporter.stop().await;
     served

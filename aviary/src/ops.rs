@@ -1,5 +1,6 @@
-//! Operational endpoints every Aviary process serves: `/healthz`, `/readyz`, `/metrics`,
-//! `/openapi.json` and the API reference at `/docs`.
+//! Operational endpoints every Aviary process serves: `/healthz`, `/readyz`, `/openapi.json`
+//! and the API reference at `/docs` on the public port, and `/metrics` on the separate metrics
+//! listener ([`metrics_router`]), because its series name every tenant and app.
 //!
 //! `/healthz` answers while the process runs; `/readyz` answers 200 only when every dependency
 //! check passes (and 503 while draining), so a load balancer stops sending new connections
@@ -33,10 +34,14 @@ pub fn router(ops: Ops) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .route("/docs", get(docs))
         .with_state(ops)
+}
+
+/// The metrics listener's routes: `/metrics` (Prometheus text format) and `/healthz`.
+pub fn metrics_router() -> Router {
+    Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz))
 }
 
 async fn healthz() -> impl IntoResponse {

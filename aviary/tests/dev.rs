@@ -190,7 +190,7 @@ async fn health_readiness_metrics_and_openapi_match_the_committed_spec() {
     assert_eq!(ready["checks"]["store"]["ok"], true);
     // Something countable happens, then shows up in /metrics.
     let _ = http.get(dev.url("/v1/tenants")).bearer_auth("wrong").send().await.unwrap();
-    let metrics = http.get(dev.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = http.get(dev.proc.metrics_url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("aviary_http_requests_total"), "{metrics}");
     let docs = http.get(dev.url("/docs")).send().await.unwrap();
     assert_eq!(docs.status(), 200);

@@ -7,10 +7,22 @@
 //!
 //! argon2id costs tens of milliseconds by design, far too slow to run per token mint, so
 //! verified keys are cached for a short TTL under `(key id, SHA-256 of the presented secret)`.
-//! Revoking a key evicts it from this process's cache at once; other control plane replicas
-//! stop accepting it within the cache TTL at the latest. Hashing runs on the blocking pool,
-//! behind a semaphore so a flood of wrong keys cannot occupy every thread.
+//! When the entry expires, the store is read again but argon2 is not re-run as long as the
+//! stored hash is the one the secret verified against: only the first use of a secret in a
+//! process costs argon2. Revoking a key evicts it from this process's cache at once; other
+//! control plane replicas stop accepting it within the cache TTL at the latest. Hashing runs on
+//! the blocking pool, behind a semaphore so a flood of wrong keys cannot occupy every thread.
+//!
+//! The key id travels in every connection token (`akid`), so anyone can guess secrets for it.
+//! Guesses must not stall the right secret: verifications are coalesced per *presented secret*
+//! (never serialized per key id), a wrong secret is remembered for [`NEGATIVE_TTL`] so
+//! repeating it costs nothing, and one key id has at most [`MAX_HASHING_PER_KEY`] argon2 runs
+//! in flight or waiting, of which at most [`MAX_HASHING_PER_KEY_AND_SOURCE`] from one source
+//! address; more are refused at once with 429 rather than queued, so guessers from one address
+//! never fill the places of the backend's. Failed verifications are also limited per source
+//! address ([`aviary_core::FailureLimiter`], [`FAILURES_PER_S`]).
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -19,8 +31,8 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use async_trait::async_trait;
-use aviary_core::{ApiKeyAuthority, ApiKeyError, VerifiedApiKey};
-use axum::extract::FromRequestParts;
+use aviary_core::{ApiKeyAuthority, ApiKeyError, FailureLimiter, VerifiedApiKey};
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use dashmap::DashMap;
 use rand::Rng;
@@ -41,6 +53,20 @@ pub const API_KEY_PREFIX: &str = "avk_";
 const SECRET_LEN: usize = 40;
 /// Most entries one verified-key cache holds; beyond it new verifications are simply not cached.
 const CACHE_CAPACITY: usize = 100_000;
+/// How long a wrong secret is remembered as wrong.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(60);
+/// Most wrong secrets remembered; beyond it expired ones are swept, then new ones not kept.
+const NEGATIVE_CAPACITY: usize = 100_000;
+/// argon2 runs in flight or waiting for one key id; more are refused (429) instead of queued,
+/// so guesses for one id use a bounded share of the hashing capacity.
+pub const MAX_HASHING_PER_KEY: usize = 16;
+/// argon2 runs in flight or waiting for one key id from one source address.
+pub const MAX_HASHING_PER_KEY_AND_SOURCE: usize = 2;
+/// Failed verifications one source address may cause per second, after a burst of
+/// [`FAILURES_BURST`]; beyond, its requests are refused (429) before any hashing.
+pub const FAILURES_PER_S: u32 = 2;
+/// Burst of failed verifications per source address.
+pub const FAILURES_BURST: u32 = 20;
 
 /// argon2id with the OWASP-recommended parameters (m = 19 MiB, t = 2, p = 1).
 fn argon2() -> Argon2<'static> {
@@ -105,8 +131,22 @@ struct VerifiedCache<V> {
 
 struct CacheEntry<V> {
     secret_sha256: [u8; 32],
+    /// The stored PHC hash the secret verified against: while the store still holds it, an
+    /// expired entry is renewed without argon2.
+    stored_hash: String,
     value: V,
     expires: Instant,
+}
+
+/// What the cache knows about a presented secret.
+enum Cached<V> {
+    /// Verified and fresh.
+    Fresh(V),
+    /// Verified against `stored_hash`, but the entry expired: re-read the store.
+    Expired {
+        stored_hash: String,
+    },
+    Unknown,
 }
 
 impl<V: Clone> VerifiedCache<V> {
@@ -115,9 +155,22 @@ impl<V: Clone> VerifiedCache<V> {
     }
 
     fn get(&self, id: &str, secret_sha256: &[u8; 32]) -> Option<V> {
-        let entry = self.entries.get(id)?;
+        match self.lookup(id, secret_sha256) {
+            Cached::Fresh(value) => Some(value),
+            _ => None,
+        }
+    }
+
+    fn lookup(&self, id: &str, secret_sha256: &[u8; 32]) -> Cached<V> {
+        let Some(entry) = self.entries.get(id) else { return Cached::Unknown };
         let same: bool = entry.secret_sha256.ct_eq(secret_sha256).into();
-        (same && entry.expires > Instant::now()).then(|| entry.value.clone())
+        if !same {
+            Cached::Unknown
+        } else if entry.expires > Instant::now() {
+            Cached::Fresh(entry.value.clone())
+        } else {
+            Cached::Expired { stored_hash: entry.stored_hash.clone() }
+        }
     }
 
     /// The epoch to pass to [`Self::insert`]; read it before looking the key up in the store.
@@ -125,7 +178,7 @@ impl<V: Clone> VerifiedCache<V> {
         self.epoch.load(Ordering::Acquire)
     }
 
-    fn insert(&self, id: &str, secret_sha256: [u8; 32], value: V, epoch: u64) {
+    fn insert(&self, id: &str, secret_sha256: [u8; 32], stored_hash: String, value: V, epoch: u64) {
         if self.ttl.is_zero() {
             return;
         }
@@ -140,7 +193,7 @@ impl<V: Clone> VerifiedCache<V> {
         if self.epoch.load(Ordering::Acquire) != epoch {
             return;
         }
-        entry.insert(CacheEntry { secret_sha256, value, expires: Instant::now() + self.ttl });
+        entry.insert(CacheEntry { secret_sha256, stored_hash, value, expires: Instant::now() + self.ttl });
     }
 
     fn evict(&self, id: &str) {
@@ -155,15 +208,46 @@ impl<V: Clone> VerifiedCache<V> {
 }
 
 /// Counts a refused verification and returns the error to show.
-fn refused(kind: &'static str) -> Error {
-    metrics::counter!("aviary_key_verifications_total", "kind" => kind, "result" => "refused").increment(1);
+fn refused(kind: &'static str, result: &'static str) -> Error {
+    metrics::counter!("aviary_key_verifications_total", "kind" => kind, "result" => result).increment(1);
     Error::Unauthorized
 }
 
-/// Holds a key id's verification turn; on drop, removes the id's lock if nobody else waits.
+/// Wrong secrets seen recently, by `(key id, SHA-256 of the secret)`: repeating one costs a
+/// map lookup, not argon2.
+struct NegativeCache {
+    entries: DashMap<(String, [u8; 32]), Instant>,
+}
+
+impl NegativeCache {
+    fn contains(&self, id: &str, digest: &[u8; 32]) -> bool {
+        self.entries.get(&(id.to_owned(), *digest)).is_some_and(|expires| *expires > Instant::now())
+    }
+
+    fn insert(&self, id: &str, digest: [u8; 32]) {
+        if self.entries.len() >= NEGATIVE_CAPACITY {
+            let now = Instant::now();
+            self.entries.retain(|_, expires| *expires > now);
+            if self.entries.len() >= NEGATIVE_CAPACITY {
+                return;
+            }
+        }
+        self.entries.insert((id.to_owned(), digest), Instant::now() + NEGATIVE_TTL);
+    }
+
+    /// A secret that was wrong for a record may be right after the key is re-created with
+    /// the same id (never happens: ids are UUIDv7) or never; forgetting on eviction keeps the
+    /// two caches symmetric anyway.
+    fn forget(&self, id: &str) {
+        self.entries.retain(|(k, _), _| k != id);
+    }
+}
+
+/// Holds one presented secret's verification turn; on drop, removes its lock if nobody else
+/// waits.
 struct InFlightGuard {
     verifier: KeyVerifier,
-    id: String,
+    key: (String, [u8; 32]),
     lock: Arc<tokio::sync::Mutex<()>>,
     _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
@@ -176,7 +260,59 @@ impl Drop for InFlightGuard {
         self.verifier
             .inner
             .in_flight
-            .remove_if(&self.id, |_, lock| Arc::ptr_eq(lock, &self.lock) && Arc::strong_count(lock) == 2);
+            .remove_if(&self.key, |_, lock| Arc::ptr_eq(lock, &self.lock) && Arc::strong_count(lock) == 2);
+    }
+}
+
+/// A failure taken from a source's budget before a check; given back unless the check
+/// refused the credential or found the key's hashing places taken (guessers crowding one key
+/// spend their budget on it too, so they cannot keep its places occupied).
+struct FailureCharge<'a> {
+    limiter: &'a FailureLimiter,
+    source: Option<IpAddr>,
+}
+
+impl FailureCharge<'_> {
+    fn settle<T>(self, result: &Result<T>) {
+        let charged = matches!(result, Err(Error::Unauthorized | Error::RateLimited { .. }));
+        if let (Some(ip), false) = (self.source, charged) {
+            self.limiter.give_back(ip);
+        }
+    }
+}
+
+/// One of a key id's argon2 places (and of its source's share); released on drop.
+struct HashingPlace {
+    verifier: KeyVerifier,
+    id: String,
+    source: Option<IpAddr>,
+}
+
+/// Counts one more in `map[key]` unless it is at `max`.
+fn count_in<K: std::hash::Hash + Eq>(map: &DashMap<K, usize>, key: K, max: usize) -> bool {
+    let mut n = map.entry(key).or_insert(0);
+    if *n >= max {
+        return false;
+    }
+    *n += 1;
+    true
+}
+
+/// Counts one less in `map[key]`, forgetting the key at zero.
+fn count_out<K: std::hash::Hash + Eq>(map: &DashMap<K, usize>, key: &K) {
+    map.remove_if_mut(key, |_, n| {
+        *n = n.saturating_sub(1);
+        *n == 0
+    });
+}
+
+impl Drop for HashingPlace {
+    fn drop(&mut self) {
+        let inner = &self.verifier.inner;
+        count_out(&inner.hashing_per_key, &self.id);
+        if let Some(ip) = self.source {
+            count_out(&inner.hashing_per_source, &(std::mem::take(&mut self.id), ip));
+        }
     }
 }
 
@@ -198,9 +334,18 @@ struct VerifierInner {
     api_keys: VerifiedCache<VerifiedApiKey>,
     admin_keys: VerifiedCache<VerifiedAdminKey>,
     hashing: Semaphore,
-    /// One verification per key id at a time: a burst of requests on a cold key waits for the
-    /// first argon2 run and then hits the cache, instead of running argon2 once per request.
-    in_flight: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// One verification per presented secret at a time: a burst of requests with the same cold
+    /// key waits for the first argon2 run and then hits the cache. Keyed by the secret's digest,
+    /// not the key id, so a wrong secret never holds up the right one.
+    in_flight: DashMap<(String, [u8; 32]), Arc<tokio::sync::Mutex<()>>>,
+    /// argon2 runs in flight or waiting per key id (at most [`MAX_HASHING_PER_KEY`]).
+    hashing_per_key: DashMap<String, usize>,
+    /// The same per key id and source address (at most [`MAX_HASHING_PER_KEY_AND_SOURCE`]).
+    hashing_per_source: DashMap<(String, IpAddr), usize>,
+    /// Wrong secrets seen recently.
+    wrong: NegativeCache,
+    /// Failed verifications per source address, charged by the REST extractors.
+    failures: FailureLimiter,
 }
 
 impl KeyVerifier {
@@ -213,12 +358,28 @@ impl KeyVerifier {
                 admin_keys: VerifiedCache::new(cache_ttl),
                 hashing: Semaphore::new(cpus),
                 in_flight: DashMap::new(),
+                hashing_per_key: DashMap::new(),
+                hashing_per_source: DashMap::new(),
+                wrong: NegativeCache { entries: DashMap::new() },
+                failures: FailureLimiter::new(FAILURES_PER_S, FAILURES_BURST),
             }),
         }
     }
 
-    /// Verifies an `avk_...` key. [`Error::Unauthorized`] for anything that is not a live key.
+    /// Verifies an `avk_...` key. [`Error::Unauthorized`] for anything that is not a live key;
+    /// [`Error::RateLimited`] when this key id's hashing places are taken.
     pub async fn verify_api_key(&self, presented: &str) -> Result<VerifiedApiKey> {
+        self.verify_api(presented, None).await
+    }
+
+    /// As [`Self::verify_api_key`] for a request from `source`, whose failed verifications are
+    /// limited ([`FAILURES_PER_S`]); one that spent its budget is refused (429) before any
+    /// hashing. A cached right key is never refused.
+    pub async fn verify_api_key_from(&self, presented: &str, source: IpAddr) -> Result<VerifiedApiKey> {
+        self.verify_api(presented, Some(source)).await
+    }
+
+    async fn verify_api(&self, presented: &str, source: Option<IpAddr>) -> Result<VerifiedApiKey> {
         let (id, secret) = parse_key(presented, API_KEY_PREFIX).ok_or(Error::Unauthorized)?;
         let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         let cache = &self.inner.api_keys;
@@ -226,29 +387,67 @@ impl KeyVerifier {
             metrics::counter!("aviary_key_verifications_total", "kind" => "api", "result" => "cached").increment(1);
             return Ok(hit);
         }
-        let _turn = self.one_at_a_time(id).await;
-        if let Some(hit) = cache.get(id, &digest) {
-            return Ok(hit);
+        let charge = self.charge(source)?;
+        let result = self.verify_api_uncached(id, secret, digest, source).await;
+        charge.settle(&result);
+        result
+    }
+
+    async fn verify_api_uncached(
+        &self,
+        id: &str,
+        secret: &str,
+        digest: [u8; 32],
+        source: Option<IpAddr>,
+    ) -> Result<VerifiedApiKey> {
+        let cache = &self.inner.api_keys;
+        if self.inner.wrong.contains(id, &digest) {
+            return Err(refused("api", "known_wrong"));
         }
-        let epoch = cache.epoch();
-        let record = match self.inner.store.api_key(id).await?.filter(|r| r.revoked_at.is_none()) {
-            Some(r) if self.check_secret(r.secret_hash.clone(), secret).await? => r,
-            _ => return Err(refused("api")),
+        let _turn = self.one_at_a_time(id, digest).await;
+        let known = match cache.lookup(id, &digest) {
+            Cached::Fresh(hit) => return Ok(hit),
+            Cached::Expired { stored_hash } => Some(stored_hash),
+            Cached::Unknown if self.inner.wrong.contains(id, &digest) => return Err(refused("api", "known_wrong")),
+            Cached::Unknown => None,
         };
+        let epoch = cache.epoch();
+        let Some(record) = self.inner.store.api_key(id).await?.filter(|r| r.revoked_at.is_none()) else {
+            return Err(refused("api", "refused"));
+        };
+        // An expired entry whose stored hash has not changed needs no argon2: the secret
+        // verified against exactly this hash before.
+        if known.as_deref() != Some(record.secret_hash.as_str())
+            && !self.check_secret(id, source, record.secret_hash.clone(), secret).await?
+        {
+            self.inner.wrong.insert(id, digest);
+            return Err(refused("api", "refused"));
+        }
+        self.touch(id, false);
         metrics::counter!("aviary_key_verifications_total", "kind" => "api", "result" => "verified").increment(1);
+        let stored_hash = record.secret_hash;
         let verified = VerifiedApiKey {
             key_id: record.id,
             tenant_id: record.tenant_id,
             app_id: record.app_id,
             capabilities: record.capabilities,
         };
-        cache.insert(id, digest, verified.clone(), epoch);
-        self.touch(id, false);
+        cache.insert(id, digest, stored_hash, verified.clone(), epoch);
         Ok(verified)
     }
 
-    /// Verifies an `avt_...` key.
+    /// Verifies an `avt_...` key (same rules as [`Self::verify_api_key`]).
     pub async fn verify_admin_key(&self, presented: &str) -> Result<VerifiedAdminKey> {
+        self.verify_admin(presented, None).await
+    }
+
+    /// As [`Self::verify_admin_key`] for a request from `source` (see
+    /// [`Self::verify_api_key_from`]).
+    pub async fn verify_admin_key_from(&self, presented: &str, source: IpAddr) -> Result<VerifiedAdminKey> {
+        self.verify_admin(presented, Some(source)).await
+    }
+
+    async fn verify_admin(&self, presented: &str, source: Option<IpAddr>) -> Result<VerifiedAdminKey> {
         let (id, secret) = parse_key(presented, ADMIN_KEY_PREFIX).ok_or(Error::Unauthorized)?;
         let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         let cache = &self.inner.admin_keys;
@@ -256,31 +455,84 @@ impl KeyVerifier {
             metrics::counter!("aviary_key_verifications_total", "kind" => "admin", "result" => "cached").increment(1);
             return Ok(hit);
         }
-        let _turn = self.one_at_a_time(id).await;
-        if let Some(hit) = cache.get(id, &digest) {
-            return Ok(hit);
+        let charge = self.charge(source)?;
+        let result = self.verify_admin_uncached(id, secret, digest, source).await;
+        charge.settle(&result);
+        result
+    }
+
+    async fn verify_admin_uncached(
+        &self,
+        id: &str,
+        secret: &str,
+        digest: [u8; 32],
+        source: Option<IpAddr>,
+    ) -> Result<VerifiedAdminKey> {
+        let cache = &self.inner.admin_keys;
+        if self.inner.wrong.contains(id, &digest) {
+            return Err(refused("admin", "known_wrong"));
         }
-        let epoch = cache.epoch();
-        let record = match self.inner.store.admin_key(id).await?.filter(|r| r.revoked_at.is_none()) {
-            Some(r) if self.check_secret(r.secret_hash.clone(), secret).await? => r,
-            _ => return Err(refused("admin")),
+        let _turn = self.one_at_a_time(id, digest).await;
+        let known = match cache.lookup(id, &digest) {
+            Cached::Fresh(hit) => return Ok(hit),
+            Cached::Expired { stored_hash } => Some(stored_hash),
+            Cached::Unknown if self.inner.wrong.contains(id, &digest) => {
+                return Err(refused("admin", "known_wrong"));
+            }
+            Cached::Unknown => None,
         };
+        let epoch = cache.epoch();
+        let Some(record) = self.inner.store.admin_key(id).await?.filter(|r| r.revoked_at.is_none()) else {
+            return Err(refused("admin", "refused"));
+        };
+        if known.as_deref() != Some(record.secret_hash.as_str())
+            && !self.check_secret(id, source, record.secret_hash.clone(), secret).await?
+        {
+            self.inner.wrong.insert(id, digest);
+            return Err(refused("admin", "refused"));
+        }
+        self.touch(id, true);
         metrics::counter!("aviary_key_verifications_total", "kind" => "admin", "result" => "verified").increment(1);
         let verified = VerifiedAdminKey { key_id: record.id, tenant_id: record.tenant_id };
-        cache.insert(id, digest, verified.clone(), epoch);
-        self.touch(id, true);
+        cache.insert(id, digest, record.secret_hash, verified.clone(), epoch);
         Ok(verified)
     }
 
-    /// Serializes verifications of one key id; the guard's drop forgets the lock when unused.
-    async fn one_at_a_time(&self, id: &str) -> InFlightGuard {
-        let lock = self.inner.in_flight.entry(id.to_owned()).or_default().clone();
+    /// Serializes verifications of one presented secret; the guard's drop forgets the lock when
+    /// unused.
+    async fn one_at_a_time(&self, id: &str, digest: [u8; 32]) -> InFlightGuard {
+        let key = (id.to_owned(), digest);
+        let lock = self.inner.in_flight.entry(key.clone()).or_default().clone();
         let guard = lock.clone().lock_owned().await;
-        InFlightGuard { verifier: self.clone(), id: id.to_owned(), lock, _guard: Some(guard) }
+        InFlightGuard { verifier: self.clone(), key, lock, _guard: Some(guard) }
     }
 
-    /// Runs argon2id verification on the blocking pool, at most one per CPU at a time.
-    async fn check_secret(&self, hash: String, secret: &str) -> Result<bool> {
+    /// Takes one of key `id`'s argon2 places (and one of `source`'s share of them), or refuses
+    /// at once when they are taken.
+    fn hashing_place(&self, id: &str, source: Option<IpAddr>) -> Result<HashingPlace> {
+        let inner = &self.inner;
+        let throttled = || {
+            metrics::counter!("aviary_key_verifications_total", "kind" => "any", "result" => "throttled").increment(1);
+            Error::RateLimited { retry_after_s: 1 }
+        };
+        if let Some(ip) = source
+            && !count_in(&inner.hashing_per_source, (id.to_owned(), ip), MAX_HASHING_PER_KEY_AND_SOURCE)
+        {
+            return Err(throttled());
+        }
+        if !count_in(&inner.hashing_per_key, id.to_owned(), MAX_HASHING_PER_KEY) {
+            if let Some(ip) = source {
+                count_out(&inner.hashing_per_source, &(id.to_owned(), ip));
+            }
+            return Err(throttled());
+        }
+        Ok(HashingPlace { verifier: self.clone(), id: id.to_owned(), source })
+    }
+
+    /// Runs argon2id verification on the blocking pool, at most one per CPU at a time, within
+    /// key `id`'s places.
+    async fn check_secret(&self, id: &str, source: Option<IpAddr>, hash: String, secret: &str) -> Result<bool> {
+        let _place = self.hashing_place(id, source)?;
         let _permit = self.inner.hashing.acquire().await.map_err(|_| Error::Internal("verifier closed".into()))?;
         let secret = secret.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -305,9 +557,33 @@ impl KeyVerifier {
         });
     }
 
+    /// Takes one failure from `source`'s budget, or refuses (429) when it is spent.
+    fn charge(&self, source: Option<IpAddr>) -> Result<FailureCharge<'_>> {
+        if let Some(ip) = source
+            && let Err(wait) = self.inner.failures.try_take(ip)
+        {
+            metrics::counter!("aviary_key_verifications_total", "kind" => "any", "result" => "source_limited")
+                .increment(1);
+            return Err(Error::RateLimited { retry_after_s: wait.as_secs().max(1) });
+        }
+        Ok(FailureCharge { limiter: &self.inner.failures, source })
+    }
+
+    /// Checks the operator token for a request from `source`, charging a mismatch to it.
+    pub fn check_operator(&self, state: &ControlPlaneState, presented: Option<&str>, source: IpAddr) -> Result<()> {
+        let charge = self.charge(Some(source))?;
+        let result = match presented {
+            Some(token) if state.is_operator(token) => Ok(()),
+            _ => Err(Error::Unauthorized),
+        };
+        charge.settle(&result);
+        result
+    }
+
     /// Forgets a cached API key at once (revocation).
     pub fn evict_api_key(&self, key_id: &str) {
         self.inner.api_keys.evict(key_id);
+        self.inner.wrong.forget(key_id);
     }
 
     /// Forgets a cached admin key at once (revocation).
@@ -330,10 +606,19 @@ impl KeyVerifier {
 #[async_trait]
 impl ApiKeyAuthority for KeyVerifier {
     async fn verify_api_key(&self, presented: &str) -> Result<VerifiedApiKey, ApiKeyError> {
-        KeyVerifier::verify_api_key(self, presented).await.map_err(|e| match e {
-            Error::Unauthorized => ApiKeyError::Invalid,
-            _ => ApiKeyError::Unavailable,
-        })
+        KeyVerifier::verify_api_key(self, presented).await.map_err(api_key_error)
+    }
+
+    async fn verify_api_key_from(&self, presented: &str, source: IpAddr) -> Result<VerifiedApiKey, ApiKeyError> {
+        KeyVerifier::verify_api_key_from(self, presented, source).await.map_err(api_key_error)
+    }
+}
+
+fn api_key_error(e: Error) -> ApiKeyError {
+    match e {
+        Error::Unauthorized => ApiKeyError::Invalid,
+        Error::RateLimited { .. } => ApiKeyError::Throttled,
+        _ => ApiKeyError::Unavailable,
     }
 }
 
@@ -342,6 +627,16 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The TCP peer of a request (forwarding headers are not trusted: see `rate_limit`).
+fn peer_ip(parts: &Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        // Served without connect info (tests calling the router directly): one shared bucket.
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
 /// The caller presented the operator token.
@@ -397,16 +692,22 @@ impl ControlPlaneState {
         }
         Err(Error::Unauthorized)
     }
+
+    /// As [`Self::tenant_admin`] for a request from `source`, whose failures are limited.
+    pub async fn tenant_admin_from(&self, presented: Option<&str>, source: IpAddr) -> Result<TenantAdmin> {
+        let presented = presented.ok_or(Error::Unauthorized)?;
+        if presented.starts_with(ADMIN_KEY_PREFIX) {
+            return Ok(TenantAdmin::Tenant(self.keys().verify_admin_key_from(presented, source).await?));
+        }
+        self.keys().check_operator(self, Some(presented), source).map(|()| TenantAdmin::Operator)
+    }
 }
 
 impl FromRequestParts<ControlPlaneState> for Operator {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &ControlPlaneState) -> Result<Self> {
-        match bearer(parts) {
-            Some(token) if state.is_operator(token) => Ok(Operator),
-            _ => Err(Error::Unauthorized),
-        }
+        state.keys().check_operator(state, bearer(parts), peer_ip(parts)).map(|()| Operator)
     }
 }
 
@@ -414,7 +715,7 @@ impl FromRequestParts<ControlPlaneState> for TenantAdmin {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &ControlPlaneState) -> Result<Self> {
-        state.tenant_admin(bearer(parts)).await
+        state.tenant_admin_from(bearer(parts), peer_ip(parts)).await
     }
 }
 
@@ -423,7 +724,7 @@ impl FromRequestParts<ControlPlaneState> for AppKey {
 
     async fn from_request_parts(parts: &mut Parts, state: &ControlPlaneState) -> Result<Self> {
         let token = bearer(parts).ok_or(Error::Unauthorized)?;
-        Ok(AppKey(state.keys().verify_api_key(token).await?))
+        Ok(AppKey(state.keys().verify_api_key_from(token, peer_ip(parts)).await?))
     }
 }
 
@@ -455,9 +756,9 @@ mod tests {
         let cache = VerifiedCache::new(Duration::from_secs(60));
         let started = cache.epoch();
         cache.evict("k");
-        cache.insert("k", [1; 32], 7u8, started);
+        cache.insert("k", [1; 32], String::new(), 7u8, started);
         assert_eq!(cache.get("k", &[1; 32]), None, "a revoked key must not come back");
-        cache.insert("k", [1; 32], 7u8, cache.epoch());
+        cache.insert("k", [1; 32], String::new(), 7u8, cache.epoch());
         assert_eq!(cache.get("k", &[1; 32]), Some(7));
         assert_eq!(cache.get("k", &[2; 32]), None, "another secret for the same id misses");
     }

@@ -17,11 +17,13 @@
 //! as soon as the registry learns of a revocation.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use aviary_core::FailureLimiter;
 use aviary_core::auth::{ApiKeyAuthority, ApiKeyError, VerifiedApiKey};
 use aviary_core::{ConfigEvent, Registry};
 use chrono::{DateTime, Utc};
@@ -481,6 +483,9 @@ struct AuthorityInner {
     ttl: Duration,
     cache: DashMap<[u8; 32], (VerifiedApiKey, Instant)>,
     registry: Arc<Registry>,
+    /// Failed verifications per client address, as the control plane limits its own callers
+    /// (the control plane sees only this node's address).
+    failures: FailureLimiter,
 }
 
 impl RemoteApiKeyAuthority {
@@ -499,6 +504,7 @@ impl RemoteApiKeyAuthority {
             ttl,
             cache: DashMap::new(),
             registry: registry.clone(),
+            failures: FailureLimiter::new(crate::auth::FAILURES_PER_S, crate::auth::FAILURES_BURST),
         });
         let weak = Arc::downgrade(&inner);
         let mut events = registry.subscribe();
@@ -526,25 +532,46 @@ impl RemoteApiKeyAuthority {
     pub fn cached(&self) -> usize {
         self.inner.cache.len()
     }
+
+    /// The cached answer for `presented`, if fresh and not revoked since.
+    fn cached_answer(&self, presented: &str) -> Option<VerifiedApiKey> {
+        let inner = &self.inner;
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let (key, expires) = inner.cache.get(&digest).map(|e| e.value().clone())?;
+        if expires > Instant::now() && !inner.registry.api_key_revoked(&key.key_id) {
+            return Some(key);
+        }
+        inner.cache.remove(&digest);
+        None
+    }
 }
 
 #[async_trait]
 impl ApiKeyAuthority for RemoteApiKeyAuthority {
+    async fn verify_api_key_from(&self, presented: &str, source: IpAddr) -> Result<VerifiedApiKey, ApiKeyError> {
+        if let Some(hit) = self.cached_answer(presented) {
+            return Ok(hit);
+        }
+        self.inner.failures.try_take(source).map_err(|_| ApiKeyError::Throttled)?;
+        let result = self.verify_api_key(presented).await;
+        if !matches!(result, Err(ApiKeyError::Invalid | ApiKeyError::Throttled)) {
+            self.inner.failures.give_back(source);
+        }
+        result
+    }
+
     async fn verify_api_key(&self, presented: &str) -> Result<VerifiedApiKey, ApiKeyError> {
         let inner = &self.inner;
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        if let Some(hit) = inner.cache.get(&digest).map(|e| e.value().clone()) {
-            let (key, expires) = hit;
-            if expires > Instant::now() && !inner.registry.api_key_revoked(&key.key_id) {
-                return Ok(key);
-            }
-            inner.cache.remove(&digest);
+        if let Some(hit) = self.cached_answer(presented) {
+            return Ok(hit);
         }
         let request = authorized(pb::VerifyApiKeyRequest { api_key: presented.to_owned() }, &inner.node_token)
             .map_err(|_| ApiKeyError::Unavailable)?;
         let answer = match inner.client.clone().verify_api_key(request).await {
             Ok(answer) => answer.into_inner(),
             Err(status) if status.code() == tonic::Code::Unauthenticated => return Err(ApiKeyError::Invalid),
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => return Err(ApiKeyError::Throttled),
             Err(status) => {
                 tracing::warn!(code = ?status.code(), "control plane could not verify an API key");
                 return Err(ApiKeyError::Unavailable);

@@ -22,8 +22,12 @@ use crate::tokens::{IssuedToken, TokenRequest};
 pub struct ClientRevoked {
     pub app_id: String,
     pub client_id: String,
-    /// Tokens of this client issued at or before this Unix time (seconds) are refused.
+    /// Tokens of this client issued at or before this Unix time (seconds, rounded down) are
+    /// refused; `issued_before_ms` is the exact cutoff.
     pub issued_before: i64,
+    /// Tokens of this client issued at or before this Unix time in milliseconds are refused;
+    /// tokens minted after it, even within the same second, are valid.
+    pub issued_before_ms: i64,
 }
 
 /// Longest tenant/app/key name, in characters.
@@ -607,12 +611,17 @@ impl ControlPlaneState {
     pub async fn revoke_client(&self, admin: &TenantAdmin, app_id: &str, client_id: &str) -> Result<ClientRevoked> {
         crate::tokens::validate_client_id(client_id)?;
         let app = self.visible_app(admin, app_id).await?;
-        let issued_before = Utc::now().timestamp();
-        self.store().revoke_client(&app.id, client_id, issued_before).await?;
-        self.registry().revoke_client(&app.id, client_id, issued_before);
+        let issued_before_ms = Utc::now().timestamp_millis();
+        self.store().revoke_client(&app.id, client_id, issued_before_ms).await?;
+        self.registry().revoke_client(&app.id, client_id, issued_before_ms);
         self.announce_change().await;
         tracing::info!(tenant_id = %app.tenant_id, app_id = %app.id, "client tokens revoked");
-        Ok(ClientRevoked { app_id: app.id, client_id: client_id.to_owned(), issued_before })
+        Ok(ClientRevoked {
+            app_id: app.id,
+            client_id: client_id.to_owned(),
+            issued_before: issued_before_ms.div_euclid(1000),
+            issued_before_ms,
+        })
     }
 
     // ----- app API key -----

@@ -220,7 +220,9 @@ pub fn mint(
             return Err(Error::invalid(format!("info must be at most {MAX_INFO_BYTES} bytes of JSON")));
         }
     }
-    let now = aviary_core::unix_now();
+    // The jti is a UUIDv7: it carries the issue time in milliseconds, which client revocations
+    // compare against (a token minted in the second of a revocation but after it is valid).
+    let (jti, now) = aviary_core::token::new_token_id();
     let exp = now + i64::from(ttl_s);
     let claims = ConnectionClaims {
         iss: ISSUER.into(),
@@ -230,7 +232,7 @@ pub fn mint(
         akid: key.key_id.clone(),
         iat: now,
         exp,
-        jti: uuid::Uuid::new_v4().simple().to_string(),
+        jti,
         cap,
         info: request.info,
     };

@@ -436,7 +436,7 @@ async fn changes_are_pushed_to_a_follower(store: TestStore) {
     // The cutoff is the server's, from its answer: a test clock read on either side of a
     // second boundary would disagree with it.
     let revoked = cp.ok(reqwest::Method::POST, &format!("/v1/apps/{app_id}/clients/user-1/revoke"), &admin, None).await;
-    let cutoff = revoked["issued_before"].as_i64().unwrap();
+    let cutoff = revoked["issued_before_ms"].as_i64().unwrap();
     until(&node, PROMPTLY, |r| r.client_revoked(&app_id, "user-1", cutoff)).await;
     assert!(!node.client_revoked(&app_id, "user-1", cutoff + 1), "tokens issued after the revocation");
     assert!(!node.client_revoked(&app_id, "user-2", cutoff));
@@ -476,7 +476,7 @@ async fn follower_restarted_during_an_outage_serves_its_cache_then_catches_up(st
     cp.ok(reqwest::Method::DELETE, &format!("/v1/apps/{app_id}/keys/{key_id}"), &admin, None).await;
     let revoked =
         cp.ok(reqwest::Method::POST, &format!("/v1/apps/{app_id}/clients/mallory/revoke"), &admin, None).await;
-    let cutoff = revoked["issued_before"].as_i64().unwrap();
+    let cutoff = revoked["issued_before_ms"].as_i64().unwrap();
     let dir = temp_dir();
 
     let node = Arc::new(Registry::new());

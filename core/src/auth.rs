@@ -5,6 +5,8 @@
 //! control plane itself (with its verified-key cache), between processes a node-local cache fed
 //! by the control plane's config stream.
 
+use std::net::IpAddr;
+
 use async_trait::async_trait;
 
 use crate::capability::Capabilities;
@@ -26,6 +28,10 @@ pub enum ApiKeyError {
     Invalid,
     #[error("key store unavailable")]
     Unavailable,
+    /// Too many verifications of this key id are hashing right now, or the source address
+    /// failed too often; retry in a second.
+    #[error("too many verifications; retry later")]
+    Throttled,
 }
 
 /// Verifies app API keys (`avk_...`).
@@ -34,4 +40,13 @@ pub trait ApiKeyAuthority: Send + Sync + 'static {
     /// Verifies the full presented secret. Must run in constant time with respect to the secret
     /// and must not log it.
     async fn verify_api_key(&self, presented: &str) -> Result<VerifiedApiKey, ApiKeyError>;
+
+    /// As [`Self::verify_api_key`] for a request from `source`: an authority that limits
+    /// failed verifications per address ([`crate::FailureLimiter`]) answers
+    /// [`ApiKeyError::Throttled`] for an address that spent its budget. The default ignores
+    /// the address.
+    async fn verify_api_key_from(&self, presented: &str, source: IpAddr) -> Result<VerifiedApiKey, ApiKeyError> {
+        let _ = source;
+        self.verify_api_key(presented).await
+    }
 }

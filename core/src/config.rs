@@ -155,7 +155,8 @@ pub enum ConfigEvent {
     AppRemoved { app_id: String, tenant_id: String },
     /// An API key was revoked: connections whose token it minted must close (4010).
     ApiKeyRevoked { app_id: String, key_id: String },
-    /// All tokens of `client_id` issued at or before `issued_before` are revoked.
+    /// All tokens of `client_id` issued at or before `issued_before` (Unix milliseconds) are
+    /// revoked.
     ClientRevoked { app_id: String, client_id: String, issued_before: i64 },
     /// The set of token verifying keys changed.
     KeysChanged,
@@ -222,7 +223,8 @@ impl Registry {
         self.revoked_keys.iter().map(|e| (e.value().clone(), e.key().clone())).collect()
     }
 
-    /// `(app_id, client_id, issued_before)` of every client revocation (for snapshots).
+    /// `(app_id, client_id, issued_before)` of every client revocation (for snapshots;
+    /// milliseconds).
     pub fn revoked_clients(&self) -> Vec<(String, String, i64)> {
         self.revoked_clients.iter().map(|e| (e.key().0.clone(), e.key().1.clone(), *e.value())).collect()
     }
@@ -232,7 +234,8 @@ impl Registry {
         self.revoked_keys.contains_key(key_id)
     }
 
-    /// Are tokens for this client issued at `issued_at` revoked?
+    /// Are tokens for this client issued at `issued_at` (Unix milliseconds,
+    /// [`crate::ConnectionClaims::issued_at_ms`]) revoked?
     pub fn client_revoked(&self, app_id: &str, client_id: &str, issued_at: i64) -> bool {
         self.revoked_clients.get(&(app_id.to_owned(), client_id.to_owned())).is_some_and(|before| issued_at <= *before)
     }
@@ -288,7 +291,8 @@ impl Registry {
         self.emit(ConfigEvent::ApiKeyRevoked { app_id: app_id.to_owned(), key_id: key_id.to_owned() });
     }
 
-    /// Revokes every token of `client_id` issued at or before `issued_before`.
+    /// Revokes every token of `client_id` issued at or before `issued_before` (Unix
+    /// milliseconds).
     pub fn revoke_client(&self, app_id: &str, client_id: &str, issued_before: i64) {
         self.revoked_clients.insert((app_id.to_owned(), client_id.to_owned()), issued_before);
         self.emit(ConfigEvent::ClientRevoked {

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod capability;
 pub mod channel;
 pub mod config;
+pub mod failures;
 pub mod openapi;
 pub mod problem;
 pub mod token;
@@ -16,6 +17,7 @@ pub mod usage;
 pub use auth::{ApiKeyAuthority, ApiKeyError, VerifiedApiKey};
 pub use capability::{Capabilities, Operation};
 pub use config::{AppConfig, ConfigEvent, Namespace, Quotas, Registry};
+pub use failures::FailureLimiter;
 pub use token::{ConnectionClaims, SigningKey, TokenError};
 
 /// Seconds since the Unix epoch, the unit every timestamp in tokens and config uses.

@@ -34,7 +34,8 @@ pub struct ConnectionClaims {
     pub akid: String,
     pub iat: i64,
     pub exp: i64,
-    /// Unique token id.
+    /// Unique token id: a UUIDv7, whose timestamp is the issue time in milliseconds (see
+    /// [`ConnectionClaims::issued_at_ms`]).
     pub jti: String,
     /// What this connection may do; always a subset of the minting key's capabilities.
     pub cap: Capabilities,
@@ -247,10 +248,37 @@ pub fn verify(token: &str, registry: &Registry) -> Result<ConnectionClaims, Toke
     if claims.exp.saturating_add(LEEWAY_S as i64) < crate::unix_now() {
         return Err(TokenError::Expired);
     }
-    if registry.api_key_revoked(&claims.akid) || registry.client_revoked(&claims.app, &claims.sub, claims.iat) {
+    if registry.api_key_revoked(&claims.akid)
+        || registry.client_revoked(&claims.app, &claims.sub, claims.issued_at_ms())
+    {
         return Err(TokenError::Revoked);
     }
     Ok(claims)
+}
+
+impl ConnectionClaims {
+    /// When the token was issued, in Unix milliseconds: the timestamp of its UUIDv7 `jti`,
+    /// which client revocations compare against at millisecond precision. A token whose `jti`
+    /// is not a UUIDv7 counts as issued at the last millisecond of its `iat` second, so a
+    /// revocation in that second still covers it.
+    pub fn issued_at_ms(&self) -> i64 {
+        uuid::Uuid::try_parse(&self.jti)
+            .ok()
+            .filter(|id| id.get_version_num() == 7)
+            .and_then(|id| id.get_timestamp())
+            .map(|ts| {
+                let (secs, nanos) = ts.to_unix();
+                i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000) + i64::from(nanos / 1_000_000)
+            })
+            .unwrap_or_else(|| self.iat.saturating_mul(1000).saturating_add(999))
+    }
+}
+
+/// A fresh token id and the issue time it encodes: `(jti, iat seconds)`.
+pub fn new_token_id() -> (String, i64) {
+    let id = uuid::Uuid::now_v7();
+    let secs = id.get_timestamp().map_or_else(crate::unix_now, |ts| i64::try_from(ts.to_unix().0).unwrap_or(0));
+    (id.simple().to_string(), secs)
 }
 
 /// Convenience for tests and the demo: claims for `client_id` valid for `ttl_s` seconds.
@@ -262,7 +290,7 @@ pub fn claims_for(
     ttl_s: i64,
     cap: Capabilities,
 ) -> ConnectionClaims {
-    let now = crate::unix_now();
+    let (jti, now) = new_token_id();
     ConnectionClaims {
         iss: ISSUER.into(),
         sub: client_id.into(),
@@ -271,7 +299,7 @@ pub fn claims_for(
         akid: api_key_id.into(),
         iat: now,
         exp: now + ttl_s,
-        jti: uuid::Uuid::new_v4().simple().to_string(),
+        jti,
         cap,
         info: None,
     }
@@ -411,7 +439,9 @@ mod tests {
         let (key, registry) = setup();
         let c = claims(60);
         let token = key.sign(&c);
-        registry.revoke_client("app_1", "user-1", c.iat);
+        registry.revoke_client("app_1", "user-1", c.issued_at_ms() - 1);
+        assert!(verify(&token, &registry).is_ok(), "revoked a millisecond before it was issued");
+        registry.revoke_client("app_1", "user-1", c.issued_at_ms());
         assert_eq!(verify(&token, &registry), Err(TokenError::Revoked));
         let (key, registry) = setup();
         registry.revoke_api_key("app_1", "key_1");

@@ -75,6 +75,9 @@ pub enum Error {
     PayloadTooLarge { size: usize, limit: u32 },
     #[error("message rate limit of {0}/s exceeded")]
     RateLimited(u32),
+    /// Refused before doing the work: too many failed or in-flight credential checks.
+    #[error("{0}")]
+    Throttled(String),
     #[error("{0}")]
     QuotaExceeded(String),
     #[error("node is draining; reconnect to another node")]
@@ -97,7 +100,7 @@ impl Error {
             }
             Error::NotFound(_) | Error::UnknownNamespace => ErrorCode::NotFound,
             Error::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
-            Error::RateLimited(_) => ErrorCode::RateLimited,
+            Error::RateLimited(_) | Error::Throttled(_) => ErrorCode::RateLimited,
             Error::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
             Error::Draining | Error::Unavailable(_) | Error::Internal(_) => ErrorCode::Internal,
         }
@@ -164,7 +167,7 @@ impl IntoResponse for Error {
         let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, axum::Json(problem)).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        if matches!(self, Error::RateLimited(_) | Error::Unavailable(_)) {
+        if matches!(self, Error::RateLimited(_) | Error::Throttled(_) | Error::Unavailable(_)) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

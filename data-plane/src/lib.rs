@@ -23,6 +23,7 @@
 //! quotas ([`ClusterQuotas`] passed to [`DataPlane::with_quotas`]) and the cluster-wide channel
 //! listing ([`DataPlane::enable_cluster_channel_listing`]).
 
+pub mod admission;
 pub mod error;
 pub(crate) mod hub;
 pub mod metrics;

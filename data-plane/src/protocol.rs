@@ -21,6 +21,11 @@ pub type Text = axum::extract::ws::Utf8Bytes;
 pub mod close {
     /// Node draining: reconnect (elsewhere).
     pub const GOING_AWAY: u16 = 1001;
+    /// A WebSocket protocol violation (RFC 6455): a reserved opcode or bits, a continuation
+    /// without a start, an unmasked client frame, a fragmented control frame.
+    pub const WS_PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not valid UTF-8 (RFC 6455: inconsistent data).
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// A frame exceeded the size limit.
     pub const TOO_BIG: u16 = 1009;
     /// Try again later: the node could not admit the connection now (its quota store is

@@ -5,11 +5,14 @@
 //! operation of [`crate::ops`] (which applies every rule), encode the result. Every error is
 //! `application/problem+json` (see [`Error`]).
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
 use aviary_broker::{PresenceMember, StreamPosition};
 use aviary_core::problem::Problem;
 use aviary_core::{ApiKeyError, VerifiedApiKey};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
@@ -19,6 +22,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use crate::DataPlane;
+use crate::admission::ConnectionTicket;
 use crate::error::{Error, Result};
 use crate::ops::{self, Principal};
 
@@ -76,17 +80,28 @@ impl FromRequestParts<DataPlane> for AppKey {
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|v| v.split_once(' '))
+            // RFC 9110: the scheme is case-insensitive.
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key.trim())
             .filter(|k| k.starts_with("avk_"))
             .ok_or_else(|| Error::Unauthorized("an app API key is required: Authorization: Bearer avk_...".into()))?;
         let inner = dp.inner();
-        let key = inner.api_keys.verify_api_key(presented).await.map_err(|e| match e {
+        // The authority limits failed checks per source address (the key id is public: it
+        // travels in every token); an address that spent its budget is refused before hashing.
+        let source =
+            parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        let key = inner.api_keys.verify_api_key_from(presented, source).await.map_err(|e| match e {
             ApiKeyError::Invalid => Error::Unauthorized("API key is invalid or revoked".into()),
+            ApiKeyError::Throttled => Error::Throttled("too many API key checks; retry in 1 s".into()),
             ApiKeyError::Unavailable => Error::Unavailable("API key store unavailable".into()),
         })?;
         if inner.registry.api_key_revoked(&key.key_id) {
             return Err(Error::Unauthorized("API key is invalid or revoked".into()));
+        }
+        // A connection that presented a valid key no longer counts as pending.
+        if let Some(ticket) = parts.extensions.get::<Arc<ConnectionTicket>>() {
+            ticket.authenticated();
         }
         Ok(AppKey(key))
     }

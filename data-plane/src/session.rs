@@ -35,6 +35,7 @@ pub struct Identity {
     pub app_id: String,
     pub client_id: String,
     pub key_id: String,
+    /// When the token was issued, in Unix milliseconds (compared with client revocations).
     pub issued_at: i64,
 }
 
@@ -240,7 +241,7 @@ impl Session {
             app_id: app.app_id.clone(),
             client_id: claims.sub.clone(),
             key_id: claims.akid.clone(),
-            issued_at: claims.iat,
+            issued_at: claims.issued_at_ms(),
         });
         tracing::debug!(exp = claims.exp, "connection authenticated");
         self.auth = Some(Auth {
@@ -530,7 +531,7 @@ impl Session {
         let exp = claims.exp;
         if let Some(identity) = self.handle.identity.lock().as_mut() {
             identity.key_id = claims.akid.clone();
-            identity.issued_at = claims.iat;
+            identity.issued_at = claims.issued_at_ms();
         }
         if let Some(auth) = self.auth.as_mut() {
             auth.principal.claims = claims;

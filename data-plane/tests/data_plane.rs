@@ -1166,7 +1166,7 @@ async fn revocations_and_app_removal_close_connections() {
     let node = start(|_, _| {}).await;
     let mut a = node.client("alice").await;
     let mut b = node.client("bob").await;
-    node.registry.revoke_client(&node.app.app_id, "alice", aviary_core::unix_now());
+    node.registry.revoke_client(&node.app.app_id, "alice", aviary_core::unix_now_ms());
     a.expect_close(4010).await;
     assert_eq!(b.request(json!({"type": "ping"})).await["type"], "pong");
     node.registry.revoke_api_key(&node.app.app_id, &format!("key_1_{}", node.app.app_id));

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts a local Aviary cluster on this machine, without Docker:
 #   control plane on Postgres (REST :8070, gRPC :8071), three data-plane nodes (:8081-:8083)
-#   sharing Redis, and nginx on :8080 in front of them (if nginx is installed).
+#   sharing Redis, and nginx on :8080 in front of them (if nginx is installed). /metrics is on
+#   loopback :9470 (control plane) and :9481-:9483 (nodes), as infra/prometheus.yml scrapes.
 # State (logs, pids, nginx config) goes to $AVIARY_CLUSTER_DIR (default ./.aviary-cluster).
 # Stop it with infra/local-cluster/stop.sh.
 #
@@ -55,8 +56,11 @@ if [ -n "${AVIARY_CLUSTER_OWNER_PID:-}" ]; then
 fi
 
 "$bin" migrate
-"$bin" control-plane --listen "127.0.0.1:$cp_port" --grpc-listen "127.0.0.1:$grpc_port" --no-migrate \
-  >"$run/control-plane.log" 2>&1 &
+# /metrics listens on loopback: :9470 for the control plane, the node's port + 1400 for a node
+# (:9481-:9483 by default, as infra/prometheus.yml scrapes); a free port when the port is 0.
+metrics_port() { if [ "$1" = 0 ]; then echo 0; else echo "$2"; fi; }
+"$bin" control-plane --listen "127.0.0.1:$cp_port" --grpc-listen "127.0.0.1:$grpc_port" \
+  --metrics-listen "127.0.0.1:$(metrics_port "$cp_port" 9470)" --no-migrate >"$run/control-plane.log" 2>&1 &
 echo $! >"$run/control-plane.pid"
 cp_addr=$(printed_addr "$run/control-plane.log" "listening on")
 grpc_addr=$(printed_addr "$run/control-plane.log" "grpc on")
@@ -66,7 +70,8 @@ nodes=""
 i=0
 for port in $node_ports; do
   i=$((i + 1))
-  "$bin" data-plane --listen "127.0.0.1:$port" --control-plane "http://$grpc_addr" --node-id "local-$i" \
+  "$bin" data-plane --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$(metrics_port "$port" $((port + 1400)))" \
+    --control-plane "http://$grpc_addr" --node-id "local-$i" \
     --cache-dir "$run/node-$i" >"$run/data-plane-$i.log" 2>&1 &
   echo $! >"$run/data-plane-$i.pid"
 done

@@ -21,6 +21,8 @@ pub const ADMIN_DB: &str = "postgres://postgres@127.0.0.1:5432/test";
 pub struct Proc {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The metrics listener, when the process printed `metrics on http://ADDR/metrics`.
+    pub metrics: Option<SocketAddr>,
     /// `label value` lines printed before `listening on`, e.g. `operator token`.
     pub banner: Vec<String>,
 }
@@ -28,8 +30,35 @@ pub struct Proc {
 impl Proc {
     /// Spawns `aviary <args>` and waits for its `listening on http://ADDR` line.
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Proc {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_aviary"));
-        command.args(args).env("AVIARY_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::inherit());
+        Proc::spawn_with_nofile(args, envs, None)
+    }
+
+    /// As [`Proc::spawn`], with the child's descriptor limit (`ulimit -n`) lowered to `nofile`.
+    pub fn spawn_with_nofile(args: &[&str], envs: &[(&str, &str)], nofile: Option<u64>) -> Proc {
+        // AVIARY_TEST_BIN runs the same attack against another build (before/after figures).
+        let bin = std::env::var("AVIARY_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_aviary").to_owned());
+        let mut command = Command::new(bin);
+        if let Some(nofile) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe and
+            // touches only the child.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit { rlim_cur: nofile, rlim_max: nofile };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        // Tests run many processes at once, some on fixed ports: each gets its own metrics port.
+        command
+            .args(args)
+            .env("AVIARY_LOG", "warn")
+            .env("AVIARY_METRICS_LISTEN", "127.0.0.1:0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         for (k, v) in envs {
             command.env(k, v);
         }
@@ -38,17 +67,21 @@ impl Proc {
         let mut lines = BufReader::new(stdout).lines();
         let mut banner = Vec::new();
         let mut addr = None;
+        let mut metrics = None;
         for line in lines.by_ref() {
             let line = line.expect("stdout is readable");
             if let Some(v) = line.strip_prefix("listening on http://") {
                 addr = Some(v.trim().parse().expect("a socket address"));
                 break;
             }
+            if let Some(v) = line.strip_prefix("metrics on http://") {
+                metrics = v.trim().strip_suffix("/metrics").and_then(|a| a.parse().ok());
+            }
             banner.push(line.trim().to_owned());
         }
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Proc { child, addr: addr.unwrap_or_else(|| panic!("aviary {args:?} printed no address")), banner }
+        Proc { child, addr: addr.unwrap_or_else(|| panic!("aviary {args:?} printed no address")), metrics, banner }
     }
 
     /// The first word after `label` in the start banner.
@@ -60,6 +93,15 @@ impl Proc {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// The metrics listener's URL of `path`: from `metrics on ...`, or `aviary dev`'s banner.
+    pub fn metrics_url(&self, path: &str) -> String {
+        let addr = self.metrics.map(|a| a.to_string()).unwrap_or_else(|| {
+            let url = self.banner_value("metrics").expect("the process printed its metrics address");
+            url.trim_start_matches("http://").trim_end_matches("/metrics").to_owned()
+        });
+        format!("http://{addr}{path}")
     }
 
     pub fn ws_url(&self) -> String {

@@ -229,7 +229,7 @@ pub trait Store: Send + Sync + 'static {
     async fn rotate_signing_key(&self, new: &SigningKeyRecord, purge_retired_before: DateTime<Utc>) -> Result<()>;
 
     /// Records that every token of `client_id` in `app_id` issued at or before `issued_before`
-    /// (Unix seconds) is revoked. A later cutoff replaces an earlier one, never the reverse.
+    /// (Unix milliseconds) is revoked. A later cutoff replaces an earlier one, never the reverse.
     /// `NotFound` if the app does not exist; deleting the app deletes its revocations.
     async fn revoke_client(&self, app_id: &str, client_id: &str, issued_before: i64) -> Result<()>;
     /// `(app_id, client_id, issued_before)` of every client revocation.

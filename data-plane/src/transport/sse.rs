@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use aviary_broker::StreamPosition;
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, ORIGIN};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -28,6 +28,7 @@ use tokio::time::{MissedTickBehavior, interval, sleep_until};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
 
+use crate::admission::ConnectionTicket;
 use crate::error::Error;
 use crate::hub::Outbound;
 use crate::metrics::Burst;
@@ -91,6 +92,7 @@ pub async fn stream(
     State(dp): State<DataPlane>,
     Query(query): Query<SseQuery>,
     headers: HeaderMap,
+    ticket: Option<Extension<Arc<ConnectionTicket>>>,
 ) -> Result<Response, Error> {
     let inner = dp.inner().clone();
     if inner.is_draining() {
@@ -139,6 +141,10 @@ pub async fn stream(
         return Err(e);
     }
 
+    // An authenticated stream no longer counts against the bounds on pending connections.
+    if let Some(Extension(ticket)) = ticket {
+        ticket.authenticated();
+    }
     let (body_tx, body_rx) = mpsc::channel::<Bytes>(BODY_BUFFER);
     tokio::spawn(drive(inner, session, body_tx, channels, resume).instrument(span));
     let body = Body::from_stream(ReceiverStream::new(body_rx).map(Ok::<_, Infallible>));

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::HeaderMap;
 use axum::http::header::ORIGIN;
 use axum::response::{IntoResponse, Response};
@@ -23,6 +23,7 @@ use serde::Deserialize;
 use tokio::time::{Instant, MissedTickBehavior, interval, interval_at, sleep_until};
 use tracing::Instrument;
 
+use crate::admission::ConnectionTicket;
 use crate::error::Error;
 use crate::hub::Outbound;
 use crate::metrics::Burst;
@@ -44,6 +45,7 @@ pub async fn upgrade(
     State(dp): State<DataPlane>,
     Query(query): Query<ConnectQuery>,
     headers: HeaderMap,
+    ticket: Option<Extension<Arc<ConnectionTicket>>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let inner = dp.inner().clone();
@@ -55,7 +57,7 @@ pub async fn upgrade(
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(inner.config.ws_read_buffer_bytes)
-        .on_upgrade(move |socket| serve(inner, socket, query.token, origin))
+        .on_upgrade(move |socket| serve(inner, socket, query.token, origin, ticket.map(|t| t.0)))
 }
 
 /// The connection's future. A plain function, not an `async fn`: an `async fn` keeps its
@@ -67,6 +69,7 @@ fn serve(
     socket: WebSocket,
     token: Option<String>,
     origin: Option<String>,
+    ticket: Option<Arc<ConnectionTicket>>,
 ) -> impl Future<Output = ()> + Send {
     let session = Box::new(Session::new(inner.clone(), "ws"));
     let span = tracing::info_span!(
@@ -79,7 +82,7 @@ fn serve(
         client_id = tracing::field::Empty,
     );
     let (sink, stream) = socket.split();
-    run(inner, session, sink, stream, token, origin).instrument(span)
+    run(inner, session, sink, stream, token, origin, ticket).instrument(span)
 }
 
 async fn run(
@@ -89,6 +92,7 @@ async fn run(
     mut stream: SplitStream<WebSocket>,
     token: Option<String>,
     origin: Option<String>,
+    mut ticket: Option<Arc<ConnectionTicket>>,
 ) {
     let handle = session.handle.clone();
     let writer = tokio::spawn(
@@ -107,7 +111,7 @@ async fn run(
             }
         }
     }
-    read_loop(&inner, &mut session, &mut stream, origin.as_deref()).await;
+    read_loop(&inner, &mut session, &mut stream, origin.as_deref(), &mut ticket).await;
     // Whatever ended the loop, make sure the writer knows, then release everything.
     let server_initiated = !handle.close(CloseReason::new(PEER_GONE, "closed"));
     Box::pin(session.finish()).await;
@@ -132,6 +136,7 @@ async fn read_loop(
     session: &mut Session,
     stream: &mut SplitStream<WebSocket>,
     origin: Option<&str>,
+    ticket: &mut Option<Arc<ConnectionTicket>>,
 ) {
     let handle = session.handle.clone();
     // A peer that sends nothing (no frame, no pong) for two ping intervals is gone.
@@ -164,6 +169,13 @@ async fn read_loop(
     let draining = inner.shutdown.cancelled();
     tokio::pin!(draining);
     loop {
+        // Once authenticated, the socket no longer counts against the bounds on pending
+        // connections (per address and per node).
+        if session.is_authenticated()
+            && let Some(ticket) = ticket.take()
+        {
+            ticket.authenticated();
+        }
         let exp = session.expires_at();
         if exp != expiry.map(|(e, _)| e) {
             expiry = exp.map(|e| (e, super::expiry_instant(e)));
@@ -197,14 +209,13 @@ async fn read_loop(
                 last_seen = Instant::now();
                 match frame {
                     None => return,
-                    Some(Err(e)) => {
-                        if is_too_big(&e) {
-                            CloseReason::new(close::TOO_BIG, "frame too big")
-                        } else {
+                    Some(Err(e)) => match violation(&e) {
+                        Some(reason) => reason,
+                        None => {
                             tracing::debug!(error = %e, "websocket read failed");
                             return;
                         }
-                    }
+                    },
                     Some(Ok(Message::Text(text))) => {
                         if session.max_frame_bytes().is_some_and(|max| text.len() > max) {
                             CloseReason::new(close::TOO_BIG, "frame too big")
@@ -229,17 +240,35 @@ async fn read_loop(
     }
 }
 
-/// Did reading fail because a frame exceeded the size limit?
-fn is_too_big(e: &axum::Error) -> bool {
+/// The close for a read that failed because the client broke the rules (RFC 6455's codes: 1009
+/// too big, 1007 invalid UTF-8, 1002 protocol violation); `None` when the transport failed
+/// (reset, EOF), where nobody is left to tell.
+fn violation(e: &axum::Error) -> Option<CloseReason> {
     use tokio_tungstenite::tungstenite;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
-        if matches!(err.downcast_ref::<tungstenite::Error>(), Some(tungstenite::Error::Capacity(_))) {
-            return true;
+        match err.downcast_ref::<tungstenite::Error>() {
+            Some(tungstenite::Error::Capacity(_)) => return Some(CloseReason::new(close::TOO_BIG, "frame too big")),
+            Some(tungstenite::Error::Utf8(_)) => {
+                return Some(CloseReason::new(close::INVALID_PAYLOAD, "text frame is not valid UTF-8"));
+            }
+            // The peer vanished (no close handshake): nobody is left to tell.
+            Some(tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake
+                | tungstenite::error::ProtocolError::ReceivedAfterClosing
+                | tungstenite::error::ProtocolError::SendAfterClosing,
+            )) => return None,
+            Some(tungstenite::Error::Protocol(violation)) => {
+                return Some(CloseReason::new(
+                    close::WS_PROTOCOL_ERROR,
+                    format!("WebSocket protocol error: {violation}"),
+                ));
+            }
+            _ => {}
         }
         source = err.source();
     }
-    false
+    None
 }
 
 /// The WebSocket message for a queued item; publications are added to `burst`.

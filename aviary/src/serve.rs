@@ -1,0 +1,264 @@
+//! The HTTP accept loop every role serves through: connection admission, the header-read
+//! timeout, back-off when descriptors run out, and graceful shutdown.
+//!
+//! `axum::serve` keeps a socket open for as long as its peer likes and retries a failing
+//! `accept` once a second. A few hundred silent sockets then took every descriptor of a node
+//! with the common `ulimit -n 1024`, and `/healthz` stopped answering. Here:
+//!
+//! - every accepted socket passes [`Admission`] (pending connections per address and per node,
+//!   the descriptor budget and its health-check reserve); a refused one gets a `503`
+//!   problem document and is closed;
+//! - HTTP/1.1 with hyper's header-read timeout: a connection must deliver a complete request
+//!   header within `header_timeout` of opening, and again within `header_timeout` of the end of
+//!   each response, so the same bound is the keep-alive idle timeout;
+//! - a failing `accept` (EMFILE, ENFILE, ENOBUFS) backs off exponentially up to one second
+//!   instead of spinning, and says so once per episode.
+//!
+//! The [`ConnectionTicket`] travels with the socket (inside an upgraded WebSocket too) and in
+//! each request's extensions, where the data plane marks the connection authenticated.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aviary_core::problem::{PROBLEM_JSON, Problem};
+use aviary_data_plane::admission::{Admission, ConnectionTicket, Refusal};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// Longest pause between accept attempts while descriptors are exhausted.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// Header timeout of a connection from the health-check reserve.
+const RESERVE_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
+/// Paths a connection from the health-check reserve may ask for.
+const HEALTH_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Serves `router` on `listener` until `shutdown` completes, then stops accepting and waits for
+/// open HTTP exchanges to finish (upgraded WebSockets are the data plane's to drain).
+pub async fn serve_http(
+    listener: TcpListener,
+    router: Router,
+    admission: Arc<Admission>,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let router = router.layer(axum::middleware::from_fn(reserve_serves_health_only));
+    let connections = TaskTracker::new();
+    let closing = CancellationToken::new();
+    let mut backoff = Duration::ZERO;
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
+                if !backoff.is_zero() {
+                    tracing::info!("accepting connections again");
+                    backoff = Duration::ZERO;
+                }
+                accepted
+            }
+            // The peer gave up before we accepted: nothing to back off from.
+            Err(e) if is_peer_error(&e) => continue,
+            Err(e) => {
+                if backoff.is_zero() {
+                    tracing::warn!(error = %e, "accept failed; backing off until descriptors free up");
+                }
+                metrics::counter!("aviary_accept_errors_total").increment(1);
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(backoff) => continue,
+                }
+            }
+        };
+        let ticket = match admission.admit(peer.ip()) {
+            Ok(ticket) => Arc::new(ticket),
+            Err(refusal) => {
+                metrics::counter!("aviary_connections_refused_total", "reason" => refusal.label()).increment(1);
+                refuse(stream, refusal);
+                continue;
+            }
+        };
+        // Frames are small and latency-sensitive: never let Nagle hold one back waiting for an
+        // ACK (it showed as a 40 ms mode in the many-rooms benchmark).
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%err, "could not set TCP_NODELAY");
+        }
+        connections.spawn(serve_connection(stream, peer, ticket, router.clone(), header_timeout, closing.clone()));
+    }
+    drop(listener);
+    closing.cancel();
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+/// Errors of one half-open connection, not of the listener.
+fn is_peer_error(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted)
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ticket: Arc<ConnectionTicket>,
+    router: Router,
+    header_timeout: Duration,
+    closing: CancellationToken,
+) {
+    let reserve = ticket.is_reserve();
+    let io = TokioIo::new(AdmittedStream { stream, _ticket: ticket.clone() });
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(ticket.clone());
+        router.clone().oneshot(request.map(Body::new))
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // A reserve connection answers one health check; it gets less time to ask for it.
+    let header_timeout = if reserve { header_timeout.min(RESERVE_HEADER_TIMEOUT) } else { header_timeout };
+    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(!reserve);
+    let connection = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = closing.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        // Header timeouts and resets are the peer's business; keep them out of the warn log.
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Answers a refused socket at once, without a task or a timer, so refusing costs the
+/// descriptor only for this call: reads whatever request bytes already arrived (closing with
+/// unread data would send a reset that can destroy the answer in flight), writes a 503 problem
+/// if the socket buffer takes it, and closes.
+fn refuse(stream: TcpStream, refusal: Refusal) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.try_read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+    }
+    let body = serde_json::to_string(&refusal_problem(refusal)).unwrap_or_default();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: {PROBLEM_JSON}\r\nretry-after: 1\r\nconnection: \
+         close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(response.as_bytes());
+}
+
+fn refusal_problem(refusal: Refusal) -> Problem {
+    Problem::new("connection-refused", "Connection refused", 503, refusal.detail())
+}
+
+/// A connection admitted from the health-check reserve may ask for health only.
+async fn reserve_serves_health_only(request: Request, next: Next) -> Response {
+    let reserve = request.extensions().get::<Arc<ConnectionTicket>>().is_some_and(|t| t.is_reserve());
+    if reserve && !HEALTH_PATHS.contains(&request.uri().path()) {
+        let mut response =
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(refusal_problem(Refusal::AtCapacity))).into_response();
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
+    next.run(request).await
+}
+
+/// The admission limits of this process: its descriptor budget (soft `RLIMIT_NOFILE`) minus
+/// what it already uses, and `max_pending_per_ip`.
+pub fn admission_limits(max_pending_per_ip: usize) -> aviary_data_plane::admission::AdmissionLimits {
+    aviary_data_plane::admission::AdmissionLimits::from_descriptors(
+        descriptor_limit(),
+        descriptors_in_use(),
+        max_pending_per_ip,
+    )
+}
+
+fn descriptor_limit() -> usize {
+    #[cfg(target_os = "linux")]
+    {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 && limit.rlim_cur != libc::RLIM_INFINITY {
+            return usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
+        }
+    }
+    1024
+}
+
+fn descriptors_in_use() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|dir| dir.count()).unwrap_or(64)
+}
+
+/// A socket that holds its admission ticket, so an upgraded WebSocket keeps counting until it
+/// closes.
+struct AdmittedStream {
+    stream: TcpStream,
+    _ticket: Arc<ConnectionTicket>,
+}
+
+impl AsyncRead for AdmittedStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AdmittedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
