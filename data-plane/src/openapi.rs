@@ -2,14 +2,15 @@
 //! their handlers, from the facts that cause them (so a new route cannot forget one):
 //!
 //! - every route takes an app API key (`rest::AppKey`): 401 when it is missing or invalid, 503
-//!   when the control plane that checks it is unreachable and the key is not cached;
+//!   when the control plane that checks it is unreachable and the key is not cached, 429 when
+//!   the caller's address spent its budget of failed checks or the key's checks are crowded;
 //! - a `{channel}` in the path is validated: 400 for an invalid name;
 //! - bodies and query strings go through `rest::Json` and `rest::Query`: 400 for anything they
 //!   cannot parse (not JSON, malformed, too large, unknown parameters).
 //!
 //! Message and presence `data` is any JSON value (docs/protocol.md), whatever Rust type holds it.
 
-use aviary_core::openapi::{add_problem, describe_responses, has_query, is_secured, operations_mut};
+use aviary_core::openapi::{add_problem, add_rate_limited, describe_responses, has_query, is_secured, operations_mut};
 use utoipa::openapi::schema::{Object, Schema, SchemaType};
 use utoipa::openapi::{OpenApi, RefOr};
 
@@ -25,6 +26,11 @@ pub fn document() -> OpenApi {
                 503,
                 "The API key could not be checked: the control plane is unreachable and the key is not cached; \
                  retry (`unavailable`).",
+            );
+            add_rate_limited(
+                op,
+                "Too many failed API key checks from this address, or too many checks of this key in flight \
+                 (`rate-limited`); retry after `Retry-After`.",
             );
         } else {
             op.security = Some(Vec::new());
