@@ -442,9 +442,11 @@ test('operator: tenant list with quotas, edit quotas, create a tenant (admin key
   const demo = page.locator('#tenants-table tr', { hasText: aviary.tenantId });
   await demo.waitFor(WAIT);
   assert.match(await demo.textContent(), /10,000/);
-  // Where the server meters usage, the operator sees who went over quota (nobody, here).
+  // aviary dev meters usage, so the operator sees who went over quota (nobody, here).
   const overQuota = await fetch(`${aviary.url}/v1/tenants/over-quota`, { headers: { authorization: `Bearer ${aviary.operatorToken}` } });
-  if (overQuota.ok) await page.locator('#over-quota-none').waitFor(WAIT);
+  assert.equal(overQuota.status, 200);
+  assert.deepEqual(await overQuota.json(), []);
+  await page.locator('#over-quota-none').waitFor(WAIT);
 
   await demo.getByRole('button', { name: 'Edit quotas of demo' }).click();
   await page.getByLabel('Connections').fill('500');
