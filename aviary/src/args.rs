@@ -54,6 +54,10 @@ pub struct DevArgs {
     /// Operator token (administers tenants). Generated once and kept in the data dir if unset.
     #[arg(long, env = "AVIARY_OPERATOR_TOKEN", hide_env_values = true)]
     pub operator_token: Option<String>,
+    /// Key sealing Pusher credential secrets in the store: 64 hex characters
+    /// (`openssl rand -hex 32`). Generated once and kept in the data dir if unset.
+    #[arg(long, env = "AVIARY_CREDENTIALS_KEY", hide_env_values = true)]
+    pub credentials_key: Option<String>,
     /// Seconds between usage reports into the usage API (billing figures).
     #[arg(long, env = "AVIARY_USAGE_INTERVAL_S", default_value_t = 10)]
     pub usage_interval_s: u64,
@@ -117,6 +121,11 @@ pub struct ControlPlaneArgs {
     /// node can connect.
     #[arg(long, env = "AVIARY_NODE_TOKEN", hide_env_values = true)]
     pub node_token: Option<String>,
+    /// Key sealing Pusher credential secrets in the store: 64 hex characters
+    /// (`openssl rand -hex 32`). Every replica needs the same one; without it Pusher
+    /// credentials cannot be created and stored ones stay unloaded.
+    #[arg(long, env = "AVIARY_CREDENTIALS_KEY", hide_env_values = true)]
+    pub credentials_key: Option<String>,
     /// Do not apply migrations at start (run `aviary migrate` separately).
     #[arg(long, env = "AVIARY_NO_MIGRATE")]
     pub no_migrate: bool,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use aviary_broker::memory::MemoryBroker;
+use aviary_control_plane::sealing::SecretBox;
 use aviary_control_plane::{ControlPlaneConfig, ControlPlaneState};
 use aviary_core::Registry;
 use aviary_data_plane::DataPlane;
@@ -33,6 +34,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let registry = Arc::new(Registry::new());
     let mut cp_config = ControlPlaneConfig::new(&operator_token);
     cp_config.rate_limits = args.rate_limits.config();
+    let credentials_key = match args.credentials_key.clone().filter(|k| !k.trim().is_empty()) {
+        Some(key) => key,
+        None => load_or_create_credentials_key(&args.data_dir)?,
+    };
+    cp_config.credentials_key = Some(Arc::new(SecretBox::parse(&credentials_key)?));
     let control_plane = ControlPlaneState::new(store, registry.clone(), cp_config).await?;
     let demo = match control_plane.bootstrap_demo().await? {
         Some(created) => {
@@ -110,6 +116,20 @@ fn load_or_create_operator_token(data_dir: &Path) -> anyhow::Result<String> {
     let token = format!("avo_{}", secret.iter().map(|b| format!("{b:02x}")).collect::<String>());
     write_private(&path, token.as_bytes())?;
     Ok(token)
+}
+
+/// The key sealing Pusher secrets in the dev store, created once beside it.
+fn load_or_create_credentials_key(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("credentials-key");
+    if let Ok(key) = std::fs::read_to_string(&path) {
+        let key = key.trim().to_owned();
+        if !key.is_empty() {
+            return Ok(key);
+        }
+    }
+    let key = SecretBox::generate_hex();
+    write_private(&path, key.as_bytes())?;
+    Ok(key)
 }
 
 // The banner is for the person at the terminal, so it goes to stdout, never to the log.

@@ -204,6 +204,9 @@ pub async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let mut config = ControlPlaneConfig::new(args.operator_token);
     config.node_token = args.node_token.filter(|t| !t.trim().is_empty());
     config.rate_limits = args.rate_limits.config();
+    if let Some(key) = args.credentials_key.filter(|k| !k.trim().is_empty()) {
+        config.credentials_key = Some(Arc::new(aviary_control_plane::sealing::SecretBox::parse(&key)?));
+    }
     let control_plane = ControlPlaneState::new(store, registry, config).await?;
     // The console talks to the control-plane API, so it is served where that API is.
     let http = ops_router(Some(&control_plane), None, Vec::new())

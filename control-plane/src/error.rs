@@ -58,6 +58,10 @@ pub enum Error {
     /// follower, the remote key authority, the usage reporter). 503 `unavailable`.
     #[error("control plane: {0}")]
     Upstream(String),
+    /// Pusher credentials need a credentials key to seal their secrets, and none is
+    /// configured (503 `credentials-key-missing`).
+    #[error("no credentials key is configured (--credentials-key / AVIARY_CREDENTIALS_KEY)")]
+    CredentialsKeyMissing,
     /// Anything else that is our fault (500 `internal`).
     #[error("{0}")]
     Internal(String),
@@ -92,6 +96,11 @@ impl Error {
             }
             Error::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests"),
             Error::Upstream(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Control plane unavailable"),
+            Error::CredentialsKeyMissing => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "credentials-key-missing",
+                "No credentials key configured: set AVIARY_CREDENTIALS_KEY to use Pusher credentials",
+            ),
             Error::Database(e) if Self::store_unreachable(e) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Store unavailable")
             }
@@ -147,7 +156,7 @@ impl From<Error> for tonic::Status {
             | Error::UnsupportedMediaType(_) => Code::InvalidArgument,
             Error::Unauthorized => Code::Unauthenticated,
             Error::Forbidden(_) | Error::CapabilityEscalation(_) => Code::PermissionDenied,
-            Error::AppDisabled => Code::FailedPrecondition,
+            Error::AppDisabled | Error::CredentialsKeyMissing => Code::FailedPrecondition,
             Error::NotFound(_) => Code::NotFound,
             Error::Conflict(_) => Code::AlreadyExists,
             Error::RateLimited { .. } => Code::ResourceExhausted,

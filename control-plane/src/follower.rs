@@ -36,7 +36,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, Result};
 use crate::grpc::{ControlPlaneClient, pb};
-use crate::watch::{app_from_pb, key_from_pb, snapshot_of};
+use crate::sealing::SecretBox;
+use crate::watch::{app_from_pb, key_from_pb, pusher_credential_from_pb, snapshot_of};
 
 /// Name of the cached config inside the cache directory.
 pub const CACHE_FILE: &str = "config-cache.pb";
@@ -137,6 +138,8 @@ impl FollowerStatus {
 struct Shared {
     config: FollowerConfig,
     registry: Arc<Registry>,
+    /// Opens the Pusher secrets on the stream and seals them again in the cache file.
+    stream_box: SecretBox,
     status: watch::Sender<FollowerStatus>,
     dirty: Notify,
 }
@@ -178,7 +181,8 @@ impl ConfigFollower {
             cached_version: 0,
             last_error: None,
         });
-        let shared = Arc::new(Shared { config, registry, status, dirty: Notify::new() });
+        let stream_box = SecretBox::for_config_stream(&config.node_token);
+        let shared = Arc::new(Shared { config, registry, stream_box, status, dirty: Notify::new() });
         set_gauges(&shared.status.borrow());
         let tasks = vec![tokio::spawn(follow(shared.clone())), tokio::spawn(persist(shared.clone()))];
         Ok(ConfigFollower { shared, tasks })
@@ -306,7 +310,7 @@ fn apply_event(shared: &Shared, event: pb::WatchEvent) -> Result<()> {
     use pb::watch_event::Event;
     let changed = match event.event {
         Some(Event::Snapshot(snapshot)) => {
-            apply_snapshot(&shared.registry, snapshot);
+            apply_snapshot(&shared.registry, snapshot, &shared.stream_box);
             true
         }
         Some(Event::Delta(delta)) => {
@@ -319,7 +323,7 @@ fn apply_event(shared: &Shared, event: pb::WatchEvent) -> Result<()> {
                 shared.status.send_modify(|s| s.epoch.clear());
                 return Err(Error::Upstream(format!("delta {} does not follow version {version}", event.version)));
             }
-            apply_delta(&shared.registry, delta);
+            apply_delta(&shared.registry, delta, &shared.stream_box);
             true
         }
         Some(Event::Heartbeat(_)) | None => false,
@@ -346,9 +350,10 @@ fn apply_event(shared: &Shared, event: pb::WatchEvent) -> Result<()> {
     Ok(())
 }
 
-/// Makes `registry` equal to `snapshot`: apps not in it are removed, keys replaced, revocations
-/// added (revocations are never withdrawn).
-pub fn apply_snapshot(registry: &Registry, snapshot: pb::ConfigSnapshot) {
+/// Makes `registry` equal to `snapshot`: apps and Pusher credentials not in it are removed, keys
+/// replaced, revocations added (revocations are never withdrawn). `stream_box` opens the
+/// credentials' secrets.
+pub fn apply_snapshot(registry: &Registry, snapshot: pb::ConfigSnapshot, stream_box: &SecretBox) {
     let present: HashSet<String> = snapshot.apps.iter().map(|a| a.app_id.clone()).collect();
     for app in registry.apps() {
         if !present.contains(&app.app_id) {
@@ -367,10 +372,19 @@ pub fn apply_snapshot(registry: &Registry, snapshot: pb::ConfigSnapshot) {
             registry.revoke_client(&c.app_id, &c.client_id, c.issued_before);
         }
     }
+    let listed: HashSet<String> = snapshot.pusher_credentials.iter().map(|c| c.key.clone()).collect();
+    for c in registry.pusher_credentials() {
+        if !listed.contains(&c.key) {
+            registry.remove_pusher_credential(&c.key);
+        }
+    }
+    for c in snapshot.pusher_credentials.into_iter().filter_map(|c| pusher_credential_from_pb(c, stream_box)) {
+        registry.upsert_pusher_credential(c);
+    }
 }
 
 /// Applies one change to `registry`.
-pub fn apply_delta(registry: &Registry, delta: pb::ConfigDelta) {
+pub fn apply_delta(registry: &Registry, delta: pb::ConfigDelta, stream_box: &SecretBox) {
     use pb::config_delta::Change;
     match delta.change {
         Some(Change::AppChanged(app)) => registry.upsert_app(app_from_pb(app)),
@@ -381,6 +395,12 @@ pub fn apply_delta(registry: &Registry, delta: pb::ConfigDelta) {
         }
         Some(Change::ClientRevoked(_)) => {}
         Some(Change::KeysChanged(keys)) => registry.set_verifying_keys(keys.keys.iter().filter_map(key_from_pb)),
+        Some(Change::PusherCredentialChanged(c)) => {
+            if let Some(c) = pusher_credential_from_pb(c, stream_box) {
+                registry.upsert_pusher_credential(c);
+            }
+        }
+        Some(Change::PusherCredentialRevoked(r)) => registry.remove_pusher_credential(&r.key),
         None => {}
     }
 }
@@ -408,7 +428,7 @@ async fn load_cache(shared: &Shared) {
     };
     let (epoch, version, snapshot) = event;
     let apps = snapshot.apps.len();
-    apply_snapshot(&shared.registry, snapshot);
+    apply_snapshot(&shared.registry, snapshot, &shared.stream_box);
     let modified: Option<DateTime<Utc>> =
         std::fs::metadata(&path).and_then(|m| m.modified()).ok().map(DateTime::<Utc>::from);
     tracing::warn!(apps, version, written_at = ?modified, "control plane unreachable: serving the cached config");
@@ -435,7 +455,7 @@ async fn persist(shared: Arc<Shared>) {
         let event = pb::WatchEvent {
             epoch,
             version,
-            event: Some(pb::watch_event::Event::Snapshot(snapshot_of(&shared.registry))),
+            event: Some(pb::watch_event::Event::Snapshot(snapshot_of(&shared.registry, Some(&shared.stream_box)))),
         };
         let bytes = event.encode_to_vec();
         let dir = shared.config.cache_dir.clone();

@@ -18,7 +18,7 @@ use crate::ControlPlaneState;
 use crate::auth::TenantAdmin;
 use crate::error::Error;
 use crate::rate_limit::{Credential, PeerIp, grpc_refusal, limiter};
-use crate::service::{CreateApiKey, CreateApp, ListParams};
+use crate::service::{CreateApiKey, CreateApp, CreatePusherCredential, ListParams, PusherCredentialView};
 use crate::store::App;
 use crate::tokens::TokenRequest;
 
@@ -80,8 +80,19 @@ pub const NODE_MAX_RECEIVE_BYTES: usize = 256 * 1024 * 1024;
 const NODE_METHODS: [&str; 3] = ["Watch", "VerifyApiKey", "ReportUsage"];
 
 /// The RPCs of the service, the only method labels metrics use (bounded cardinality).
-const METHODS: [&str; 8] =
-    ["IssueToken", "CreateApp", "ListApps", "CreateApiKey", "RevokeApiKey", "Watch", "VerifyApiKey", "ReportUsage"];
+const METHODS: [&str; 11] = [
+    "IssueToken",
+    "CreateApp",
+    "ListApps",
+    "CreateApiKey",
+    "RevokeApiKey",
+    "CreatePusherCredential",
+    "ListPusherCredentials",
+    "RevokePusherCredential",
+    "Watch",
+    "VerifyApiKey",
+    "ReportUsage",
+];
 
 /// Records `aviary_grpc_requests_total{method,code}` and `aviary_grpc_request_duration_seconds{method}`.
 ///
@@ -177,7 +188,7 @@ fn app_to_pb(app: App) -> pb::App {
     }
 }
 
-fn capabilities_to_pb(caps: &Capabilities) -> std::collections::HashMap<String, pb::Operations> {
+pub(crate) fn capabilities_to_pb(caps: &Capabilities) -> std::collections::HashMap<String, pb::Operations> {
     caps.0
         .iter()
         .map(|(glob, ops)| {
@@ -191,6 +202,18 @@ fn capabilities_to_pb(caps: &Capabilities) -> std::collections::HashMap<String, 
             (glob.clone(), pb::Operations { operations })
         })
         .collect()
+}
+
+fn pusher_credential_info(c: PusherCredentialView) -> pb::PusherCredentialInfo {
+    pb::PusherCredentialInfo {
+        capabilities: capabilities_to_pb(&c.capabilities),
+        app_id: c.app_id,
+        key: c.key,
+        aviary_app_id: c.aviary_app_id,
+        client_events: c.client_events,
+        created_at: c.created_at.to_rfc3339(),
+        revoked_at: c.revoked_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+    }
 }
 
 /// Parses the capabilities a `VerifyApiKeyResponse` carries (node side).
@@ -361,5 +384,57 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneGrpc {
         let req = request.into_inner();
         self.state.revoke_api_key(&admin, &req.app_id, &req.key_id).await?;
         Ok(Response::new(pb::RevokeApiKeyResponse {}))
+    }
+
+    async fn create_pusher_credential(
+        &self,
+        request: Request<pb::CreatePusherCredentialRequest>,
+    ) -> Result<Response<pb::CreatePusherCredentialResponse>, Status> {
+        let admin = self.admin(&request).await?;
+        let req = request.into_inner();
+        let caps = if req.capabilities.is_empty() {
+            None
+        } else {
+            Some(capabilities(req.capabilities.into_iter().collect())?)
+        };
+        let created = self
+            .state
+            .create_pusher_credential(
+                &admin,
+                &req.app_id,
+                CreatePusherCredential { capabilities: caps, client_events: req.client_events },
+            )
+            .await?;
+        Ok(Response::new(pb::CreatePusherCredentialResponse {
+            credential: Some(pusher_credential_info(created.credential)),
+            secret: created.secret,
+        }))
+    }
+
+    async fn list_pusher_credentials(
+        &self,
+        request: Request<pb::ListPusherCredentialsRequest>,
+    ) -> Result<Response<pb::ListPusherCredentialsResponse>, Status> {
+        let admin = self.admin(&request).await?;
+        let req = request.into_inner();
+        let params = ListParams {
+            limit: (req.limit != 0).then_some(req.limit),
+            cursor: (!req.cursor.is_empty()).then_some(req.cursor),
+        };
+        let listing = self.state.list_pusher_credentials(&admin, &req.app_id, &params).await?;
+        Ok(Response::new(pb::ListPusherCredentialsResponse {
+            credentials: listing.items.into_iter().map(pusher_credential_info).collect(),
+            next_cursor: listing.next_cursor.unwrap_or_default(),
+        }))
+    }
+
+    async fn revoke_pusher_credential(
+        &self,
+        request: Request<pb::RevokePusherCredentialRequest>,
+    ) -> Result<Response<pb::RevokePusherCredentialResponse>, Status> {
+        let admin = self.admin(&request).await?;
+        let req = request.into_inner();
+        self.state.revoke_pusher_credential(&admin, &req.app_id, &req.key).await?;
+        Ok(Response::new(pb::RevokePusherCredentialResponse {}))
     }
 }

@@ -46,6 +46,7 @@ pub mod follower;
 pub mod grpc;
 mod rate_limit;
 pub mod reporter;
+pub mod sealing;
 pub mod service;
 pub mod store;
 pub mod sync;
@@ -88,6 +89,9 @@ pub struct ControlPlaneConfig {
     /// "Now" for usage: the default usage window, the over-quota hour, batch id retention.
     /// [`SystemClock`] unless a test pins the time.
     pub clock: Arc<dyn Clock>,
+    /// Seals Pusher credential secrets at rest (see [`sealing`]). `None` refuses to create
+    /// Pusher credentials and leaves stored ones unloaded. Never logged.
+    pub credentials_key: Option<Arc<sealing::SecretBox>>,
 }
 
 impl std::fmt::Debug for ControlPlaneConfig {
@@ -100,6 +104,7 @@ impl std::fmt::Debug for ControlPlaneConfig {
             .field("refresh_interval", &self.refresh_interval)
             .field("node_token", &self.node_token.as_ref().map(|_| "<set>"))
             .field("watch_heartbeat", &self.watch_heartbeat)
+            .field("credentials_key", &self.credentials_key.as_ref().map(|_| "<set>"))
             .finish_non_exhaustive()
     }
 }
@@ -118,6 +123,7 @@ impl ControlPlaneConfig {
             node_token: None,
             watch_heartbeat: Duration::from_secs(5),
             clock: Arc::new(SystemClock),
+            credentials_key: None,
         }
     }
 }
@@ -145,7 +151,8 @@ impl ControlPlaneState {
             return Err(Error::invalid("the operator token must not be empty"));
         }
         // Log first, so the stream sees every change from here on (keys loaded, apps loaded).
-        let log = watch::ConfigLog::start(registry.clone());
+        let stream_box = config.node_token.as_deref().map(sealing::SecretBox::for_config_stream);
+        let log = watch::ConfigLog::start(registry.clone(), stream_box);
         let keyring = Arc::new(tokens::Keyring::load(store.clone(), registry.clone(), config.max_token_ttl_s).await?);
         let keys = KeyVerifier::new(store.clone(), config.key_cache_ttl);
         let state = ControlPlaneState { inner: Arc::new(Inner { store, registry, keys, keyring, log, config }) };

@@ -17,6 +17,10 @@ use crate::error::{Error, Result};
 use crate::store::{AdminKeyRecord, ApiKeyRecord, App, MAX_PAGE, Page, PageRequest, Tenant, now};
 use crate::tokens::{IssuedToken, TokenRequest};
 
+pub mod pusher;
+
+pub use pusher::{CreatePusherCredential, PusherCredentialCreated, PusherCredentialView};
+
 /// Answer of `POST /v1/apps/{app_id}/clients/{client_id}/revoke`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ClientRevoked {

@@ -1,17 +1,31 @@
 //! Keeps the `aviary_core::Registry` (what the data plane reads) equal to the store.
 //!
-//! At start every app, trusted verifying key, revoked API key and client revocation is loaded; afterwards each
+//! At start every app, trusted verifying key, revoked API key, client revocation and live Pusher
+//! credential (its secret opened with the credentials key) is loaded; afterwards each
 //! mutation in [`crate::service`] pushes its change here right after the store write succeeds.
 //! An app's effective config folds in its tenant: quotas are the field-wise minimum of tenant
 //! and app quotas, and a disabled tenant disables all its apps.
 
 use std::collections::{HashMap, HashSet};
 
-use aviary_core::AppConfig;
+use aviary_core::{AppConfig, PusherCredential};
 
 use crate::ControlPlaneState;
 use crate::error::Result;
-use crate::store::{App, MAX_PAGE, PageRequest, Tenant};
+use crate::store::{App, MAX_PAGE, PageRequest, PusherCredentialRecord, Tenant};
+
+/// The data plane's view of a stored Pusher credential whose secret is `secret`.
+pub fn credential_of(record: PusherCredentialRecord, secret: String) -> PusherCredential {
+    PusherCredential {
+        key: record.key,
+        app_id: record.app_id,
+        tenant_id: record.tenant_id,
+        pusher_app_id: record.pusher_app_id,
+        secret,
+        capabilities: record.capabilities,
+        client_events: record.client_events,
+    }
+}
 
 /// The data plane's view of `app`, given its tenant.
 pub fn app_config(app: &App, tenant: &Tenant) -> AppConfig {
@@ -46,8 +60,39 @@ impl ControlPlaneState {
         for (app_id, client_id, issued_before) in self.store().revoked_clients().await? {
             self.registry().revoke_client(&app_id, &client_id, issued_before);
         }
-        tracing::info!(apps = loaded, tenants = tenants.len(), "registry loaded from store");
+        let credentials = self.live_pusher_credentials().await?;
+        let pusher = credentials.len();
+        for credential in credentials {
+            self.registry().upsert_pusher_credential(credential);
+        }
+        tracing::info!(apps = loaded, tenants = tenants.len(), pusher, "registry loaded from store");
         Ok(())
+    }
+
+    /// Every live Pusher credential with its secret opened. Without a credentials key none can
+    /// be opened: they are skipped (and said so), and Pusher clients of those apps are refused.
+    async fn live_pusher_credentials(&self) -> Result<Vec<PusherCredential>> {
+        let records = self.store().live_pusher_credentials().await?;
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(sealer) = self.config().credentials_key.clone() else {
+            tracing::warn!(
+                credentials = records.len(),
+                "Pusher credentials are stored but no credentials key is configured; they stay unloaded"
+            );
+            return Ok(Vec::new());
+        };
+        let mut opened = Vec::with_capacity(records.len());
+        for record in records {
+            match sealer.open_str(&record.sealed_secret, &record.key) {
+                Some(secret) => opened.push(credential_of(record, secret)),
+                None => {
+                    tracing::error!(key = %record.key, "a Pusher secret does not open with the configured credentials key")
+                }
+            }
+        }
+        Ok(opened)
     }
 
     /// Re-reads every app and revocation and republishes what differs from the registry.
@@ -81,6 +126,16 @@ impl ControlPlaneState {
         for (app_id, client_id, issued_before) in self.store().revoked_clients().await? {
             if !self.registry().client_revoked(&app_id, &client_id, issued_before) {
                 self.registry().revoke_client(&app_id, &client_id, issued_before);
+            }
+        }
+        let live = self.live_pusher_credentials().await?;
+        let keys: HashSet<String> = live.iter().map(|c| c.key.clone()).collect();
+        for credential in live {
+            self.registry().upsert_pusher_credential(credential);
+        }
+        for published in self.registry().pusher_credentials() {
+            if !keys.contains(&published.key) {
+                self.registry().remove_pusher_credential(&published.key);
             }
         }
         if changed > 0 {

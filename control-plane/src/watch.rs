@@ -18,12 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aviary_core::token::VerifyingKey;
-use aviary_core::{AppConfig, ConfigEvent, Namespace, Quotas, Registry};
+use aviary_core::{AppConfig, ConfigEvent, Namespace, PusherCredential, Quotas, Registry};
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::Status;
 
 use crate::grpc::pb;
+use crate::sealing::SecretBox;
 
 /// Changes kept for resuming streams.
 pub const RING: usize = 4096;
@@ -47,6 +48,8 @@ struct LogState {
 pub struct ConfigLog {
     epoch: String,
     registry: Arc<Registry>,
+    /// Seals Pusher secrets for the stream; `None` (no node token) sends no credentials.
+    stream_box: Option<SecretBox>,
     state: Mutex<LogState>,
     live: broadcast::Sender<Entry>,
     /// Dropped with the log, which stops its task.
@@ -62,13 +65,14 @@ impl std::fmt::Debug for ConfigLog {
 impl ConfigLog {
     /// Starts logging `registry`'s changes. Call before anything else mutates it, so no change
     /// is missed (a missed one would still reach nodes through the next snapshot).
-    pub fn start(registry: Arc<Registry>) -> Arc<ConfigLog> {
+    pub fn start(registry: Arc<Registry>, stream_box: Option<SecretBox>) -> Arc<ConfigLog> {
         let events = registry.subscribe();
         let (alive, alive_rx) = watch::channel(());
         let (live, _) = broadcast::channel(1024);
         let log = Arc::new(ConfigLog {
             epoch: uuid::Uuid::now_v7().simple().to_string(),
             registry,
+            stream_box,
             state: Mutex::new(LogState { version: 0, ring: VecDeque::with_capacity(RING) }),
             live,
             _alive: alive,
@@ -102,7 +106,7 @@ impl ConfigLog {
     /// The whole current config and the version it includes.
     fn snapshot(&self) -> (u64, pb::ConfigSnapshot) {
         let state = self.state.lock();
-        (state.version, snapshot_of(&self.registry))
+        (state.version, snapshot_of(&self.registry, self.stream_box.as_ref()))
     }
 
     /// What a node resuming from `(epoch, version)` needs first: the deltas after `version`
@@ -237,7 +241,11 @@ async fn run_log(
         };
         let Some(log) = log.upgrade() else { return };
         match got {
-            Ok(event) => log.append(Change::Delta(delta_of(&event, &log.registry))),
+            Ok(event) => {
+                if let Some(delta) = delta_of(&event, &log.registry, log.stream_box.as_ref()) {
+                    log.append(Change::Delta(delta));
+                }
+            }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "config log lagged behind the registry; nodes will take a snapshot");
                 log.append(Change::Resync);
@@ -247,7 +255,9 @@ async fn run_log(
     }
 }
 
-fn delta_of(event: &ConfigEvent, registry: &Registry) -> pb::ConfigDelta {
+/// The wire form of one registry change; `None` for a credential change that cannot be sent
+/// (no stream key: this control plane serves no nodes).
+fn delta_of(event: &ConfigEvent, registry: &Registry, stream_box: Option<&SecretBox>) -> Option<pb::ConfigDelta> {
     use pb::config_delta::Change as C;
     let change = match event {
         ConfigEvent::AppChanged(app) => C::AppChanged(app_to_pb(app)),
@@ -264,8 +274,43 @@ fn delta_of(event: &ConfigEvent, registry: &Registry) -> pb::ConfigDelta {
         }),
         // The event says only that the set changed: send the set as it is now.
         ConfigEvent::KeysChanged => C::KeysChanged(pb::VerifyingKeys { keys: keys_of(registry) }),
+        ConfigEvent::PusherCredentialChanged(c) => C::PusherCredentialChanged(pusher_credential_to_pb(c, stream_box?)),
+        ConfigEvent::PusherCredentialRevoked { app_id, key } => {
+            C::PusherCredentialRevoked(pb::PusherCredentialRevoked { app_id: app_id.clone(), key: key.clone() })
+        }
     };
-    pb::ConfigDelta { change: Some(change) }
+    Some(pb::ConfigDelta { change: Some(change) })
+}
+
+/// A credential on the wire, its secret sealed with the stream key.
+fn pusher_credential_to_pb(c: &PusherCredential, stream_box: &SecretBox) -> pb::PusherCredential {
+    pb::PusherCredential {
+        key: c.key.clone(),
+        app_id: c.app_id.clone(),
+        tenant_id: c.tenant_id.clone(),
+        pusher_app_id: c.pusher_app_id,
+        sealed_secret: stream_box.seal_str(&c.secret, &c.key),
+        capabilities: crate::grpc::capabilities_to_pb(&c.capabilities),
+        client_events: c.client_events,
+    }
+}
+
+/// A wire credential back, its secret opened with the stream key; `None` when it does not open
+/// (the control plane has another node token) or its capabilities do not parse.
+pub(crate) fn pusher_credential_from_pb(c: pb::PusherCredential, stream_box: &SecretBox) -> Option<PusherCredential> {
+    let Some(secret) = stream_box.open_str(&c.sealed_secret, &c.key) else {
+        tracing::error!(key = %c.key, "a streamed Pusher secret does not open: is the node token the control plane's?");
+        return None;
+    };
+    Some(PusherCredential {
+        capabilities: crate::grpc::capabilities_from_pb(c.capabilities).ok()?,
+        key: c.key,
+        app_id: c.app_id,
+        tenant_id: c.tenant_id,
+        pusher_app_id: c.pusher_app_id,
+        secret,
+        client_events: c.client_events,
+    })
 }
 
 fn keys_of(registry: &Registry) -> Vec<pb::VerifyingKey> {
@@ -278,8 +323,14 @@ fn keys_of(registry: &Registry) -> Vec<pb::VerifyingKey> {
     keys
 }
 
-/// Everything in `registry`, as a snapshot message.
-pub fn snapshot_of(registry: &Registry) -> pb::ConfigSnapshot {
+/// Everything in `registry`, as a snapshot message; Pusher credentials only with a stream key
+/// to seal their secrets.
+pub fn snapshot_of(registry: &Registry, stream_box: Option<&SecretBox>) -> pb::ConfigSnapshot {
+    let mut pusher_credentials: Vec<pb::PusherCredential> = match stream_box {
+        Some(sealer) => registry.pusher_credentials().iter().map(|c| pusher_credential_to_pb(c, sealer)).collect(),
+        None => Vec::new(),
+    };
+    pusher_credentials.sort_by(|a, b| a.key.cmp(&b.key));
     let mut apps: Vec<pb::AppConfig> = registry.apps().iter().map(|a| app_to_pb(a)).collect();
     apps.sort_by(|a, b| a.app_id.cmp(&b.app_id));
     pb::ConfigSnapshot {
@@ -295,6 +346,7 @@ pub fn snapshot_of(registry: &Registry) -> pb::ConfigSnapshot {
             .into_iter()
             .map(|(app_id, client_id, issued_before)| pb::RevokedClient { app_id, client_id, issued_before })
             .collect(),
+        pusher_credentials,
     }
 }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aviary_control_plane::grpc::{ControlPlaneClient, pb};
+use aviary_control_plane::sealing::SecretBox;
 use aviary_control_plane::store::{MAX_PAGE, PageRequest, contract};
 use aviary_control_plane::{ControlPlaneConfig, ControlPlaneState, RateLimitConfig, Store};
 use aviary_core::token::{Jwks, verify};
@@ -213,6 +214,7 @@ macro_rules! contract_tests {
 
 contract_tests!(
     tenants_round_trip_and_names_are_unique,
+    pusher_credentials_share_one_app_id_and_revoke_once,
     lists_paginate_without_gaps_or_repeats,
     apps_are_unique_per_tenant_and_need_a_tenant,
     deletes_cascade,
@@ -250,7 +252,152 @@ api_tests!(
     registry_follows_every_mutation,
     rotation_keeps_the_previous_key_in_the_jwks,
     a_second_replica_converges_on_resync,
+    pusher_credentials_are_created_once_listed_without_secrets_and_revoked,
 );
+
+/// The credentials key the Pusher tests seal secrets with.
+fn credentials_key() -> Arc<SecretBox> {
+    Arc::new(SecretBox::parse(&"5a".repeat(32)).unwrap())
+}
+
+async fn pusher_credentials_are_created_once_listed_without_secrets_and_revoked(store: TestStore) {
+    let s = start(store, |c| c.credentials_key = Some(credentials_key())).await;
+    let (_, admin, app_id, _) = s.tenant_with_key("pusher", chat_caps()).await;
+    let (_, other_admin, _, _) = s.tenant_with_key("pusher-other", chat_caps()).await;
+    let path = format!("/v1/apps/{app_id}/pusher-credentials");
+
+    let first = s.post(&path, &admin, json!({})).await.expect(StatusCode::CREATED);
+    let pusher_app_id = first["app_id"].as_str().unwrap().to_owned();
+    assert!(pusher_app_id.len() >= 7 && pusher_app_id.bytes().all(|b| b.is_ascii_digit()), "{first}");
+    let key = first["key"].as_str().unwrap().to_owned();
+    let secret = first["secret"].as_str().unwrap().to_owned();
+    assert!(key.len() == 20 && key.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+    assert!(secret.len() == 40 && secret.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+    assert_eq!(first["aviary_app_id"], app_id.as_str());
+    assert_eq!(first["capabilities"], json!({ "*": ["subscribe", "publish", "presence", "history"] }));
+    assert_eq!(first["client_events"], false);
+
+    let second = s
+        .post(
+            &path,
+            &admin,
+            json!({ "capabilities": { "presence-room:*": ["subscribe", "presence"] }, "client_events": true }),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    assert_eq!(second["app_id"], pusher_app_id.as_str(), "one numeric app id per app");
+    assert_ne!(second["key"], key.as_str());
+
+    // The registry (what the data plane reads, and what is streamed to nodes) has the secret.
+    let live = s.state.registry().pusher_credential(&key).expect("pushed to the registry");
+    assert_eq!((live.secret.as_str(), live.app_id.as_str()), (secret.as_str(), app_id.as_str()));
+    assert_eq!(live.pusher_app_id.to_string(), pusher_app_id);
+    assert!(s.state.registry().pusher_credential(second["key"].as_str().unwrap()).unwrap().client_events);
+
+    // At rest the secret is sealed under the credentials key, bound to its key.
+    let stored = s.state.store().list_pusher_credentials(&app_id, &PageRequest::first(10)).await.unwrap().items;
+    let sealed = &stored.iter().find(|c| c.key == key).unwrap().sealed_secret;
+    assert!(!sealed.windows(secret.len()).any(|w| w == secret.as_bytes()), "no secret in clear at rest");
+    assert_eq!(credentials_key().open_str(sealed, &key).as_deref(), Some(secret.as_str()));
+
+    // Listing never shows a secret.
+    let listed = s.get(&path, &admin).await.expect(StatusCode::OK);
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2);
+    assert!(!listed.to_string().contains(&secret) && listed["items"][0].get("secret").is_none());
+    assert_eq!(listed["items"][0]["key"], key.as_str(), "listed in creation order");
+
+    // Bad input and other tenants.
+    s.post(&path, &admin, json!({ "capabilities": {} })).await.expect_problem(StatusCode::BAD_REQUEST, "bad-request");
+    s.post(&path, &admin, json!({ "capabilities": { "a b": ["subscribe"] } }))
+        .await
+        .expect_problem(StatusCode::BAD_REQUEST, "bad-request");
+    s.post(&path, &admin, json!({ "secret": "mine" })).await.expect_problem(StatusCode::BAD_REQUEST, "bad-request");
+    s.post(&path, &other_admin, json!({})).await.expect_problem(StatusCode::NOT_FOUND, "not-found");
+    s.get(&path, &other_admin).await.expect_problem(StatusCode::NOT_FOUND, "not-found");
+    let revoke = format!("{path}/{key}");
+    s.call(reqwest::Method::DELETE, &revoke, Some(&other_admin), None)
+        .await
+        .expect_problem(StatusCode::NOT_FOUND, "not-found");
+
+    // Revocation: at once in the registry, listed with its time, idempotent; unknown keys 404.
+    let mut events = s.state.registry().subscribe();
+    s.call(reqwest::Method::DELETE, &revoke, Some(&admin), None).await.expect(StatusCode::NO_CONTENT);
+    assert!(s.state.registry().pusher_credential(&key).is_none());
+    assert!(matches!(
+        events.try_recv(),
+        Ok(aviary_core::ConfigEvent::PusherCredentialRevoked { key: k, .. }) if k == key
+    ));
+    s.call(reqwest::Method::DELETE, &revoke, Some(&admin), None).await.expect(StatusCode::NO_CONTENT);
+    s.call(reqwest::Method::DELETE, &format!("{path}/0000"), Some(&admin), None)
+        .await
+        .expect_problem(StatusCode::NOT_FOUND, "not-found");
+    let listed = s.get(&path, &admin).await.expect(StatusCode::OK);
+    assert!(listed["items"][0]["revoked_at"].is_string());
+
+    // A restarted control plane loads the live credential with the same key, none without it.
+    let restarted = Arc::new(Registry::new());
+    let mut config = ControlPlaneConfig::new(OPERATOR);
+    config.credentials_key = Some(credentials_key());
+    let _again = ControlPlaneState::new(s.state.store().clone(), restarted.clone(), config).await.unwrap();
+    let loaded: Vec<String> = restarted.pusher_credentials().iter().map(|c| c.key.clone()).collect();
+    assert_eq!(loaded, vec![second["key"].as_str().unwrap().to_owned()]);
+    let keyless = Arc::new(Registry::new());
+    let _keyless = ControlPlaneState::new(s.state.store().clone(), keyless.clone(), ControlPlaneConfig::new(OPERATOR))
+        .await
+        .unwrap();
+    assert!(keyless.pusher_credentials().is_empty());
+
+    // The same operations over gRPC.
+    let mut client = ControlPlaneClient::connect(format!("http://{}", s.grpc)).await.unwrap();
+    let created = client
+        .create_pusher_credential(with_auth(
+            pb::CreatePusherCredentialRequest { app_id: app_id.clone(), ..Default::default() },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let info = created.credential.unwrap();
+    assert_eq!(info.app_id, pusher_app_id);
+    assert_eq!(created.secret.len(), 40);
+    let listed = client
+        .list_pusher_credentials(with_auth(
+            pb::ListPusherCredentialsRequest { app_id: app_id.clone(), ..Default::default() },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.credentials.len(), 3);
+    client
+        .revoke_pusher_credential(with_auth(
+            pb::RevokePusherCredentialRequest { app_id: app_id.clone(), key: info.key.clone() },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    assert!(s.state.registry().pusher_credential(&info.key).is_none());
+    let hidden = client
+        .create_pusher_credential(with_auth(
+            pb::CreatePusherCredentialRequest { app_id: app_id.clone(), ..Default::default() },
+            &other_admin,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pusher_credentials_need_a_credentials_key() {
+    let s = start(sqlite_store().await, |_| {}).await;
+    let (_, admin, app_id, _) = s.tenant_with_key("keyless", chat_caps()).await;
+    s.post(&format!("/v1/apps/{app_id}/pusher-credentials"), &admin, json!({}))
+        .await
+        .expect_problem(StatusCode::SERVICE_UNAVAILABLE, "credentials-key-missing");
+    let before = snapshot(&**s.state.store()).await;
+    assert!(s.state.store().live_pusher_credentials().await.unwrap().is_empty(), "nothing written");
+    assert_eq!(before, snapshot(&**s.state.store()).await);
+}
 
 async fn newcomer_flow_mints_a_token_that_verifies_against_the_jwks(store: TestStore) {
     let s = start(store, |_| {}).await;
@@ -820,6 +967,8 @@ async fn openapi_documents_every_route_and_security_scheme() {
         "/v1/apps/{app_id}/keys/{key_id}",
         "/v1/apps/{app_id}/tokens",
         "/v1/apps/{app_id}/clients/{client_id}/revoke",
+        "/v1/apps/{app_id}/pusher-credentials",
+        "/v1/apps/{app_id}/pusher-credentials/{key}",
         "/v1/tenants/over-quota",
         "/v1/signing-keys/rotate",
         "/.well-known/jwks.json",

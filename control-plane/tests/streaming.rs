@@ -255,6 +255,7 @@ on_both_stores!(
     follower_restarted_during_an_outage_serves_its_cache_then_catches_up,
     remote_key_authority_caches_and_forgets_revoked_keys,
     reporter_retries_a_batch_until_acknowledged_and_it_counts_once,
+    pusher_credentials_reach_nodes_sealed_and_their_revocation_follows,
 );
 
 /// One test per case and store for a test that takes arguments after its store (the pinned
@@ -466,6 +467,75 @@ async fn changes_are_pushed_to_a_follower(store: TestStore) {
     let current = cp.state.registry().verifying_keys().len();
     until(&node, PROMPTLY, |r| r.verifying_keys().len() == current).await;
     assert!(follower.status().connected());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Pusher secrets reach a node (which needs them to check signatures) without ever being in
+/// clear on the wire or in the node's cache file; revocations and app deletions follow.
+async fn pusher_credentials_reach_nodes_sealed_and_their_revocation_follows(store: TestStore) {
+    let sealer = Arc::new(aviary_control_plane::sealing::SecretBox::parse(&"3c".repeat(32)).unwrap());
+    let cp = start(&store, None, |c| c.credentials_key = Some(sealer.clone())).await;
+    let (_, admin, app_id, _, _) = cp.tenant("pusher").await;
+    let path = format!("/v1/apps/{app_id}/pusher-credentials");
+    let before = cp.ok(reqwest::Method::POST, &path, &admin, Some(json!({}))).await;
+    let (key, secret) = (before["key"].as_str().unwrap().to_owned(), before["secret"].as_str().unwrap().to_owned());
+
+    // The raw stream: the snapshot carries the credential, its secret sealed.
+    let mut client = ControlPlaneClient::connect(cp.endpoint()).await.unwrap();
+    let mut stream = client
+        .watch(with_auth(pb::WatchRequest { node_id: "raw".into(), ..Default::default() }, NODE_TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::watch_event::Event::Snapshot(snapshot)) = next_event(&mut stream).await.event else {
+        panic!("a snapshot first")
+    };
+    let streamed = snapshot.pusher_credentials.iter().find(|c| c.key == key).expect("credential in the snapshot");
+    assert!(!streamed.sealed_secret.windows(secret.len()).any(|w| w == secret.as_bytes()), "sealed on the wire");
+    assert_eq!(streamed.pusher_app_id.to_string(), before["app_id"].as_str().unwrap());
+
+    // A follower opens it with the key it derives from the node token.
+    let node = Arc::new(Registry::new());
+    let dir = temp_dir();
+    let follower = ConfigFollower::start(follower_config(&cp.endpoint(), &dir), node.clone()).unwrap();
+    assert!(follower.wait_connected(SECOND * 3).await, "{:?}", follower.status());
+    let on_node = node.pusher_credential(&key).expect("in the node's registry");
+    assert_eq!((on_node.secret.as_str(), on_node.app_id.as_str()), (secret.as_str(), app_id.as_str()));
+
+    // Created after the node connected: a delta.
+    let after = cp.ok(reqwest::Method::POST, &path, &admin, Some(json!({ "client_events": true }))).await;
+    let later = after["key"].as_str().unwrap().to_owned();
+    until(&node, PROMPTLY, |r| r.pusher_credential(&later).is_some_and(|c| c.client_events)).await;
+    assert_eq!(node.pusher_credential(&later).unwrap().secret, after["secret"].as_str().unwrap());
+
+    // The cache file keeps secrets sealed, and a node restarted from it opens them again.
+    let version = follower.status().version;
+    assert!(follower.wait_until(SECOND * 3, |s| s.cached_version >= version).await, "cache written");
+    let cached = std::fs::read(follower.cache_file()).unwrap();
+    assert!(!cached.windows(secret.len()).any(|w| w == secret.as_bytes()), "no secret in clear on disk");
+    let decoded = <pb::WatchEvent as prost::Message>::decode(cached.as_slice()).unwrap();
+    let Some(pb::watch_event::Event::Snapshot(from_disk)) = decoded.event else { panic!("a snapshot on disk") };
+    let restarted = Registry::new();
+    aviary_control_plane::follower::apply_snapshot(
+        &restarted,
+        from_disk.clone(),
+        &aviary_control_plane::sealing::SecretBox::for_config_stream(NODE_TOKEN),
+    );
+    assert_eq!(restarted.pusher_credential(&key).unwrap().secret, secret);
+    let stranger = Registry::new();
+    aviary_control_plane::follower::apply_snapshot(
+        &stranger,
+        from_disk,
+        &aviary_control_plane::sealing::SecretBox::for_config_stream("another node token"),
+    );
+    assert!(stranger.pusher_credential(&key).is_none(), "without the node token the secrets do not open");
+
+    // Revocation reaches the node; deleting the app takes the rest.
+    cp.ok(reqwest::Method::DELETE, &format!("{path}/{key}"), &admin, None).await;
+    until(&node, PROMPTLY, |r| r.pusher_credential(&key).is_none()).await;
+    assert!(node.pusher_credential(&later).is_some());
+    cp.ok(reqwest::Method::DELETE, &format!("/v1/apps/{app_id}"), &admin, None).await;
+    until(&node, PROMPTLY, |r| r.pusher_credential(&later).is_none()).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 

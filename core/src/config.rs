@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::channel::namespace_of;
+use crate::pusher::PusherCredential;
 use crate::token::VerifyingKey;
 
 /// Limits on what a tenant (and, tighter, one of its apps) may use.
@@ -160,6 +161,11 @@ pub enum ConfigEvent {
     ClientRevoked { app_id: String, client_id: String, issued_before: i64 },
     /// The set of token verifying keys changed.
     KeysChanged,
+    /// A Pusher credential was created (or its grant changed).
+    PusherCredentialChanged(Arc<PusherCredential>),
+    /// A Pusher credential was revoked: connections that opened with its key must close, and
+    /// requests signed with its secret are refused from now on.
+    PusherCredentialRevoked { app_id: String, key: String },
 }
 
 /// The live configuration one data plane node works from. Cheap to read from any task.
@@ -169,6 +175,8 @@ pub struct Registry {
     /// Revoked API key id -> its app id.
     revoked_keys: DashMap<String, String>,
     revoked_clients: DashMap<(String, String), i64>,
+    /// Live Pusher credentials by public key.
+    pusher: DashMap<String, Arc<PusherCredential>>,
     events: broadcast::Sender<ConfigEvent>,
     version: AtomicU64,
 }
@@ -193,6 +201,7 @@ impl Registry {
             keys: RwLock::new(HashMap::new()),
             revoked_keys: DashMap::new(),
             revoked_clients: DashMap::new(),
+            pusher: DashMap::new(),
             events,
             version: AtomicU64::new(0),
         }
@@ -240,6 +249,16 @@ impl Registry {
         self.revoked_clients.get(&(app_id.to_owned(), client_id.to_owned())).is_some_and(|before| issued_at <= *before)
     }
 
+    /// The live Pusher credential with this public key.
+    pub fn pusher_credential(&self, key: &str) -> Option<Arc<PusherCredential>> {
+        self.pusher.get(key).map(|c| c.clone())
+    }
+
+    /// Every live Pusher credential (for snapshots and resyncs).
+    pub fn pusher_credentials(&self) -> Vec<Arc<PusherCredential>> {
+        self.pusher.iter().map(|c| c.clone()).collect()
+    }
+
     /// Subscribes to changes made after this call.
     pub fn subscribe(&self) -> broadcast::Receiver<ConfigEvent> {
         self.events.subscribe()
@@ -276,8 +295,9 @@ impl Registry {
         self.emit(ConfigEvent::AppChanged(app));
     }
 
-    /// Forgets an app.
+    /// Forgets an app (and its Pusher credentials: the app's removal closes their connections).
     pub fn remove_app(&self, app_id: &str) {
+        self.pusher.retain(|_, c| c.app_id != app_id);
         if let Some((_, app)) = self.apps.remove(app_id) {
             self.emit(ConfigEvent::AppRemoved { app_id: app.app_id.clone(), tenant_id: app.tenant_id.clone() });
         }
@@ -300,6 +320,23 @@ impl Registry {
             client_id: client_id.to_owned(),
             issued_before,
         });
+    }
+
+    /// Inserts or replaces a Pusher credential (no event when identical).
+    pub fn upsert_pusher_credential(&self, credential: PusherCredential) {
+        if self.pusher.get(&credential.key).is_some_and(|current| **current == credential) {
+            return;
+        }
+        let credential = Arc::new(credential);
+        self.pusher.insert(credential.key.clone(), credential.clone());
+        self.emit(ConfigEvent::PusherCredentialChanged(credential));
+    }
+
+    /// Revokes a Pusher credential at once (no event when it was not live).
+    pub fn remove_pusher_credential(&self, key: &str) {
+        if let Some((_, c)) = self.pusher.remove(key) {
+            self.emit(ConfigEvent::PusherCredentialRevoked { app_id: c.app_id.clone(), key: c.key.clone() });
+        }
     }
 
     fn emit(&self, event: ConfigEvent) {
@@ -356,6 +393,33 @@ mod tests {
         assert!(!r.client_revoked("app_2", "u1", 50));
         assert!(matches!(rx.try_recv(), Ok(ConfigEvent::ClientRevoked { .. })));
         assert_eq!(r.version(), 1);
+    }
+
+    #[test]
+    fn pusher_credentials_are_replaced_revoked_and_leave_with_their_app() {
+        let r = Registry::new();
+        let cred = |key: &str, app_id: &str| PusherCredential {
+            key: key.into(),
+            app_id: app_id.into(),
+            tenant_id: "ten_1".into(),
+            pusher_app_id: 7,
+            secret: "secret".into(),
+            capabilities: crate::Capabilities::all(),
+            client_events: false,
+        };
+        r.upsert_app(app(vec![]));
+        r.upsert_pusher_credential(cred("k1", "app_1"));
+        r.upsert_pusher_credential(cred("k1", "app_1"));
+        r.upsert_pusher_credential(cred("k2", "app_1"));
+        assert_eq!(r.version(), 3, "an identical credential emits nothing");
+        let mut rx = r.subscribe();
+        r.remove_pusher_credential("k1");
+        r.remove_pusher_credential("k1");
+        assert!(matches!(rx.try_recv(), Ok(ConfigEvent::PusherCredentialRevoked { key, .. }) if key == "k1"));
+        assert!(rx.try_recv().is_err(), "revoking twice emits once");
+        assert!(r.pusher_credential("k1").is_none());
+        r.remove_app("app_1");
+        assert!(r.pusher_credential("k2").is_none(), "deleting the app drops its credentials");
     }
 
     #[test]

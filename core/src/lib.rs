@@ -11,6 +11,7 @@ pub mod config;
 pub mod failures;
 pub mod openapi;
 pub mod problem;
+pub mod pusher;
 pub mod token;
 pub mod usage;
 
@@ -18,6 +19,7 @@ pub use auth::{ApiKeyAuthority, ApiKeyError, VerifiedApiKey};
 pub use capability::{Capabilities, Operation};
 pub use config::{AppConfig, ConfigEvent, Namespace, Quotas, Registry};
 pub use failures::FailureLimiter;
+pub use pusher::PusherCredential;
 pub use token::{ConnectionClaims, SigningKey, TokenError};
 
 /// Seconds since the Unix epoch, the unit every timestamp in tokens and config uses.

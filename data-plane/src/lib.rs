@@ -369,7 +369,10 @@ fn apply_config_event(inner: &NodeState, event: &ConfigEvent) {
                 &id.app_id == app_id && &id.client_id == client_id && id.issued_at <= *issued_before
             })
         }
-        ConfigEvent::AppChanged(_) | ConfigEvent::KeysChanged => {}
+        ConfigEvent::AppChanged(_)
+        | ConfigEvent::KeysChanged
+        | ConfigEvent::PusherCredentialChanged(_)
+        | ConfigEvent::PusherCredentialRevoked { .. } => {}
     }
 }
 

@@ -1,4 +1,4 @@
-//! Tenant admin endpoints: apps and their API keys.
+//! Tenant admin endpoints: apps, their API keys and their Pusher credentials.
 
 use aviary_core::problem::Problem;
 use axum::extract::{Path, State};
@@ -10,7 +10,8 @@ use crate::ControlPlaneState;
 use crate::auth::TenantAdmin;
 use crate::error::Result;
 use crate::service::{
-    ApiKeyCreated, ApiKeyView, ClientRevoked, CreateApiKey, CreateApp, ListParams, Listing, UpdateApp,
+    ApiKeyCreated, ApiKeyView, ClientRevoked, CreateApiKey, CreateApp, CreatePusherCredential, ListParams, Listing,
+    PusherCredentialCreated, PusherCredentialView, UpdateApp,
 };
 use crate::store::App;
 
@@ -142,4 +143,52 @@ pub async fn revoke_client(
     Path((app_id, client_id)): Path<(String, String)>,
 ) -> Result<axum::Json<ClientRevoked>> {
     Ok(axum::Json(state.revoke_client(&admin, &app_id, &client_id).await?))
+}
+
+/// Creates a Pusher key/secret pair for the app (its numeric `app_id` is allocated with the
+/// first one); the secret is in the answer and nowhere else. Every field is optional: `{}`
+/// grants every channel.
+#[utoipa::path(post, path = "/v1/apps/{app_id}/pusher-credentials", tag = "pusher",
+    security(("tenant_admin" = []), ("operator" = [])),
+    request_body = CreatePusherCredential,
+    responses(
+        (status = 201, body = PusherCredentialCreated),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "no credentials key configured", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_pusher_credential(
+    State(state): State<ControlPlaneState>,
+    admin: TenantAdmin,
+    Path(app_id): Path<String>,
+    Json(req): Json<CreatePusherCredential>,
+) -> Result<impl IntoResponse> {
+    Ok((StatusCode::CREATED, axum::Json(state.create_pusher_credential(&admin, &app_id, req).await?)))
+}
+
+/// Lists the app's Pusher credentials (never their secrets), revoked ones included.
+#[utoipa::path(get, path = "/v1/apps/{app_id}/pusher-credentials", tag = "pusher",
+    security(("tenant_admin" = []), ("operator" = [])), params(ListParams),
+    responses((status = 200, body = Listing<PusherCredentialView>), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn list_pusher_credentials(
+    State(state): State<ControlPlaneState>,
+    admin: TenantAdmin,
+    Path(app_id): Path<String>,
+    Query(params): Query<ListParams>,
+) -> Result<axum::Json<Listing<PusherCredentialView>>> {
+    Ok(axum::Json(state.list_pusher_credentials(&admin, &app_id, &params).await?))
+}
+
+/// Revokes a Pusher credential at once: connections opened with its key are closed on every
+/// node and requests signed with its secret are refused.
+#[utoipa::path(delete, path = "/v1/apps/{app_id}/pusher-credentials/{key}", tag = "pusher",
+    security(("tenant_admin" = []), ("operator" = [])),
+    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn revoke_pusher_credential(
+    State(state): State<ControlPlaneState>,
+    admin: TenantAdmin,
+    Path((app_id, key)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    state.revoke_pusher_credential(&admin, &app_id, &key).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -52,6 +52,11 @@ pub fn router(state: ControlPlaneState) -> Router {
         .route("/v1/apps/{app_id}/keys", post(apps::create_api_key).get(apps::list_api_keys))
         .route("/v1/apps/{app_id}/keys/{key_id}", delete(apps::revoke_api_key))
         .route("/v1/apps/{app_id}/clients/{client_id}/revoke", post(apps::revoke_client))
+        .route(
+            "/v1/apps/{app_id}/pusher-credentials",
+            post(apps::create_pusher_credential).get(apps::list_pusher_credentials),
+        )
+        .route("/v1/apps/{app_id}/pusher-credentials/{key}", delete(apps::revoke_pusher_credential))
         // App API key.
         .route("/v1/apps/{app_id}/tokens", post(tokens::issue_token))
         // Public.
@@ -118,6 +123,7 @@ async fn method_not_allowed() -> impl IntoResponse {
         tenants::over_quota,
         apps::create_app, apps::list_apps, apps::get_app, apps::update_app, apps::delete_app,
         apps::create_api_key, apps::list_api_keys, apps::revoke_api_key, apps::revoke_client,
+        apps::create_pusher_credential, apps::list_pusher_credentials, apps::revoke_pusher_credential,
         tokens::issue_token, tokens::rotate_signing_key, tokens::jwks,
     ),
     components(schemas(aviary_core::problem::Problem, aviary_core::Operation)),
@@ -126,6 +132,7 @@ async fn method_not_allowed() -> impl IntoResponse {
         (name = "tenants", description = "Operator: tenants, quotas, admin keys; tenant usage"),
         (name = "apps", description = "Tenant admin: apps and their settings"),
         (name = "keys", description = "Tenant admin: app API keys"),
+        (name = "pusher", description = "Tenant admin: Pusher Channels credentials (app id, key, secret)"),
         (name = "tokens", description = "Connection tokens, signing keys, JWKS"),
     )
 )]

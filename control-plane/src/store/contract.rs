@@ -6,7 +6,9 @@ use aviary_core::usage::UsageRecord;
 use aviary_core::{Capabilities, Namespace, Operation, Quotas};
 use chrono::TimeDelta;
 
-use super::{AdminKeyRecord, ApiKeyRecord, App, PageRequest, SigningKeyRecord, Store, Tenant, now};
+use super::{
+    AdminKeyRecord, ApiKeyRecord, App, PageRequest, PusherCredentialRecord, SigningKeyRecord, Store, Tenant, now,
+};
 use crate::error::Error;
 
 fn id(prefix: &str) -> String {
@@ -278,6 +280,84 @@ pub async fn client_revocations_keep_the_latest_cutoff(store: &dyn Store) {
     assert!(matches!(store.revoke_client("app_missing", "u", 1).await, Err(Error::NotFound(_))));
     assert!(store.delete_app(&a.id).await.unwrap());
     assert!(store.revoked_clients().await.unwrap().is_empty());
+}
+
+fn pusher_credential(app: &App, key: &str, pusher_app_id: u64) -> PusherCredentialRecord {
+    PusherCredentialRecord {
+        key: key.into(),
+        app_id: app.id.clone(),
+        tenant_id: app.tenant_id.clone(),
+        pusher_app_id,
+        capabilities: Capabilities::from_pairs([("presence-*", &[Operation::Subscribe, Operation::Presence][..])]),
+        client_events: true,
+        sealed_secret: vec![1, 0, 255, 7],
+        created_at: now(),
+        revoked_at: None,
+    }
+}
+
+/// An app gets one numeric Pusher id with its first credential, kept for every later one; ids
+/// and keys are unique; revocation erases the sealed secret, is listed and keeps the first time;
+/// credentials go with their app.
+pub async fn pusher_credentials_share_one_app_id_and_revoke_once(store: &dyn Store) {
+    let t = seed(store, "pusher").await;
+    let a = app(&t.id, "app");
+    let b = app(&t.id, "other");
+    store.create_app(&a).await.unwrap();
+    store.create_app(&b).await.unwrap();
+    let first = pusher_credential(&a, "0000000000aa00000001", 1_234_567);
+    assert_eq!(store.create_pusher_credential(&first).await.unwrap(), 1_234_567);
+    let second = pusher_credential(&a, "0000000000aa00000002", 7_654_321);
+    assert_eq!(store.create_pusher_credential(&second).await.unwrap(), 1_234_567, "the app keeps its id");
+    assert!(
+        matches!(
+            store.create_pusher_credential(&pusher_credential(&b, "0000000000bb00000001", 1_234_567)).await,
+            Err(Error::Conflict(_))
+        ),
+        "another app cannot take the id"
+    );
+    assert!(matches!(
+        store.create_pusher_credential(&pusher_credential(&b, &first.key, 99)).await,
+        Err(Error::Conflict(_))
+    ));
+    assert!(
+        store.list_pusher_credentials(&b.id, &PageRequest::first(10)).await.unwrap().items.is_empty(),
+        "nothing written"
+    );
+    assert_eq!(
+        store.create_pusher_credential(&pusher_credential(&a, "0000000000cc00000001", 5)).await.unwrap(),
+        1_234_567
+    );
+    let mut missing = pusher_credential(&a, "0000000000dd00000001", 6);
+    missing.app_id = "app_missing".into();
+    assert!(matches!(store.create_pusher_credential(&missing).await, Err(Error::NotFound(_))));
+
+    let page = store.list_pusher_credentials(&a.id, &PageRequest::first(2)).await.unwrap();
+    assert_eq!(page.items, vec![first.clone(), PusherCredentialRecord { pusher_app_id: 1_234_567, ..second.clone() }]);
+    let rest =
+        store.list_pusher_credentials(&a.id, &PageRequest { after: page.next_after.clone(), limit: 2 }).await.unwrap();
+    assert_eq!(rest.items.len(), 1);
+    assert_eq!(rest.next_after, None);
+    assert_eq!(store.live_pusher_credentials().await.unwrap().len(), 3);
+
+    assert!(!store.revoke_pusher_credential(&b.id, &first.key, now()).await.unwrap(), "wrong app");
+    let at = now();
+    assert!(store.revoke_pusher_credential(&a.id, &first.key, at).await.unwrap());
+    assert!(store.revoke_pusher_credential(&a.id, &first.key, at + TimeDelta::seconds(5)).await.unwrap());
+    let listed = store.list_pusher_credentials(&a.id, &PageRequest::first(10)).await.unwrap().items;
+    assert_eq!(listed[0].revoked_at, Some(at));
+    assert!(listed[0].sealed_secret.is_empty(), "a revoked secret is not kept");
+    let live = store.live_pusher_credentials().await.unwrap();
+    assert_eq!(live.len(), 2);
+    assert!(live.iter().all(|c| c.key != first.key && c.pusher_app_id == 1_234_567));
+
+    assert!(store.delete_app(&a.id).await.unwrap());
+    assert!(store.live_pusher_credentials().await.unwrap().is_empty());
+    // The deleted app's id is free again.
+    assert_eq!(
+        store.create_pusher_credential(&pusher_credential(&b, "0000000000bb00000002", 1_234_567)).await.unwrap(),
+        1_234_567
+    );
 }
 
 fn usage(tenant_id: &str, app_id: &str, from_ms: i64, peak: u64, published: u64) -> UsageRecord {

@@ -91,6 +91,36 @@ pub struct ApiKeyRecord {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+/// A Pusher key/secret pair of an app, as stored: the secret only sealed (see
+/// [`crate::sealing`]), and emptied when the credential is revoked.
+#[derive(Clone, PartialEq)]
+pub struct PusherCredentialRecord {
+    /// The public key; unique across apps (clients connect with it alone).
+    pub key: String,
+    pub app_id: String,
+    pub tenant_id: String,
+    /// The app's numeric Pusher id. On create, a candidate the store uses only if the app has
+    /// none yet; on read, the app's id.
+    pub pusher_app_id: u64,
+    pub capabilities: Capabilities,
+    pub client_events: bool,
+    /// AES-256-GCM ciphertext of the secret; empty once revoked.
+    pub sealed_secret: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for PusherCredentialRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PusherCredentialRecord")
+            .field("key", &self.key)
+            .field("app_id", &self.app_id)
+            .field("pusher_app_id", &self.pusher_app_id)
+            .field("revoked_at", &self.revoked_at)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A token signing key: Ed25519 private key as PKCS#8 DER.
 #[derive(Clone, PartialEq)]
 pub struct SigningKeyRecord {
@@ -220,6 +250,20 @@ pub trait Store: Send + Sync + 'static {
     async fn revoked_api_keys(&self) -> Result<Vec<(String, String)>>;
     /// Records that the key was used at `at` (best effort, never fails on a missing key).
     async fn touch_api_key(&self, id: &str, at: DateTime<Utc>) -> Result<()>;
+
+    /// Stores a Pusher credential. The app's numeric Pusher id is allocated atomically with its
+    /// first credential (`cred.pusher_app_id` is the candidate; a candidate already used by
+    /// another app is a [`crate::Error::Conflict`] and writes nothing) and kept afterwards:
+    /// returns the id in force. `NotFound` if the app does not exist; a taken key is a
+    /// `Conflict`.
+    async fn create_pusher_credential(&self, cred: &PusherCredentialRecord) -> Result<u64>;
+    /// The app's credentials ordered by key, revoked ones included.
+    async fn list_pusher_credentials(&self, app_id: &str, page: &PageRequest) -> Result<Page<PusherCredentialRecord>>;
+    /// Marks the credential revoked at `at` (an earlier revocation time is kept) and erases its
+    /// sealed secret. `true` if it exists and belongs to `app_id`, revoked before or not.
+    async fn revoke_pusher_credential(&self, app_id: &str, key: &str, at: DateTime<Utc>) -> Result<bool>;
+    /// Every credential not revoked, of every app (loading the registry).
+    async fn live_pusher_credentials(&self) -> Result<Vec<PusherCredentialRecord>>;
 
     /// Every stored signing key, newest first. At most one has `retired_at == None`.
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;

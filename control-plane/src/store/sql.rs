@@ -41,8 +41,8 @@ macro_rules! impl_sql_store {
         use crate::error::{Error, Result};
         use crate::store::sql::{classify, from_json, to_json};
         use crate::store::{
-            AdminKeyRecord, ApiKeyRecord, App, Page, PageRequest, SigningKeyRecord, Store, Tenant, UsageBucket,
-            usage_hour,
+            AdminKeyRecord, ApiKeyRecord, App, Page, PageRequest, PusherCredentialRecord, SigningKeyRecord, Store,
+            Tenant, UsageBucket, usage_hour,
         };
         use aviary_core::usage::UsageRecord;
 
@@ -125,6 +125,22 @@ macro_rules! impl_sql_store {
                 secret_hash: r.try_get("secret_hash")?,
                 created_at: r.try_get("created_at")?,
                 last_used_at: r.try_get("last_used_at")?,
+                revoked_at: r.try_get("revoked_at")?,
+            })
+        }
+
+        fn pusher_credential_from_row(r: &$row) -> Result<PusherCredentialRecord> {
+            let pusher_app_id: i64 = r.try_get("pusher_app_id")?;
+            Ok(PusherCredentialRecord {
+                key: r.try_get("key")?,
+                app_id: r.try_get("app_id")?,
+                tenant_id: r.try_get("tenant_id")?,
+                pusher_app_id: u64::try_from(pusher_app_id)
+                    .map_err(|_| Error::Corrupt("pusher_apps.pusher_app_id".into()))?,
+                capabilities: from_json(r.try_get::<&str, _>("capabilities")?, "pusher_credentials.capabilities")?,
+                client_events: r.try_get("client_events")?,
+                sealed_secret: r.try_get("sealed_secret")?,
+                created_at: r.try_get("created_at")?,
                 revoked_at: r.try_get("revoked_at")?,
             })
         }
@@ -375,6 +391,83 @@ macro_rules! impl_sql_store {
                     .execute(&self.pool)
                     .await?;
                 Ok(())
+            }
+
+            async fn create_pusher_credential(&self, c: &PusherCredentialRecord) -> Result<u64> {
+                let candidate = i64::try_from(c.pusher_app_id).map_err(|_| Error::invalid("pusher_app_id too large"))?;
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO pusher_apps (app_id, pusher_app_id) VALUES ($1, $2) ON CONFLICT (app_id) DO NOTHING",
+                )
+                .bind(&c.app_id)
+                .bind(candidate)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| classify(e, "that Pusher app id is taken", "app"))?;
+                let pusher_app_id: i64 = sqlx::query_scalar("SELECT pusher_app_id FROM pusher_apps WHERE app_id = $1")
+                    .bind(&c.app_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO pusher_credentials (key, app_id, tenant_id, capabilities, client_events, \
+                     sealed_secret, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(&c.key)
+                .bind(&c.app_id)
+                .bind(&c.tenant_id)
+                .bind(to_json(&c.capabilities)?)
+                .bind(c.client_events)
+                .bind(&c.sealed_secret)
+                .bind(c.created_at)
+                .bind(c.revoked_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| classify(e, "a Pusher credential with this key already exists", "app"))?;
+                tx.commit().await?;
+                u64::try_from(pusher_app_id).map_err(|_| Error::Corrupt("pusher_apps.pusher_app_id".into()))
+            }
+
+            async fn list_pusher_credentials(
+                &self,
+                app_id: &str,
+                page: &PageRequest,
+            ) -> Result<Page<PusherCredentialRecord>> {
+                // Credentials joined with their app's numeric Pusher id.
+                let rows = sqlx::query(
+                    "SELECT c.*, p.pusher_app_id FROM pusher_credentials c JOIN pusher_apps p ON p.app_id = c.app_id \
+                     WHERE c.app_id = $1 AND c.key > $2 ORDER BY c.key LIMIT $3",
+                )
+                .bind(app_id)
+                .bind(after(page))
+                .bind(i64::from(page.limit) + 1)
+                .fetch_all(&self.pool)
+                .await?;
+                let items = rows.iter().map(pusher_credential_from_row).collect::<Result<Vec<_>>>()?;
+                Ok(paginate(items, page.limit, |c| &c.key))
+            }
+
+            async fn revoke_pusher_credential(&self, app_id: &str, key: &str, at: DateTime<Utc>) -> Result<bool> {
+                let done = sqlx::query(
+                    "UPDATE pusher_credentials SET revoked_at = COALESCE(revoked_at, $3), sealed_secret = $4 \
+                     WHERE key = $1 AND app_id = $2",
+                )
+                .bind(key)
+                .bind(app_id)
+                .bind(at)
+                .bind(Vec::<u8>::new())
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn live_pusher_credentials(&self) -> Result<Vec<PusherCredentialRecord>> {
+                let rows = sqlx::query(
+                    "SELECT c.*, p.pusher_app_id FROM pusher_credentials c JOIN pusher_apps p ON p.app_id = c.app_id \
+                     WHERE c.revoked_at IS NULL ORDER BY c.key",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(pusher_credential_from_row).collect()
             }
 
             async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
