@@ -9,7 +9,8 @@
 //! Code map: [`protocol`] (wire frames), `transport` (WebSocket and SSE byte pumps and
 //! heartbeats), `session` (one client's state; decodes its commands), `ops` (every operation
 //! once, with every rule: the front ends' shared core), `hub` (channel -> local subscribers,
-//! fan-out), [`quota`] (admission), [`rest`] (backend API), [`metrics`], [`error`].
+//! fan-out), [`quota`] (admission), [`rest`] (backend API), [`pusher`] (the Pusher protocol-7
+//! front end, in progress: channel-name mapping and frame codec), [`metrics`], [`error`].
 //! `docs/protocol.md` documents the wire protocol for SDK authors.
 //!
 //! The path of a publication: a client `publish` (session) or a REST call (rest) becomes
@@ -31,6 +32,7 @@ mod openapi;
 pub(crate) mod ops;
 pub(crate) mod outbox;
 pub mod protocol;
+pub mod pusher;
 pub mod quota;
 pub mod rest;
 pub(crate) mod session;

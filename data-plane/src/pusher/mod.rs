@@ -1,0 +1,11 @@
+//! The Pusher Channels front end (protocol 7), being built in layers (`docs/pusher.md` has the
+//! status). Like the WebSocket, SSE and REST front ends it holds no rules: it decodes Pusher's
+//! words, calls the operations in `crate::ops`, and encodes the answers in Pusher's words.
+//!
+//! - [`names`]: Pusher channel names ↔ Aviary channels (a `;` is a `:`), and the channel kinds
+//!   Pusher derives from a name's prefix.
+//! - [`frames`]: the protocol-7 frames, decoded from clients and encoded for them, and Pusher's
+//!   error codes.
+
+pub mod frames;
+pub mod names;
