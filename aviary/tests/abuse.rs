@@ -393,3 +393,48 @@ async fn websocket_protocol_violations_get_their_close_codes() {
         assert_eq!(close, Some(code), "{what}: close code");
     }
 }
+
+/// Defect 4: idempotency keys were shared by every publisher of a channel, so a client that used
+/// a backend's key first (`order-1234` with `cancelled`) made the backend's `paid` answer 201
+/// with the client's position and never deliver. Keys are now scoped to their publisher, and a
+/// repeat with another payload is refused with 409.
+#[tokio::test]
+async fn a_client_cannot_suppress_a_backend_publication_with_its_idempotency_key() {
+    let dev = Dev::start(&[], None);
+    let watcher_token = dev.token("watcher", json!({"orders:*": ["subscribe"]})).await;
+    let mallory_token = dev.token("mallory", json!({"orders:*": ["publish"]})).await;
+    let mut watcher = common::connect(&dev.proc.ws_url(), &watcher_token).await;
+    let ok = common::request(&mut watcher, 1, json!({"type": "subscribe", "channel": "orders:42"})).await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let mut mallory = common::connect(&dev.proc.ws_url(), &mallory_token).await;
+    let first = common::request(
+        &mut mallory,
+        1,
+        json!({"type": "publish", "channel": "orders:42", "data": "cancelled", "idempotency_key": "order-1234"}),
+    )
+    .await;
+    assert_eq!(first["type"], "ok", "{first}");
+
+    let http = reqwest::Client::new();
+    let publish = dev.url(&format!("/v1/apps/{}/channels/orders:42/messages", dev.app_id));
+    let paid = json!({"data": "paid", "idempotency_key": "order-1234"});
+    let (status, backend) = send(http.post(&publish).bearer_auth(&dev.api_key).json(&paid)).await;
+    assert_eq!(status, 201, "{backend}");
+    assert_ne!(backend["offset"], first["offset"], "the backend's message got its own position: {backend} {first}");
+    let delivered: Vec<Value> =
+        vec![common::next_of_type(&mut watcher, "message").await, common::next_of_type(&mut watcher, "message").await];
+    assert_eq!(delivered[0]["data"], "cancelled");
+    assert_eq!(delivered[1]["data"], "paid", "the backend's publication was delivered");
+
+    // The backend's own retry is still idempotent; a retry with another payload is refused.
+    let (status, again) = send(http.post(&publish).bearer_auth(&dev.api_key).json(&paid)).await;
+    assert_eq!((status, &again["offset"]), (201, &backend["offset"]), "{again}");
+    let (status, conflict) = send(
+        http.post(&publish)
+            .bearer_auth(&dev.api_key)
+            .json(&json!({"data": "refunded", "idempotency_key": "order-1234"})),
+    )
+    .await;
+    assert_eq!(status, 409, "{conflict}");
+    assert_eq!(conflict["type"], "https://aviary.dev/problems/conflict");
+}

@@ -61,6 +61,9 @@ pub enum Error {
     /// The idempotency key is not 1 to 128 visible ASCII characters.
     #[error("{0}")]
     InvalidIdempotencyKey(String),
+    /// The publisher used this idempotency key earlier for a different payload.
+    #[error("idempotency key {0:?} was already used for a different message")]
+    IdempotencyConflict(String),
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -101,6 +104,7 @@ impl Error {
             Error::NotFound(_) | Error::UnknownNamespace => ErrorCode::NotFound,
             Error::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             Error::RateLimited(_) | Error::Throttled(_) => ErrorCode::RateLimited,
+            Error::IdempotencyConflict(_) => ErrorCode::Conflict,
             Error::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
             Error::Draining | Error::Unavailable(_) | Error::Internal(_) => ErrorCode::Internal,
         }
@@ -141,6 +145,7 @@ impl Error {
                 ErrorCode::PayloadTooLarge => ("payload-too-large", "Payload too large", StatusCode::PAYLOAD_TOO_LARGE),
                 ErrorCode::RateLimited => ("rate-limited", "Rate limited", StatusCode::TOO_MANY_REQUESTS),
                 ErrorCode::QuotaExceeded => ("quota-exceeded", "Quota exceeded", StatusCode::TOO_MANY_REQUESTS),
+                ErrorCode::Conflict => ("conflict", "Conflict", StatusCode::CONFLICT),
                 ErrorCode::Internal => ("internal", "Internal error", StatusCode::INTERNAL_SERVER_ERROR),
             },
         };

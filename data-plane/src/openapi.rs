@@ -35,6 +35,13 @@ pub fn document() -> OpenApi {
         } else {
             op.security = Some(Vec::new());
         }
+        if path.ends_with("/messages") {
+            add_problem(
+                op,
+                409,
+                "An idempotency key of this API key was used earlier with different `data` (`conflict`).",
+            );
+        }
         if path.contains("{channel}") {
             add_problem(op, 400, "Invalid channel name (`bad-request`).");
         }

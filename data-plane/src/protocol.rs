@@ -92,6 +92,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     TokenExpired,
     Unauthorized,
+    /// The idempotency key was used earlier by the same publisher with another payload.
+    Conflict,
     Internal,
 }
 
@@ -106,6 +108,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::Internal => "internal",
         }
     }

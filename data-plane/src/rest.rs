@@ -130,7 +130,8 @@ pub struct PublishBody {
     #[schema(value_type = Object)]
     pub data: Box<RawValue>,
     /// Retrying with the same key within 5 minutes returns the first result and publishes
-    /// nothing new. 1 to 128 visible ASCII characters.
+    /// nothing new; with different `data`, 409. Scoped to the API key (a client's key never
+    /// matches). 1 to 128 visible ASCII characters.
     #[serde(default)]
     pub idempotency_key: Option<String>,
 }

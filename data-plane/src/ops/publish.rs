@@ -25,6 +25,11 @@ pub struct Message<'a> {
 
 /// Publishes `message`; returns where it landed (the first result again for a repeated
 /// idempotency key).
+///
+/// Idempotency keys belong to their publisher: a client's keys are scoped to its client id, a
+/// backend's to its API key, so nobody can suppress another publisher's message by using its
+/// key first. A repeat whose payload differs from the first publication (still in history) is
+/// refused with [`Error::IdempotencyConflict`] rather than answered with the earlier position.
 pub async fn publish(node: &NodeState, principal: Principal<'_>, message: Message<'_>) -> Result<StreamPosition> {
     counted(
         principal,
@@ -94,11 +99,20 @@ fn check(app: &AppConfig, principal: Principal<'_>, message: Message<'_>) -> Res
                 Principal::Client(c) => Some(c.client_id.clone()),
                 Principal::ApiKey(_) => None,
             },
-            idempotency_key: message.idempotency_key,
+            idempotency_key: message.idempotency_key.map(|k| scoped_idempotency_key(principal, &k)),
             history_size: namespace.history_size,
             history_ttl_s: namespace.history_ttl_s,
         },
     })
+}
+
+/// The key the broker deduplicates on: the publisher's scope, then the key. `\u{1f}` cannot
+/// occur in a valid key (visible ASCII only), so two scopes never collide.
+fn scoped_idempotency_key(principal: Principal<'_>, key: &str) -> String {
+    match principal {
+        Principal::Client(c) => format!("c:{}\u{1f}{key}", c.client_id),
+        Principal::ApiKey(k) => format!("k:{}\u{1f}{key}", k.key_id),
+    }
 }
 
 /// Check 7: takes `n` messages from the app's and tenant's rate budgets.
@@ -113,11 +127,25 @@ async fn take_rate(node: &NodeState, app: &AppConfig, n: u32) -> Result<()> {
 /// Hands a checked message to the broker and counts it.
 async fn send(node: &NodeState, principal: Principal<'_>, checked: Checked) -> Result<StreamPosition> {
     let size = checked.request.data.len();
+    let data = checked.request.data.clone();
+    let key = checked.request.idempotency_key.clone();
     let result = node.broker.publish(&checked.key, checked.request).await?;
     // An idempotent retry published nothing new: neither monitored nor billed again.
     if !result.duplicate {
         metrics::message_in(principal.tenant_id(), principal.app_id(), principal.source(), size);
         principal.usage(node).published(1, size as u64);
+    } else if let Some(key) = key {
+        // A repeat must carry the same message; one that does not is a bug or an attack, and
+        // answering it with the earlier position would hide that its message was dropped.
+        let at = &result.position;
+        let before = aviary_broker::StreamPosition { epoch: at.epoch.clone(), offset: at.offset.saturating_sub(1) };
+        let page = node.broker.history(&checked.key, Some(&before), 1).await?;
+        if let Some(first) = page.publications.first().filter(|p| p.offset == at.offset)
+            && first.data != data
+        {
+            let shown = key.rsplit('\u{1f}').next().unwrap_or_default().to_owned();
+            return Err(Error::IdempotencyConflict(shown));
+        }
     }
     Ok(result.position)
 }
