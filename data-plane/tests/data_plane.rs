@@ -457,7 +457,7 @@ async fn batch_publish_and_idempotency_keys_return_the_first_result() {
     node.rest_batch(vec![
         json!({"channel": "a", "data": 1}),
         json!({"channel": "b", "data": 2, "idempotency_key": "k1"}),
-        json!({"channel": "b", "data": 3, "idempotency_key": "k1"}),
+        json!({"channel": "b", "data": 2, "idempotency_key": "k1"}),
     ])
     .await;
     let m1 = ws.message().await;
@@ -468,6 +468,10 @@ async fn batch_publish_and_idempotency_keys_return_the_first_result() {
     node.rest_publish("b", json!(4)).await;
     let m3 = ws.message().await;
     assert_eq!((m3["data"].clone(), m3["offset"].clone()), (json!(4), json!(2)));
+    // The same key with other data is a conflict, not the first result.
+    let url = format!("{}/v1/apps/{}/channels/b/messages", node.base, node.app.app_id);
+    let r = node.http.post(url).bearer_auth(&node.api_key).json(&json!({"data": 3, "idempotency_key": "k1"}));
+    assert_eq!(r.send().await.unwrap().status(), 409);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
