@@ -60,7 +60,7 @@ impl ControlPlaneState {
         for (app_id, client_id, issued_before) in self.store().revoked_clients().await? {
             self.registry().revoke_client(&app_id, &client_id, issued_before);
         }
-        let credentials = self.live_pusher_credentials().await?;
+        let credentials = self.live_pusher_credentials(true).await?;
         let pusher = credentials.len();
         for credential in credentials {
             self.registry().upsert_pusher_credential(credential);
@@ -70,13 +70,17 @@ impl ControlPlaneState {
     }
 
     /// Every live Pusher credential with its secret opened. Without a credentials key none can
-    /// be opened: they are skipped (and said so), and Pusher clients of those apps are refused.
-    async fn live_pusher_credentials(&self) -> Result<Vec<PusherCredential>> {
+    /// be opened: they are skipped, and Pusher clients of those apps are refused. What cannot be
+    /// loaded is logged at start only (`at_start`), not at every periodic resync.
+    async fn live_pusher_credentials(&self, at_start: bool) -> Result<Vec<PusherCredential>> {
         let records = self.store().live_pusher_credentials().await?;
         if records.is_empty() {
             return Ok(Vec::new());
         }
         let Some(sealer) = self.config().credentials_key.clone() else {
+            if !at_start {
+                return Ok(Vec::new());
+            }
             tracing::warn!(
                 credentials = records.len(),
                 "Pusher credentials are stored but no credentials key is configured; they stay unloaded"
@@ -87,9 +91,10 @@ impl ControlPlaneState {
         for record in records {
             match sealer.open_str(&record.sealed_secret, &record.key) {
                 Some(secret) => opened.push(credential_of(record, secret)),
-                None => {
+                None if at_start => {
                     tracing::error!(key = %record.key, "a Pusher secret does not open with the configured credentials key")
                 }
+                None => {}
             }
         }
         Ok(opened)
@@ -128,7 +133,7 @@ impl ControlPlaneState {
                 self.registry().revoke_client(&app_id, &client_id, issued_before);
             }
         }
-        let live = self.live_pusher_credentials().await?;
+        let live = self.live_pusher_credentials(false).await?;
         let keys: HashSet<String> = live.iter().map(|c| c.key.clone()).collect();
         for credential in live {
             self.registry().upsert_pusher_credential(credential);
