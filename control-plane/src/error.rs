@@ -5,7 +5,7 @@
 //! Details never include secrets, hashes or SQL; database failures are logged here and shown
 //! to the client only as `unavailable` / `internal`.
 
-use aviary_core::problem::{PROBLEM_JSON, Problem};
+use aviary_core::problem::{BodyRejection, PROBLEM_JSON, Problem};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -37,12 +37,10 @@ pub enum Error {
     /// A unique name is taken (409 `conflict`).
     #[error("{0}")]
     Conflict(String),
-    /// The body is larger than the limit (413 `payload-too-large`).
-    #[error("request body exceeds {0} bytes")]
-    PayloadTooLarge(usize),
-    /// The body is not declared as JSON (415 `unsupported-media-type`).
+    /// The body could not be read as JSON: too large (413), not declared as JSON (415),
+    /// malformed or of the wrong shape (400); the same answers as the data plane's.
     #[error("{0}")]
-    UnsupportedMediaType(String),
+    Body(#[from] BodyRejection),
     /// Too many requests for this IP or key (429 `rate-limited`).
     #[error("rate limit exceeded; retry after {retry_after_s} s")]
     RateLimited { retry_after_s: u64 },
@@ -90,9 +88,9 @@ impl Error {
             Error::AppDisabled => (StatusCode::FORBIDDEN, "app-disabled", "App disabled"),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
-            Error::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
-            Error::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
+            Error::Body(rejection) => {
+                let (status, slug, title) = rejection.kind();
+                (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), slug, title)
             }
             Error::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests"),
             Error::Upstream(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Control plane unavailable"),
@@ -150,10 +148,7 @@ impl From<Error> for tonic::Status {
             tracing::error!(error = %e, "gRPC call failed");
         }
         let code = match &e {
-            Error::Invalid(_)
-            | Error::TtlTooLong { .. }
-            | Error::PayloadTooLarge(_)
-            | Error::UnsupportedMediaType(_) => Code::InvalidArgument,
+            Error::Invalid(_) | Error::TtlTooLong { .. } | Error::Body(_) => Code::InvalidArgument,
             Error::Unauthorized => Code::Unauthenticated,
             Error::Forbidden(_) | Error::CapabilityEscalation(_) => Code::PermissionDenied,
             Error::AppDisabled | Error::CredentialsKeyMissing => Code::FailedPrecondition,

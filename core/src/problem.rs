@@ -31,3 +31,40 @@ impl Problem {
         Problem { kind: format!("{PROBLEM_BASE}{slug}"), title: title.to_owned(), status, detail: detail.into() }
     }
 }
+
+/// Why a request body was refused before it could be read as the operation's input. Both
+/// planes answer these the same way, whatever the route:
+///
+/// | variant | status | `type` slug |
+/// | --- | --- | --- |
+/// | [`BodyRejection::TooLarge`] | 413 | `payload-too-large` |
+/// | [`BodyRejection::NotJson`] | 415 | `unsupported-media-type` |
+/// | [`BodyRejection::Malformed`] (not JSON text) | 400 | `bad-request` |
+/// | [`BodyRejection::Invalid`] (JSON of the wrong shape) | 400 | `bad-request` |
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyRejection {
+    #[error("request body exceeds {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("request body must be JSON (Content-Type: application/json)")]
+    NotJson,
+    #[error("malformed JSON body: {0}")]
+    Malformed(String),
+    #[error("invalid JSON body: {0}")]
+    Invalid(String),
+}
+
+impl BodyRejection {
+    /// HTTP status, problem slug and title.
+    pub fn kind(&self) -> (u16, &'static str, &'static str) {
+        match self {
+            BodyRejection::TooLarge { .. } => (413, "payload-too-large", "Payload too large"),
+            BodyRejection::NotJson => (415, "unsupported-media-type", "Unsupported media type"),
+            BodyRejection::Malformed(_) | BodyRejection::Invalid(_) => (400, "bad-request", "Bad request"),
+        }
+    }
+
+    pub fn problem(&self) -> Problem {
+        let (status, slug, title) = self.kind();
+        Problem::new(slug, title, status, self.to_string())
+    }
+}

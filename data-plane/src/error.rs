@@ -8,7 +8,7 @@
 //! webhooks) maps the typed refusal into its own words without parsing messages.
 
 use aviary_broker::BrokerError;
-use aviary_core::problem::{PROBLEM_JSON, Problem};
+use aviary_core::problem::{BodyRejection, PROBLEM_JSON, Problem};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -64,6 +64,9 @@ pub enum Error {
     /// The publisher used this idempotency key earlier for a different payload.
     #[error("idempotency key {0:?} was already used for a different message")]
     IdempotencyConflict(String),
+    /// A REST body that could not be read as JSON (413, 415 or 400, as on the control plane).
+    #[error("{0}")]
+    Body(#[from] BodyRejection),
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -102,7 +105,8 @@ impl Error {
                 ErrorCode::Forbidden
             }
             Error::NotFound(_) | Error::UnknownNamespace => ErrorCode::NotFound,
-            Error::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            Error::PayloadTooLarge { .. } | Error::Body(BodyRejection::TooLarge { .. }) => ErrorCode::PayloadTooLarge,
+            Error::Body(_) => ErrorCode::BadRequest,
             Error::RateLimited(_) | Error::Throttled(_) => ErrorCode::RateLimited,
             Error::IdempotencyConflict(_) => ErrorCode::Conflict,
             Error::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
@@ -133,6 +137,7 @@ impl Error {
     /// kinds (`app-disabled`, `draining`, `unavailable`), so a client can branch on either.
     pub fn problem(&self) -> Problem {
         let (slug, title, status) = match self {
+            Error::Body(rejection) => return rejection.problem(),
             Error::AppDisabled => ("app-disabled", "App disabled", StatusCode::FORBIDDEN),
             Error::Draining => ("draining", "Node draining", StatusCode::SERVICE_UNAVAILABLE),
             Error::Unavailable(_) => ("unavailable", "Service unavailable", StatusCode::SERVICE_UNAVAILABLE),

@@ -48,6 +48,7 @@ use aviary_broker::channels::RedisChannelCounts;
 use aviary_core::usage::UsageMeter;
 use aviary_core::{ApiKeyAuthority, ConfigEvent, Registry};
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use dashmap::DashMap;
 use tokio::sync::{Notify, broadcast};
@@ -312,6 +313,7 @@ pub fn router(state: DataPlane) -> Router {
         .route("/v1/apps/{app_id}/channels/{channel}/history", get(rest::history))
         .route("/v1/apps/{app_id}/channels/{channel}/presence", get(rest::presence))
         .route("/v1/apps/{app_id}/channels", get(rest::channels))
+        .layer(DefaultBodyLimit::max(rest::MAX_BODY_BYTES))
         .with_state(state)
 }
 

@@ -5,8 +5,10 @@
 //!   when the control plane that checks it is unreachable and the key is not cached, 429 when
 //!   the caller's address spent its budget of failed checks or the key's checks are crowded;
 //! - a `{channel}` in the path is validated: 400 for an invalid name;
-//! - bodies and query strings go through `rest::Json` and `rest::Query`: 400 for anything they
-//!   cannot parse (not JSON, malformed, too large, unknown parameters).
+//! - bodies go through `rest::Json`, which refuses as the control plane does
+//!   (`aviary_core::problem::BodyRejection`): 400 malformed or of the wrong shape, 413 over
+//!   `rest::MAX_BODY_BYTES`, 415 not declared as JSON;
+//! - query strings go through `rest::Query`: 400 for anything it cannot parse.
 //!
 //! Message and presence `data` is any JSON value (docs/protocol.md), whatever Rust type holds it.
 
@@ -46,7 +48,9 @@ pub fn document() -> OpenApi {
             add_problem(op, 400, "Invalid channel name (`bad-request`).");
         }
         if op.request_body.is_some() {
-            add_problem(op, 400, "Invalid body: not JSON, malformed, or too large (`bad-request`).");
+            add_problem(op, 400, "Invalid body: malformed JSON, or JSON of the wrong shape (`bad-request`).");
+            add_problem(op, 413, "The body is larger than the data plane accepts (`payload-too-large`).");
+            add_problem(op, 415, "The body is not declared as JSON (`unsupported-media-type`).");
         }
         if has_query(op) {
             add_problem(op, 400, "Invalid query string (`bad-request`).");

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use aviary_broker::{PresenceMember, StreamPosition};
-use aviary_core::problem::Problem;
+use aviary_core::problem::{BodyRejection, Problem};
 use aviary_core::{ApiKeyError, VerifiedApiKey};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, State};
@@ -50,9 +50,22 @@ pub struct Path<T>(pub T);
 #[from_request(via(axum::extract::Query), rejection(Error))]
 pub struct Query<T>(pub T);
 
+/// Largest REST request body read (a full batch of 100 messages at the default 64 KiB limit
+/// fits in 6.4 MiB plus its envelope); larger ones are 413 before they are buffered.
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// A body that is not JSON gets the answers the control plane gives ([`BodyRejection`]).
 impl From<JsonRejection> for Error {
     fn from(r: JsonRejection) -> Self {
-        Error::BadRequest(r.body_text())
+        match r {
+            JsonRejection::MissingJsonContentType(_) => BodyRejection::NotJson.into(),
+            JsonRejection::BytesRejection(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                BodyRejection::TooLarge { limit: MAX_BODY_BYTES }.into()
+            }
+            JsonRejection::JsonDataError(e) => BodyRejection::Invalid(e.body_text()).into(),
+            JsonRejection::JsonSyntaxError(e) => BodyRejection::Malformed(e.body_text()).into(),
+            other => Error::BadRequest(other.body_text()),
+        }
     }
 }
 
@@ -265,11 +278,11 @@ pub struct ChannelsResponse {
     request_body = PublishBody,
     responses(
         (status = 201, description = "Published", body = Position),
-        (status = 400, description = "Invalid channel or body", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid channel, malformed JSON or a body of the wrong shape", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Key of another app or not allowed to publish here (`forbidden`), or app disabled or deleted (`app-disabled`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown channel namespace", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Payload larger than the app's max_message_bytes", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Payload larger than the app's max_message_bytes, or body larger than 8 MiB", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Message rate quota exceeded", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Engine unavailable; retry with the same idempotency key", body = Problem, content_type = "application/problem+json"),
     ),
@@ -299,11 +312,11 @@ pub async fn publish(
     request_body = BatchBody,
     responses(
         (status = 201, description = "All published; results in request order", body = BatchResponse),
-        (status = 400, description = "Invalid channel or body, or more than 100 messages", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid channel, malformed JSON, a body of the wrong shape, or more than 100 messages", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid API key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Key of another app or not allowed to publish on a channel (`forbidden`), or app disabled or deleted (`app-disabled`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown channel namespace", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "A payload is too large", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "A payload larger than the app's max_message_bytes, or body larger than 8 MiB", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Message rate quota exceeded", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Engine unavailable", body = Problem, content_type = "application/problem+json"),
     ),

@@ -1539,3 +1539,34 @@ async fn over_the_rate_quota_every_transport_answers_rate_limited() {
     assert!(!rest_codes.is_empty(), "twenty publishes within a 1/s quota were all accepted");
     assert!(rest_codes.iter().all(|c| c == "rate_limited"), "{rest_codes:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_that_are_not_json_get_the_same_answers_as_on_the_control_plane() {
+    let node = start(|_, _| {}).await;
+    let url = format!("{}/v1/apps/{}/channels/chat:x/messages", node.base, node.app.app_id);
+    let send = |content_type: &'static str, body: String| {
+        node.http.post(&url).bearer_auth(&node.api_key).header("content-type", content_type).body(body).send()
+    };
+    let cases = [
+        ("text/plain", r#"{"data": 1}"#.to_owned(), 415, "unsupported-media-type", "must be JSON"),
+        ("application/json", "{not json".to_owned(), 400, "bad-request", "malformed JSON body"),
+        ("application/json", r#"{"dta": 1}"#.to_owned(), 400, "bad-request", "invalid JSON body"),
+        (
+            "application/json",
+            format!(r#"{{"data": "{}"}}"#, "x".repeat(aviary_data_plane::rest::MAX_BODY_BYTES)),
+            413,
+            "payload-too-large",
+            "request body exceeds",
+        ),
+    ];
+    for (content_type, body, status, kind, detail) in cases {
+        let r = send(content_type, body).await.unwrap();
+        assert_eq!(r.status(), status, "{kind}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let problem: Value = r.json().await.unwrap();
+        assert_eq!(problem["type"], format!("https://aviary.dev/problems/{kind}"));
+        assert!(problem["detail"].as_str().unwrap().contains(detail), "{problem}");
+    }
+    // Nothing was published.
+    assert_eq!(node.rest_publish("chat:x", json!(1)).await["offset"], 1);
+}

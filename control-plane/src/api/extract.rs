@@ -2,8 +2,10 @@
 //!
 //! Every JSON body goes through [`Json`]: syntax errors, unknown fields (all request types use
 //! `deny_unknown_fields`), wrong types and missing fields are 400 `bad-request` with serde's
-//! message as the detail; a body over the limit is 413; a body not declared as JSON is 415.
+//! message as the detail; a body over the limit is 413; a body not declared as JSON is 415
+//! ([`BodyRejection`], shared with the data plane).
 
+use aviary_core::problem::BodyRejection;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
@@ -29,14 +31,12 @@ impl<T: DeserializeOwned> FromRequest<ControlPlaneState> for Json<T> {
 
 fn json_rejection(rejection: JsonRejection, limit: usize) -> Error {
     match rejection {
-        JsonRejection::MissingJsonContentType(_) => {
-            Error::UnsupportedMediaType("request body must be JSON (Content-Type: application/json)".into())
-        }
+        JsonRejection::MissingJsonContentType(_) => BodyRejection::NotJson.into(),
         JsonRejection::BytesRejection(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            Error::PayloadTooLarge(limit)
+            BodyRejection::TooLarge { limit }.into()
         }
-        JsonRejection::JsonDataError(e) => Error::invalid(format!("invalid JSON body: {}", e.body_text())),
-        JsonRejection::JsonSyntaxError(e) => Error::invalid(format!("malformed JSON body: {}", e.body_text())),
+        JsonRejection::JsonDataError(e) => BodyRejection::Invalid(e.body_text()).into(),
+        JsonRejection::JsonSyntaxError(e) => BodyRejection::Malformed(e.body_text()).into(),
         other => Error::invalid(other.body_text()),
     }
 }
