@@ -218,10 +218,9 @@ impl Client {
     pub async fn mint_token(&self, app_id: &str, request: &TokenRequest) -> Result<IssuedToken> {
         let url = endpoint(&self.control_plane, &["v1", "apps", app_id, "tokens"]);
         let minted: TokenResponse = self.call(Method::POST, url, Some(request), true).await?;
-        let expires_at =
-            time::OffsetDateTime::parse(&minted.expires_at, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| Error::Decode(format!("token expires_at {:?}: {e}", minted.expires_at)))?
-                .unix_timestamp();
+        let expires_at = chrono::DateTime::parse_from_rfc3339(&minted.expires_at)
+            .map_err(|e| Error::Decode(format!("token expires_at {:?}: {e}", minted.expires_at)))?
+            .timestamp();
         Ok(IssuedToken { token: minted.token, expires_at })
     }
 

@@ -37,6 +37,7 @@ pub enum Error {
     Transport(#[from] reqwest::Error),
 
     /// A gRPC call failed; `code` is the canonical status code (`PermissionDenied`, `NotFound`...).
+    #[cfg(feature = "grpc")]
     #[error("aviary gRPC error {code:?}: {message}")]
     Grpc {
         /// The canonical gRPC status code.
@@ -46,6 +47,7 @@ pub enum Error {
     },
 
     /// The gRPC channel could not be set up (bad URL, connection refused).
+    #[cfg(feature = "grpc")]
     #[error("gRPC transport error: {0}")]
     GrpcTransport(#[from] tonic::transport::Error),
 
@@ -117,6 +119,7 @@ impl Error {
     }
 }
 
+#[cfg(feature = "grpc")]
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Self {
         Error::Grpc { code: status.code(), message: status.message().to_owned() }

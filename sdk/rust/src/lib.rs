@@ -3,7 +3,7 @@
 //! - [`Client`] (REST): mint connection tokens for your users ([`Client::mint_token`]), publish
 //!   ([`Client::publish`], [`Client::publish_batch`]), read [`history`](Client::history),
 //!   [`presence`](Client::presence) and active [`channels`](Client::channels).
-//! - [`GrpcClient`]: mint tokens over the control plane's gRPC API.
+//! - `GrpcClient` (feature `grpc`): mint tokens over the control plane's gRPC API.
 //! - [`realtime::Connection`]: a WebSocket client (subscribe as a `Stream`, publish, presence).
 //!
 //! Quick start (a backend minting a token for its logged-in user, then publishing):
@@ -34,6 +34,7 @@
 
 mod client;
 mod error;
+#[cfg(feature = "grpc")]
 pub mod grpc;
 pub mod realtime;
 mod retry;
@@ -41,6 +42,7 @@ mod types;
 
 pub use client::{Client, ClientBuilder, new_idempotency_key};
 pub use error::{Error, PROBLEM_TYPE_PREFIX, Result};
+#[cfg(feature = "grpc")]
 pub use grpc::GrpcClient;
 pub use retry::RetryPolicy;
 pub use types::{
