@@ -64,6 +64,7 @@ pub async fn get_app(
         (status = 200, description = "The app as changed.", body = App),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another one of that name exists (`conflict`).", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn update_app(
     State(state): State<ControlPlaneState>,

@@ -60,6 +60,7 @@ pub async fn get_tenant(
         (status = 200, description = "The tenant as changed.", body = Tenant),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another one of that name exists (`conflict`).", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn update_tenant(
     State(state): State<ControlPlaneState>,
