@@ -208,7 +208,7 @@ fn documented_operations() -> Vec<Operation> {
 }
 
 /// What the operations act on: a tenant, its admin key, an app, an API key that may do
-/// anything, and a spare admin key and API key to revoke.
+/// anything, and a spare admin key, API key and Pusher credential to revoke.
 #[derive(Debug, Clone)]
 struct Fixture {
     tenant_id: String,
@@ -217,6 +217,7 @@ struct Fixture {
     api_key: String,
     spare_admin_key_id: String,
     spare_api_key_id: String,
+    spare_pusher_key: String,
 }
 
 impl Fixture {
@@ -250,7 +251,13 @@ impl Fixture {
             assert_eq!(status, 201, "{key}");
             keys.push(key);
         }
+        let (status, pusher) = send(
+            http.post(format!("{cp}/v1/apps/{app_id}/pusher-credentials")).bearer_auth(&admin_key).json(&json!({})),
+        )
+        .await;
+        assert_eq!(status, 201, "{pusher}");
         Fixture {
+            spare_pusher_key: pusher["key"].as_str().unwrap().to_owned(),
             tenant_id,
             admin_key,
             app_id,
@@ -297,6 +304,7 @@ impl Fixture {
             ("{app_id}", &self.app_id),
             ("{key_id}", key_id),
             ("{client_id}", "alice"),
+            ("{key}", &self.spare_pusher_key),
             ("{channel}", "chat:lobby"),
         ] {
             path = path.replace(param, value);
@@ -318,6 +326,7 @@ fn body_for(schema: &str) -> Value {
         "CreateApiKey" => json!({"name": unique(), "capabilities": {"chat:*": ["publish"]}}),
         "TokenRequest" => json!({"client_id": "alice", "ttl_s": 60}),
         "PublishBody" => json!({"data": {"text": "hello"}}),
+        "CreatePusherCredential" => json!({"client_events": true}),
         "BatchBody" => json!({"messages": [{"channel": "chat:lobby", "data": {"text": "batched"}}]}),
         other => panic!("no request body for schema {other}: add one to body_for"),
     }

@@ -29,6 +29,8 @@ export AVIARY_DATABASE_URL=${AVIARY_DATABASE_URL:-postgres://postgres@127.0.0.1:
 export AVIARY_REDIS_URL=${AVIARY_REDIS_URL:-redis://127.0.0.1:6379}
 export AVIARY_OPERATOR_TOKEN=${AVIARY_OPERATOR_TOKEN:-avo_local_$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 export AVIARY_NODE_TOKEN=${AVIARY_NODE_TOKEN:-avn_local_$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
+# Seals Pusher credential secrets in the store: keep it to keep those credentials.
+export AVIARY_CREDENTIALS_KEY=${AVIARY_CREDENTIALS_KEY:-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 mkdir -p "$run"
 
 [ -x "$bin" ] || (cd "$root" && cargo build --release -p aviary)
