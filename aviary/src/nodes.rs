@@ -34,8 +34,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
          `https://aviary.dev/problems/<slug>`. Any request may be refused before it is read with 503 \
          `connection-refused` (`Retry-After: 1`): too many unauthenticated connections from its address or on \
          the node, or the node at its descriptor limit. Failed API key checks are limited per source address \
-         and per key id (429 `rate-limited`). Metrics are not on this port: see `--metrics-listen`. The \
-         WebSocket and SSE protocol is in docs/protocol.md."
+         and per key id (429 `rate-limited`). Idempotency keys are scoped to their publisher (a backend's to its \
+         API key); the same key with different data is 409 `conflict`. Resuming a subscription (WebSocket \
+         `since`, SSE `Last-Event-ID`) without the `history` capability reaches back only to the token's issue \
+         time. Metrics are not on this port: see `--metrics-listen`. The WebSocket and SSE protocol is in \
+         docs/protocol.md."
             .to_owned(),
     );
     let server = |url: &str, description: &str| {

@@ -438,3 +438,74 @@ async fn a_client_cannot_suppress_a_backend_publication_with_its_idempotency_key
     assert_eq!(status, 409, "{conflict}");
     assert_eq!(conflict["type"], "https://aviary.dev/problems/conflict");
 }
+
+/// base64url without padding (the SSE event-id encoding), so the test can craft an id.
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}
+
+/// Defect 3: a subscribe-only token read everything retained with `subscribe` + `since
+/// {epoch, 0}` (the epoch is in any subscribe reply), and over SSE with a crafted
+/// `Last-Event-ID`. Without the `history` capability, resume now reaches back only to the
+/// token's issue time; further is `recovered: false` with nothing replayed, on both transports.
+#[tokio::test]
+async fn a_subscribe_only_token_cannot_read_history_by_resuming() {
+    use futures::StreamExt;
+    let dev = Dev::start(&[], None);
+    let http = reqwest::Client::new();
+    let publish = dev.url(&format!("/v1/apps/{}/channels/chat:secret/messages", dev.app_id));
+    let (status, first) =
+        send(http.post(&publish).bearer_auth(&dev.api_key).json(&json!({"data": "old secret"}))).await;
+    assert_eq!(status, 201, "{first}");
+    let epoch = first["epoch"].as_str().unwrap().to_owned();
+
+    // A history-capable token resumes from the start of the stream.
+    let reader = dev.token("reader", json!({"chat:*": ["subscribe", "history"]})).await;
+    let mut ws = common::connect(&dev.proc.ws_url(), &reader).await;
+    let since = json!({"epoch": epoch, "offset": 0});
+    let ok = common::request(&mut ws, 1, json!({"type": "subscribe", "channel": "chat:secret", "since": since})).await;
+    assert_eq!(ok["recovered"], true, "{ok}");
+    assert_eq!(common::next_of_type(&mut ws, "message").await["data"], "old secret");
+
+    // A subscribe-only token minted afterwards gets nothing from before it.
+    let snoop = dev.token("snoop", json!({"chat:*": ["subscribe"]})).await;
+    let mut ws = common::connect(&dev.proc.ws_url(), &snoop).await;
+    let ok = common::request(&mut ws, 1, json!({"type": "subscribe", "channel": "chat:secret", "since": since})).await;
+    assert_eq!(ok["recovered"], false, "resume beyond the capability is refused: {ok}");
+    let (status, _) = send(http.post(&publish).bearer_auth(&dev.api_key).json(&json!({"data": "live"}))).await;
+    assert_eq!(status, 201);
+    assert_eq!(common::next_of_type(&mut ws, "message").await["data"], "live", "nothing older was replayed first");
+
+    // The same over SSE with a crafted Last-Event-ID.
+    let id = format!("v1.{}", base64url(json!({"chat:secret": [epoch, 0]}).to_string().as_bytes()));
+    let response = http
+        .get(dev.url("/v1/sse?channels=chat:secret"))
+        .bearer_auth(&snoop)
+        .header("last-event-id", id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    let subscribed = tokio::time::timeout(WAIT, async {
+        loop {
+            text.push_str(&String::from_utf8_lossy(&body.next().await.expect("stream open").unwrap()));
+            if let Some(line) = text.lines().find(|l| l.starts_with("data: ") && l.contains("\"subscribed\"")) {
+                return serde_json::from_str::<Value>(&line["data: ".len()..]).unwrap();
+            }
+        }
+    })
+    .await
+    .expect("a subscribed event");
+    assert_eq!(subscribed["recovered"], false, "{subscribed}");
+    assert!(!text.contains("old secret"), "{text}");
+}

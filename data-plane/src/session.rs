@@ -446,7 +446,8 @@ impl Session {
             self.send(announce(&position, true)).await;
             return Ok(position);
         };
-        let page = ops::history::replay_page(&self.dp, key, &since).await?;
+        let client = self.client()?;
+        let page = ops::history::replay_page(&self.dp, client, key, &since).await?;
         // A position ahead of the stream cannot be one this stream ever delivered: resuming
         // from it would silently skip the next publications.
         let recovered = page.recovered && since.offset <= page.position.offset;
@@ -465,7 +466,7 @@ impl Session {
             if last.offset >= target.offset || page.publications.is_empty() {
                 break;
             }
-            page = ops::history::replay_page(&self.dp, key, &last).await?;
+            page = ops::history::replay_page(&self.dp, client, key, &last).await?;
             if !page.recovered {
                 // History was trimmed under a long replay; nothing can fill the gap now.
                 tracing::warn!(channel = ?key, "history trimmed during resume replay");
