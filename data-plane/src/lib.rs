@@ -313,6 +313,7 @@ pub fn router(state: DataPlane) -> Router {
         .route("/v1/apps/{app_id}/channels/{channel}/history", get(rest::history))
         .route("/v1/apps/{app_id}/channels/{channel}/presence", get(rest::presence))
         .route("/v1/apps/{app_id}/channels", get(rest::channels))
+        .route("/apps/{app_id}/channels", get(pusher::http::channels))
         .layer(DefaultBodyLimit::max(rest::MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -1570,3 +1570,110 @@ async fn bodies_that_are_not_json_get_the_same_answers_as_on_the_control_plane()
     // Nothing was published.
     assert_eq!(node.rest_publish("chat:x", json!(1)).await["offset"], 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Pusher HTTP API
+// ---------------------------------------------------------------------------------------------
+
+/// Signs a Pusher HTTP API GET the way Pusher's server SDKs do (every parameter in the query).
+fn pusher_get_url(base: &str, path: &str, key: &str, secret: &str, params: &[(&str, &str)], timestamp: i64) -> String {
+    let mut query: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    query.push(("auth_key".into(), key.into()));
+    query.push(("auth_timestamp".into(), timestamp.to_string()));
+    query.push(("auth_version".into(), "1.0".into()));
+    let request = aviary_core::pusher::signature::ApiRequest { method: "GET", path, query: &query, body: b"" };
+    let signature = aviary_core::pusher::signature::sign(secret, &request.string_to_sign().unwrap());
+    query.push(("auth_signature".into(), signature));
+    let encoded: String = query
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.replace('%', "%25").replace(',', "%2C").replace(';', "%3B")))
+        .collect::<Vec<_>>()
+        .join("&");
+    format!("{base}{path}?{encoded}")
+}
+
+#[tokio::test]
+async fn pusher_http_api_lists_channels_under_pusher_names_and_refuses_bad_signatures() {
+    let node = start(|_, _| {}).await;
+    let credential = aviary_core::PusherCredential {
+        key: "0000000000ab00000001".into(),
+        app_id: node.app.app_id.clone(),
+        tenant_id: node.app.tenant_id.clone(),
+        pusher_app_id: 4_821_937,
+        secret: "pusher-secret-for-tests".into(),
+        capabilities: all_caps(),
+        client_events: false,
+    };
+    node.registry.upsert_pusher_credential(credential.clone());
+    let mut alice = node.client("alice").await;
+    alice.subscribe("chat:lobby").await;
+    alice.subscribe("chat:files/1").await;
+    alice.subscribe("presence-room:1").await;
+    let mut other = node.client("bob").await;
+    other.subscribe("chat:lobby").await;
+    let path = "/apps/4821937/channels";
+    let now = aviary_core::unix_now();
+    let get = |url: String| {
+        let http = node.http.clone();
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+
+    // Aviary's `chat:lobby` is Pusher's `chat;lobby`; a channel Pusher cannot name is left out.
+    let url =
+        pusher_get_url(&node.base, path, &credential.key, &credential.secret, &[("info", "subscription_count")], now);
+    let (status, body) = get(url).await;
+    assert_eq!(status, 200, "{body}");
+    let listed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        listed,
+        json!({ "channels": {
+            "chat;lobby": { "subscription_count": 2 },
+            "presence-room;1": { "subscription_count": 1 },
+        } })
+    );
+    let url = pusher_get_url(
+        &node.base,
+        path,
+        &credential.key,
+        &credential.secret,
+        &[("filter_by_prefix", "presence-")],
+        now,
+    );
+    let (status, body) = get(url).await;
+    assert_eq!(
+        (status, serde_json::from_str::<Value>(&body).unwrap()),
+        (200, json!({ "channels": { "presence-room;1": {} } }))
+    );
+
+    // Refusals, each with Pusher's status and a reason in plain text.
+    let refused = |url: String, status: u16, reason: &'static str| async move {
+        let (got, body) = get(url).await;
+        assert_eq!(got, status, "{body}");
+        assert!(body.contains(reason), "{body:?} should mention {reason:?}");
+    };
+    refused(pusher_get_url(&node.base, path, &credential.key, "wrong-secret", &[], now), 401, "invalid signature")
+        .await;
+    refused(
+        pusher_get_url(&node.base, path, &credential.key, &credential.secret, &[], now - 601),
+        401,
+        "auth_timestamp",
+    )
+    .await;
+    refused(
+        pusher_get_url(&node.base, path, "0000000000ab00000009", &credential.secret, &[], now),
+        401,
+        "unknown auth_key",
+    )
+    .await;
+    let other_app = pusher_get_url(&node.base, "/apps/1234567/channels", &credential.key, &credential.secret, &[], now);
+    refused(other_app, 401, "app_id").await;
+    let url = pusher_get_url(&node.base, path, &credential.key, &credential.secret, &[("info", "user_count")], now);
+    refused(url, 400, "presence-").await;
+    // Revoked: refused at once.
+    node.registry.remove_pusher_credential(&credential.key);
+    refused(pusher_get_url(&node.base, path, &credential.key, &credential.secret, &[], now), 401, "unknown auth_key")
+        .await;
+}

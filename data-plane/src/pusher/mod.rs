@@ -6,6 +6,8 @@
 //!   Pusher derives from a name's prefix.
 //! - [`frames`]: the protocol-7 frames, decoded from clients and encoded for them, and Pusher's
 //!   error codes.
+//! - [`http`]: Pusher's HTTP API (`/apps/{app_id}/...`), signed with a credential's secret.
 
 pub mod frames;
+pub mod http;
 pub mod names;
