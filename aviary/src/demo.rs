@@ -45,7 +45,7 @@ fn demo_file(data_dir: &Path) -> PathBuf {
 /// Saves freshly created demo credentials so later starts can still serve the demo.
 pub fn remember(data_dir: &Path, created: &DemoCredentials) -> anyhow::Result<DemoApp> {
     let app = DemoApp { app_id: created.app_id.clone(), api_key: created.api_key.clone() };
-    crate::dev::write_private(&demo_file(data_dir), &serde_json::to_vec_pretty(&app)?)?;
+    crate::private_file::write(&demo_file(data_dir), &serde_json::to_vec_pretty(&app)?)?;
     Ok(app)
 }
 

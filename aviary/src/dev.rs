@@ -89,20 +89,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     served
 }
 
-/// Writes `bytes` to `path`, readable by the owner only.
-pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path).with_context(|| format!("writing {}", path.display()))?;
-    file.write_all(bytes)?;
-    Ok(())
-}
-
 fn load_or_create_operator_token(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join("operator-token");
     if let Ok(token) = std::fs::read_to_string(&path) {
@@ -114,7 +100,7 @@ fn load_or_create_operator_token(data_dir: &Path) -> anyhow::Result<String> {
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut secret);
     let token = format!("avo_{}", secret.iter().map(|b| format!("{b:02x}")).collect::<String>());
-    write_private(&path, token.as_bytes())?;
+    crate::private_file::write(&path, token.as_bytes())?;
     Ok(token)
 }
 
@@ -128,7 +114,7 @@ fn load_or_create_credentials_key(data_dir: &Path) -> anyhow::Result<String> {
         }
     }
     let key = SecretBox::generate_hex();
-    write_private(&path, key.as_bytes())?;
+    crate::private_file::write(&path, key.as_bytes())?;
     Ok(key)
 }
 

@@ -15,6 +15,7 @@ mod demo;
 mod dev;
 mod nodes;
 mod ops;
+mod private_file;
 mod serve;
 mod shutdown;
 mod telemetry;

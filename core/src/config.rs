@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 
 use crate::channel::namespace_of;
 use crate::pusher::PusherCredential;
-use crate::token::VerifyingKey;
+use crate::token::{TokenTrust, VerifyingKey};
 
 /// Limits on what a tenant (and, tighter, one of its apps) may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -343,6 +343,20 @@ impl Registry {
         self.version.fetch_add(1, Ordering::AcqRel);
         // No receivers is fine: nobody is connected yet.
         let _ = self.events.send(event);
+    }
+}
+
+impl TokenTrust for Registry {
+    fn verifying_key(&self, kid: &str) -> Option<Arc<VerifyingKey>> {
+        Registry::verifying_key(self, kid)
+    }
+
+    fn api_key_revoked(&self, key_id: &str) -> bool {
+        Registry::api_key_revoked(self, key_id)
+    }
+
+    fn client_revoked(&self, app_id: &str, client_id: &str, issued_at_ms: i64) -> bool {
+        Registry::client_revoked(self, app_id, client_id, issued_at_ms)
     }
 }
 

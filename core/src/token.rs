@@ -11,7 +11,6 @@ use jsonwebtoken::{Algorithm, Header};
 use serde::{Deserialize, Serialize};
 
 use crate::capability::Capabilities;
-use crate::config::Registry;
 
 /// Issuer written into every token.
 pub const ISSUER: &str = "aviary";
@@ -203,7 +202,35 @@ impl SigningKey {
     }
 }
 
-/// Verifies a connection token against the registry's trusted keys and revocations.
+/// What verifying a token needs from the live config: the trusted keys and the revocations.
+/// [`crate::Registry`] implements it; a trait so this module does not depend on `config`, which
+/// depends on this one for [`VerifyingKey`].
+pub trait TokenTrust {
+    /// The trusted key with this `kid`, if any.
+    fn verifying_key(&self, kid: &str) -> Option<std::sync::Arc<VerifyingKey>>;
+    /// Whether the API key that minted a token was revoked.
+    fn api_key_revoked(&self, key_id: &str) -> bool;
+    /// Whether the client's tokens issued at or before `issued_at_ms` were revoked.
+    fn client_revoked(&self, app_id: &str, client_id: &str, issued_at_ms: i64) -> bool;
+}
+
+/// A shared registry (`Arc<Registry>`, as nodes hold it) verifies like the registry.
+impl<T: TokenTrust + ?Sized> TokenTrust for std::sync::Arc<T> {
+    fn verifying_key(&self, kid: &str) -> Option<std::sync::Arc<VerifyingKey>> {
+        (**self).verifying_key(kid)
+    }
+
+    fn api_key_revoked(&self, key_id: &str) -> bool {
+        (**self).api_key_revoked(key_id)
+    }
+
+    fn client_revoked(&self, app_id: &str, client_id: &str, issued_at_ms: i64) -> bool {
+        (**self).client_revoked(app_id, client_id, issued_at_ms)
+    }
+}
+
+/// Verifies a connection token against the trusted keys and revocations of `trust` (the
+/// registry).
 ///
 /// Checks, in order: the token has three parts; the header parses and names EdDSA with a known
 /// `kid`; the signature (strict Ed25519, against the key decompressed once when it was
@@ -214,7 +241,7 @@ impl SigningKey {
 /// This is the connect hot path, so the token is split, decoded and parsed once (a generic
 /// `jsonwebtoken::decode` parses the header twice and the claims twice, and decompresses the
 /// public key per call); the header is read into `jsonwebtoken`'s own `Header`.
-pub fn verify(token: &str, registry: &Registry) -> Result<ConnectionClaims, TokenError> {
+pub fn verify(token: &str, registry: &(impl TokenTrust + ?Sized)) -> Result<ConnectionClaims, TokenError> {
     let (signed, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
     let (header_b64, payload_b64) = signed.split_once('.').ok_or(TokenError::Malformed)?;
     if payload_b64.contains('.') {
@@ -309,6 +336,7 @@ pub fn claims_for(
 mod tests {
     use super::*;
     use crate::capability::Operation;
+    use crate::config::Registry;
     use jsonwebtoken::{DecodingKey, EncodingKey, Validation};
 
     fn setup() -> (SigningKey, Registry) {

@@ -32,65 +32,10 @@ use aviary_broker::{
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
+use crate::outbound::{Delivery, Outbound};
 use crate::outbox::PushError;
-use crate::protocol::{CloseReason, Text, close, encode_discontinuity, encode_message, encode_presence};
-use crate::session::SessionHandle;
-
-/// An item of a connection's outbound queue: a pointer and a tag, so a queue slot is small
-/// and handing a publication to a subscriber is one reference-count increment.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    /// A frame for this connection only (a reply) or a presence event.
-    Frame(Text),
-    /// A frame that also tells the transport a channel's position (SSE `subscribed` and
-    /// `discontinuity` events, named by `event`, so resume ids stay in step with what was
-    /// actually written).
-    Position(Box<Position>),
-    /// A publication's `message` frame, shared by every subscriber.
-    Message(Arc<Delivery>),
-}
-
-/// A publication as the transports write it: built once per publication per node.
-#[derive(Debug)]
-pub struct Delivery {
-    pub channel: Arc<str>,
-    pub epoch: Arc<str>,
-    pub offset: u64,
-    /// When the broker accepted it (Unix ms), for the publish-to-deliver histogram.
-    pub ts: i64,
-    /// The encoded `message` frame.
-    pub frame: Text,
-}
-
-impl Delivery {
-    /// The delivery of `p`, whose epoch is `epoch` (the channel's shared copy of `p.epoch`).
-    pub fn new(key: &ChannelKey, p: &Publication, epoch: Arc<str>) -> Arc<Self> {
-        debug_assert_eq!(*epoch, *p.epoch);
-        Arc::new(Delivery {
-            channel: key.channel.clone(),
-            epoch,
-            offset: p.offset,
-            ts: p.ts,
-            frame: encode_message(&key.channel, p),
-        })
-    }
-}
-
-/// A frame that moves a channel's position (see [`Outbound::Position`]).
-#[derive(Debug, Clone)]
-pub struct Position {
-    pub event: &'static str,
-    pub channel: Arc<str>,
-    pub epoch: Arc<str>,
-    pub offset: u64,
-    pub frame: Text,
-}
-
-impl Outbound {
-    pub fn position(event: &'static str, channel: Arc<str>, epoch: Arc<str>, offset: u64, frame: Text) -> Self {
-        Outbound::Position(Box::new(Position { event, channel, epoch, offset, frame }))
-    }
-}
+use crate::protocol::{CloseReason, Text, close, encode_discontinuity, encode_presence};
+use crate::session_handle::SessionHandle;
 
 /// One connection's subscription to one channel, as the fan-out sees it.
 pub struct Subscriber {

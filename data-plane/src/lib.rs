@@ -30,12 +30,14 @@ pub(crate) mod hub;
 pub mod metrics;
 mod openapi;
 pub(crate) mod ops;
+pub(crate) mod outbound;
 pub(crate) mod outbox;
 pub mod protocol;
 pub mod pusher;
 pub mod quota;
 pub mod rest;
 pub(crate) mod session;
+pub(crate) mod session_handle;
 pub(crate) mod transport;
 
 use std::collections::HashMap;
@@ -59,7 +61,7 @@ pub use quota::{ClusterQuotas, LocalQuotas, QuotaEnforcer};
 
 use crate::hub::Hub;
 use crate::protocol::{CloseReason, close};
-use crate::session::SessionHandle;
+use crate::session_handle::{Identity, SessionHandle};
 
 /// Room a WebSocket frame may take beyond the app's `max_message_bytes`: the JSON around the
 /// payload (type, id, channel name up to 255 bytes, idempotency key).
@@ -348,7 +350,7 @@ async fn watch_config(
     }
 }
 
-fn close_matching(inner: &NodeState, reason: CloseReason, matches: impl Fn(&session::Identity) -> bool) {
+fn close_matching(inner: &NodeState, reason: CloseReason, matches: impl Fn(&Identity) -> bool) {
     for s in inner.sessions.iter() {
         if s.value().identity().is_some_and(|id| matches(&id)) {
             s.value().close(reason.clone());

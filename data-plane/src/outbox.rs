@@ -23,7 +23,7 @@ use std::task::{Context, Poll, Waker};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::hub::Outbound;
+use crate::outbound::Outbound;
 
 /// Buffers above this many slots are released after a burst instead of being reused.
 const KEEP_SLOTS: usize = 64;

@@ -10,100 +10,22 @@
 //! signal on the handle; the first reason wins.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use aviary_broker::{ChannelKey, StreamPosition};
 use aviary_core::token::{self, TokenError};
 use aviary_core::{AppConfig, ConnectionClaims};
-use parking_lot::Mutex;
 use serde_json::value::RawValue;
-use tokio::sync::Notify;
 
 use crate::NodeState;
 use crate::error::{Error, Result};
-use crate::hub::{Delivery, Outbound, Subscriber};
+use crate::hub::Subscriber;
 use crate::metrics::{self, ConnectionMetrics};
 use crate::ops::{self, ClientPrincipal, Principal};
-use crate::outbox::Outbox;
+use crate::outbound::{Delivery, Outbound};
 use crate::protocol::{self, ClientFrame, CloseReason, Connected, Empty, ErrorCode, Text, close};
 use crate::quota::ConnectionPermit;
-
-/// Who a connection is, as the config-event listener needs it to apply revocations.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub tenant_id: String,
-    pub app_id: String,
-    pub client_id: String,
-    pub key_id: String,
-    /// When the token was issued, in Unix milliseconds (compared with client revocations).
-    pub issued_at: i64,
-}
-
-/// The shared, thread-safe face of a session.
-#[derive(Debug)]
-pub struct SessionHandle {
-    pub connection_id: Arc<str>,
-    /// Set once, by the first [`SessionHandle::close`].
-    close_reason: OnceLock<CloseReason>,
-    /// Wakes the connection's tasks when `close_reason` is set.
-    closing: Notify,
-    identity: Mutex<Option<Identity>>,
-    metrics: OnceLock<Arc<ConnectionMetrics>>,
-    /// What waits to be written to the client; the transport's writer drains it.
-    pub outbox: Outbox,
-}
-
-impl SessionHandle {
-    /// A handle whose outbound queue holds up to `queue_capacity` items.
-    pub fn new(queue_capacity: usize) -> Arc<Self> {
-        Arc::new(SessionHandle {
-            connection_id: format!("conn_{}", uuid::Uuid::now_v7().simple()).into(),
-            close_reason: OnceLock::new(),
-            closing: Notify::new(),
-            identity: Mutex::new(None),
-            metrics: OnceLock::new(),
-            outbox: Outbox::new(queue_capacity),
-        })
-    }
-
-    /// Asks the connection to close with `reason`. Returns false if it was already closing
-    /// (the earlier reason stands).
-    pub fn close(&self, reason: CloseReason) -> bool {
-        let first = self.close_reason.set(reason).is_ok();
-        if first {
-            self.closing.notify_waiters();
-        }
-        first
-    }
-
-    /// The reason the connection is closing, once it is.
-    pub fn close_reason(&self) -> Option<CloseReason> {
-        self.close_reason.get().cloned()
-    }
-
-    /// Completes once the connection starts closing (at once if it already has).
-    pub async fn closed(&self) {
-        loop {
-            // Register before looking, so a close between the look and the wait is not missed.
-            let notified = self.closing.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.close_reason.get().is_some() {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    pub fn identity(&self) -> Option<Identity> {
-        self.identity.lock().clone()
-    }
-
-    /// The connection's metric handles, once it is authenticated.
-    pub fn metrics(&self) -> Option<&Arc<ConnectionMetrics>> {
-        self.metrics.get()
-    }
-}
+use crate::session_handle::{Identity, SessionHandle};
 
 /// What the transport should do after a frame.
 #[derive(Debug)]
@@ -230,13 +152,13 @@ impl Session {
         span.record("app_id", app.app_id.as_str());
         span.record("client_id", claims.sub.as_str());
         let usage = self.dp.usage.app(&app.tenant_id, &app.app_id);
-        let _ = self.handle.metrics.set(Arc::new(ConnectionMetrics::open(
+        self.handle.set_metrics(Arc::new(ConnectionMetrics::open(
             &app.tenant_id,
             &app.app_id,
             self.transport,
             usage.clone(),
         )));
-        *self.handle.identity.lock() = Some(Identity {
+        self.handle.set_identity(Identity {
             tenant_id: app.tenant_id.clone(),
             app_id: app.app_id.clone(),
             client_id: claims.sub.clone(),
@@ -530,10 +452,7 @@ impl Session {
     fn refresh(&mut self, token: &str) -> Result<i64> {
         let claims = self.verify_refresh(token).map_err(|e| self.refused(e))?;
         let exp = claims.exp;
-        if let Some(identity) = self.handle.identity.lock().as_mut() {
-            identity.key_id = claims.akid.clone();
-            identity.issued_at = claims.issued_at_ms();
-        }
+        self.handle.refreshed(&claims.akid, claims.issued_at_ms());
         if let Some(auth) = self.auth.as_mut() {
             auth.principal.claims = claims;
         }

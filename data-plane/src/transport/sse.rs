@@ -30,8 +30,8 @@ use tracing::Instrument;
 
 use crate::admission::ConnectionTicket;
 use crate::error::Error;
-use crate::hub::Outbound;
 use crate::metrics::Burst;
+use crate::outbound::Outbound;
 use crate::protocol::{self, CloseReason, Text, close};
 use crate::session::Session;
 use crate::{DataPlane, NodeState};
@@ -239,7 +239,7 @@ async fn write_event(body: &mpsc::Sender<Bytes>, event: Option<&str>, id: Option
 async fn write_queued(
     queued: &mut VecDeque<Outbound>,
     body: &mpsc::Sender<Bytes>,
-    handle: &crate::session::SessionHandle,
+    handle: &crate::session_handle::SessionHandle,
     positions: &mut BTreeMap<Arc<str>, (Arc<str>, u64)>,
 ) -> bool {
     let mut burst = Burst::default();
@@ -272,7 +272,12 @@ async fn write_queued(
     ok
 }
 
-async fn pump(inner: &NodeState, body: &mpsc::Sender<Bytes>, handle: &crate::session::SessionHandle, expires_at: i64) {
+async fn pump(
+    inner: &NodeState,
+    body: &mpsc::Sender<Bytes>,
+    handle: &crate::session_handle::SessionHandle,
+    expires_at: i64,
+) {
     let mut heartbeat = interval(inner.config.sse_heartbeat_interval);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     heartbeat.tick().await;

@@ -25,10 +25,11 @@ use tracing::Instrument;
 
 use crate::admission::ConnectionTicket;
 use crate::error::Error;
-use crate::hub::Outbound;
 use crate::metrics::Burst;
+use crate::outbound::Outbound;
 use crate::protocol::{CloseReason, close};
-use crate::session::{Flow, Session, SessionHandle};
+use crate::session::{Flow, Session};
+use crate::session_handle::SessionHandle;
 use crate::{DataPlane, NodeState};
 
 /// Close code used when the peer went away first; no farewell is sent for it.
