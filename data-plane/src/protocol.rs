@@ -47,7 +47,43 @@ pub mod close {
     pub const QUOTA_EXCEEDED: u16 = 4009;
     /// The API key that minted the token, or the client's tokens, were revoked.
     pub const REVOKED: u16 = 4010;
+
+    /// Every close code above: `docs/protocol.md` documents each (a test checks).
+    pub const ALL: &[u16] = &[
+        GOING_AWAY,
+        WS_PROTOCOL_ERROR,
+        INVALID_PAYLOAD,
+        TOO_BIG,
+        TRY_AGAIN_LATER,
+        PROTOCOL_ERROR,
+        INVALID_TOKEN,
+        TOKEN_EXPIRED,
+        FORBIDDEN,
+        APP_UNAVAILABLE,
+        SLOW_CONSUMER,
+        QUOTA_EXCEEDED,
+        REVOKED,
+    ];
 }
+
+/// The `type` of every frame a client may send; [`parse_client_frame`] knows each.
+pub const CLIENT_FRAME_TYPES: &[&str] = &[
+    "connect",
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "presence.enter",
+    "presence.update",
+    "presence.leave",
+    "presence.get",
+    "history",
+    "refresh",
+    "ping",
+];
+
+/// The `type` of every frame the server sends (SSE event names included).
+pub const SERVER_FRAME_TYPES: &[&str] =
+    &["connected", "ok", "error", "pong", "message", "presence", "discontinuity", "disconnect", "subscribed"];
 
 /// Why a connection is being closed: sent as a `disconnect` frame, then as the close code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -98,6 +134,20 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code: `docs/protocol.md` and the JS SDK list each (a test checks).
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::Forbidden,
+        ErrorCode::BadRequest,
+        ErrorCode::NotFound,
+        ErrorCode::RateLimited,
+        ErrorCode::QuotaExceeded,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::TokenExpired,
+        ErrorCode::Unauthorized,
+        ErrorCode::Conflict,
+        ErrorCode::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::Forbidden => "forbidden",
@@ -444,6 +494,32 @@ mod tests {
         assert!(err.0.contains("channel"));
         assert!(parse_client_frame("not json").is_err());
         assert!(parse_client_frame(r#"{"type":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn the_lists_of_frame_types_and_codes_are_complete() {
+        for kind in CLIENT_FRAME_TYPES {
+            let text = format!(r#"{{"type":"{kind}"}}"#);
+            let parsed = parse_client_frame(&text);
+            assert!(!matches!(&parsed, Err((_, e)) if e.0.starts_with("unknown frame type")), "{kind}");
+        }
+        // Adding a variant without listing it fails to compile here (no wildcard arm).
+        for code in ErrorCode::ALL {
+            match code {
+                ErrorCode::Forbidden
+                | ErrorCode::BadRequest
+                | ErrorCode::NotFound
+                | ErrorCode::RateLimited
+                | ErrorCode::QuotaExceeded
+                | ErrorCode::PayloadTooLarge
+                | ErrorCode::TokenExpired
+                | ErrorCode::Unauthorized
+                | ErrorCode::Conflict
+                | ErrorCode::Internal => {}
+            }
+        }
+        let distinct: std::collections::HashSet<_> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(distinct.len(), ErrorCode::ALL.len());
     }
 
     #[test]

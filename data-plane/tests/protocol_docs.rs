@@ -1,0 +1,39 @@
+//! One source of truth for the wire protocol: `protocol.rs` defines the frame types, error codes
+//! and close codes (`CLIENT_FRAME_TYPES`, `SERVER_FRAME_TYPES`, `ErrorCode::ALL`, `close::ALL`);
+//! `docs/protocol.md` must document each. Adding a code to `protocol.rs` without documenting it
+//! fails here.
+
+use std::path::PathBuf;
+
+use aviary_data_plane::protocol::{CLIENT_FRAME_TYPES, ErrorCode, SERVER_FRAME_TYPES, close};
+
+fn read(path: &str) -> String {
+    let full = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("reading {}: {e}", full.display()))
+}
+
+#[test]
+fn docs_protocol_md_documents_every_frame_type_error_code_and_close_code() {
+    let doc = read("docs/protocol.md");
+    let mut missing = Vec::new();
+    for kind in CLIENT_FRAME_TYPES.iter().chain(SERVER_FRAME_TYPES) {
+        let documented = doc.contains(&format!(r#""type":"{kind}""#))
+            || doc.contains(&format!(r#""type": "{kind}""#))
+            || doc.contains(&format!("`{kind}`"));
+        if !documented {
+            missing.push(format!("frame type {kind}"));
+        }
+    }
+    for code in ErrorCode::ALL {
+        // A row of the error-code table.
+        if !doc.contains(&format!("| `{}` |", code.as_str())) {
+            missing.push(format!("error code {}", code.as_str()));
+        }
+    }
+    for code in close::ALL {
+        if !doc.contains(&format!("| {code} |")) {
+            missing.push(format!("close code {code}"));
+        }
+    }
+    assert!(missing.is_empty(), "docs/protocol.md does not document: {missing:?}");
+}
