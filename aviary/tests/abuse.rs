@@ -509,3 +509,34 @@ async fn a_subscribe_only_token_cannot_read_history_by_resuming() {
     assert_eq!(subscribed["recovered"], false, "{subscribed}");
     assert!(!text.contains("old secret"), "{text}");
 }
+
+/// Defect 8: after a `refresh` to `news:*`, an earlier `chat:*` subscription kept receiving.
+/// Now the subscriptions the new token does not allow end, each with an `unsubscribed` push
+/// naming the reason.
+#[tokio::test]
+async fn refresh_that_narrows_capabilities_ends_disallowed_subscriptions() {
+    let dev = Dev::start(&[], None);
+    let broad = dev.token("narrowed", json!({"chat:*": ["subscribe"], "news:*": ["subscribe"]})).await;
+    let narrow = dev.token("narrowed", json!({"news:*": ["subscribe"]})).await;
+    let mut ws = common::connect(&dev.proc.ws_url(), &broad).await;
+    for (id, channel) in [(1, "chat:lobby"), (2, "news:today")] {
+        let ok = common::request(&mut ws, id, json!({"type": "subscribe", "channel": channel})).await;
+        assert_eq!(ok["type"], "ok", "{ok}");
+    }
+    // The push comes before the refresh's `ok`.
+    common::send_frame(&mut ws, json!({"type": "refresh", "id": 3, "token": narrow})).await;
+    let ended = common::next_of_type(&mut ws, "unsubscribed").await;
+    let ok = common::next_matching(&mut ws, |f| f["id"] == 3).await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    assert_eq!(ended["channel"], "chat:lobby", "{ended}");
+    assert!(ended["reason"].as_str().is_some_and(|r| !r.is_empty()), "{ended}");
+
+    let http = reqwest::Client::new();
+    for (channel, data) in [("chat:lobby", "not for you"), ("news:today", "for you")] {
+        let url = dev.url(&format!("/v1/apps/{}/channels/{channel}/messages", dev.app_id));
+        let (status, _) = send(http.post(url).bearer_auth(&dev.api_key).json(&json!({"data": data}))).await;
+        assert_eq!(status, 201);
+    }
+    let message = common::next_of_type(&mut ws, "message").await;
+    assert_eq!((message["channel"].as_str(), message["data"].as_str()), (Some("news:today"), Some("for you")));
+}

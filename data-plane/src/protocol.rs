@@ -352,6 +352,19 @@ pub fn validate_idempotency_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `{"type":"unsubscribed","channel":...,"reason":...}`: the server ended a subscription (a
+/// `refresh` whose token no longer allows the channel).
+pub fn encode_unsubscribed(channel: &str, reason: &str) -> Text {
+    #[derive(Serialize)]
+    struct Unsubscribed<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel: &'a str,
+        reason: &'a str,
+    }
+    to_bytes(&Unsubscribed { kind: "unsubscribed", channel, reason })
+}
+
 /// `{"type":"discontinuity",...}`: live delivery of `channel` skipped publications (a new epoch,
 /// or an offset gap the engine could not fill). `previous` is the last position delivered,
 /// `position` the one the stream continues from: the next `message` has offset

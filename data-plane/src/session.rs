@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use aviary_broker::{ChannelKey, StreamPosition};
 use aviary_core::token::{self, TokenError};
-use aviary_core::{AppConfig, ConnectionClaims};
+use aviary_core::{AppConfig, ConnectionClaims, Operation};
 use serde_json::value::RawValue;
 
 use crate::NodeState;
@@ -257,6 +257,7 @@ impl Session {
             ClientFrame::History(h) => self.history(id, &h.channel, h.since, h.limit).await.map(Some),
             ClientFrame::Refresh(r) => match self.refresh(&r.token) {
                 Ok(exp) => {
+                    Box::pin(self.end_disallowed()).await;
                     #[derive(serde::Serialize)]
                     struct Refreshed {
                         expires_at: i64,
@@ -457,6 +458,38 @@ impl Session {
             auth.principal.claims = claims;
         }
         Ok(exp)
+    }
+
+    /// After a refresh: ends the subscriptions and presence entries the new token no longer
+    /// allows ([`ops::subscribe::still_allowed`]), each announced by an `unsubscribed` push
+    /// naming the reason, so narrowing a token's capabilities takes effect at once.
+    async fn end_disallowed(&mut self) {
+        let Ok(client) = self.client() else { return };
+        let ended: Vec<Arc<str>> = self
+            .subscriptions
+            .keys()
+            .filter(|c| !ops::subscribe::still_allowed(client, c, Operation::Subscribe))
+            .cloned()
+            .collect();
+        let left: Vec<Arc<str>> = self
+            .presence
+            .keys()
+            .filter(|c| !ops::subscribe::still_allowed(client, c, Operation::Presence))
+            .cloned()
+            .collect();
+        for channel in left {
+            if let Some(key) = self.presence.remove(&channel)
+                && let Err(e) = ops::presence::leave(&self.dp, &self.handle.connection_id, &key).await
+            {
+                tracing::debug!(error = %e, "could not leave presence after refresh");
+            }
+        }
+        for channel in ended {
+            if self.unsubscribe(&channel).await.is_ok() {
+                let frame = protocol::encode_unsubscribed(&channel, "the refreshed token does not allow this channel");
+                self.send(Outbound::Frame(frame)).await;
+            }
+        }
     }
 
     /// The claims of a refresh token, if it may replace the current one.

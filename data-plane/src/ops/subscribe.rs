@@ -73,6 +73,12 @@ fn check(
     Ok(admitted.key)
 }
 
+/// Whether a connection's current token still allows `operation` on a channel it already
+/// uses (checked after a `refresh`, which may narrow the capabilities).
+pub fn still_allowed(client: &ClientPrincipal, channel: &str, operation: Operation) -> bool {
+    client.claims.cap.allows(channel, operation)
+}
+
 /// A connection with no subscriptions yet.
 struct Nothing;
 
