@@ -429,6 +429,15 @@ async fn every_documented_operation_reaches_its_plane_through_the_shipped_nginx_
     assert_eq!(message["data"]["text"], "through nginx", "{message}");
     read_sse_until(&mut sse, &mut seen, "through nginx").await;
 
+    // Pusher's HTTP API goes to the nodes through both configs: an unsigned request is refused
+    // there in Pusher's words (the control plane would answer a problem document).
+    for base in [&lb, &docker.url] {
+        let answer = http.get(format!("{base}/apps/1234567/channels")).send().await.unwrap();
+        let status = answer.status();
+        let body = answer.text().await.unwrap();
+        assert_eq!((status.as_u16(), body.as_str()), (401, "missing auth_key"), "through {base}");
+    }
+
     drop(docker);
     drop(cluster);
     eprintln!("nginx routing test took {:.1} s", started.elapsed().as_secs_f64());
