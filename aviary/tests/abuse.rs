@@ -540,3 +540,19 @@ async fn refresh_that_narrows_capabilities_ends_disallowed_subscriptions() {
     let message = common::next_of_type(&mut ws, "message").await;
     assert_eq!((message["channel"].as_str(), message["data"].as_str()), (Some("news:today"), Some("for you")));
 }
+
+/// Defect 10 (in part): `GET /v1/connect` without an upgrade and `/v1/sse` without `channels`
+/// answered 400 `text/plain`; every refusal is a problem document.
+#[tokio::test]
+async fn transport_refusals_are_problem_documents() {
+    let dev = Dev::start(&[], None);
+    let http = reqwest::Client::new();
+    for path in ["/v1/connect", "/v1/sse"] {
+        let response = http.get(dev.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        let kind = response.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap().to_owned();
+        assert_eq!(kind, "application/problem+json", "{path}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["type"], "https://aviary.dev/problems/bad-request", "{path}: {problem}");
+    }
+}

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use aviary_broker::StreamPosition;
 use axum::body::Body;
-use axum::extract::{Extension, Query, State};
+use axum::extract::{Extension, State};
 use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, ORIGIN};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -30,9 +30,11 @@ use tracing::Instrument;
 
 use crate::admission::ConnectionTicket;
 use crate::error::Error;
+// Its rejection is a problem document like every other refusal (not axum's text/plain 400).
 use crate::metrics::Burst;
 use crate::outbound::Outbound;
 use crate::protocol::{self, CloseReason, Text, close};
+use crate::rest::Query;
 use crate::session::Session;
 use crate::{DataPlane, NodeState};
 

@@ -11,8 +11,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Extension, Query, State};
+use axum::extract::{Extension, State};
 use axum::http::HeaderMap;
 use axum::http::header::ORIGIN;
 use axum::response::{IntoResponse, Response};
@@ -25,9 +26,11 @@ use tracing::Instrument;
 
 use crate::admission::ConnectionTicket;
 use crate::error::Error;
+// Its rejection is a problem document like every other refusal (not axum's text/plain 400).
 use crate::metrics::Burst;
 use crate::outbound::Outbound;
 use crate::protocol::{CloseReason, close};
+use crate::rest::Query;
 use crate::session::{Flow, Session};
 use crate::session_handle::SessionHandle;
 use crate::{DataPlane, NodeState};
@@ -47,8 +50,15 @@ pub async fn upgrade(
     Query(query): Query<ConnectQuery>,
     headers: HeaderMap,
     ticket: Option<Extension<Arc<ConnectionTicket>>>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return Error::BadRequest(format!("this endpoint expects a WebSocket upgrade: {}", rejection.body_text()))
+                .into_response();
+        }
+    };
     let inner = dp.inner().clone();
     if inner.is_draining() {
         return Error::Draining.into_response();
