@@ -9,7 +9,7 @@
 //! Code map: [`protocol`] (wire frames), `transport` (WebSocket and SSE byte pumps and
 //! heartbeats), `session` (one client's state; decodes its commands), `ops` (every operation
 //! once, with every rule: the front ends' shared core), `hub` (channel -> local subscribers,
-//! fan-out), [`quota`] (admission), [`rest`] (backend API), [`pusher`] (the Pusher protocol-7
+//! fan-out), [`quota_enforcer`] (admission), [`rest`] (backend API), [`pusher`] (the Pusher protocol-7
 //! front end, in progress: channel-name mapping and frame codec), [`metrics`], [`error`].
 //! `docs/protocol.md` documents the wire protocol for SDK authors.
 //!
@@ -34,7 +34,7 @@ pub(crate) mod outbound;
 pub(crate) mod outbox;
 pub mod protocol;
 pub mod pusher;
-pub mod quota;
+pub mod quota_enforcer;
 pub mod rest;
 pub(crate) mod session;
 pub(crate) mod session_handle;
@@ -57,7 +57,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 pub use error::Error;
-pub use quota::{ClusterQuotas, LocalQuotas, QuotaEnforcer};
+pub use quota_enforcer::{ClusterQuotas, LocalQuotas, QuotaEnforcer};
 
 use crate::hub::Hub;
 use crate::protocol::{CloseReason, close};

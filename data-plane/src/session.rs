@@ -24,7 +24,7 @@ use crate::metrics::{self, ConnectionMetrics};
 use crate::ops::{self, ClientPrincipal, Principal};
 use crate::outbound::{Delivery, Outbound};
 use crate::protocol::{self, ClientFrame, CloseReason, Connected, Empty, ErrorCode, Text, close};
-use crate::quota::ConnectionPermit;
+use crate::quota_enforcer::ConnectionPermit;
 use crate::session_handle::{Identity, SessionHandle};
 
 /// What the transport should do after a frame.

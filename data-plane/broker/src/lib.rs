@@ -3,7 +3,7 @@
 //! [`Broker`] is the contract every engine keeps; its doc comments are the spec and
 //! [`contract`] is the one test suite every implementation passes (the in-process
 //! [`memory::MemoryBroker`] for `aviary dev`, [`redis::RedisBroker`] for clusters). Beside the
-//! engine, Redis also holds cluster-wide quota counters ([`quota`]) and per-node channel
+//! engine, Redis also holds cluster-wide quota counters ([`redis_quotas`]) and per-node channel
 //! subscriber counts for listings ([`channels`]).
 //!
 //! # Contract
@@ -28,8 +28,8 @@
 pub mod channels;
 pub mod contract;
 pub mod memory;
-pub mod quota;
 pub mod redis;
+pub mod redis_quotas;
 
 use std::fmt;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use aviary_broker::contract::EVENT_TIMEOUT;
-use aviary_broker::quota::RedisQuotas;
+use aviary_broker::redis_quotas::RedisQuotas;
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
 

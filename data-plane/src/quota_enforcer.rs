@@ -2,7 +2,7 @@
 //!
 //! [`QuotaEnforcer`] is the seam. [`LocalQuotas`] counts what this node sees: exact for
 //! `aviary dev`, wrong in a cluster (each node would admit the full quota). [`ClusterQuotas`]
-//! keeps the counts in Redis through [`aviary_broker::quota::RedisQuotas`], so the limits
+//! keeps the counts in Redis through [`aviary_broker::redis_quotas::RedisQuotas`], so the limits
 //! hold across every node sharing that Redis. Connections and message rate count tenant-wide
 //! (`AppConfig::tenant_quotas`) *and* per app (`AppConfig::quotas`, already the tighter of
 //! the two), so one noisy app cannot starve its siblings beyond its own limit.
@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use aviary_broker::quota::RedisQuotas;
+use aviary_broker::redis_quotas::RedisQuotas;
 use aviary_core::AppConfig;
 use dashmap::DashMap;
 use parking_lot::Mutex;
