@@ -7,7 +7,6 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
-use jsonwebtoken::{Algorithm, Header};
 use serde::{Deserialize, Serialize};
 
 use crate::capability::Capabilities;
@@ -167,9 +166,7 @@ impl SigningKey {
     }
 
     fn from_parts(kid: String, pkcs8: Vec<u8>, signer: ed25519_dalek::SigningKey) -> Self {
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(kid.clone());
-        header.typ = Some("JWT".into());
+        let header = JwtHeader { typ: Some("JWT".into()), alg: EDDSA.into(), kid: Some(kid.clone()) };
         let header_b64 = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).expect("a JWT header serializes"));
         SigningKey { kid, pkcs8, public: signer.verifying_key().to_bytes(), signer, header_b64 }
     }
@@ -200,6 +197,22 @@ impl SigningKey {
         URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut token);
         token
     }
+}
+
+/// The JOSE `alg` of every connection token.
+const EDDSA: &str = "EdDSA";
+
+/// The fields of a JWT header Aviary writes and reads (RFC 7515 §4.1), in the order
+/// `jsonwebtoken` writes them, so tokens are byte-for-byte what it would produce. Run-time code
+/// needs nothing else from a JWT library (`jsonwebtoken` and its RSA dependency stay in the
+/// tests, which cross-check against it).
+#[derive(Serialize, Deserialize)]
+struct JwtHeader {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    typ: Option<String>,
+    alg: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kid: Option<String>,
 }
 
 /// What verifying a token needs from the live config: the trusted keys and the revocations.
@@ -240,19 +253,19 @@ impl<T: TokenTrust + ?Sized> TokenTrust for std::sync::Arc<T> {
 ///
 /// This is the connect hot path, so the token is split, decoded and parsed once (a generic
 /// `jsonwebtoken::decode` parses the header twice and the claims twice, and decompresses the
-/// public key per call); the header is read into `jsonwebtoken`'s own `Header`.
+/// public key per call).
 pub fn verify(token: &str, registry: &(impl TokenTrust + ?Sized)) -> Result<ConnectionClaims, TokenError> {
     let (signed, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
     let (header_b64, payload_b64) = signed.split_once('.').ok_or(TokenError::Malformed)?;
     if payload_b64.contains('.') {
         return Err(TokenError::Malformed);
     }
-    let header: Header = URL_SAFE_NO_PAD
+    let header: JwtHeader = URL_SAFE_NO_PAD
         .decode(header_b64)
         .ok()
         .and_then(|json| serde_json::from_slice(&json).ok())
         .ok_or(TokenError::Malformed)?;
-    if header.alg != Algorithm::EdDSA {
+    if header.alg != EDDSA {
         return Err(TokenError::WrongAlgorithm);
     }
     let kid = header.kid.ok_or(TokenError::UnknownKey)?;
@@ -337,7 +350,7 @@ mod tests {
     use super::*;
     use crate::capability::Operation;
     use crate::config::Registry;
-    use jsonwebtoken::{DecodingKey, EncodingKey, Validation};
+    use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
     fn setup() -> (SigningKey, Registry) {
         let key = SigningKey::generate();
