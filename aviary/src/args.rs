@@ -54,10 +54,16 @@ pub struct DevArgs {
     /// Operator token (administers tenants). Generated once and kept in the data dir if unset.
     #[arg(long, env = "AVIARY_OPERATOR_TOKEN", hide_env_values = true)]
     pub operator_token: Option<String>,
-    /// Key sealing Pusher credential secrets in the store: 64 hex characters
+    /// Key sealing Pusher credential and webhook secrets in the store: 64 hex characters
     /// (`openssl rand -hex 32`). Generated once and kept in the data dir if unset.
     #[arg(long, env = "AVIARY_CREDENTIALS_KEY", hide_env_values = true)]
     pub credentials_key: Option<String>,
+    /// Whether webhook URLs may point at loopback, private or link-local addresses. On by
+    /// default in dev so receivers on this machine work; `--webhook-allow-private-targets false`
+    /// refuses them as a production control plane does.
+    #[arg(long, env = "AVIARY_WEBHOOK_ALLOW_PRIVATE_TARGETS", default_value_t = true,
+        action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub webhook_allow_private_targets: bool,
     /// Seconds between usage reports into the usage API (billing figures).
     #[arg(long, env = "AVIARY_USAGE_INTERVAL_S", default_value_t = 10)]
     pub usage_interval_s: u64,
@@ -121,11 +127,18 @@ pub struct ControlPlaneArgs {
     /// node can connect.
     #[arg(long, env = "AVIARY_NODE_TOKEN", hide_env_values = true)]
     pub node_token: Option<String>,
-    /// Key sealing Pusher credential secrets in the store: 64 hex characters
+    /// Key sealing Pusher credential and webhook secrets in the store: 64 hex characters
     /// (`openssl rand -hex 32`). Every replica needs the same one; without it Pusher
-    /// credentials cannot be created and stored ones stay unloaded.
+    /// credentials and webhook endpoints cannot be created and stored credentials stay unloaded.
     #[arg(long, env = "AVIARY_CREDENTIALS_KEY", hide_env_values = true)]
     pub credentials_key: Option<String>,
+    /// Let webhook URLs point at loopback, private or link-local addresses (refused by
+    /// default: a tenant could otherwise make the platform call its internal network).
+    #[arg(long, env = "AVIARY_WEBHOOK_ALLOW_PRIVATE_TARGETS")]
+    pub webhook_allow_private_targets: bool,
+    /// Most webhook endpoints one tenant may have, over all its apps.
+    #[arg(long, env = "AVIARY_MAX_WEBHOOKS_PER_TENANT", default_value_t = 20)]
+    pub max_webhooks_per_tenant: u32,
     /// Do not apply migrations at start (run `aviary migrate` separately).
     #[arg(long, env = "AVIARY_NO_MIGRATE")]
     pub no_migrate: bool,

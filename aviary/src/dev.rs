@@ -34,6 +34,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let registry = Arc::new(Registry::new());
     let mut cp_config = ControlPlaneConfig::new(&operator_token);
     cp_config.rate_limits = args.rate_limits.config();
+    cp_config.webhook_allow_private_targets = args.webhook_allow_private_targets;
     let credentials_key = match args.credentials_key.clone().filter(|k| !k.trim().is_empty()) {
         Some(key) => key,
         None => load_or_create_credentials_key(&args.data_dir)?,

@@ -207,6 +207,8 @@ pub async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let mut config = ControlPlaneConfig::new(args.operator_token);
     config.node_token = args.node_token.filter(|t| !t.trim().is_empty());
     config.rate_limits = args.rate_limits.config();
+    config.webhook_allow_private_targets = args.webhook_allow_private_targets;
+    config.max_webhooks_per_tenant = args.max_webhooks_per_tenant;
     if let Some(key) = args.credentials_key.filter(|k| !k.trim().is_empty()) {
         config.credentials_key = Some(Arc::new(aviary_control_plane::sealing::SecretBox::parse(&key)?));
     }

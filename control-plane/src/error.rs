@@ -37,6 +37,9 @@ pub enum Error {
     /// A unique name is taken (409 `conflict`).
     #[error("{0}")]
     Conflict(String),
+    /// A per-tenant limit on a kind of resource is reached (409 `limit-reached`).
+    #[error("{0}")]
+    LimitReached(String),
     /// The body could not be read as JSON: too large (413), not declared as JSON (415),
     /// malformed or of the wrong shape (400); the same answers as the data plane's.
     #[error("{0}")]
@@ -56,8 +59,8 @@ pub enum Error {
     /// follower, the remote key authority, the usage reporter). 503 `unavailable`.
     #[error("control plane: {0}")]
     Upstream(String),
-    /// Pusher credentials need a credentials key to seal their secrets, and none is
-    /// configured (503 `credentials-key-missing`).
+    /// Pusher credentials and webhook endpoints need a credentials key to seal their secrets,
+    /// and none is configured (503 `credentials-key-missing`).
     #[error("no credentials key is configured (--credentials-key / AVIARY_CREDENTIALS_KEY)")]
     CredentialsKeyMissing,
     /// Anything else that is our fault (500 `internal`).
@@ -88,6 +91,7 @@ impl Error {
             Error::AppDisabled => (StatusCode::FORBIDDEN, "app-disabled", "App disabled"),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            Error::LimitReached(_) => (StatusCode::CONFLICT, "limit-reached", "Limit reached"),
             Error::Body(rejection) => {
                 let (status, slug, title) = rejection.kind();
                 (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), slug, title)
@@ -97,7 +101,7 @@ impl Error {
             Error::CredentialsKeyMissing => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "credentials-key-missing",
-                "No credentials key configured: set AVIARY_CREDENTIALS_KEY to use Pusher credentials",
+                "No credentials key configured: set AVIARY_CREDENTIALS_KEY to use Pusher credentials and webhooks",
             ),
             Error::Database(e) if Self::store_unreachable(e) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Store unavailable")
@@ -154,7 +158,7 @@ impl From<Error> for tonic::Status {
             Error::AppDisabled | Error::CredentialsKeyMissing => Code::FailedPrecondition,
             Error::NotFound(_) => Code::NotFound,
             Error::Conflict(_) => Code::AlreadyExists,
-            Error::RateLimited { .. } => Code::ResourceExhausted,
+            Error::RateLimited { .. } | Error::LimitReached(_) => Code::ResourceExhausted,
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
             _ => Code::Internal,
         };

@@ -92,6 +92,11 @@ pub struct ControlPlaneConfig {
     /// Seals Pusher credential secrets at rest (see [`sealing`]). `None` refuses to create
     /// Pusher credentials and leaves stored ones unloaded. Never logged.
     pub credentials_key: Option<Arc<sealing::SecretBox>>,
+    /// Whether webhook URLs may point at loopback, private or link-local addresses
+    /// (`--webhook-allow-private-targets`; see [`aviary_core::webhook::target`]).
+    pub webhook_allow_private_targets: bool,
+    /// Most webhook endpoints a tenant may have, over all its apps.
+    pub max_webhooks_per_tenant: u32,
 }
 
 impl std::fmt::Debug for ControlPlaneConfig {
@@ -105,6 +110,8 @@ impl std::fmt::Debug for ControlPlaneConfig {
             .field("node_token", &self.node_token.as_ref().map(|_| "<set>"))
             .field("watch_heartbeat", &self.watch_heartbeat)
             .field("credentials_key", &self.credentials_key.as_ref().map(|_| "<set>"))
+            .field("webhook_allow_private_targets", &self.webhook_allow_private_targets)
+            .field("max_webhooks_per_tenant", &self.max_webhooks_per_tenant)
             .finish_non_exhaustive()
     }
 }
@@ -124,6 +131,8 @@ impl ControlPlaneConfig {
             watch_heartbeat: Duration::from_secs(5),
             clock: Arc::new(SystemClock),
             credentials_key: None,
+            webhook_allow_private_targets: false,
+            max_webhooks_per_tenant: service::webhooks::DEFAULT_MAX_WEBHOOKS_PER_TENANT,
         }
     }
 }

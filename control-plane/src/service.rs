@@ -18,8 +18,10 @@ use crate::store::{AdminKeyRecord, ApiKeyRecord, App, MAX_PAGE, Page, PageReques
 use crate::tokens::{IssuedToken, TokenRequest};
 
 pub mod pusher;
+pub mod webhooks;
 
 pub use pusher::{CreatePusherCredential, PusherCredentialCreated, PusherCredentialView};
+pub use webhooks::{CreateWebhook, UpdateWebhook, WebhookCreated, WebhookView};
 
 /// Answer of `POST /v1/apps/{app_id}/clients/{client_id}/revoke`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]

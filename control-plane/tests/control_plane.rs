@@ -215,6 +215,7 @@ macro_rules! contract_tests {
 contract_tests!(
     tenants_round_trip_and_names_are_unique,
     pusher_credentials_share_one_app_id_and_revoke_once,
+    webhooks_round_trip_and_stop_at_the_tenant_limit,
     lists_paginate_without_gaps_or_repeats,
     apps_are_unique_per_tenant_and_need_a_tenant,
     deletes_cascade,
@@ -253,7 +254,146 @@ api_tests!(
     rotation_keeps_the_previous_key_in_the_jwks,
     a_second_replica_converges_on_resync,
     pusher_credentials_are_created_once_listed_without_secrets_and_revoked,
+    webhooks_are_created_with_a_secret_shown_once_and_managed_by_their_tenant,
+    webhook_targets_on_private_networks_are_refused_unless_allowed,
 );
+
+async fn webhooks_are_created_with_a_secret_shown_once_and_managed_by_their_tenant(store: TestStore) {
+    let s = start(store, |c| {
+        c.credentials_key = Some(credentials_key());
+        c.max_webhooks_per_tenant = 2;
+    })
+    .await;
+    let (_, admin, app_id, _) = s.tenant_with_key("hooks", chat_caps()).await;
+    let (_, other_admin, _, _) = s.tenant_with_key("hooks-other", chat_caps()).await;
+    let path = format!("/v1/apps/{app_id}/webhooks");
+
+    let body = json!({
+        "url": "https://hooks.example.com/aviary",
+        "events": ["channel_occupied", "channel_vacated", "member_added"],
+        "channels": "chat:*",
+        "format": "aviary",
+    });
+    let created = s.post(&path, &admin, body.clone()).await.expect(StatusCode::CREATED);
+    let id = created["id"].as_str().unwrap().to_owned();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("whk_"), "{created}");
+    assert!(secret.len() == 64 && secret.bytes().all(|b| b.is_ascii_hexdigit()), "{created}");
+    assert_eq!(
+        (&created["url"], &created["events"], &created["channels"], &created["format"], &created["app_id"]),
+        (&body["url"], &body["events"], &body["channels"], &body["format"], &json!(app_id)),
+    );
+
+    // At rest the secret is sealed under the credentials key, bound to the endpoint id.
+    let stored = s.state.store().webhook(&app_id, &id).await.unwrap().unwrap();
+    assert!(!stored.sealed_secret.windows(secret.len()).any(|w| w == secret.as_bytes()), "no secret in clear");
+    assert_eq!(credentials_key().open_str(&stored.sealed_secret, &id).as_deref(), Some(secret.as_str()));
+
+    // Read and list, never with the secret.
+    let one = format!("{path}/{id}");
+    let read = s.get(&one, &admin).await.expect(StatusCode::OK);
+    assert!(read.get("secret").is_none() && !read.to_string().contains(&secret), "{read}");
+    assert_eq!(read["id"], id.as_str());
+    let listed = s.get(&path, &admin).await.expect(StatusCode::OK);
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    assert!(!listed.to_string().contains(&secret), "{listed}");
+
+    // Change: given fields replaced, absent ones kept, `null` clears the channel filter.
+    let patched = s
+        .call(
+            reqwest::Method::PATCH,
+            &one,
+            Some(&admin),
+            Some(json!({ "events": ["message_published"], "channels": null, "format": "pusher" })),
+        )
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(patched["url"], body["url"]);
+    assert_eq!(patched["events"], json!(["message_published"]));
+    assert!(patched["channels"].is_null());
+    assert_eq!(patched["format"], "pusher");
+    let stored_after = s.state.store().webhook(&app_id, &id).await.unwrap().unwrap();
+    assert_eq!(stored_after.sealed_secret, stored.sealed_secret, "the secret survives a change");
+
+    // Bad input is a problem document and changes nothing.
+    for bad in [
+        json!({ "url": "https://hooks.example.com/", "events": [], "format": "aviary" }),
+        json!({ "url": "https://hooks.example.com/", "events": ["channel_opened"], "format": "aviary" }),
+        json!({ "url": "https://hooks.example.com/", "events": ["member_added", "member_added"], "format": "aviary" }),
+        json!({ "url": "https://hooks.example.com/", "events": ["member_added"], "format": "xml" }),
+        json!({ "url": "https://hooks.example.com/", "events": ["member_added"] }),
+        json!({ "url": "https://hooks.example.com/", "events": ["member_added"], "format": "aviary", "channels": "a b" }),
+        json!({ "url": "ftp://hooks.example.com/", "events": ["member_added"], "format": "aviary" }),
+        json!({ "url": "not a url", "events": ["member_added"], "format": "aviary" }),
+        json!({ "url": "https://hooks.example.com/", "events": ["member_added"], "format": "aviary", "secret": "x" }),
+    ] {
+        s.post(&path, &admin, bad).await.expect_problem(StatusCode::BAD_REQUEST, "bad-request");
+    }
+    s.call(reqwest::Method::PATCH, &one, Some(&admin), Some(json!({ "url": "http://127.0.0.1/" })))
+        .await
+        .expect_problem(StatusCode::BAD_REQUEST, "bad-request");
+    assert_eq!(s.get(&path, &admin).await.expect(StatusCode::OK)["items"].as_array().unwrap().len(), 1);
+
+    // Another tenant sees nothing and changes nothing.
+    s.post(&path, &other_admin, body.clone()).await.expect_problem(StatusCode::NOT_FOUND, "not-found");
+    s.get(&one, &other_admin).await.expect_problem(StatusCode::NOT_FOUND, "not-found");
+    s.call(reqwest::Method::PATCH, &one, Some(&other_admin), Some(json!({ "format": "aviary" })))
+        .await
+        .expect_problem(StatusCode::NOT_FOUND, "not-found");
+    s.call(reqwest::Method::DELETE, &one, Some(&other_admin), None)
+        .await
+        .expect_problem(StatusCode::NOT_FOUND, "not-found");
+
+    // The per-tenant limit (2 here).
+    s.post(&path, &admin, body.clone()).await.expect(StatusCode::CREATED);
+    s.post(&path, &admin, body.clone()).await.expect_problem(StatusCode::CONFLICT, "limit-reached");
+
+    // Delete: gone at once, a second delete is 404, and its place is free again.
+    s.call(reqwest::Method::DELETE, &one, Some(&admin), None).await.expect(StatusCode::NO_CONTENT);
+    s.get(&one, &admin).await.expect_problem(StatusCode::NOT_FOUND, "not-found");
+    s.call(reqwest::Method::DELETE, &one, Some(&admin), None)
+        .await
+        .expect_problem(StatusCode::NOT_FOUND, "not-found");
+    s.post(&path, &admin, body).await.expect(StatusCode::CREATED);
+
+    // Without a credentials key no secret can be sealed: refused before anything is written.
+    let keyless = start(sqlite_store().await, |_| {}).await;
+    let (_, admin, app_id, _) = keyless.tenant_with_key("keyless", chat_caps()).await;
+    let path = format!("/v1/apps/{app_id}/webhooks");
+    keyless
+        .post(&path, &admin, json!({ "url": "https://hooks.example.com/", "events": ["client_event"], "format": "aviary" }))
+        .await
+        .expect_problem(StatusCode::SERVICE_UNAVAILABLE, "credentials-key-missing");
+    assert!(keyless.get(&path, &admin).await.expect(StatusCode::OK)["items"].as_array().unwrap().is_empty());
+}
+
+async fn webhook_targets_on_private_networks_are_refused_unless_allowed(store: TestStore) {
+    let s = start(store, |c| c.credentials_key = Some(credentials_key())).await;
+    let (_, admin, app_id, _) = s.tenant_with_key("hooks-private", chat_caps()).await;
+    let path = format!("/v1/apps/{app_id}/webhooks");
+    for url in ["http://127.0.0.1:9000/in", "http://localhost/in", "http://10.0.0.7/", "http://169.254.169.254/", "http://[::1]/"] {
+        s.post(&path, &admin, json!({ "url": url, "events": ["channel_vacated"], "format": "pusher" }))
+            .await
+            .expect_problem(StatusCode::BAD_REQUEST, "bad-request");
+    }
+    assert!(s.get(&path, &admin).await.expect(StatusCode::OK)["items"].as_array().unwrap().is_empty());
+
+    let allowing = start(sqlite_store().await, |c| {
+        c.credentials_key = Some(credentials_key());
+        c.webhook_allow_private_targets = true;
+    })
+    .await;
+    let (_, admin, app_id, _) = allowing.tenant_with_key("hooks-private", chat_caps()).await;
+    let created = allowing
+        .post(
+            &format!("/v1/apps/{app_id}/webhooks"),
+            &admin,
+            json!({ "url": "http://127.0.0.1:9000/in", "events": ["channel_vacated"], "format": "pusher" }),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    assert_eq!(created["url"], "http://127.0.0.1:9000/in");
+}
 
 /// The credentials key the Pusher tests seal secrets with.
 fn credentials_key() -> Arc<SecretBox> {

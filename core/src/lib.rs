@@ -14,6 +14,7 @@ pub mod problem;
 pub mod pusher;
 pub mod token;
 pub mod usage;
+pub mod webhook;
 
 pub use auth::{ApiKeyAuthority, ApiKeyError, VerifiedApiKey};
 pub use capability::{Capabilities, Operation};

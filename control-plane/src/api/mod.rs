@@ -29,6 +29,7 @@ pub mod extract;
 mod responses;
 mod tenants;
 mod tokens;
+mod webhooks;
 
 /// Every control plane route.
 pub fn router(state: ControlPlaneState) -> Router {
@@ -57,6 +58,11 @@ pub fn router(state: ControlPlaneState) -> Router {
             post(apps::create_pusher_credential).get(apps::list_pusher_credentials),
         )
         .route("/v1/apps/{app_id}/pusher-credentials/{key}", delete(apps::revoke_pusher_credential))
+        .route("/v1/apps/{app_id}/webhooks", post(webhooks::create_webhook).get(webhooks::list_webhooks))
+        .route(
+            "/v1/apps/{app_id}/webhooks/{webhook_id}",
+            get(webhooks::get_webhook).patch(webhooks::update_webhook).delete(webhooks::delete_webhook),
+        )
         // App API key.
         .route("/v1/apps/{app_id}/tokens", post(tokens::issue_token))
         // Public.
@@ -124,6 +130,8 @@ async fn method_not_allowed() -> impl IntoResponse {
         apps::create_app, apps::list_apps, apps::get_app, apps::update_app, apps::delete_app,
         apps::create_api_key, apps::list_api_keys, apps::revoke_api_key, apps::revoke_client,
         apps::create_pusher_credential, apps::list_pusher_credentials, apps::revoke_pusher_credential,
+        webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook, webhooks::update_webhook,
+        webhooks::delete_webhook,
         tokens::issue_token, tokens::rotate_signing_key, tokens::jwks,
     ),
     components(schemas(aviary_core::problem::Problem, aviary_core::Operation)),
@@ -133,6 +141,7 @@ async fn method_not_allowed() -> impl IntoResponse {
         (name = "apps", description = "Tenant admin: apps and their settings"),
         (name = "keys", description = "Tenant admin: app API keys"),
         (name = "pusher", description = "Tenant admin: Pusher Channels credentials (app id, key, secret)"),
+        (name = "webhooks", description = "Tenant admin: webhook endpoints (where channel events are sent)"),
         (name = "tokens", description = "Connection tokens, signing keys, JWKS"),
     )
 )]

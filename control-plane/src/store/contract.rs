@@ -6,8 +6,11 @@ use aviary_core::usage::UsageRecord;
 use aviary_core::{Capabilities, Namespace, Operation, Quotas};
 use chrono::TimeDelta;
 
+use aviary_core::webhook::{WebhookEvent, WebhookFormat};
+
 use super::{
-    AdminKeyRecord, ApiKeyRecord, App, PageRequest, PusherCredentialRecord, SigningKeyRecord, Store, Tenant, now,
+    AdminKeyRecord, ApiKeyRecord, App, PageRequest, PusherCredentialRecord, SigningKeyRecord, Store, Tenant,
+    WebhookRecord, now,
 };
 use crate::error::Error;
 
@@ -358,6 +361,88 @@ pub async fn pusher_credentials_share_one_app_id_and_revoke_once(store: &dyn Sto
         store.create_pusher_credential(&pusher_credential(&b, "0000000000bb00000002", 1_234_567)).await.unwrap(),
         1_234_567
     );
+}
+
+fn webhook(app: &App, url: &str) -> WebhookRecord {
+    let at = now();
+    WebhookRecord {
+        id: id("whk_"),
+        app_id: app.id.clone(),
+        tenant_id: app.tenant_id.clone(),
+        url: url.into(),
+        events: vec![WebhookEvent::ChannelOccupied, WebhookEvent::MemberRemoved],
+        channels: Some("chat:*".into()),
+        format: WebhookFormat::Aviary,
+        sealed_secret: vec![1, 2, 3, 0, 255],
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+/// Webhooks round-trip exactly, belong to their app, keep their secret across updates, stop at
+/// the per-tenant limit (counted over all the tenant's apps) and go with their app.
+pub async fn webhooks_round_trip_and_stop_at_the_tenant_limit(store: &dyn Store) {
+    let t = seed(store, "hooks").await;
+    let other = seed(store, "hooks-other").await;
+    let a = app(&t.id, "a");
+    let b = app(&t.id, "b");
+    let c = app(&other.id, "c");
+    for x in [&a, &b, &c] {
+        store.create_app(x).await.unwrap();
+    }
+
+    let first = webhook(&a, "https://hooks.example.com/1");
+    store.create_webhook(&first, 3).await.unwrap();
+    assert_eq!(store.webhook(&a.id, &first.id).await.unwrap(), Some(first.clone()));
+    assert_eq!(store.webhook(&b.id, &first.id).await.unwrap(), None, "another app's endpoint is not found");
+    assert!(matches!(store.create_webhook(&first, 3).await, Err(Error::Conflict(_))));
+    let mut missing = webhook(&a, "https://hooks.example.com/x");
+    missing.app_id = "app_missing".into();
+    assert!(matches!(store.create_webhook(&missing, 3).await, Err(Error::NotFound(_))));
+
+    let second = webhook(&a, "https://hooks.example.com/2");
+    store.create_webhook(&second, 3).await.unwrap();
+    let on_b = webhook(&b, "https://hooks.example.com/3");
+    store.create_webhook(&on_b, 3).await.unwrap();
+    let over = webhook(&b, "https://hooks.example.com/4");
+    assert!(
+        matches!(store.create_webhook(&over, 3).await, Err(Error::LimitReached(_))),
+        "the limit counts every app of the tenant"
+    );
+    assert_eq!(store.webhook(&b.id, &over.id).await.unwrap(), None, "nothing written");
+    store.create_webhook(&webhook(&c, "https://hooks.example.com/5"), 3).await.expect("another tenant's own limit");
+
+    let page = store.list_webhooks(&a.id, &PageRequest::first(1)).await.unwrap();
+    assert_eq!(page.items, vec![first.clone()]);
+    let rest = store.list_webhooks(&a.id, &PageRequest { after: page.next_after.clone(), limit: 1 }).await.unwrap();
+    assert_eq!(rest.items, vec![second.clone()]);
+    assert_eq!(rest.next_after, None);
+
+    let changed = WebhookRecord {
+        url: "http://hooks.example.com/changed".into(),
+        events: vec![WebhookEvent::MessagePublished],
+        channels: None,
+        format: WebhookFormat::Pusher,
+        sealed_secret: vec![9, 9],
+        updated_at: now() + TimeDelta::seconds(1),
+        ..first.clone()
+    };
+    assert!(store.update_webhook(&changed).await.unwrap());
+    assert_eq!(
+        store.webhook(&a.id, &first.id).await.unwrap(),
+        Some(WebhookRecord { sealed_secret: first.sealed_secret.clone(), ..changed.clone() }),
+        "every mutable field changed, the secret kept"
+    );
+    assert!(!store.update_webhook(&WebhookRecord { app_id: b.id.clone(), ..changed }).await.unwrap(), "wrong app");
+
+    assert!(!store.delete_webhook(&b.id, &first.id).await.unwrap(), "wrong app");
+    assert!(store.delete_webhook(&a.id, &first.id).await.unwrap());
+    assert!(!store.delete_webhook(&a.id, &first.id).await.unwrap());
+    store.create_webhook(&over, 3).await.expect("a deleted endpoint frees its place");
+
+    assert!(store.delete_app(&a.id).await.unwrap());
+    assert!(store.list_webhooks(&a.id, &PageRequest::first(10)).await.unwrap().items.is_empty());
+    store.create_webhook(&webhook(&b, "https://hooks.example.com/6"), 3).await.expect("the app's endpoints went with it");
 }
 
 fn usage(tenant_id: &str, app_id: &str, from_ms: i64, peak: u64, published: u64) -> UsageRecord {

@@ -10,6 +10,7 @@
 
 use async_trait::async_trait;
 use aviary_core::usage::UsageRecord;
+use aviary_core::webhook::{WebhookEvent, WebhookFormat};
 use aviary_core::{Capabilities, Namespace, Quotas};
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
@@ -121,6 +122,37 @@ impl std::fmt::Debug for PusherCredentialRecord {
     }
 }
 
+/// A webhook endpoint of an app, as stored: its secret only sealed (see [`crate::sealing`]).
+#[derive(Clone, PartialEq)]
+pub struct WebhookRecord {
+    pub id: String,
+    pub app_id: String,
+    pub tenant_id: String,
+    pub url: String,
+    /// Never empty, no repeats.
+    pub events: Vec<WebhookEvent>,
+    /// Channel glob the endpoint is limited to; `None` for every channel.
+    pub channels: Option<String>,
+    pub format: WebhookFormat,
+    /// AES-256-GCM ciphertext of the signing secret, bound to the id.
+    pub sealed_secret: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for WebhookRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookRecord")
+            .field("id", &self.id)
+            .field("app_id", &self.app_id)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("channels", &self.channels)
+            .field("format", &self.format)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A token signing key: Ed25519 private key as PKCS#8 DER.
 #[derive(Clone, PartialEq)]
 pub struct SigningKeyRecord {
@@ -201,7 +233,7 @@ pub struct Page<T> {
 ///   [`crate::Error::Conflict`] and writes nothing.
 /// - Creating a record under a parent that does not exist returns [`crate::Error::NotFound`].
 /// - Deleting a tenant deletes its admin keys, apps and their API keys; deleting an app deletes
-///   its API keys. Deletes report whether anything was there.
+///   its API keys, Pusher credentials and webhook endpoints. Deletes report whether anything was there.
 /// - Values are stored and returned exactly (strings are bound as parameters, never spliced into
 ///   SQL), timestamps at microsecond precision (see [`now`]).
 /// - Every method is one transaction: a failure leaves the store as it was.
@@ -264,6 +296,21 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_pusher_credential(&self, app_id: &str, key: &str, at: DateTime<Utc>) -> Result<bool>;
     /// Every credential not revoked, of every app (loading the registry).
     async fn live_pusher_credentials(&self) -> Result<Vec<PusherCredentialRecord>>;
+
+    /// Stores a webhook endpoint unless its tenant already has `max_per_tenant` of them (then
+    /// [`crate::Error::LimitReached`], nothing written). The count and the insert are one
+    /// transaction serialised per tenant, so concurrent creates cannot pass the limit together.
+    /// `NotFound` if the app does not exist; a taken id is a `Conflict`.
+    async fn create_webhook(&self, webhook: &WebhookRecord, max_per_tenant: u32) -> Result<()>;
+    /// The endpoint, if it exists and belongs to `app_id`.
+    async fn webhook(&self, app_id: &str, id: &str) -> Result<Option<WebhookRecord>>;
+    /// The app's endpoints ordered by id.
+    async fn list_webhooks(&self, app_id: &str, page: &PageRequest) -> Result<Page<WebhookRecord>>;
+    /// Replaces the mutable fields (url, events, channels, format, updated_at) of an endpoint
+    /// of `webhook.app_id`; the secret is kept. `false` if there is no such endpoint.
+    async fn update_webhook(&self, webhook: &WebhookRecord) -> Result<bool>;
+    /// Deletes the endpoint. `true` if it existed and belonged to `app_id`.
+    async fn delete_webhook(&self, app_id: &str, id: &str) -> Result<bool>;
 
     /// Every stored signing key, newest first. At most one has `retired_at == None`.
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;

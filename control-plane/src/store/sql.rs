@@ -42,8 +42,9 @@ macro_rules! impl_sql_store {
         use crate::store::sql::{classify, from_json, to_json};
         use crate::store::{
             AdminKeyRecord, ApiKeyRecord, App, Page, PageRequest, PusherCredentialRecord, SigningKeyRecord, Store,
-            Tenant, UsageBucket, usage_hour,
+            Tenant, UsageBucket, WebhookRecord, usage_hour,
         };
+        use aviary_core::webhook::WebhookFormat;
         use aviary_core::usage::UsageRecord;
 
         /// Counters are `u64` in Rust and `BIGINT` in SQL.
@@ -142,6 +143,22 @@ macro_rules! impl_sql_store {
                 sealed_secret: r.try_get("sealed_secret")?,
                 created_at: r.try_get("created_at")?,
                 revoked_at: r.try_get("revoked_at")?,
+            })
+        }
+
+        fn webhook_from_row(r: &$row) -> Result<WebhookRecord> {
+            let format: &str = r.try_get("format")?;
+            Ok(WebhookRecord {
+                id: r.try_get("id")?,
+                app_id: r.try_get("app_id")?,
+                tenant_id: r.try_get("tenant_id")?,
+                url: r.try_get("url")?,
+                events: from_json(r.try_get::<&str, _>("events")?, "webhooks.events")?,
+                channels: r.try_get("channels")?,
+                format: WebhookFormat::parse(format).ok_or_else(|| Error::Corrupt("webhooks.format".into()))?,
+                sealed_secret: r.try_get("sealed_secret")?,
+                created_at: r.try_get("created_at")?,
+                updated_at: r.try_get("updated_at")?,
             })
         }
 
@@ -468,6 +485,90 @@ macro_rules! impl_sql_store {
                 .fetch_all(&self.pool)
                 .await?;
                 rows.iter().map(pusher_credential_from_row).collect()
+            }
+
+            async fn create_webhook(&self, w: &WebhookRecord, max_per_tenant: u32) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                // A no-op write on the tenant row takes its lock (Postgres) or the database's write
+                // lock (SQLite) first, so two creates of one tenant count one after the other.
+                sqlx::query("UPDATE tenants SET updated_at = updated_at WHERE id = $1")
+                    .bind(&w.tenant_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhooks WHERE tenant_id = $1")
+                    .bind(&w.tenant_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if count >= i64::from(max_per_tenant) {
+                    return Err(Error::LimitReached(format!(
+                        "this tenant already has {count} webhook endpoints (at most {max_per_tenant})"
+                    )));
+                }
+                sqlx::query(
+                    "INSERT INTO webhooks (id, app_id, tenant_id, url, events, channels, format, sealed_secret, \
+                     created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(&w.id)
+                .bind(&w.app_id)
+                .bind(&w.tenant_id)
+                .bind(&w.url)
+                .bind(to_json(&w.events)?)
+                .bind(&w.channels)
+                .bind(w.format.as_str())
+                .bind(&w.sealed_secret)
+                .bind(w.created_at)
+                .bind(w.updated_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| classify(e, "a webhook with this id already exists", "app"))?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn webhook(&self, app_id: &str, id: &str) -> Result<Option<WebhookRecord>> {
+                let row = sqlx::query("SELECT * FROM webhooks WHERE id = $1 AND app_id = $2")
+                    .bind(id)
+                    .bind(app_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(webhook_from_row).transpose()
+            }
+
+            async fn list_webhooks(&self, app_id: &str, page: &PageRequest) -> Result<Page<WebhookRecord>> {
+                let rows = sqlx::query("SELECT * FROM webhooks WHERE app_id = $1 AND id > $2 ORDER BY id LIMIT $3")
+                    .bind(app_id)
+                    .bind(after(page))
+                    .bind(i64::from(page.limit) + 1)
+                    .fetch_all(&self.pool)
+                    .await?;
+                let items = rows.iter().map(webhook_from_row).collect::<Result<Vec<_>>>()?;
+                Ok(paginate(items, page.limit, |w| &w.id))
+            }
+
+            async fn update_webhook(&self, w: &WebhookRecord) -> Result<bool> {
+                let done = sqlx::query(
+                    "UPDATE webhooks SET url = $3, events = $4, channels = $5, format = $6, updated_at = $7 \
+                     WHERE id = $1 AND app_id = $2",
+                )
+                .bind(&w.id)
+                .bind(&w.app_id)
+                .bind(&w.url)
+                .bind(to_json(&w.events)?)
+                .bind(&w.channels)
+                .bind(w.format.as_str())
+                .bind(w.updated_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn delete_webhook(&self, app_id: &str, id: &str) -> Result<bool> {
+                let done = sqlx::query("DELETE FROM webhooks WHERE id = $1 AND app_id = $2")
+                    .bind(id)
+                    .bind(app_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
             }
 
             async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
