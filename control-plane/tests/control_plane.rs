@@ -351,9 +351,7 @@ async fn webhooks_are_created_with_a_secret_shown_once_and_managed_by_their_tena
     // Delete: gone at once, a second delete is 404, and its place is free again.
     s.call(reqwest::Method::DELETE, &one, Some(&admin), None).await.expect(StatusCode::NO_CONTENT);
     s.get(&one, &admin).await.expect_problem(StatusCode::NOT_FOUND, "not-found");
-    s.call(reqwest::Method::DELETE, &one, Some(&admin), None)
-        .await
-        .expect_problem(StatusCode::NOT_FOUND, "not-found");
+    s.call(reqwest::Method::DELETE, &one, Some(&admin), None).await.expect_problem(StatusCode::NOT_FOUND, "not-found");
     s.post(&path, &admin, body).await.expect(StatusCode::CREATED);
 
     // Without a credentials key no secret can be sealed: refused before anything is written.
@@ -361,7 +359,11 @@ async fn webhooks_are_created_with_a_secret_shown_once_and_managed_by_their_tena
     let (_, admin, app_id, _) = keyless.tenant_with_key("keyless", chat_caps()).await;
     let path = format!("/v1/apps/{app_id}/webhooks");
     keyless
-        .post(&path, &admin, json!({ "url": "https://hooks.example.com/", "events": ["client_event"], "format": "aviary" }))
+        .post(
+            &path,
+            &admin,
+            json!({ "url": "https://hooks.example.com/", "events": ["client_event"], "format": "aviary" }),
+        )
         .await
         .expect_problem(StatusCode::SERVICE_UNAVAILABLE, "credentials-key-missing");
     assert!(keyless.get(&path, &admin).await.expect(StatusCode::OK)["items"].as_array().unwrap().is_empty());
@@ -371,7 +373,13 @@ async fn webhook_targets_on_private_networks_are_refused_unless_allowed(store: T
     let s = start(store, |c| c.credentials_key = Some(credentials_key())).await;
     let (_, admin, app_id, _) = s.tenant_with_key("hooks-private", chat_caps()).await;
     let path = format!("/v1/apps/{app_id}/webhooks");
-    for url in ["http://127.0.0.1:9000/in", "http://localhost/in", "http://10.0.0.7/", "http://169.254.169.254/", "http://[::1]/"] {
+    for url in [
+        "http://127.0.0.1:9000/in",
+        "http://localhost/in",
+        "http://10.0.0.7/",
+        "http://169.254.169.254/",
+        "http://[::1]/",
+    ] {
         s.post(&path, &admin, json!({ "url": url, "events": ["channel_vacated"], "format": "pusher" }))
             .await
             .expect_problem(StatusCode::BAD_REQUEST, "bad-request");

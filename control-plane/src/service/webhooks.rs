@@ -158,7 +158,12 @@ fn validate_channels(glob: &str) -> Result<()> {
 impl ControlPlaneState {
     /// Creates a webhook endpoint for the app, within the tenant's endpoint limit.
     #[tracing::instrument(skip_all, fields(app_id = %app_id))]
-    pub async fn create_webhook(&self, admin: &TenantAdmin, app_id: &str, req: CreateWebhook) -> Result<WebhookCreated> {
+    pub async fn create_webhook(
+        &self,
+        admin: &TenantAdmin,
+        app_id: &str,
+        req: CreateWebhook,
+    ) -> Result<WebhookCreated> {
         let url = validate_url(&req.url, self.config().webhook_allow_private_targets)?;
         validate_events(&req.events)?;
         if let Some(glob) = &req.channels {

@@ -442,7 +442,10 @@ pub async fn webhooks_round_trip_and_stop_at_the_tenant_limit(store: &dyn Store)
 
     assert!(store.delete_app(&a.id).await.unwrap());
     assert!(store.list_webhooks(&a.id, &PageRequest::first(10)).await.unwrap().items.is_empty());
-    store.create_webhook(&webhook(&b, "https://hooks.example.com/6"), 3).await.expect("the app's endpoints went with it");
+    store
+        .create_webhook(&webhook(&b, "https://hooks.example.com/6"), 3)
+        .await
+        .expect("the app's endpoints went with it");
 }
 
 fn usage(tenant_id: &str, app_id: &str, from_ms: i64, peak: u64, published: u64) -> UsageRecord {
