@@ -208,7 +208,7 @@ fn documented_operations() -> Vec<Operation> {
 }
 
 /// What the operations act on: a tenant, its admin key, an app, an API key that may do
-/// anything, and a spare admin key, API key and Pusher credential to revoke.
+/// anything, a spare admin key, API key and Pusher credential to revoke, and a webhook endpoint.
 #[derive(Debug, Clone)]
 struct Fixture {
     tenant_id: String,
@@ -218,6 +218,7 @@ struct Fixture {
     spare_admin_key_id: String,
     spare_api_key_id: String,
     spare_pusher_key: String,
+    webhook_id: String,
 }
 
 impl Fixture {
@@ -256,7 +257,15 @@ impl Fixture {
         )
         .await;
         assert_eq!(status, 201, "{pusher}");
+        let (status, webhook) = send(
+            http.post(format!("{cp}/v1/apps/{app_id}/webhooks"))
+                .bearer_auth(&admin_key)
+                .json(&body_for("CreateWebhook")),
+        )
+        .await;
+        assert_eq!(status, 201, "{webhook}");
         Fixture {
+            webhook_id: webhook["id"].as_str().unwrap().to_owned(),
             spare_pusher_key: pusher["key"].as_str().unwrap().to_owned(),
             tenant_id,
             admin_key,
@@ -305,6 +314,7 @@ impl Fixture {
             ("{key_id}", key_id),
             ("{client_id}", "alice"),
             ("{key}", &self.spare_pusher_key),
+            ("{webhook_id}", &self.webhook_id),
             ("{channel}", "chat:lobby"),
         ] {
             path = path.replace(param, value);
@@ -327,6 +337,10 @@ fn body_for(schema: &str) -> Value {
         "TokenRequest" => json!({"client_id": "alice", "ttl_s": 60}),
         "PublishBody" => json!({"data": {"text": "hello"}}),
         "CreatePusherCredential" => json!({"client_events": true}),
+        "CreateWebhook" => {
+            json!({"url": "https://hooks.example.com/aviary", "events": ["channel_occupied"], "format": "aviary"})
+        }
+        "UpdateWebhook" => json!({"events": ["channel_vacated"]}),
         "BatchBody" => json!({"messages": [{"channel": "chat:lobby", "data": {"text": "batched"}}]}),
         other => panic!("no request body for schema {other}: add one to body_for"),
     }
