@@ -166,7 +166,7 @@ impl<'a> ApiRequest<'a> {
             .ok_or(SignatureError::Missing("auth_timestamp"))?
             .parse()
             .map_err(|_| SignatureError::Stale)?;
-        if (now - timestamp).abs() > TIMESTAMP_WINDOW_S {
+        if now.abs_diff(timestamp) > TIMESTAMP_WINDOW_S.unsigned_abs() {
             return Err(SignatureError::Stale);
         }
         if !self.body.is_empty() {
@@ -311,6 +311,15 @@ mod tests {
         ] {
             let q = without(name);
             assert_eq!(ApiRequest { query: &q, ..ok }.verify(SECRET, 1353088179), Err(error), "{name}");
+        }
+        for extreme in [i64::MIN, i64::MAX] {
+            let mut far = q.clone();
+            far.iter_mut().find(|(k, _)| k == "auth_timestamp").unwrap().1 = extreme.to_string();
+            assert_eq!(
+                ApiRequest { query: &far, ..ok }.verify(SECRET, 1353088179),
+                Err(SignatureError::Stale),
+                "a timestamp at the edge of i64 is stale, not an overflow"
+            );
         }
         let mut v2 = q.clone();
         v2.iter_mut().find(|(k, _)| k == "auth_version").unwrap().1 = "2.0".into();
