@@ -1210,6 +1210,46 @@ pub(crate) fn build_ring(urls: &[String]) -> Vec<(u64, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngSeed};
+
+    fn fuzz_config() -> Config {
+        let mut config = Config { failure_persistence: None, ..Config::default() };
+        if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+            config.rng_seed = RngSeed::Fixed(0xA71A_2026);
+        }
+        config
+    }
+
+    proptest! {
+        #![proptest_config(fuzz_config())]
+
+        /// Whatever arrives on a pub/sub topic (another version's format, a stray PUBLISH) is
+        /// decoded or skipped, never a panic.
+        #[test]
+        fn any_pubsub_payload_decodes_or_is_skipped(payload in proptest::collection::vec(any::<u8>(), 0..96)) {
+            let _ = decode_message(&payload);
+        }
+
+        #[test]
+        fn stream_entries_round_trip_any_client_id_and_data(
+            offset in any::<u64>(),
+            ts in any::<i64>(),
+            client_id in proptest::option::of(".{0,12}"),
+            data in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut entry = format!("{offset}|{ts}|").into_bytes();
+            match &client_id {
+                Some(id) => entry.extend_from_slice(format!("{}|{id}", id.len()).as_bytes()),
+                None => entry.extend_from_slice(b"-|"),
+            }
+            entry.extend_from_slice(&data);
+            let p = decode_entry(Bytes::from(entry), "ep".into()).expect("a well-formed entry decodes");
+            prop_assert_eq!((p.offset, p.ts), (offset, ts));
+            prop_assert_eq!(p.client_id.as_deref(), client_id.as_deref());
+            prop_assert_eq!(&p.data[..], &data[..]);
+        }
+    }
 
     #[test]
     fn entries_round_trip_with_and_without_client_id() {

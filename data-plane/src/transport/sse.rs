@@ -327,6 +327,39 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngSeed};
+
+    fn fuzz_config() -> Config {
+        let mut config = Config { failure_persistence: None, ..Config::default() };
+        if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+            config.rng_seed = RngSeed::Fixed(0xA71A_2026);
+        }
+        config
+    }
+
+    proptest! {
+        #![proptest_config(fuzz_config())]
+
+        /// `Last-Event-ID` is client-controlled: anything decodes to positions or to nothing.
+        #[test]
+        fn any_last_event_id_decodes_or_is_ignored(id in prop_oneof![any::<String>(), "v1\\.[A-Za-z0-9_-]{0,80}"]) {
+            let _ = decode_event_id(&id);
+        }
+
+        #[test]
+        fn event_ids_round_trip_any_positions(
+            positions in proptest::collection::btree_map("[a-z:#,=]{1,16}", ("[a-z0-9]{1,8}", any::<u64>()), 0..5),
+        ) {
+            let map: BTreeMap<Arc<str>, (Arc<str>, u64)> =
+                positions.iter().map(|(c, (e, o))| (Arc::from(c.as_str()), (Arc::from(e.as_str()), *o))).collect();
+            let decoded = decode_event_id(&encode_event_id(&map)).expect("our own id decodes");
+            prop_assert_eq!(decoded.len(), positions.len());
+            for (channel, (epoch, offset)) in &positions {
+                prop_assert_eq!(&decoded[channel], &StreamPosition { epoch: epoch.clone(), offset: *offset });
+            }
+        }
+    }
 
     #[test]
     fn event_ids_round_trip_every_channel_position() {
