@@ -1,0 +1,290 @@
+//! The processes of a chaos run, all on loopback: a redis-server of its own on a free port, the
+//! control plane on a fresh Postgres database, and data-plane nodes that can be killed, frozen
+//! and restarted. Every child gets SIGKILL when the runner dies (PR_SET_PDEATHSIG, so even a
+//! killed runner leaves nothing behind) and when the [`Cluster`] drops.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const OPERATOR_TOKEN: &str = "avo_aviary_chaos_operator_token_0123456789abcdef";
+
+pub struct Cluster {
+    pub app_id: String,
+    pub api_key: String,
+    pub control_plane: String,
+    pub nodes: Vec<Node>,
+    node_args: Vec<String>,
+    aviary: PathBuf,
+    pub scratch: PathBuf,
+    redis: Option<Child>,
+    control: Option<Child>,
+    database: Option<(String, String)>,
+}
+
+pub struct Node {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    pub starts: u32,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn command(bin: &Path, log: &Path) -> anyhow::Result<Command> {
+    let mut c = Command::new(bin);
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    c.stdin(Stdio::null()).stderr(log).kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        c.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    Ok(c)
+}
+
+/// Spawns `c` and waits for its `listening on http://ADDR` stdout line.
+async fn spawn_listening(mut c: Command, what: &str) -> anyhow::Result<(Child, SocketAddr)> {
+    c.stdout(Stdio::piped()).env("AVIARY_LOG", "warn");
+    let mut child = c.spawn().with_context(|| format!("starting {what}"))?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("{what}: stdout not piped"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(v) = line.trim().strip_prefix("listening on http://") {
+                return Ok::<_, anyhow::Error>(Some(v.parse::<SocketAddr>()?));
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .with_context(|| format!("{what} did not start in 120 s"))??
+    .ok_or_else(|| anyhow!("{what} exited before listening"))?;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, addr))
+}
+
+async fn post(http: &reqwest::Client, url: String, bearer: &str, body: Value) -> anyhow::Result<Value> {
+    let res = http.post(&url).bearer_auth(bearer).json(&body).send().await?;
+    let status = res.status();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("POST {url}: {status} {body}");
+    }
+    Ok(body)
+}
+
+impl Cluster {
+    pub async fn start(aviary: &Path, postgres: &str, nodes: usize) -> anyhow::Result<Cluster> {
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let scratch = std::env::temp_dir().join(format!("aviary-chaos-{run}"));
+        std::fs::create_dir_all(&scratch)?;
+        let mut cluster = Cluster {
+            app_id: String::new(),
+            api_key: String::new(),
+            control_plane: String::new(),
+            nodes: Vec::new(),
+            node_args: Vec::new(),
+            aviary: aviary.to_path_buf(),
+            scratch: scratch.clone(),
+            redis: None,
+            control: None,
+            database: None,
+        };
+
+        // Redis of our own, without persistence.
+        let redis_port = free_port()?;
+        let mut redis = command(Path::new("redis-server"), &scratch.join("redis.log"))?;
+        redis.args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        redis.stdout(Stdio::null());
+        cluster.redis = Some(redis.spawn().context("starting redis-server")?);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await.is_err() {
+            if tokio::time::Instant::now() > deadline {
+                bail!("redis-server did not listen on {redis_port} within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // A fresh database.
+        let name = format!("aviary_chaos_{run}");
+        let status = std::process::Command::new("psql")
+            .args([postgres, "-qc", &format!("CREATE DATABASE {name}")])
+            .stdout(Stdio::null())
+            .status()
+            .context("running psql")?;
+        if !status.success() {
+            bail!("psql could not create database {name}");
+        }
+        cluster.database = Some((postgres.to_owned(), name.clone()));
+        let db_url = match postgres.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{name}"),
+            None => bail!("--postgres must end with /<database>"),
+        };
+
+        let grpc = format!("127.0.0.1:{}", free_port()?);
+        let node_token = format!("avn_chaos_{run}");
+        let mut cp = command(aviary, &scratch.join("control-plane.log"))?;
+        cp.args(["control-plane", "--database-url", &db_url, "--listen", "127.0.0.1:0", "--grpc-listen", &grpc])
+            .args(["--operator-token", OPERATOR_TOKEN, "--node-token", &node_token])
+            .env("AVIARY_RATE_LIMIT_PER_IP", "0")
+            .env("AVIARY_RATE_LIMIT_PER_KEY", "0");
+        let (cp_child, cp_addr) = spawn_listening(cp, "aviary control-plane").await?;
+        cluster.control = Some(cp_child);
+        cluster.control_plane = format!("http://{cp_addr}");
+        cluster.provision().await?;
+
+        cluster.node_args = [
+            "data-plane",
+            "--control-plane",
+            &format!("http://{grpc}"),
+            "--node-token",
+            &node_token,
+            "--listen",
+            "127.0.0.1:0",
+            "--redis-url",
+            &format!("redis://127.0.0.1:{redis_port}"),
+            "--redis-prefix",
+            &format!("chaos{run}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for i in 0..nodes {
+            let (child, addr) = cluster.spawn_node(i).await?;
+            cluster.nodes.push(Node { addr, child: Some(child), starts: 1 });
+        }
+        Ok(cluster)
+    }
+
+    async fn provision(&mut self) -> anyhow::Result<()> {
+        let http = reqwest::Client::new();
+        let base = &self.control_plane;
+        let quotas = json!({
+            "max_connections": 100_000,
+            "max_messages_per_s": 1_000_000,
+            "max_message_bytes": 65_536,
+            "max_subscriptions_per_connection": 128,
+            "max_presence_members": 1_000,
+        });
+        let tenant =
+            post(&http, format!("{base}/v1/tenants"), OPERATOR_TOKEN, json!({"name": "chaos", "quotas": quotas}))
+                .await?;
+        let tenant_id = tenant["tenant"]["id"].as_str().ok_or_else(|| anyhow!("no tenant id: {tenant}"))?.to_owned();
+        let admin = tenant["admin_key"]["secret"].as_str().ok_or_else(|| anyhow!("no admin key: {tenant}"))?.to_owned();
+        // History long enough that a resume normally recovers: the oracle then checks exact
+        // replay, not only the `recovered: false` path.
+        let app = post(
+            &http,
+            format!("{base}/v1/tenants/{tenant_id}/apps"),
+            &admin,
+            json!({"name": "chaos", "namespaces": [{"name": ""}, {"name": "chaos", "history_size": 10_000}]}),
+        )
+        .await?;
+        self.app_id = app["id"].as_str().ok_or_else(|| anyhow!("no app id: {app}"))?.to_owned();
+        let key = post(
+            &http,
+            format!("{base}/v1/apps/{}/keys", self.app_id),
+            &admin,
+            json!({"name": "chaos", "capabilities": {"*": ["subscribe", "publish", "presence", "history"]}}),
+        )
+        .await?;
+        self.api_key = key["secret"].as_str().ok_or_else(|| anyhow!("no key secret: {key}"))?.to_owned();
+        Ok(())
+    }
+
+    /// A connection token for `client_id`, valid for the whole run.
+    pub async fn token(&self, client_id: &str) -> anyhow::Result<String> {
+        let t = post(
+            &reqwest::Client::new(),
+            format!("{}/v1/apps/{}/tokens", self.control_plane, self.app_id),
+            &self.api_key,
+            json!({"client_id": client_id, "ttl_s": 3600}),
+        )
+        .await?;
+        Ok(t["token"].as_str().ok_or_else(|| anyhow!("no token: {t}"))?.to_owned())
+    }
+
+    async fn spawn_node(&self, i: usize) -> anyhow::Result<(Child, SocketAddr)> {
+        let mut n = command(&self.aviary, &self.scratch.join(format!("node-{i}.log")))?;
+        n.args(&self.node_args).arg("--cache-dir").arg(self.scratch.join(format!("node-{i}-cache")));
+        spawn_listening(n, &format!("aviary data-plane {i}")).await
+    }
+
+    fn pid(&self, i: usize) -> Option<i32> {
+        self.nodes[i].child.as_ref().and_then(|c| c.id()).map(|p| p as i32)
+    }
+
+    fn signal(&self, i: usize, sig: i32) {
+        if let Some(pid) = self.pid(i) {
+            // SAFETY: a plain kill(2) on a child we own and have not reaped.
+            unsafe {
+                libc::kill(pid, sig);
+            }
+        }
+    }
+
+    pub async fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<SocketAddr> {
+        let (child, addr) = self.spawn_node(i).await?;
+        let node = &mut self.nodes[i];
+        node.child = Some(child);
+        node.addr = addr;
+        node.starts += 1;
+        Ok(addr)
+    }
+
+    pub fn freeze(&self, i: usize) {
+        self.signal(i, libc::SIGSTOP);
+    }
+
+    pub fn thaw(&self, i: usize) {
+        self.signal(i, libc::SIGCONT);
+    }
+
+    /// Whether any node exited by itself (a crash: the runner's own kills take the child first).
+    pub fn crashed(&mut self) -> Option<String> {
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            if let Some(child) = node.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Some(format!("data-plane node {i} exited by itself ({status})"));
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(child) = node.child.as_mut() {
+                let _ = child.start_kill();
+            }
+        }
+        for child in [self.control.as_mut(), self.redis.as_mut()].into_iter().flatten() {
+            let _ = child.start_kill();
+        }
+        if let Some((admin_url, name)) = &self.database {
+            let _ = std::process::Command::new("psql")
+                .args([admin_url.as_str(), "-qc", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The workload: WebSocket subscribers that resume every channel with `since` after every
+//! disconnect, on the next node; and REST publishers that publish with idempotency keys and
+//! retry on any failure (timeout, reset, 5xx) on the next node with the same key. Every event
+//! goes to the [`Oracle`] as it happens.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use futures::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::oracle::{Oracle, Pos};
+
+/// A subscriber that hears nothing for this long (a frozen node, a stalled proxy) reconnects.
+const IDLE: Duration = Duration::from_secs(15);
+/// Connect and handshake bound.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+/// One REST publish attempt's bound.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Shared {
+    pub oracle: Mutex<Oracle>,
+    /// Publishers start no new publication once set.
+    pub stop_publishing: AtomicBool,
+    /// Subscribers and retries end once set.
+    pub stop_all: AtomicBool,
+    pub proxies: Vec<SocketAddr>,
+    pub channels: Vec<String>,
+    pub app_id: String,
+    pub api_key: String,
+}
+
+/// Subscriber `sub`: connects through proxy `sub % n` first, then the next one after each drop.
+pub async fn subscriber(shared: Arc<Shared>, sub: usize, token: String) {
+    let mut node = sub;
+    while !shared.stop_all.load(Ordering::Relaxed) {
+        let proxy = shared.proxies[node % shared.proxies.len()];
+        let result = session(&shared, sub, &token, proxy).await;
+        shared.oracle.lock().disconnected(sub);
+        if let Err(e) = result {
+            tracing_line(&format!("subscriber {sub} via {proxy}: {e:#}"));
+        }
+        node += 1;
+        tokio::time::sleep(Duration::from_millis(100 + (sub as u64 * 37) % 200)).await;
+    }
+}
+
+fn tracing_line(line: &str) {
+    if std::env::var_os("AVIARY_CHAOS_VERBOSE").is_some() {
+        eprintln!("{line}");
+    }
+}
+
+/// One connection's life: connect, subscribe every channel (resuming where the oracle says this
+/// subscriber is), then hand every frame to the oracle until the connection ends.
+async fn session(shared: &Shared, sub: usize, token: &str, proxy: SocketAddr) -> anyhow::Result<()> {
+    let (mut ws, _) =
+        tokio::time::timeout(HANDSHAKE, tokio_tungstenite::connect_async(format!("ws://{proxy}/v1/connect")))
+            .await
+            .context("handshake timed out")??;
+    ws.send(Message::text(json!({"type": "connect", "token": token}).to_string())).await?;
+    let first = tokio::time::timeout(HANDSHAKE, ws.next()).await.context("no connected frame")?;
+    let first = match first {
+        Some(Ok(Message::Text(t))) => t.as_str().to_owned(),
+        other => bail!("connect: {other:?}"),
+    };
+    if !first.contains("\"type\":\"connected\"") {
+        bail!("connect refused: {first}");
+    }
+    // Subscribe requests carry the channel's index as id; the `since` sent is kept until the reply.
+    let mut pending: Vec<Option<Option<Pos>>> = vec![None; shared.channels.len()];
+    for (i, channel) in shared.channels.iter().enumerate() {
+        let since = shared.oracle.lock().resume_point(sub, channel);
+        let mut frame = json!({"type": "subscribe", "channel": channel, "id": i});
+        if let Some(s) = &since {
+            frame["since"] = json!({"epoch": s.epoch, "offset": s.offset});
+        }
+        pending[i] = Some(since);
+        ws.send(Message::text(frame.to_string())).await?;
+    }
+    loop {
+        if shared.stop_all.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let msg = match tokio::time::timeout(IDLE, ws.next()).await {
+            Err(_) => bail!("idle for {IDLE:?}"),
+            Ok(None) => bail!("closed"),
+            Ok(Some(m)) => m?,
+        };
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Close(c) => bail!("closed: {c:?}"),
+            _ => continue,
+        };
+        let frame: Value = serde_json::from_str(text.as_str()).with_context(|| format!("bad frame {text}"))?;
+        let channel = frame["channel"].as_str().unwrap_or_default();
+        match frame["type"].as_str().unwrap_or_default() {
+            "ok" => {
+                let i = frame["id"].as_u64().ok_or_else(|| anyhow!("reply without id: {text}"))? as usize;
+                let since =
+                    pending.get_mut(i).and_then(Option::take).ok_or_else(|| anyhow!("unexpected reply {text}"))?;
+                let position = Pos::from_json(&frame["position"]).ok_or_else(|| anyhow!("no position: {text}"))?;
+                let recovered = frame["recovered"].as_bool().unwrap_or(false);
+                shared.oracle.lock().subscribed(sub, &shared.channels[i], since, recovered, position);
+            }
+            "message" => {
+                let pos = Pos::from_json(&frame).ok_or_else(|| anyhow!("message without position: {text}"))?;
+                shared.oracle.lock().message(sub, channel, pos, &frame["data"]);
+            }
+            "discontinuity" => {
+                let previous = Pos::from_json(&frame["previous"]).ok_or_else(|| anyhow!("bad frame {text}"))?;
+                let position = Pos::from_json(&frame["position"]).ok_or_else(|| anyhow!("bad frame {text}"))?;
+                shared.oracle.lock().discontinuity(sub, channel, previous, position);
+            }
+            "error" => bail!("error frame: {text}"),
+            "disconnect" => bail!("disconnected: {text}"),
+            _ => {}
+        }
+    }
+}
+
+/// Publisher `p`: publishes `{"id", "p", "n", "pad"}` on the channels in turn every `interval`,
+/// each with its id as idempotency key, retrying through the next proxy until acknowledged or
+/// the run ends.
+pub async fn publisher(shared: Arc<Shared>, p: usize, interval: Duration) {
+    let http = reqwest::Client::builder().timeout(PUBLISH_TIMEOUT).pool_max_idle_per_host(2).build().expect("client");
+    let mut node = p;
+    let mut n = 0u64;
+    while !shared.stop_publishing.load(Ordering::Relaxed) {
+        n += 1;
+        let id = format!("p{p}-{n}");
+        let channel = &shared.channels[(n as usize + p) % shared.channels.len()];
+        let data = json!({"id": id, "p": p, "n": n, "pad": "x".repeat((n % 7 * 40) as usize)});
+        shared.oracle.lock().attempt(&id, channel, data.clone());
+        let mut attempts = 0u32;
+        loop {
+            if shared.stop_all.load(Ordering::Relaxed) {
+                shared.oracle.lock().gave_up();
+                return;
+            }
+            let proxy = shared.proxies[node % shared.proxies.len()];
+            let url = format!("http://{proxy}/v1/apps/{}/channels/{channel}/messages", shared.app_id);
+            let res = http
+                .post(&url)
+                .bearer_auth(&shared.api_key)
+                .json(&json!({"data": data, "idempotency_key": id}))
+                .send()
+                .await;
+            let outcome = match res {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    (status, r.json::<Value>().await.ok())
+                }
+                Err(_) => (0, None),
+            };
+            match outcome {
+                (201, Some(body)) if Pos::from_json(&body).is_some() => {
+                    shared.oracle.lock().acked(&id, Pos::from_json(&body).unwrap_or_else(|| unreachable!()));
+                    break;
+                }
+                // A conflict means the key was taken by other data; a bad request, that the
+                // workload is wrong. Anything else (transport failures, timeouts, 5xx, rate
+                // limits, a restarted node still loading its config) is retried with the key.
+                (status @ (400 | 409), body) => {
+                    let mut oracle = shared.oracle.lock();
+                    if oracle.violation.is_none() {
+                        oracle.violation = Some(format!("publish {id} refused: HTTP {status} {body:?}"));
+                    }
+                }
+                _ => {}
+            }
+            attempts += 1;
+            shared.oracle.lock().counts.publish_retries += 1;
+            node += 1;
+            tokio::time::sleep(Duration::from_millis(50 * u64::from(attempts.min(10)))).await;
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
