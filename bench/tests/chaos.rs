@@ -1,6 +1,6 @@
 //! Runs `aviary-chaos` for a few fixed seeds against a real cluster (its own redis-server, the
 //! control plane on a fresh Postgres database, three data-plane nodes behind fault proxies):
-//! node kills and restarts, SIGSTOP/SIGCONT, proxy resets, stalls and delays, while resuming
+//! node kills and restarts, SIGSTOP/SIGCONT, proxy resets, stalls and delays, Redis restarts, while resuming
 //! subscribers and retrying publishers run and the oracle checks every delivery. Fixed seeds
 //! mean fixed fault schedules; the oracle is exact (no timing is asserted), and every bound in
 //! the runner is generous so a loaded machine only makes the run slower.

@@ -24,6 +24,7 @@ pub struct Cluster {
     aviary: PathBuf,
     pub scratch: PathBuf,
     redis: Option<Child>,
+    redis_port: u16,
     control: Option<Child>,
     database: Option<(String, String)>,
 }
@@ -97,23 +98,15 @@ impl Cluster {
             aviary: aviary.to_path_buf(),
             scratch: scratch.clone(),
             redis: None,
+            redis_port: 0,
             control: None,
             database: None,
         };
 
         // Redis of our own, without persistence.
-        let redis_port = free_port()?;
-        let mut redis = command(Path::new("redis-server"), &scratch.join("redis.log"))?;
-        redis.args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
-        redis.stdout(Stdio::null());
-        cluster.redis = Some(redis.spawn().context("starting redis-server")?);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await.is_err() {
-            if tokio::time::Instant::now() > deadline {
-                bail!("redis-server did not listen on {redis_port} within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        cluster.redis_port = free_port()?;
+        cluster.start_redis().await?;
+        let redis_port = cluster.redis_port;
 
         // A fresh database.
         let name = format!("aviary_chaos_{run}");
@@ -200,6 +193,32 @@ impl Cluster {
         .await?;
         self.api_key = key["secret"].as_str().ok_or_else(|| anyhow!("no key secret: {key}"))?.to_owned();
         Ok(())
+    }
+
+    async fn start_redis(&mut self) -> anyhow::Result<()> {
+        let port = self.redis_port;
+        let mut redis = command(Path::new("redis-server"), &self.scratch.join("redis.log"))?;
+        redis.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        redis.stdout(Stdio::null());
+        self.redis = Some(redis.spawn().context("starting redis-server")?);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if tokio::time::Instant::now() > deadline {
+                bail!("redis-server did not listen on {port} within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs Redis (everything in it is lost: streams, idempotency keys, presence), keeps it
+    /// down for `hold`, and starts an empty one on the same port.
+    pub async fn restart_redis(&mut self, hold: Duration) -> anyhow::Result<()> {
+        if let Some(mut child) = self.redis.take() {
+            let _ = child.kill().await;
+        }
+        tokio::time::sleep(hold).await;
+        self.start_redis().await
     }
 
     /// A connection token for `client_id`, valid for the whole run.

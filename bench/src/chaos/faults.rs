@@ -40,6 +40,7 @@ pub async fn run(
                 cluster.thaw(f.node);
             }
             Kind::ProxyReset => proxy.reset(),
+            Kind::RedisRestart => cluster.restart_redis(f.hold).await?,
             Kind::ProxyStall => {
                 proxy.set_stalled(true);
                 tokio::time::sleep(f.hold).await;

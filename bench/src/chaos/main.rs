@@ -210,8 +210,14 @@ async fn run_inner(args: &Args) -> anyhow::Result<ExitCode> {
         c.attempted, c.acked, c.never_acked, c.never_acked_delivered, c.publish_retries
     );
     println!(
-        "deliveries: {}; subscribes: {} ({} resumed with recovery, {} with recovered:false); discontinuities: {}; disconnects: {}",
-        c.deliveries, c.subscribes, c.resumes_recovered, c.resumes_not_recovered, c.discontinuities, c.disconnects
+        "deliveries: {}; subscribes: {} ({} resumed with recovery, {} with recovered:false); discontinuities: {}; republished after a lost stream: {}; disconnects: {}",
+        c.deliveries,
+        c.subscribes,
+        c.resumes_recovered,
+        c.resumes_not_recovered,
+        c.discontinuities,
+        c.republished_after_loss,
+        c.disconnects
     );
     println!("node starts: {:?}", cluster.nodes.iter().map(|n| n.starts).collect::<Vec<_>>());
     println!("invariants checked: {}", c.invariants_checked);

@@ -19,10 +19,13 @@ pub enum Kind {
     ProxyStall,
     /// The node's proxy delays every chunk by `delay` for the hold time.
     ProxyDelay,
+    /// SIGKILL Redis (all its data is lost), keep it down for the hold time, start an empty one.
+    RedisRestart,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::KillRestart, Kind::Freeze, Kind::ProxyReset, Kind::ProxyStall, Kind::ProxyDelay];
+    pub const ALL: [Kind; 6] =
+        [Kind::KillRestart, Kind::Freeze, Kind::ProxyReset, Kind::ProxyStall, Kind::ProxyDelay, Kind::RedisRestart];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -31,6 +34,7 @@ impl Kind {
             Kind::ProxyReset => "proxy reset",
             Kind::ProxyStall => "proxy stall",
             Kind::ProxyDelay => "proxy delay",
+            Kind::RedisRestart => "redis restart",
         }
     }
 }
@@ -76,7 +80,7 @@ pub fn plan(seed: u64, duration: Duration, nodes: usize) -> Vec<Fault> {
         let node = rng.below(nodes);
         let hold = match kind {
             Kind::ProxyReset => Duration::ZERO,
-            Kind::KillRestart => Duration::from_millis(rng.range(200, 3000)),
+            Kind::KillRestart | Kind::RedisRestart => Duration::from_millis(rng.range(200, 3000)),
             _ => Duration::from_millis(rng.range(300, 4000)),
         };
         let delay = Duration::from_millis(if kind == Kind::ProxyDelay { rng.range(20, 500) } else { 0 });
