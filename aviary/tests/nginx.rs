@@ -446,10 +446,17 @@ async fn every_documented_operation_reaches_its_plane_through_the_shipped_nginx_
     // Pusher's HTTP API goes to the nodes through both configs: an unsigned request is refused
     // there in Pusher's words (the control plane would answer a problem document).
     for base in [&lb, &docker.url] {
-        let answer = http.get(format!("{base}/apps/1234567/channels")).send().await.unwrap();
-        let status = answer.status();
-        let body = answer.text().await.unwrap();
-        assert_eq!((status.as_u16(), body.as_str()), (401, "missing auth_key"), "through {base}");
+        for request in [
+            http.get(format!("{base}/apps/1234567/channels")),
+            http.post(format!("{base}/apps/1234567/events")),
+            // The PyPI SDK's terminate path has no app id.
+            http.post(format!("{base}/users/alice/terminate_connections")),
+        ] {
+            let answer = request.send().await.unwrap();
+            let (status, url) = (answer.status(), answer.url().clone());
+            let body = answer.text().await.unwrap();
+            assert_eq!((status.as_u16(), body.as_str()), (401, "missing auth_key"), "{url}");
+        }
     }
 
     drop(docker);

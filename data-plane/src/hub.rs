@@ -128,6 +128,10 @@ impl Subscriber {
             }
         }
         *last = Some((epoch.clone(), *offset));
+        if delivery.exclude.as_deref().is_some_and(|x| *x == *self.session.socket_id) {
+            // Its publisher asked that this connection not receive it; the position moved on.
+            return;
+        }
         self.push(Outbound::Message(delivery));
     }
 
@@ -179,10 +183,15 @@ impl ChannelEntry {
     }
 }
 
+/// What the hub does with a node signal's bytes (see `crate::signals`).
+type SignalSink = Box<dyn Fn(&[u8]) + Send + Sync>;
+
 /// Channel -> local subscribers.
 pub struct Hub {
     broker: Arc<dyn Broker>,
     channels: DashMap<ChannelKey, Arc<ChannelEntry>>,
+    /// Receives publications on the reserved signals stream (empty app id) instead of fan-out.
+    signals: std::sync::OnceLock<SignalSink>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -193,7 +202,12 @@ impl std::fmt::Debug for Hub {
 
 impl Hub {
     pub fn new(broker: Arc<dyn Broker>) -> Self {
-        Hub { broker, channels: DashMap::new() }
+        Hub { broker, channels: DashMap::new(), signals: std::sync::OnceLock::new() }
+    }
+
+    /// Hands publications of the node signals stream (`crate::signals`) to `sink`; set once.
+    pub fn on_signal(&self, sink: impl Fn(&[u8]) + Send + Sync + 'static) {
+        let _ = self.signals.set(Box::new(sink));
     }
 
     /// Adds `subscriber` to `key` (buffering until [`Subscriber::go_live`]), subscribing this
@@ -288,6 +302,13 @@ impl Hub {
 
 impl BrokerEvents for Hub {
     fn on_publication(&self, key: &ChannelKey, publication: Arc<Publication>) {
+        if key.app_id.is_empty() {
+            // Only the node signals stream has no app.
+            if let Some(sink) = self.signals.get() {
+                sink(&publication.data);
+            }
+            return;
+        }
         let Some(entry) = self.entry(key) else { return };
         let subscribers = entry.subscribers.read();
         if subscribers.is_empty() {
@@ -318,7 +339,15 @@ mod tests {
     use super::*;
 
     fn publication(epoch: &str, offset: u64) -> Arc<Publication> {
-        Arc::new(Publication { offset, epoch: epoch.into(), data: Bytes::from_static(b"1"), client_id: None, ts: 0 })
+        Arc::new(Publication {
+            offset,
+            epoch: epoch.into(),
+            data: Bytes::from_static(b"1"),
+            client_id: None,
+            ts: 0,
+            event: None,
+            exclude: None,
+        })
     }
 
     /// The type and (epoch, offset) of what the hub queued for the connection.
@@ -384,6 +413,23 @@ mod tests {
         assert!(Arc::ptr_eq(&epochs[0], &epochs[1]), "same epoch, one string");
         assert!(Arc::ptr_eq(&epochs[2], &epochs[3]), "the new epoch becomes the shared one");
         assert_eq!((&*epochs[1], &*epochs[2]), ("e1", "e2"));
+    }
+
+    #[tokio::test]
+    async fn an_excluded_socket_skips_the_publication_without_a_discontinuity() {
+        let (hub, key, session, subscriber) = subscribed().await;
+        let other = SessionHandle::new(16);
+        let other_subscriber = Arc::new(Subscriber::new(other.clone(), false, 16));
+        hub.subscribe(&key, other_subscriber.clone()).await.unwrap();
+        subscriber.go_live("e1", 0);
+        other_subscriber.go_live("e1", 0);
+        let mut excluded = (*publication("e1", 1)).clone();
+        excluded.exclude = Some(session.socket_id.clone());
+        hub.on_publication(&key, Arc::new(excluded));
+        hub.on_publication(&key, publication("e1", 2));
+        let m = |o| ("message".to_owned(), "e1".to_owned(), o);
+        assert_eq!(queued(&session).await, vec![m(2)], "left out of 1, and 2 follows without a gap");
+        assert_eq!(queued(&other).await, vec![m(1), m(2)]);
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! Code map: [`protocol`] (wire frames), `transport` (WebSocket and SSE byte pumps and
 //! heartbeats), `session` (one client's state; decodes its commands), `ops` (every operation
 //! once, with every rule: the front ends' shared core), `hub` (channel -> local subscribers,
-//! fan-out), [`quota_enforcer`] (admission), [`rest`] (backend API), [`pusher`] (the Pusher protocol-7
-//! front end, in progress: channel-name mapping and frame codec), [`metrics`], [`error`].
+//! fan-out), [`quota_enforcer`] (admission), [`rest`] (backend API), [`pusher`] (the Pusher front end: its
+//! HTTP API, channel-name mapping, data rule and protocol-7 frame codec), `signals` (node
+//! signals through the broker), [`metrics`], [`error`].
 //! `docs/protocol.md` documents the wire protocol for SDK authors.
 //!
 //! The path of a publication: a client `publish` (session) or a REST call (rest) becomes
@@ -38,6 +39,7 @@ pub mod quota_enforcer;
 pub mod rest;
 pub(crate) mod session;
 pub(crate) mod session_handle;
+pub(crate) mod signals;
 pub(crate) mod transport;
 
 use std::collections::HashMap;
@@ -228,6 +230,9 @@ impl DataPlane {
             session_ended: Notify::new(),
         });
         tokio::spawn(watch_config(Arc::downgrade(&inner), events, inner.shutdown.clone()));
+        let node = Arc::downgrade(&inner);
+        inner.hub.on_signal(move |data| signals::received(&node, data));
+        tokio::spawn(signals::subscribe(inner.broker.clone(), inner.shutdown.clone()));
         DataPlane { inner }
     }
 
@@ -315,7 +320,13 @@ pub fn router(state: DataPlane) -> Router {
         .route("/v1/apps/{app_id}/channels/{channel}/history", get(rest::history))
         .route("/v1/apps/{app_id}/channels/{channel}/presence", get(rest::presence))
         .route("/v1/apps/{app_id}/channels", get(rest::channels))
+        .route("/apps/{app_id}/events", post(pusher::http::events))
+        .route("/apps/{app_id}/batch_events", post(pusher::http::batch_events))
         .route("/apps/{app_id}/channels", get(pusher::http::channels))
+        .route("/apps/{app_id}/channels/{channel}", get(pusher::http::channel_info))
+        .route("/apps/{app_id}/channels/{channel}/users", get(pusher::http::channel_users))
+        .route("/apps/{app_id}/users/{user_id}/terminate_connections", post(pusher::http::terminate_connections))
+        .route("/users/{user_id}/terminate_connections", post(pusher::http::terminate_connections_of_key_app))
         .layer(DefaultBodyLimit::max(rest::MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -31,6 +31,9 @@ pub struct Delivery {
     pub offset: u64,
     /// When the broker accepted it (Unix ms), for the publish-to-deliver histogram.
     pub ts: i64,
+    /// The socket id of the one connection that must not receive it (Pusher's `socket_id`
+    /// exclusion); that subscriber's position still moves past it.
+    pub exclude: Option<Arc<str>>,
     /// The encoded `message` frame.
     pub frame: Text,
 }
@@ -44,6 +47,7 @@ impl Delivery {
             epoch,
             offset: p.offset,
             ts: p.ts,
+            exclude: p.exclude.clone(),
             frame: encode_message(&key.channel, p),
         })
     }

@@ -291,6 +291,9 @@ fn to_bytes<T: Serialize>(value: &T) -> Text {
 pub struct Connected<'a> {
     pub client_id: &'a str,
     pub connection_id: &'a str,
+    /// The connection's Pusher-style socket id (`<digits>.<digits>`): a backend publishing
+    /// through the Pusher HTTP API with this `socket_id` skips this connection.
+    pub socket_id: &'a str,
     pub heartbeat_s: u64,
     pub expires_at: i64,
 }
@@ -428,10 +431,19 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
 /// published, so the frame stays valid JSON without a parse/serialize round trip. The frame is
 /// checked as UTF-8 here, once, instead of once per subscriber at the socket.
 pub fn encode_message(channel: &str, p: &Publication) -> Text {
-    let cap = 96 + channel.len() + p.epoch.len() + p.data.len() + p.client_id.as_deref().map_or(4, str::len);
+    let cap = 96
+        + channel.len()
+        + p.epoch.len()
+        + p.data.len()
+        + p.client_id.as_deref().map_or(4, str::len)
+        + p.event.as_deref().map_or(0, |e| 10 + e.len());
     let mut out = Vec::with_capacity(cap);
     out.extend_from_slice(br#"{"type":"message","channel":"#);
     write_json_str(&mut out, channel);
+    if let Some(event) = p.event.as_deref() {
+        out.extend_from_slice(br#","event":"#);
+        write_json_str(&mut out, event);
+    }
     out.extend_from_slice(br#","epoch":"#);
     write_json_str(&mut out, &p.epoch);
     let _ = write!(out, r#","offset":{},"data":"#, p.offset);
@@ -481,6 +493,8 @@ mod tests {
             data: bytes::Bytes::from_static(br#"{"text":"hi \"there\""}"#),
             client_id: Some(Arc::from("u\"1")),
             ts: 42,
+            event: None,
+            exclude: Some(Arc::from("1.2")),
         };
         let frame = encode_message("chat:lobby", &p);
         let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
@@ -492,6 +506,10 @@ mod tests {
         let backend = Publication { client_id: None, ..p };
         let v: serde_json::Value = serde_json::from_str(&encode_message("x", &backend)).unwrap();
         assert_eq!(v["client_id"], serde_json::Value::Null);
+        let named = Publication { event: Some(Arc::from("order \"shipped\"")), ..backend };
+        let v: serde_json::Value = serde_json::from_str(&encode_message("x", &named)).unwrap();
+        assert_eq!(v["event"], "order \"shipped\"", "the event name is sent when there is one");
+        assert!(v.get("exclude").is_none(), "the excluded socket is never shown");
     }
 
     #[test]

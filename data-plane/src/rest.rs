@@ -294,7 +294,13 @@ pub async fn publish(
     Path((app_id, channel)): Path<(String, String)>,
     Json(body): Json<PublishBody>,
 ) -> Result<(StatusCode, Json<Position>)> {
-    let message = ops::publish::Message { channel: &channel, data: &body.data, idempotency_key: body.idempotency_key };
+    let message = ops::publish::Message {
+        channel: &channel,
+        data: &body.data,
+        idempotency_key: body.idempotency_key,
+        event: None,
+        exclude: None,
+    };
     let position = ops::publish::publish(dp.inner(), key.principal(&app_id)?, message).await?;
     Ok((StatusCode::CREATED, Json(position.into())))
 }
@@ -336,6 +342,8 @@ pub async fn publish_batch(
             channel: &m.channel,
             data: &m.data,
             idempotency_key: m.idempotency_key.take(),
+            event: None,
+            exclude: None,
         })
         .collect();
     let results = ops::publish::publish_batch(dp.inner(), principal, messages)

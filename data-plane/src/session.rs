@@ -189,6 +189,7 @@ impl Session {
             &Connected {
                 client_id: &client.client_id,
                 connection_id: &self.handle.connection_id,
+                socket_id: &self.handle.socket_id,
                 heartbeat_s: self.dp.config.ws_heartbeat_interval.as_secs(),
                 expires_at: client.claims.exp,
             },
@@ -411,7 +412,7 @@ impl Session {
     }
 
     async fn publish(&self, channel: &str, data: &RawValue, idempotency_key: Option<String>) -> Result<StreamPosition> {
-        let message = ops::publish::Message { channel, data, idempotency_key };
+        let message = ops::publish::Message { channel, data, idempotency_key, event: None, exclude: None };
         ops::publish::publish(&self.dp, Principal::Client(self.client()?), message).await
     }
 

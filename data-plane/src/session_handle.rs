@@ -27,6 +27,10 @@ pub struct Identity {
 #[derive(Debug)]
 pub struct SessionHandle {
     pub connection_id: Arc<str>,
+    /// Pusher's name for the connection (`<digits>.<digits>`): what a publisher names to be
+    /// left out of a publication's live delivery. Every connection has one, whatever its
+    /// protocol, so the Pusher HTTP API's `socket_id` exclusion applies to Aviary clients too.
+    pub socket_id: Arc<str>,
     /// Set once, by the first [`SessionHandle::close`].
     close_reason: OnceLock<CloseReason>,
     /// Wakes the connection's tasks when `close_reason` is set.
@@ -37,11 +41,21 @@ pub struct SessionHandle {
     pub outbox: Outbox,
 }
 
+/// A fresh socket id of Pusher's `<digits>.<digits>` form, from 92 random bits: unguessable,
+/// and unique among a node's connections in practice (exclusion compares within a channel).
+fn new_socket_id() -> String {
+    let r = uuid::Uuid::new_v4().as_u128();
+    let high = (r >> 64) as u64 % 10_000_000_000;
+    let low = r as u64 % 10_000_000_000_000;
+    format!("{high}.{low}")
+}
+
 impl SessionHandle {
     /// A handle whose outbound queue holds up to `queue_capacity` items.
     pub fn new(queue_capacity: usize) -> Arc<Self> {
         Arc::new(SessionHandle {
             connection_id: format!("conn_{}", uuid::Uuid::now_v7().simple()).into(),
+            socket_id: new_socket_id().into(),
             close_reason: OnceLock::new(),
             closing: Notify::new(),
             identity: Mutex::new(None),

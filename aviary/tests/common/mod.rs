@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod pusher;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

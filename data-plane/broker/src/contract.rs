@@ -44,6 +44,7 @@ macro_rules! broker_contract_tests {
             presence_member_expires_with_a_leave_event_without_any_call,
             touched_presence_members_stay_while_untouched_ones_expire,
             apps_with_the_same_channel_name_are_isolated,
+            event_names_and_exclusions_travel_with_publications,
         );
     };
     (@cases $make:expr; $($name:ident),+ $(,)?) => {
@@ -140,6 +141,8 @@ pub fn request(data: &str) -> PublishRequest {
     PublishRequest {
         data: Bytes::from(data.to_owned()),
         client_id: None,
+        event: None,
+        exclude: None,
         idempotency_key: None,
         history_size: 100,
         history_ttl_s: 300,
@@ -616,4 +619,41 @@ pub async fn nodes_see_each_others_publications_and_presence<B: Broker>(node1: B
     assert_eq!(offsets(&page.publications), (1..=10).collect::<Vec<_>>());
     node1.presence_leave(&channel, "a").await.expect("leave");
     assert_eq!(events2.next_presence().await.1, PresenceAction::Leave);
+}
+
+/// A publication's event name and excluded socket id reach the node's sink and history as
+/// published, with any bytes in them; publications without them keep `None`.
+pub async fn event_names_and_exclusions_travel_with_publications<B: Broker>(broker: B) {
+    let (sink, mut events) = recorder();
+    broker.set_events(sink);
+    let channel = unique_channel("events");
+    broker.subscribe(&channel).await.expect("subscribe");
+    let mut named = request("{\"a\":1}");
+    named.event = Some("order|shipped,é".into());
+    named.exclude = Some("123.456".into());
+    named.client_id = Some("bob|1".into());
+    broker.publish(&channel, named).await.expect("publish");
+    let mut only_event = request("\"x|y\"");
+    only_event.event = Some("e".into());
+    broker.publish(&channel, only_event).await.expect("publish");
+    broker.publish(&channel, request("null")).await.expect("publish");
+    let expect = |p: &Publication, event: Option<&str>, exclude: Option<&str>, client: Option<&str>, data: &str| {
+        assert_eq!(
+            (p.event.as_deref(), p.exclude.as_deref(), p.client_id.as_deref(), p.data.as_ref()),
+            (event, exclude, client, data.as_bytes()),
+            "publication {}",
+            p.offset
+        );
+    };
+    let (_, first) = events.next_publication().await;
+    expect(&first, Some("order|shipped,é"), Some("123.456"), Some("bob|1"), "{\"a\":1}");
+    let (_, second) = events.next_publication().await;
+    expect(&second, Some("e"), None, None, "\"x|y\"");
+    let (_, third) = events.next_publication().await;
+    expect(&third, None, None, None, "null");
+    let page = broker.history(&channel, None, 10).await.expect("history");
+    assert_eq!(page.publications.len(), 3);
+    expect(&page.publications[0], Some("order|shipped,é"), Some("123.456"), Some("bob|1"), "{\"a\":1}");
+    expect(&page.publications[1], Some("e"), None, None, "\"x|y\"");
+    expect(&page.publications[2], None, None, None, "null");
 }

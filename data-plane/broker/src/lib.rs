@@ -82,6 +82,11 @@ pub struct Publication {
     pub client_id: Option<Arc<str>>,
     /// Milliseconds since the Unix epoch when the broker accepted it.
     pub ts: i64,
+    /// The event name its publisher gave (Pusher's `event`); `None` for plain Aviary publishes.
+    pub event: Option<Arc<str>>,
+    /// A connection's socket id that must not receive it live (Pusher's `socket_id`
+    /// exclusion: the publisher's own connection). Kept with it like `event`.
+    pub exclude: Option<Arc<str>>,
 }
 
 /// What to publish and how the channel's history is kept.
@@ -89,6 +94,10 @@ pub struct Publication {
 pub struct PublishRequest {
     pub data: Bytes,
     pub client_id: Option<Arc<str>>,
+    /// Stored and delivered with the publication ([`Publication::event`]).
+    pub event: Option<Arc<str>>,
+    /// Stored and delivered with the publication ([`Publication::exclude`]).
+    pub exclude: Option<Arc<str>>,
     pub idempotency_key: Option<String>,
     /// Publications kept in history; 0 keeps none (offsets still advance).
     pub history_size: u32,

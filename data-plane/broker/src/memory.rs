@@ -392,7 +392,7 @@ impl Broker for MemoryBroker {
 
     async fn publish(&self, channel: &ChannelKey, request: PublishRequest) -> Result<PublishResult, BrokerError> {
         let now = Instant::now();
-        let PublishRequest { data, client_id, idempotency_key, history_size, history_ttl_s } = request;
+        let PublishRequest { data, client_id, event, exclude, idempotency_key, history_size, history_ttl_s } = request;
         let result = self.inner.with_channel(channel, |ch, sink| {
             ch.idempotency.prune(now);
             if let Some(key) = idempotency_key.as_deref()
@@ -409,6 +409,8 @@ impl Broker for MemoryBroker {
                 data,
                 client_id,
                 ts: now_ms(),
+                event,
+                exclude,
             });
             let keep = history_size as usize;
             if keep == 0 {
@@ -549,6 +551,8 @@ mod tests {
         PublishRequest {
             data: bytes::Bytes::from_static(b"{}"),
             client_id: None,
+            event: None,
+            exclude: None,
             idempotency_key: None,
             history_size: 10,
             history_ttl_s: ttl_s,

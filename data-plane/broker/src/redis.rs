@@ -16,7 +16,10 @@
 //! | `P:e:T`         | zset   | connection id → expiry (Redis server time, ms)             | same as `P:p:T` |
 //! | `P:t:T`         | pub/sub topic | every publication and presence change of the channel | — |
 //!
-//! A history entry is `<offset>|<ts>|<client id length or ->|<client id><data>`; a topic
+//! A history entry is `<offset>|<ts>|<meta>|<client id><event><exclude><data>`, where `<meta>`
+//! gives the byte lengths of the three optional strings before the data: `-` (none of them),
+//! `<n>` (a client id only, the format before event names existed, still read), or
+//! `<c>,<e>,<x>` with `-` for an absent one (see [`entry_meta`]). A topic
 //! message is `p<epoch length>|<epoch><entry>` for a publication, or `j`/`u`/`l` followed by
 //! the member's JSON for a presence join/update/leave. Every node decodes a message once and
 //! hands one `Arc<Publication>` to its sink.
@@ -154,7 +157,8 @@ end
 "#;
 
 /// KEYS: stream hash, history list, [idempotency key].
-/// ARGV: topic, epoch candidate, history_size, ttl_s, idempotency ttl_s, client id, has client, data.
+/// ARGV: topic, epoch candidate, history_size, ttl_s, idempotency ttl_s, entry meta, the
+/// strings it measures (client id, event, exclude) concatenated, data.
 /// Returns {duplicate (0|1), epoch, offset}.
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
@@ -177,9 +181,7 @@ local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local ttl = tonumber(ARGV[4])
 redis.call('EXPIRE', KEYS[1], ttl)
 local off = string.format('%d', offset)
-local client = '-'
-if ARGV[7] == '1' then client = tostring(#ARGV[6]) end
-local entry = off .. '|' .. string.format('%d', now_ms()) .. '|' .. client .. '|' .. ARGV[6] .. ARGV[8]
+local entry = off .. '|' .. string.format('%d', now_ms()) .. '|' .. ARGV[6] .. '|' .. ARGV[7] .. ARGV[8]
 local size = tonumber(ARGV[3])
 if size > 0 then
   redis.call('RPUSH', KEYS[2], entry)
@@ -615,10 +617,9 @@ impl Broker for RedisBroker {
             .arg(new_epoch())
             .arg(request.history_size)
             .arg(request.history_ttl_s.max(1))
-            .arg(IDEMPOTENCY_WINDOW_S)
-            .arg(request.client_id.as_deref().unwrap_or(""))
-            .arg(if request.client_id.is_some() { "1" } else { "0" })
-            .arg(&request.data[..]);
+            .arg(IDEMPOTENCY_WINDOW_S);
+        let (meta, strings) = entry_meta(&request);
+        invocation.arg(meta).arg(strings).arg(&request.data[..]);
         let mut conn = shard.commands.clone();
         let (duplicate, epoch, offset): (i64, String, u64) = with_timeout(invocation.invoke_async(&mut conn)).await?;
         Ok(PublishResult { position: StreamPosition { epoch, offset }, duplicate: duplicate == 1 })
@@ -1139,19 +1140,53 @@ fn decode_message(payload: &[u8]) -> Option<Message> {
     serde_json::from_slice(rest).ok().map(|member| Message::Presence(action, member))
 }
 
-/// Decodes `<offset>|<ts>|<client id length or ->|<client id><data>`; `data` shares `entry`.
+/// The `<meta>` field of a history entry and the strings it measures, concatenated.
+fn entry_meta(request: &PublishRequest) -> (String, Vec<u8>) {
+    let parts = [request.client_id.as_deref(), request.event.as_deref(), request.exclude.as_deref()];
+    let mut strings = Vec::new();
+    for part in parts.iter().flatten() {
+        strings.extend_from_slice(part.as_bytes());
+    }
+    let meta = match parts {
+        [None, None, None] => "-".to_owned(),
+        [Some(client), None, None] => client.len().to_string(),
+        _ => parts
+            .iter()
+            .map(|p| p.map_or_else(|| "-".to_owned(), |s| s.len().to_string()))
+            .collect::<Vec<_>>()
+            .join(","),
+    };
+    (meta, strings)
+}
+
+/// Decodes `<offset>|<ts>|<meta>|<client id><event><exclude><data>`; `data` shares `entry`.
 fn decode_entry(entry: Bytes, epoch: Arc<str>) -> Option<Publication> {
     let (offset, rest) = split_field(&entry)?;
     let (ts, rest) = split_field(rest)?;
-    let (client_len, rest) = split_field(rest)?;
-    let (client_id, data) = if client_len == b"-" {
-        (None, rest)
-    } else {
-        let len: usize = parse(client_len)?;
-        (Some(Arc::<str>::from(std::str::from_utf8(rest.get(..len)?).ok()?)), rest.get(len..)?)
-    };
-    let data_start = entry.len() - data.len();
-    Some(Publication { offset: parse(offset)?, epoch, data: entry.slice(data_start..), client_id, ts: parse(ts)? })
+    let (meta, mut rest) = split_field(rest)?;
+    let mut strings: [Option<Arc<str>>; 3] = [None, None, None];
+    for (slot, length) in strings.iter_mut().zip(meta.split(|&b| b == b',')) {
+        if length == b"-" {
+            continue;
+        }
+        let len: usize = parse(length)?;
+        *slot = Some(Arc::<str>::from(std::str::from_utf8(rest.get(..len)?).ok()?));
+        rest = rest.get(len..)?;
+    }
+    if meta.split(|&b| b == b',').count() > 3 {
+        return None;
+    }
+    let data_start = entry.len() - rest.len();
+    let [client_id, event, exclude] = strings;
+    Some(Publication {
+        offset: parse(offset)?,
+        epoch,
+        data: entry.slice(data_start..),
+        client_id,
+        ts: parse(ts)?,
+        event,
+        exclude,
+    })
 }
 
 fn split_field(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -1260,6 +1295,13 @@ mod tests {
         let p = decode_entry(Bytes::from_static(b"1|2|-|null"), "ep".into()).expect("decodes");
         assert_eq!((p.client_id, p.data), (None, Bytes::from_static(b"null")));
         assert!(decode_entry(Bytes::from_static(b"1|2|9|short"), "ep".into()).is_none());
+        let p = decode_entry(Bytes::from_static(b"3|4|-,2,7|ev123.456{}"), "ep".into()).expect("decodes");
+        assert_eq!(
+            (p.client_id, p.event.as_deref(), p.exclude.as_deref(), p.data.as_ref()),
+            (None, Some("ev"), Some("123.456"), &b"{}"[..])
+        );
+        assert!(decode_entry(Bytes::from_static(b"3|4|-,-,-,1|x{}"), "ep".into()).is_none());
+        assert!(decode_entry(Bytes::from_static(b"3|4|-,9,-|ev{}"), "ep".into()).is_none());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Every data-plane operation, once: publish (single and batch), history, presence, channel
-//! listing and subscribe admission.
+//! listing and counts, subscribe admission, and terminating a user's connections.
 //!
 //! Front ends (the WebSocket and SSE session, the REST API, and the protocols to come) are
 //! thin: they decode a request in their own words, call one function here with an
@@ -26,6 +26,7 @@
 //! `aviary_rejections_total` (by [`Error::reason`]); front ends do not count it again.
 
 pub mod channels;
+pub mod connections;
 pub mod history;
 pub mod presence;
 pub mod publish;

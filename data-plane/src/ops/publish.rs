@@ -21,7 +21,14 @@ pub struct Message<'a> {
     /// Any JSON value, stored and delivered verbatim.
     pub data: &'a RawValue,
     pub idempotency_key: Option<String>,
+    /// An event name delivered with the message (Pusher's `event`); see [`MAX_EVENT_NAME`].
+    pub event: Option<&'a str>,
+    /// The socket id of a connection that must not receive it live (Pusher's `socket_id`).
+    pub exclude: Option<&'a str>,
 }
+
+/// Longest event name, in bytes (Pusher's limit is 200 characters).
+pub const MAX_EVENT_NAME: usize = 200;
 
 /// Publishes `message`; returns where it landed (the first result again for a repeated
 /// idempotency key).
@@ -87,6 +94,13 @@ fn check(app: &AppConfig, principal: Principal<'_>, message: Message<'_>) -> Res
     if let Some(k) = &message.idempotency_key {
         validate_idempotency_key(k).map_err(Error::InvalidIdempotencyKey)?;
     }
+    if let Some(event) = message.event
+        && (event.is_empty() || event.len() > MAX_EVENT_NAME || event.chars().any(char::is_control))
+    {
+        return Err(Error::BadRequest(format!(
+            "event name must be 1 to {MAX_EVENT_NAME} bytes without control characters"
+        )));
+    }
     let payload = message.data.get().as_bytes();
     if payload.len() > app.quotas.max_message_bytes as usize {
         return Err(Error::PayloadTooLarge { size: payload.len(), limit: app.quotas.max_message_bytes });
@@ -99,6 +113,8 @@ fn check(app: &AppConfig, principal: Principal<'_>, message: Message<'_>) -> Res
                 Principal::Client(c) => Some(c.client_id.clone()),
                 Principal::ApiKey(_) => None,
             },
+            event: message.event.map(Into::into),
+            exclude: message.exclude.map(Into::into),
             idempotency_key: message.idempotency_key.map(|k| scoped_idempotency_key(principal, &k)),
             history_size: namespace.history_size,
             history_ttl_s: namespace.history_ttl_s,

@@ -4,10 +4,12 @@
 //!
 //! - [`names`]: Pusher channel names ↔ Aviary channels (a `;` is a `:`), and the channel kinds
 //!   Pusher derives from a name's prefix.
+//! - [`data`]: an event's `data` between Pusher (a string) and Aviary (a JSON value).
 //! - [`frames`]: the protocol-7 frames, decoded from clients and encoded for them, and Pusher's
 //!   error codes.
 //! - [`http`]: Pusher's HTTP API (`/apps/{app_id}/...`), signed with a credential's secret.
 
+pub mod data;
 pub mod frames;
 pub mod http;
 pub mod names;
