@@ -42,6 +42,8 @@ struct Cluster {
     signing: SigningKey,
     prefix: String,
     api_key: String,
+    /// A Pusher credential of the app, allowed everything.
+    pusher: aviary_core::PusherCredential,
 }
 
 impl Cluster {
@@ -59,7 +61,17 @@ impl Cluster {
             quotas: Quotas::default(),
         };
         configure(&mut app);
+        let pusher = aviary_core::PusherCredential {
+            key: uuid::Uuid::new_v4().simple().to_string()[..20].to_owned(),
+            app_id: app.app_id.clone(),
+            tenant_id: app.tenant_id.clone(),
+            pusher_app_id: 4_821_937,
+            secret: uuid::Uuid::new_v4().simple().to_string(),
+            capabilities: Capabilities::all(),
+            client_events: false,
+        };
         Cluster {
+            pusher,
             app,
             signing: SigningKey::generate(),
             prefix: format!("test_{}", uuid::Uuid::new_v4().simple()),
@@ -90,6 +102,7 @@ impl Cluster {
         let registry = Arc::new(Registry::new());
         registry.set_verifying_keys([self.signing.verifying_key()]);
         registry.upsert_app(self.app.clone());
+        registry.upsert_pusher_credential(self.pusher.clone());
         let urls = [REDIS_URL.to_owned()];
         let broker = Arc::new(RedisBroker::new(&urls, &self.prefix).expect("broker"));
         let quotas = Arc::new(ClusterQuotas::new(&urls, &self.prefix).expect("quotas"));
@@ -314,4 +327,84 @@ async fn channel_listing_sums_subscribers_across_nodes() {
     b.close(None).await.unwrap();
     while timeout(WAIT, b.next()).await.expect("close completes").is_some() {}
     await_listing(&cluster, &http_two, &[("room-1", 2)]).await;
+}
+
+/// A Pusher HTTP API request to `base`, signed with the cluster's credential.
+async fn pusher_post(cluster: &Cluster, base: &str, path: &str, body: &Value) -> (u16, String) {
+    use aviary_core::pusher::signature::{ApiRequest, body_md5, sign};
+    let path = format!("/apps/{}{path}", cluster.pusher.pusher_app_id);
+    let body = body.to_string().into_bytes();
+    let mut query: Vec<(String, String)> = vec![
+        ("auth_key".into(), cluster.pusher.key.clone()),
+        ("auth_timestamp".into(), aviary_core::unix_now().to_string()),
+        ("auth_version".into(), "1.0".into()),
+        ("body_md5".into(), body_md5(&body)),
+    ];
+    let request = ApiRequest { method: "POST", path: &path, query: &query, body: &body };
+    let signature = sign(&cluster.pusher.secret, &request.string_to_sign().unwrap());
+    query.push(("auth_signature".into(), signature));
+    let query: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let answer = reqwest::Client::new()
+        .post(format!("{base}{path}?{}", query.join("&")))
+        .body(body)
+        .send()
+        .await
+        .expect("request sent");
+    (answer.status().as_u16(), answer.text().await.unwrap_or_default())
+}
+
+async fn subscribed(url: &str, token: &str, channel: &str) -> (Ws, String) {
+    let mut ws = open(url, token).await;
+    let frame = next(&mut ws).await.expect("connected frame");
+    let socket_id = frame["socket_id"].as_str().expect("a socket id").to_owned();
+    let reply = request(&mut ws, 1, json!({"type": "subscribe", "channel": channel})).await;
+    assert_eq!(reply["type"], "ok", "{reply}");
+    (ws, socket_id)
+}
+
+/// The next `message` frame, skipping others.
+async fn next_message(ws: &mut Ws) -> Value {
+    loop {
+        let frame = next(ws).await.expect("a frame");
+        if frame["type"] == "message" {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pusher_socket_exclusion_and_terminate_reach_every_node() {
+    let cluster = Cluster::new(|_| {});
+    let ((one, one_http), (two, _)) = (cluster.start().await, cluster.start().await);
+    let (mut alice_one, _) = subscribed(&one, &cluster.token("alice"), "orders").await;
+    let (mut alice_two, alice_two_socket) = subscribed(&two, &cluster.token("alice"), "orders").await;
+    let (mut bob_two, _) = subscribed(&two, &cluster.token("bob"), "orders").await;
+
+    // Published on node one, leaving out alice's connection on node two.
+    let event = json!({"name": "e1", "channels": ["orders"], "data": "{\"n\":1}", "socket_id": alice_two_socket});
+    assert_eq!(pusher_post(&cluster, &one_http, "/events", &event).await, (200, "{}".to_owned()));
+    let event = json!({"name": "e2", "channels": ["orders"], "data": "{\"n\":2}"});
+    assert_eq!(pusher_post(&cluster, &one_http, "/events", &event).await, (200, "{}".to_owned()));
+    for ws in [&mut alice_one, &mut bob_two] {
+        let (a, b) = (next_message(ws).await, next_message(ws).await);
+        assert_eq!((&a["event"], &a["data"], &b["event"]), (&json!("e1"), &json!({"n": 1}), &json!("e2")));
+    }
+    let frame = next(&mut alice_two).await.expect("a frame");
+    assert_eq!((&frame["type"], &frame["event"]), (&json!("message"), &json!("e2")), "no e1, no gap: {frame}");
+
+    // Terminating alice through node one closes her connections on both nodes.
+    assert_eq!(
+        pusher_post(&cluster, &one_http, "/users/alice/terminate_connections", &json!({})).await,
+        (200, "{}".to_owned())
+    );
+    for ws in [&mut alice_one, &mut alice_two] {
+        let code = loop {
+            if let Err(code) = next(ws).await {
+                break code;
+            }
+        };
+        assert_eq!(code, Some(4010));
+    }
+    let reply = request(&mut bob_two, 2, json!({"type": "presence.get", "channel": "orders"})).await;
+    assert_eq!(reply["type"], "ok", "bob stays connected: {reply}");
 }
