@@ -9,6 +9,7 @@ mod common;
 use aviary_core::pusher::signature;
 use common::pusher::{PusherApp, signed_url};
 use common::{Ws, next_json, next_matching, request};
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 /// Connects an Aviary client and subscribes it to `channels` (Aviary names).
@@ -42,6 +43,17 @@ async fn node_sdk_trigger_reaches_aviary_subscribers_with_event_name_and_data() 
     let cred = &app.credential;
     let (mut alice, alice_socket) = subscriber(&app, "alice", &["chat:lobby", "orders"]).await;
     let (mut bob, _) = subscriber(&app, "bob", &["orders"]).await;
+    let sse = app
+        .http
+        .get(app.url("/v1/sse?channels=orders"))
+        .bearer_auth(app.token("carol").await)
+        .send()
+        .await
+        .expect("SSE stream opens");
+    assert_eq!(sse.status(), 200);
+    let mut sse = sse.bytes_stream();
+    let mut seen = String::new();
+    read_sse_until(&mut sse, &mut seen, "event: subscribed").await;
 
     // One event on two channels; `chat;lobby` is the Aviary channel `chat:lobby`.
     let answer = app
@@ -64,6 +76,11 @@ async fn node_sdk_trigger_reaches_aviary_subscribers_with_event_name_and_data() 
         (&at_bob["event"], &at_bob["data"], &at_bob["client_id"]),
         (&json!("order-placed"), &json!({"id": 7}), &Value::Null)
     );
+    // SSE (carol's stream, a third subscriber of `orders`) carries the same message frame.
+    read_sse_until(&mut sse, &mut seen, r#""event":"order-placed""#).await;
+    let line = seen.lines().find(|l| l.contains("order-placed")).unwrap();
+    let frame: Value = serde_json::from_str(line.trim_start_matches("data: ")).expect("an SSE data line");
+    assert_eq!((&frame["channel"], &frame["data"]), (&json!("orders"), &json!({"id": 7})));
 
     // A string that is not JSON stays a string.
     ok(&app.node_sdk(cred, "trigger", json!({"channels": "orders", "event": "note", "data": "plain text"})).await);
@@ -84,7 +101,7 @@ async fn node_sdk_trigger_reaches_aviary_subscribers_with_event_name_and_data() 
     let answer = app
         .node_sdk(cred, "trigger", json!({"channels": "orders", "event": "for-all", "data": {"n": 2}, "params": {"info": "subscription_count"}}))
         .await;
-    assert_eq!(ok(&answer), &json!({"channels": {"orders": {"subscription_count": 2}}}));
+    assert_eq!(ok(&answer), &json!({"channels": {"orders": {"subscription_count": 3}}}));
     let next = next_json(&mut alice).await;
     assert_eq!((&next["type"], &next["event"]), (&json!("message"), &json!("for-all")), "{next}");
     assert_eq!(next_message(&mut bob).await["event"], "for-all");
@@ -96,7 +113,7 @@ async fn node_sdk_trigger_reaches_aviary_subscribers_with_event_name_and_data() 
     ]});
     assert_eq!(
         ok(&app.node_sdk(cred, "triggerBatch", batch).await),
-        &json!({"batch": [{}, {"subscription_count": 2}]})
+        &json!({"batch": [{}, {"subscription_count": 3}]})
     );
     for ws in [&mut alice, &mut bob] {
         let (a, b) = (next_message(ws).await, next_message(ws).await);
@@ -104,6 +121,31 @@ async fn node_sdk_trigger_reaches_aviary_subscribers_with_event_name_and_data() 
             (&a["event"], &a["data"], &b["event"], &b["data"]),
             (&json!("first"), &json!({"n": 1}), &json!("second"), &json!({"n": 2}))
         );
+    }
+
+    // Metered like every publish: 7 messages (one per channel) under the `pusher` source.
+    let metrics = app.http.get(app.proc.metrics_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("aviary_messages_in_total{") && l.contains(r#"source="pusher""#))
+        .unwrap_or_else(|| panic!("no pusher source in {metrics}"));
+    assert_eq!(line.rsplit(' ').next(), Some("7"), "{line}");
+}
+
+/// Reads the SSE body until `needle` has arrived.
+async fn read_sse_until(
+    stream: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    seen: &mut String,
+    needle: &str,
+) {
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while !seen.contains(needle) {
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} on the SSE stream in time; got {seen:?}"))
+            .expect("the SSE stream stays open")
+            .expect("an SSE chunk");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
     }
 }
 

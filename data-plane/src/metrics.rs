@@ -15,7 +15,8 @@ pub const CONNECTIONS: &str = "aviary_connections";
 pub const CONNECTIONS_TOTAL: &str = "aviary_connections_total";
 /// Active channel subscriptions (gauge). Labels: tenant, app.
 pub const SUBSCRIPTIONS: &str = "aviary_subscriptions";
-/// Messages accepted for publishing (counter). Labels: tenant, app, source (`client` | `rest`).
+/// Messages accepted for publishing (counter). Labels: tenant, app, source (`client` | `rest` |
+/// `pusher`, the Pusher HTTP API).
 pub const MESSAGES_IN: &str = "aviary_messages_in_total";
 /// Payload bytes accepted for publishing (counter). Labels: tenant, app, source.
 pub const BYTES_IN: &str = "aviary_bytes_in_total";

@@ -87,10 +87,12 @@ impl Principal<'_> {
         }
     }
 
-    /// The `source` label of the messages this principal publishes.
+    /// The `source` label of the messages this principal publishes: `pusher` for a backend
+    /// signing with a Pusher credential (whose key id is `pusher:<key>`), `rest` for an API key.
     fn source(&self) -> &'static str {
         match self {
             Principal::Client(_) => "client",
+            Principal::ApiKey(k) if k.key_id.starts_with("pusher:") => "pusher",
             Principal::ApiKey(_) => "rest",
         }
     }
