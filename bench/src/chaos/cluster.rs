@@ -53,9 +53,11 @@ fn command(bin: &Path, log: &Path) -> anyhow::Result<Command> {
     Ok(c)
 }
 
-/// Spawns `c` and waits for its `listening on http://ADDR` stdout line.
-async fn spawn_listening(mut c: Command, what: &str) -> anyhow::Result<(Child, SocketAddr)> {
-    c.stdout(Stdio::piped()).env("AVIARY_LOG", "warn");
+/// Spawns `c` and waits for its `listening on http://ADDR` stdout line; the rest of its stdout
+/// (its log) is appended to `log`.
+async fn spawn_listening(mut c: Command, what: &str, log: &Path) -> anyhow::Result<(Child, SocketAddr)> {
+    let level = std::env::var("AVIARY_CHAOS_NODE_LOG").unwrap_or_else(|_| "warn".to_owned());
+    c.stdout(Stdio::piped()).env("AVIARY_LOG", level);
     let mut child = c.spawn().with_context(|| format!("starting {what}"))?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("{what}: stdout not piped"))?;
     let mut lines = BufReader::new(stdout).lines();
@@ -70,7 +72,13 @@ async fn spawn_listening(mut c: Command, what: &str) -> anyhow::Result<(Child, S
     .await
     .with_context(|| format!("{what} did not start in 120 s"))??
     .ok_or_else(|| anyhow!("{what} exited before listening"))?;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let mut log = tokio::fs::OpenOptions::new().create(true).append(true).open(log).await?;
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = log.write_all(format!("{line}\n").as_bytes()).await;
+        }
+    });
     Ok((child, addr))
 }
 
@@ -131,7 +139,8 @@ impl Cluster {
             .args(["--operator-token", OPERATOR_TOKEN, "--node-token", &node_token])
             .env("AVIARY_RATE_LIMIT_PER_IP", "0")
             .env("AVIARY_RATE_LIMIT_PER_KEY", "0");
-        let (cp_child, cp_addr) = spawn_listening(cp, "aviary control-plane").await?;
+        let (cp_child, cp_addr) =
+            spawn_listening(cp, "aviary control-plane", &scratch.join("control-plane.log")).await?;
         cluster.control = Some(cp_child);
         cluster.control_plane = format!("http://{cp_addr}");
         cluster.provision().await?;
@@ -234,9 +243,10 @@ impl Cluster {
     }
 
     async fn spawn_node(&self, i: usize) -> anyhow::Result<(Child, SocketAddr)> {
-        let mut n = command(&self.aviary, &self.scratch.join(format!("node-{i}.log")))?;
+        let log = self.scratch.join(format!("node-{i}.log"));
+        let mut n = command(&self.aviary, &log)?;
         n.args(&self.node_args).arg("--cache-dir").arg(self.scratch.join(format!("node-{i}-cache")));
-        spawn_listening(n, &format!("aviary data-plane {i}")).await
+        spawn_listening(n, &format!("aviary data-plane {i}"), &log).await
     }
 
     fn pid(&self, i: usize) -> Option<i32> {

@@ -57,6 +57,11 @@ struct Args {
     /// Pause between two publications of one publisher, in milliseconds.
     #[arg(long, default_value_t = 50)]
     interval_ms: u64,
+    /// A subscriber that receives nothing (not even a ping) for this long reconnects, in seconds.
+    /// The server pings every 25 s, so by default a connection that stays up but stops
+    /// delivering is never rescued by the client: the oracle sees what a real client would miss.
+    #[arg(long, default_value_t = 60)]
+    idle_s: u64,
     /// Bound on the healing phase (publishers' last retries, subscribers catching up), in seconds.
     #[arg(long, default_value_t = 120)]
     settle_s: u64,
@@ -133,6 +138,7 @@ async fn run_inner(args: &Args) -> anyhow::Result<ExitCode> {
         channels: channels.clone(),
         app_id: cluster.app_id.clone(),
         api_key: cluster.api_key.clone(),
+        idle: Duration::from_secs(args.idle_s),
     });
     let mut subscribers = Vec::new();
     for s in 0..args.subscribers {
@@ -210,14 +216,15 @@ async fn run_inner(args: &Args) -> anyhow::Result<ExitCode> {
         c.attempted, c.acked, c.never_acked, c.never_acked_delivered, c.publish_retries
     );
     println!(
-        "deliveries: {}; subscribes: {} ({} resumed with recovery, {} with recovered:false); discontinuities: {}; republished after a lost stream: {}; disconnects: {}",
+        "deliveries: {}; subscribes: {} ({} resumed with recovery, {} with recovered:false); discontinuities: {}; republished after a lost stream: {}; disconnects: {} ({} after silence)",
         c.deliveries,
         c.subscribes,
         c.resumes_recovered,
         c.resumes_not_recovered,
         c.discontinuities,
         c.republished_after_loss,
-        c.disconnects
+        c.disconnects,
+        c.idle_reconnects
     );
     println!("node starts: {:?}", cluster.nodes.iter().map(|n| n.starts).collect::<Vec<_>>());
     println!("invariants checked: {}", c.invariants_checked);

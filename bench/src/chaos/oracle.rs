@@ -104,6 +104,7 @@ pub struct Counts {
     pub discontinuities: u64,
     pub republished_after_loss: u64,
     pub disconnects: u64,
+    pub idle_reconnects: u64,
     pub invariants_checked: u64,
 }
 

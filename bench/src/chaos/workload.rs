@@ -16,8 +16,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::oracle::{Oracle, Pos};
 
-/// A subscriber that hears nothing for this long (a frozen node, a stalled proxy) reconnects.
-const IDLE: Duration = Duration::from_secs(15);
 /// Connect and handshake bound.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 /// One REST publish attempt's bound.
@@ -33,6 +31,8 @@ pub struct Shared {
     pub channels: Vec<String>,
     pub app_id: String,
     pub api_key: String,
+    /// A subscriber that hears nothing for this long (not even a ping) reconnects.
+    pub idle: Duration,
 }
 
 /// Subscriber `sub`: connects through proxy `sub % n` first, then the next one after each drop.
@@ -87,8 +87,11 @@ async fn session(shared: &Shared, sub: usize, token: &str, proxy: SocketAddr) ->
         if shared.stop_all.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let msg = match tokio::time::timeout(IDLE, ws.next()).await {
-            Err(_) => bail!("idle for {IDLE:?}"),
+        let msg = match tokio::time::timeout(shared.idle, ws.next()).await {
+            Err(_) => {
+                shared.oracle.lock().counts.idle_reconnects += 1;
+                bail!("idle for {:?}", shared.idle)
+            }
             Ok(None) => bail!("closed"),
             Ok(Some(m)) => m?,
         };
