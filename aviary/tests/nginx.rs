@@ -459,6 +459,19 @@ async fn every_documented_operation_reaches_its_plane_through_the_shipped_nginx_
         }
     }
 
+    // Pusher's WebSocket goes to the nodes through both configs: the node answers in Pusher's
+    // frames (`connection_established`, or 4001 once the driven operations revoked the key).
+    for base in [&lb, &docker.url] {
+        let url = format!("{}/app/{}?protocol=7", base.replace("http://", "ws://"), fixture.spare_pusher_key);
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("Pusher WebSocket through nginx");
+        let frame = common::next_json(&mut ws).await;
+        let event = frame["event"].as_str().unwrap_or_default();
+        assert!(
+            event == "pusher:connection_established" || (event == "pusher:error" && frame["data"]["code"] == 4001),
+            "through {base}: {frame}"
+        );
+    }
+
     drop(docker);
     drop(cluster);
     eprintln!("nginx routing test took {:.1} s", started.elapsed().as_secs_f64());

@@ -35,6 +35,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::outbound::{Delivery, Outbound};
 use crate::outbox::PushError;
 use crate::protocol::{CloseReason, Text, close, encode_discontinuity, encode_presence};
+use crate::pusher::members::Members;
 use crate::session_handle::SessionHandle;
 
 /// One connection's subscription to one channel, as the fan-out sees it.
@@ -49,6 +50,9 @@ pub struct Subscriber {
     last: Mutex<Option<(Arc<str>, u64)>>,
     /// Most deliveries parked before the subscriber counts as a slow consumer.
     park_limit: usize,
+    /// For a Pusher presence subscription: the users announced so far (Pusher announces users,
+    /// not connections). Presence changes go through it instead of `presence` frames.
+    members: Option<Mutex<Members>>,
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -66,6 +70,24 @@ impl Subscriber {
             parked: Mutex::new(Vec::new()),
             last: Mutex::new(None),
             park_limit,
+            members: None,
+        }
+    }
+
+    /// A Pusher presence subscription: presence changes become `member_added`/`member_removed`
+    /// per user once [`Subscriber::seed_members`] has sent the member list.
+    pub fn with_members(session: Arc<SessionHandle>, members: Members, park_limit: usize) -> Self {
+        Subscriber { members: Some(Mutex::new(members)), ..Subscriber::new(session, false, park_limit) }
+    }
+
+    /// Sends a Pusher presence subscription's member list (read after joining the fan-out),
+    /// then the changes that arrived meanwhile. Under the book's lock, so a change arriving now
+    /// is sent after them.
+    pub fn seed_members(&self, members: &[PresenceMember]) {
+        let Some(book) = &self.members else { return };
+        let mut book = book.lock();
+        for frame in book.seed(members) {
+            self.push(Outbound::Frame(Text::from(frame)));
         }
     }
 
@@ -324,9 +346,15 @@ impl BrokerEvents for Hub {
         let Some(entry) = self.entry(key) else { return };
         let subscribers = entry.subscribers.read();
         let mut frame: Option<Text> = None;
-        for s in subscribers.iter().filter(|s| s.presence) {
-            let f = frame.get_or_insert_with(|| encode_presence(&key.channel, action, member));
-            s.offer(Outbound::Frame(f.clone()));
+        for s in subscribers.iter() {
+            if let Some(book) = &s.members {
+                if let Some(f) = book.lock().apply(action, member) {
+                    s.push(Outbound::Frame(Text::from(f)));
+                }
+            } else if s.presence {
+                let f = frame.get_or_insert_with(|| encode_presence(&key.channel, action, member));
+                s.offer(Outbound::Frame(f.clone()));
+            }
         }
     }
 }

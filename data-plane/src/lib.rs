@@ -9,8 +9,8 @@
 //! Code map: [`protocol`] (wire frames), `transport` (WebSocket and SSE byte pumps and
 //! heartbeats), `session` (one client's state; decodes its commands), `ops` (every operation
 //! once, with every rule: the front ends' shared core), `hub` (channel -> local subscribers,
-//! fan-out), [`quota_enforcer`] (admission), [`rest`] (backend API), [`pusher`] (the Pusher front end: its
-//! HTTP API, channel-name mapping, data rule and protocol-7 frame codec), `signals` (node
+//! fan-out), [`quota_enforcer`] (admission), [`rest`] (backend API), [`pusher`] (the Pusher front end: the
+//! `/app/{key}` WebSocket, its HTTP API, channel-name mapping, data rule and frame codec), `signals` (node
 //! signals through the broker), [`metrics`], [`error`].
 //! `docs/protocol.md` documents the wire protocol for SDK authors.
 //!
@@ -106,6 +106,10 @@ pub struct DataPlaneConfig {
     /// Initial read buffer of each WebSocket. Small, because most connections are idle and
     /// client frames are small; it grows on demand for larger frames.
     pub ws_read_buffer_bytes: usize,
+    /// The `activity_timeout` announced to Pusher clients: one silent for this long gets a
+    /// `pusher:ping`, and is closed with 4201 if it still sends nothing within
+    /// [`pusher::socket::pong_timeout`] (at most 30 s).
+    pub pusher_activity_timeout: Duration,
 }
 
 impl Default for DataPlaneConfig {
@@ -123,6 +127,7 @@ impl Default for DataPlaneConfig {
             max_malformed_frames: 10,
             ws_read_buffer_bytes: 1024,
             channel_report_interval: Duration::from_secs(2),
+            pusher_activity_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -320,6 +325,7 @@ pub fn router(state: DataPlane) -> Router {
         .route("/v1/apps/{app_id}/channels/{channel}/history", get(rest::history))
         .route("/v1/apps/{app_id}/channels/{channel}/presence", get(rest::presence))
         .route("/v1/apps/{app_id}/channels", get(rest::channels))
+        .route("/app/{key}", get(pusher::socket::upgrade))
         .route("/apps/{app_id}/events", post(pusher::http::events))
         .route("/apps/{app_id}/batch_events", post(pusher::http::batch_events))
         .route("/apps/{app_id}/channels", get(pusher::http::channels))
@@ -387,10 +393,13 @@ fn apply_config_event(inner: &NodeState, event: &ConfigEvent) {
                 &id.app_id == app_id && &id.client_id == client_id && id.issued_at <= *issued_before
             })
         }
-        ConfigEvent::AppChanged(_)
-        | ConfigEvent::KeysChanged
-        | ConfigEvent::PusherCredentialChanged(_)
-        | ConfigEvent::PusherCredentialRevoked { .. } => {}
+        ConfigEvent::AppChanged(_) | ConfigEvent::KeysChanged | ConfigEvent::PusherCredentialChanged(_) => {}
+        ConfigEvent::PusherCredentialRevoked { key, .. } => {
+            let key_id = pusher::connection::credential_key_id(key);
+            close_matching(inner, CloseReason::new(close::REVOKED, "Pusher credential revoked"), |id| {
+                id.key_id == key_id
+            })
+        }
     }
 }
 
@@ -400,6 +409,13 @@ fn recheck_all(inner: &NodeState) {
         let reason = match inner.registry.app(&id.app_id) {
             None => Some(CloseReason::new(close::APP_UNAVAILABLE, "app deleted")),
             Some(app) if !app.enabled => Some(CloseReason::new(close::APP_UNAVAILABLE, "app disabled")),
+            _ if id
+                .key_id
+                .strip_prefix("pusher:")
+                .is_some_and(|key| inner.registry.pusher_credential(key).is_none()) =>
+            {
+                Some(CloseReason::new(close::REVOKED, "Pusher credential revoked"))
+            }
             _ if inner.registry.api_key_revoked(&id.key_id)
                 || inner.registry.client_revoked(&id.app_id, &id.client_id, id.issued_at) =>
             {

@@ -3,9 +3,10 @@
 //! hub produces these, the outbox queues them, the transports write them, and none of those
 //! needs the others to name them.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use aviary_broker::{ChannelKey, Publication};
+use bytes::Bytes;
 
 use crate::protocol::{Text, encode_message};
 
@@ -36,6 +37,18 @@ pub struct Delivery {
     pub exclude: Option<Arc<str>>,
     /// The encoded `message` frame.
     pub frame: Text,
+    /// What the Pusher event frame is made of (shared handles, no copies).
+    pusher_parts: PusherParts,
+    /// The Pusher event frame, encoded once per node by the first Pusher subscriber to need
+    /// it ([`Delivery::pusher_frame`]).
+    pusher: OnceLock<Text>,
+}
+
+#[derive(Debug)]
+struct PusherParts {
+    data: Bytes,
+    event: Option<Arc<str>>,
+    client_id: Option<Arc<str>>,
 }
 
 impl Delivery {
@@ -49,6 +62,16 @@ impl Delivery {
             ts: p.ts,
             exclude: p.exclude.clone(),
             frame: encode_message(&key.channel, p),
+            pusher_parts: PusherParts { data: p.data.clone(), event: p.event.clone(), client_id: p.client_id.clone() },
+            pusher: OnceLock::new(),
+        })
+    }
+
+    /// The publication as a Pusher channel event (`crate::pusher::frames::publication`).
+    pub fn pusher_frame(&self) -> &Text {
+        self.pusher.get_or_init(|| {
+            let PusherParts { data, event, client_id } = &self.pusher_parts;
+            Text::from(crate::pusher::frames::publication(&self.channel, event.as_deref(), data, client_id.as_deref()))
         })
     }
 }

@@ -111,6 +111,14 @@ impl SessionHandle {
         }
     }
 
+    /// Records the user a Pusher connection signed in as: client revocations and
+    /// `terminate_connections` of that user apply to it from now on.
+    pub fn signed_in(&self, user_id: &str) {
+        if let Some(identity) = self.identity.lock().as_mut() {
+            identity.client_id = user_id.to_owned();
+        }
+    }
+
     /// Sets the connection's metric handles (once; later calls are ignored).
     pub fn set_metrics(&self, metrics: Arc<ConnectionMetrics>) {
         let _ = self.metrics.set(metrics);

@@ -37,3 +37,14 @@ fn docs_protocol_md_documents_every_frame_type_error_code_and_close_code() {
     }
     assert!(missing.is_empty(), "docs/protocol.md does not document: {missing:?}");
 }
+
+#[test]
+fn docs_pusher_md_documents_every_pusher_code() {
+    let doc = read("docs/pusher.md");
+    let missing: Vec<u16> = aviary_data_plane::pusher::frames::code::ALL
+        .iter()
+        .copied()
+        .filter(|code| !doc.contains(&format!("| {code} |")))
+        .collect();
+    assert!(missing.is_empty(), "docs/pusher.md does not document Pusher codes {missing:?}");
+}

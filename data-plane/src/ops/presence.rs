@@ -29,6 +29,19 @@ pub async fn enter(
     channel: &str,
     data: Option<serde_json::Value>,
 ) -> Result<ChannelKey> {
+    enter_as(node, client, &client.client_id, channel, data).await
+}
+
+/// As [`enter`], shown as member `member_id` instead of the connection's client id: a Pusher
+/// connection is a different user per presence channel, each vouched for by the channel's
+/// authorization signature (`channel_data.user_id`).
+pub async fn enter_as(
+    node: &NodeState,
+    client: &ClientPrincipal,
+    member_id: &str,
+    channel: &str,
+    data: Option<serde_json::Value>,
+) -> Result<ChannelKey> {
     let principal = Principal::Client(client);
     counted(
         principal,
@@ -43,7 +56,7 @@ pub async fn enter(
                 }
             }
             let member = PresenceMember {
-                client_id: client.client_id.to_string(),
+                client_id: member_id.to_owned(),
                 connection_id: client.connection_id.to_string(),
                 data,
             };

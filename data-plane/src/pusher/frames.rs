@@ -42,6 +42,23 @@ pub mod code {
     pub const CLOSED_AFTER_INACTIVITY: u16 = 4202;
     /// A client event refused by the rate limit (10/s per connection; kept open).
     pub const CLIENT_EVENT_RATE_LIMITED: u16 = 4301;
+
+    /// Every code above: `docs/pusher.md` documents each (`tests/protocol_docs.rs` checks).
+    pub const ALL: &[u16] = &[
+        APP_DOES_NOT_EXIST,
+        APP_DISABLED,
+        OVER_CONNECTION_QUOTA,
+        PATH_NOT_FOUND,
+        INVALID_VERSION,
+        UNSUPPORTED_PROTOCOL,
+        NO_PROTOCOL,
+        UNAUTHORIZED,
+        OVER_CAPACITY,
+        RECONNECT,
+        PONG_NOT_RECEIVED,
+        CLOSED_AFTER_INACTIVITY,
+        CLIENT_EVENT_RATE_LIMITED,
+    ];
 }
 
 /// Why a client frame was refused.
@@ -211,6 +228,22 @@ pub fn cache_miss(channel: &str) -> String {
 /// `pusher:signin_success`, echoing the signed user data.
 pub fn signin_success(user_data: &str) -> String {
     serde_json::json!({ "event": "pusher:signin_success", "data": { "user_data": user_data } }).to_string()
+}
+
+/// The event name Pusher clients see on a publication made without one (by Aviary's own
+/// clients, SDKs and REST API).
+pub const DEFAULT_EVENT: &str = "message";
+
+/// A publication on `aviary_channel` as a Pusher channel event: its event name
+/// ([`DEFAULT_EVENT`] without one), the channel's Pusher name, `data` as a string
+/// ([`super::data::to_pusher`]) and, on presence channels, the publisher's `user_id`.
+pub fn publication(aviary_channel: &str, event_name: Option<&str>, data: &[u8], client_id: Option<&str>) -> String {
+    let channel = super::names::to_pusher(aviary_channel).unwrap_or_else(|| aviary_channel.to_owned());
+    let user_id = match super::names::ChannelKind::of(aviary_channel) {
+        super::names::ChannelKind::Presence => client_id,
+        _ => None,
+    };
+    event(&channel, event_name.unwrap_or(DEFAULT_EVENT), &super::data::to_pusher(data), user_id)
 }
 
 /// A channel event. `data` is the raw JSON text of what the publisher gave (a string for server

@@ -8,8 +8,14 @@
 //! - [`frames`]: the protocol-7 frames, decoded from clients and encoded for them, and Pusher's
 //!   error codes.
 //! - [`http`]: Pusher's HTTP API (`/apps/{app_id}/...`), signed with a credential's secret.
+//! - [`socket`]: the WebSocket endpoint `/app/{key}` (transport, activity timeout, closes);
+//!   `connection`: one Pusher connection, its frames turned into operations; `members`: a
+//!   presence subscription's users (Pusher announces users, the engine connections).
 
+pub(crate) mod connection;
 pub mod data;
 pub mod frames;
 pub mod http;
+pub(crate) mod members;
 pub mod names;
+pub mod socket;

@@ -28,8 +28,16 @@ fn is_pusher_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '=' | '@' | ',' | '.' | ';')
 }
 
+/// The channel a signed-in user's server-to-user events travel on (pusher-js subscribes to
+/// `#server-to-user-<user id>` after `pusher:signin`; the server SDKs' `sendToUser` publishes
+/// there). The only Pusher name with a `#`, which ordinary names cannot contain.
+pub const USER_CHANNEL_PREFIX: &str = "#server-to-user-";
+
 /// The Aviary channel a Pusher channel name means.
 pub fn to_aviary(pusher: &str) -> Result<String, NameError> {
+    if let Some(user) = pusher.strip_prefix(USER_CHANNEL_PREFIX) {
+        return to_aviary(user).map(|user| format!("{USER_CHANNEL_PREFIX}{user}"));
+    }
     if pusher.is_empty() {
         return Err(NameError::Empty);
     }
@@ -44,6 +52,9 @@ pub fn to_aviary(pusher: &str) -> Result<String, NameError> {
 
 /// The Pusher name of an Aviary channel, or `None` when Pusher clients cannot name it.
 pub fn to_pusher(aviary: &str) -> Option<String> {
+    if let Some(user) = aviary.strip_prefix(USER_CHANNEL_PREFIX) {
+        return to_pusher(user).map(|user| format!("{USER_CHANNEL_PREFIX}{user}"));
+    }
     let ok = !aviary.is_empty()
         && aviary.len() <= MAX_PUSHER_CHANNEL_LEN
         && aviary.chars().all(|c| c != ';' && (c == ':' || is_pusher_char(c)));
@@ -119,6 +130,15 @@ mod tests {
         assert_eq!(to_pusher("chat:lobby").as_deref(), Some("chat;lobby"));
         assert_eq!(to_pusher("files/a"), None, "Aviary-only characters have no Pusher name");
         assert_eq!(to_pusher(&"x".repeat(165)), None);
+    }
+
+    #[test]
+    fn user_channels_keep_their_prefix() {
+        assert_eq!(to_aviary("#server-to-user-u;7").unwrap(), "#server-to-user-u:7");
+        assert_eq!(to_pusher("#server-to-user-u:7").as_deref(), Some("#server-to-user-u;7"));
+        assert_eq!(to_aviary("#server-to-user-"), Err(NameError::Empty));
+        assert_eq!(to_aviary("#other"), Err(NameError::BadChar('#')));
+        assert_eq!(to_pusher("#other"), None);
     }
 
     #[test]

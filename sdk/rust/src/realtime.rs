@@ -65,6 +65,10 @@ pub struct Message {
     pub client_id: Option<String>,
     /// When the engine accepted it (ms since the Unix epoch).
     pub ts: i64,
+    /// The event name it was published under, when it has one (a Pusher client event or a
+    /// Pusher HTTP API event).
+    #[serde(default)]
+    pub event: Option<String>,
 }
 
 impl Message {
