@@ -123,6 +123,17 @@ async fn node_sdk_trigger_reaches_aviary_subscribers_with_event_name_and_data() 
         );
     }
 
+    // History keeps the event name (REST).
+    let (status, history) = common::send(
+        app.http
+            .get(app.url(&format!("/v1/apps/{}/channels/orders/history?limit=1", app.app_id)))
+            .bearer_auth(&app.api_key),
+    )
+    .await;
+    assert_eq!(status, 200, "{history}");
+    let last = &history["publications"][0];
+    assert_eq!((&last["event"], &last["data"]), (&json!("second"), &json!({"n": 2})), "{history}");
+
     // Metered like every publish: 7 messages (one per channel) under the `pusher` source.
     let metrics = app.http.get(app.proc.metrics_url("/metrics")).send().await.unwrap().text().await.unwrap();
     let line = metrics

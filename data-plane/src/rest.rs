@@ -213,6 +213,10 @@ pub struct HistoryPublication {
     pub client_id: Option<String>,
     /// Milliseconds since the Unix epoch when it was accepted.
     pub ts: i64,
+    /// The event name it was published with (the Pusher HTTP API's `event`); absent for
+    /// messages published without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -397,6 +401,7 @@ pub async fn history(
             data,
             client_id: p.client_id.map(|c| c.to_string()),
             ts: p.ts,
+            event: p.event.map(|e| e.to_string()),
         });
     }
     Ok(Json(HistoryResponse { publications, position: page.position.into(), recovered: page.recovered }))
