@@ -219,8 +219,9 @@ pub struct NodeTuning {
     pub drain_deadline_s: u64,
 }
 
-/// Bounds on HTTP connections, against idle and silent sockets (every role). The number of open
-/// connections follows the descriptor limit (`ulimit -n`), with a reserve for health checks.
+/// Bounds on HTTP connections, against idle and silent sockets, and whose word on the client's
+/// address is taken (every role). The number of open connections follows the descriptor limit
+/// (`ulimit -n`), with a reserve for health checks.
 #[derive(Debug, Clone, Args)]
 pub struct HttpLimits {
     /// Seconds a connection has to send a complete request header, counted from when it opens
@@ -232,9 +233,21 @@ pub struct HttpLimits {
     /// with 503.
     #[arg(long, env = "AVIARY_MAX_PENDING_PER_IP", default_value_t = 256)]
     pub max_pending_per_ip: usize,
+    /// Load balancers believed about the client's address: comma-separated addresses or CIDR
+    /// networks (`127.0.0.1,10.0.0.0/8`). For a request from one of them, the client address
+    /// that rate limits, failed-credential limits and logs use is the rightmost
+    /// `X-Forwarded-For` hop (else `Forwarded: for=`) that is not itself listed; from any other
+    /// peer those headers are ignored. A listed peer's connections are not bound per address
+    /// (`--max-pending-per-ip`): it carries many clients. Default: none trusted.
+    #[arg(long, env = "AVIARY_TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::forwarded::parse_network)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl HttpLimits {
+    pub fn trusted_proxies(&self) -> std::sync::Arc<crate::forwarded::TrustedProxies> {
+        std::sync::Arc::new(crate::forwarded::TrustedProxies::new(self.trusted_proxies.clone()))
+    }
+
     pub fn header_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.http_header_timeout_s.max(1))
     }

@@ -13,6 +13,7 @@ mod args;
 mod console;
 mod demo;
 mod dev;
+mod forwarded;
 mod nodes;
 mod ops;
 mod private_file;

@@ -14,14 +14,15 @@ use aviary_control_plane::{
     UsageReporter,
 };
 use aviary_core::Registry;
-use aviary_data_plane::admission::Admission;
 use aviary_data_plane::{ClusterQuotas, DataPlane, DataPlaneConfig, LocalQuotas, QuotaEnforcer};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{ControlPlaneArgs, DataPlaneArgs, HttpLimits, MigrateArgs, NodeTuning};
+use crate::forwarded::TrustedProxies;
 use crate::ops::{Ops, ReadinessProbe};
+use crate::serve::ConnectionPolicy;
 
 /// The OpenAPI document of everything Aviary serves over REST (both planes).
 pub fn openapi() -> utoipa::openapi::OpenApi {
@@ -153,8 +154,10 @@ impl Servers {
             (Some(listener), Some(cp)) => {
                 let stop = shutdown.clone();
                 let incoming = tokio_stream_listener(listener);
+                let resolve = crate::forwarded::ResolveClientLayer::new(limits.trusted_proxies());
                 Some(tokio::spawn(async move {
                     tonic::transport::Server::builder()
+                        .layer(resolve)
                         .add_routes(aviary_control_plane::grpc::grpc_router(cp))
                         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                         .await
@@ -171,23 +174,23 @@ impl Servers {
             }
         };
         // The metrics listener is loopback by default and small: its own admission, stopped
-        // with the rest.
+        // with the rest. Scrapers connect directly: no proxy is trusted there.
         let metrics_task = {
-            let admission = Admission::new(crate::serve::admission_limits(limits.max_pending_per_ip));
+            let policy = ConnectionPolicy {
+                trusted_proxies: Arc::new(TrustedProxies::default()),
+                ..ConnectionPolicy::from_limits(limits)
+            };
             let stop = shutdown.clone();
             tokio::spawn(crate::serve::serve_http(
                 self.metrics,
                 crate::ops::metrics_router(),
-                admission,
-                limits.header_timeout(),
+                policy,
                 stop.cancelled_owned(),
             ))
         };
-        let admission = Admission::new(crate::serve::admission_limits(limits.max_pending_per_ip));
-        tracing::debug!(limits = ?admission.limits(), "connection admission");
-        crate::serve::serve_http(self.http, http, admission, limits.header_timeout(), graceful)
-            .await
-            .context("HTTP server failed")?;
+        let policy = ConnectionPolicy::from_limits(limits);
+        tracing::debug!(limits = ?policy.admission.limits(), trusted_proxies = ?policy.trusted_proxies, "connection admission");
+        crate::serve::serve_http(self.http, http, policy, graceful).await.context("HTTP server failed")?;
         metrics_task.await.context("metrics server task panicked")?.context("metrics server failed")?;
         if let Some(task) = grpc_task {
             task.await.context("gRPC server task panicked")?.context("gRPC server failed")?;

@@ -15,13 +15,16 @@
 //!   instead of spinning, and says so once per episode.
 //!
 //! The [`ConnectionTicket`] travels with the socket (inside an upgraded WebSocket too) and in
-//! each request's extensions, where the data plane marks the connection authenticated.
+//! each request's extensions, where the data plane marks the connection authenticated. Each
+//! request also carries its [`ClientAddr`]: the peer, or the client a trusted proxy names
+//! ([`crate::forwarded`]); a trusted proxy's sockets are admitted without the per-address bound.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aviary_core::ClientAddr;
 use aviary_core::problem::{PROBLEM_JSON, Problem};
 use aviary_data_plane::admission::{Admission, ConnectionTicket, Refusal};
 use axum::Router;
@@ -38,6 +41,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::forwarded::TrustedProxies;
+
 /// Longest pause between accept attempts while descriptors are exhausted.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// Header timeout of a connection from the health-check reserve.
@@ -45,15 +50,37 @@ const RESERVE_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Paths a connection from the health-check reserve may ask for.
 const HEALTH_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
+/// How the accept loop treats the connections of one listener.
+#[derive(Debug, Clone)]
+pub struct ConnectionPolicy {
+    /// Admission of each accepted socket (pending and descriptor bounds).
+    pub admission: Arc<Admission>,
+    /// Time to send a complete request header; also the keep-alive idle timeout.
+    pub header_timeout: Duration,
+    /// Peers believed about the client address.
+    pub trusted_proxies: Arc<TrustedProxies>,
+}
+
+impl ConnectionPolicy {
+    /// The policy `limits` describe, with this process's descriptor budget.
+    pub fn from_limits(limits: &crate::args::HttpLimits) -> Self {
+        ConnectionPolicy {
+            admission: Admission::new(admission_limits(limits.max_pending_per_ip)),
+            header_timeout: limits.header_timeout(),
+            trusted_proxies: limits.trusted_proxies(),
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting and waits for
 /// open HTTP exchanges to finish (upgraded WebSockets are the data plane's to drain).
 pub async fn serve_http(
     listener: TcpListener,
     router: Router,
-    admission: Arc<Admission>,
-    header_timeout: Duration,
+    policy: ConnectionPolicy,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    let ConnectionPolicy { admission, header_timeout, trusted_proxies } = policy;
     let router = router.layer(axum::middleware::from_fn(reserve_serves_health_only));
     let connections = TaskTracker::new();
     let closing = CancellationToken::new();
@@ -86,7 +113,11 @@ pub async fn serve_http(
                 }
             }
         };
-        let ticket = match admission.admit(peer.ip()) {
+        // A trusted proxy carries many clients: it is not bound per address (they are, by the
+        // limiters that read each request's client address).
+        let proxied = trusted_proxies.trusts(peer.ip());
+        let admitted = if proxied { admission.admit_proxied() } else { admission.admit(peer.ip()) };
+        let ticket = match admitted {
             Ok(ticket) => Arc::new(ticket),
             Err(refusal) => {
                 metrics::counter!("aviary_connections_refused_total", "reason" => refusal.label()).increment(1);
@@ -99,7 +130,16 @@ pub async fn serve_http(
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%err, "could not set TCP_NODELAY");
         }
-        connections.spawn(serve_connection(stream, peer, ticket, router.clone(), header_timeout, closing.clone()));
+        let proxies = proxied.then(|| trusted_proxies.clone());
+        connections.spawn(serve_connection(
+            stream,
+            peer,
+            proxies,
+            ticket,
+            router.clone(),
+            header_timeout,
+            closing.clone(),
+        ));
     }
     drop(listener);
     closing.cancel();
@@ -113,9 +153,12 @@ fn is_peer_error(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted)
 }
 
+/// `proxies` is set when `peer` is a trusted proxy: each request's client address is then read
+/// from its forwarding headers.
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    proxies: Option<Arc<TrustedProxies>>,
     ticket: Arc<ConnectionTicket>,
     router: Router,
     header_timeout: Duration,
@@ -124,7 +167,12 @@ async fn serve_connection(
     let reserve = ticket.is_reserve();
     let io = TokioIo::new(AdmittedStream { stream, _ticket: ticket.clone() });
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        let client = match &proxies {
+            Some(proxies) => proxies.client_addr(peer.ip(), request.headers()),
+            None => peer.ip().to_canonical(),
+        };
         request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(ClientAddr(client));
         request.extensions_mut().insert(ticket.clone());
         router.clone().oneshot(request.map(Body::new))
     });

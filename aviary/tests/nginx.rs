@@ -472,9 +472,43 @@ async fn every_documented_operation_reaches_its_plane_through_the_shipped_nginx_
         );
     }
 
+    // Two clients behind nginx (from 127.0.0.2 and 127.0.0.3; start.sh trusts nginx at
+    // 127.0.0.1 to name them in X-Forwarded-For) have separate budgets: one spending its failed
+    // credential checks on either plane is refused, the other still gets its own answer.
+    let (guesser, neighbour) = (client_from(2), client_from(3));
+    let tenants = format!("{lb}/v1/tenants");
+    let refused = until_refused(200, || guesser.get(&tenants).bearer_auth("avo_wrong")).await;
+    assert!(refused, "the control plane limited the guessing client behind nginx");
+    let answer = neighbour.get(&tenants).bearer_auth("avo_wrong").send().await.unwrap();
+    assert_eq!(answer.status(), 401, "the control plane put the neighbour in the guesser's bucket");
+    let channels = format!("{lb}/v1/apps/{}/channels", fixture.app_id);
+    // Well formed (a malformed key is refused before any check is charged), of no key.
+    let guess = format!("avk_{}_{}", "0".repeat(32), "a".repeat(40));
+    let refused = until_refused(400, || guesser.get(&channels).bearer_auth(&guess)).await;
+    assert!(refused, "a node limited the guessing client behind nginx");
+    for _ in 0..nodes.len() {
+        let answer = neighbour.get(&channels).bearer_auth(&guess).send().await.unwrap();
+        assert_eq!(answer.status(), 401, "a node put the neighbour in the guesser's bucket");
+    }
+
     drop(docker);
     drop(cluster);
     eprintln!("nginx routing test took {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// An HTTP client whose connections leave from 127.0.0.`last`.
+fn client_from(last: u8) -> reqwest::Client {
+    reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, last])).build().unwrap()
+}
+
+/// Sends `req()` until one is refused with 429, at most `limit` times.
+async fn until_refused(limit: usize, req: impl Fn() -> reqwest::RequestBuilder) -> bool {
+    for _ in 0..limit {
+        if req().send().await.expect("nginx answers").status() == 429 {
+            return true;
+        }
+    }
+    false
 }
 
 /// Reads the SSE body until `needle` has arrived (within [`WAIT`]).

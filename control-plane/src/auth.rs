@@ -22,7 +22,7 @@
 //! never fill the places of the backend's. Failed verifications are also limited per source
 //! address ([`aviary_core::FailureLimiter`], [`FAILURES_PER_S`]).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -630,14 +630,13 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// The TCP peer of a request (forwarding headers are not trusted: see `rate_limit`).
+/// The client address of a request ([`aviary_core::ClientAddr`]: the TCP peer, or what a
+/// trusted proxy forwarded).
 fn peer_ip(parts: &Parts) -> IpAddr {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        // Served without connect info (tests calling the router directly): one shared bucket.
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    aviary_core::ClientAddr::of(
+        parts.extensions.get::<aviary_core::ClientAddr>(),
+        parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0),
+    )
 }
 
 /// The caller presented the operator token.

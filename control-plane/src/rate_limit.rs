@@ -4,10 +4,11 @@
 //! The per-credential bucket is keyed by the SHA-256 of the bearer value, so a busy backend
 //! behind a shared NAT is limited on its key rather than its neighbours' traffic, and secrets
 //! are never kept in memory as map keys. Requests without credentials fall back to their IP.
-//! The client IP is the TCP peer (`ConnectInfo<SocketAddr>`); forwarding headers are not
-//! trusted because this crate cannot know which proxy set them.
+//! The client IP is the request's [`aviary_core::ClientAddr`], which the binary resolves: the
+//! TCP peer, or the address a trusted proxy forwarded (`--trusted-proxies`). This crate never
+//! reads forwarding headers itself: it cannot know which proxy set them.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -46,18 +47,18 @@ impl RateLimitConfig {
     }
 }
 
-/// The TCP peer as axum (`ConnectInfo`) or tonic (`TcpConnectInfo`) recorded it.
+/// The resolved client address, else the TCP peer as axum (`ConnectInfo`) or tonic
+/// (`TcpConnectInfo`) recorded it.
 fn peer_ip<T>(req: &Request<T>) -> IpAddr {
     let extensions = req.extensions();
-    extensions
+    let peer = extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .or_else(|| extensions.get::<tonic::transport::server::TcpConnectInfo>()?.remote_addr().map(|a| a.ip()))
-        // Served without connect info (a misconfigured binary): one shared bucket.
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+        .map(|c| c.0)
+        .or_else(|| extensions.get::<tonic::transport::server::TcpConnectInfo>()?.remote_addr());
+    aviary_core::ClientAddr::of(extensions.get::<aviary_core::ClientAddr>(), peer)
 }
 
-/// Buckets by TCP peer address.
+/// Buckets by client address.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerIp;
 

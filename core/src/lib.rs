@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod capability;
 pub mod channel;
+pub mod client_addr;
 pub mod config;
 pub mod failures;
 pub mod openapi;
@@ -18,6 +19,7 @@ pub mod webhook;
 
 pub use auth::{ApiKeyAuthority, ApiKeyError, VerifiedApiKey};
 pub use capability::{Capabilities, Operation};
+pub use client_addr::ClientAddr;
 pub use config::{AppConfig, ConfigEvent, Namespace, Quotas, Registry};
 pub use failures::FailureLimiter;
 pub use pusher::PusherCredential;

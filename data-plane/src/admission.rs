@@ -8,7 +8,9 @@
 //! - **pending per source address** and **pending per node**: a connection is *pending* until a
 //!   request on it authenticates (a WebSocket `connect`, an SSE stream, a REST call with a valid
 //!   key) and calls [`ConnectionTicket::authenticated`]. Silent sockets stay pending, so one
-//!   address cannot hold more than its share however few bytes it sends.
+//!   address cannot hold more than its share however few bytes it sends. A trusted proxy's
+//!   connections ([`Admission::admit_proxied`]) carry many clients and count against the node's
+//!   bound only: which client a socket carries is known only once its request is read.
 //! - **open connections** against the descriptor budget: past it, a small **reserve** of
 //!   connections is still admitted, served only health checks (`/healthz`, `/readyz`) with
 //!   keep-alive off, so an orchestrator can tell a busy node from a dead one; beyond the
@@ -116,6 +118,17 @@ impl Admission {
     /// Admits a connection from `ip`, or says why not. The ticket must live as long as the
     /// socket.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionTicket, Refusal> {
+        self.admit_keyed(Some(ip))
+    }
+
+    /// Admits a connection from a trusted proxy: as [`Self::admit`], but it is not counted
+    /// against the per-address pending bound, since the proxy carries many clients (the
+    /// node-wide bound and the descriptor budget still hold).
+    pub fn admit_proxied(self: &Arc<Self>) -> Result<ConnectionTicket, Refusal> {
+        self.admit_keyed(None)
+    }
+
+    fn admit_keyed(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<ConnectionTicket, Refusal> {
         if self.open.fetch_add(1, Ordering::AcqRel) >= self.limits.max_open {
             self.open.fetch_sub(1, Ordering::AcqRel);
             if self.reserve_open.fetch_add(1, Ordering::AcqRel) >= self.limits.reserve {
@@ -137,11 +150,12 @@ impl Admission {
         Ok(ConnectionTicket { admission: self.clone(), ip, pending: AtomicBool::new(true), reserve: false })
     }
 
-    fn add_pending(&self, ip: IpAddr) -> Result<(), Refusal> {
+    fn add_pending(&self, ip: Option<IpAddr>) -> Result<(), Refusal> {
         if self.pending.fetch_add(1, Ordering::AcqRel) >= self.limits.max_pending {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::PendingPerNode);
         }
+        let Some(ip) = ip else { return Ok(()) };
         let mut count = self.pending_by_ip.entry(ip).or_insert(0);
         if *count >= self.limits.max_pending_per_ip {
             drop(count);
@@ -152,8 +166,9 @@ impl Admission {
         Ok(())
     }
 
-    fn remove_pending(&self, ip: IpAddr) {
+    fn remove_pending(&self, ip: Option<IpAddr>) {
         self.pending.fetch_sub(1, Ordering::AcqRel);
+        let Some(ip) = ip else { return };
         // Forget the address at zero so the map holds only addresses with pending sockets.
         self.pending_by_ip.remove_if_mut(&ip, |_, count| {
             *count = count.saturating_sub(1);
@@ -166,7 +181,8 @@ impl Admission {
 #[derive(Debug)]
 pub struct ConnectionTicket {
     admission: Arc<Admission>,
-    ip: IpAddr,
+    /// The address its pending place is counted under (none for a trusted proxy).
+    ip: Option<IpAddr>,
     pending: AtomicBool,
     reserve: bool,
 }
@@ -212,6 +228,10 @@ mod tests {
         let a = admission.admit(ip(2)).unwrap();
         let _b = admission.admit(ip(2)).unwrap();
         assert_eq!(admission.admit(ip(2)).unwrap_err(), Refusal::PendingPerIp);
+        let proxied: Vec<_> =
+            (0..3).map(|_| admission.admit_proxied().expect("a proxy is not bound per address")).collect();
+        assert_eq!(admission.pending(), 5, "a proxy's connections count against the node");
+        drop(proxied);
         assert!(admission.admit(ip(3)).is_ok(), "another address has its own share");
         a.authenticated();
         let _c = admission.admit(ip(2)).expect("an authenticated connection frees its pending place");

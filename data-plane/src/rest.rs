@@ -5,7 +5,7 @@
 //! operation of [`crate::ops`] (which applies every rule), encode the result. Every error is
 //! `application/problem+json` (see [`Error`]).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use aviary_broker::{PresenceMember, StreamPosition};
@@ -102,8 +102,10 @@ impl FromRequestParts<DataPlane> for AppKey {
         let inner = dp.inner();
         // The authority limits failed checks per source address (the key id is public: it
         // travels in every token); an address that spent its budget is refused before hashing.
-        let source =
-            parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        let source = aviary_core::ClientAddr::of(
+            parts.extensions.get::<aviary_core::ClientAddr>(),
+            parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0),
+        );
         let key = inner.api_keys.verify_api_key_from(presented, source).await.map_err(|e| match e {
             ApiKeyError::Invalid => Error::Unauthorized("API key is invalid or revoked".into()),
             ApiKeyError::Throttled => Error::Throttled("too many API key checks; retry in 1 s".into()),

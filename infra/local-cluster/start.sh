@@ -15,6 +15,8 @@
 #   AVIARY_CLUSTER_DB             Postgres database, created if missing (aviary_local)
 #   AVIARY_REDIS_PREFIX           prefix of the cluster's Redis keys (aviary)
 #   AVIARY_CLUSTER_OWNER_PID      when set, the cluster stops itself once that process is gone
+#   AVIARY_TRUSTED_PROXIES        peers believed about the client address (127.0.0.1: the nginx
+#                                 in front, whose X-Forwarded-For then names each client)
 # The addresses it ends up on are printed and written to $AVIARY_CLUSTER_DIR/endpoints.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -27,6 +29,9 @@ grpc_port=${AVIARY_CLUSTER_GRPC_PORT:-8071}
 node_ports=${AVIARY_CLUSTER_NODE_PORTS:-8081 8082 8083}
 export AVIARY_DATABASE_URL=${AVIARY_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/$db}
 export AVIARY_REDIS_URL=${AVIARY_REDIS_URL:-redis://127.0.0.1:6379}
+# nginx connects to the planes from 127.0.0.1; without this every client behind it would share
+# one rate-limit bucket.
+export AVIARY_TRUSTED_PROXIES=${AVIARY_TRUSTED_PROXIES:-127.0.0.1}
 export AVIARY_OPERATOR_TOKEN=${AVIARY_OPERATOR_TOKEN:-avo_local_$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 export AVIARY_NODE_TOKEN=${AVIARY_NODE_TOKEN:-avn_local_$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 # Seals Pusher credential secrets in the store: keep it to keep those credentials.

@@ -90,7 +90,14 @@ async fn observe(request: Request, next: Next) -> Response {
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().as_str().to_owned();
-    let span = tracing::info_span!("http", %method, %route, status = tracing::field::Empty);
+    let client = request.extensions().get::<aviary_core::ClientAddr>().copied();
+    let span = tracing::info_span!(
+        "http",
+        %method,
+        %route,
+        client = client.map(tracing::field::display),
+        status = tracing::field::Empty
+    );
     let started = Instant::now();
     let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
     let status = response.status().as_u16();

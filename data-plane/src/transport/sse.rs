@@ -95,6 +95,7 @@ pub async fn stream(
     Query(query): Query<SseQuery>,
     headers: HeaderMap,
     ticket: Option<Extension<Arc<ConnectionTicket>>>,
+    client: Option<Extension<aviary_core::ClientAddr>>,
 ) -> Result<Response, Error> {
     let inner = dp.inner().clone();
     if inner.is_draining() {
@@ -126,6 +127,7 @@ pub async fn stream(
         transport = "sse",
         connection_id = %session.handle.connection_id,
         node = %inner.config.node_id,
+        client = client.map(|c| tracing::field::display(c.0)),
         tenant_id = tracing::field::Empty,
         app_id = tracing::field::Empty,
         client_id = tracing::field::Empty,

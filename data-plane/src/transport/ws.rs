@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use aviary_core::ClientAddr;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, State};
@@ -50,6 +51,7 @@ pub async fn upgrade(
     Query(query): Query<ConnectQuery>,
     headers: HeaderMap,
     ticket: Option<Extension<Arc<ConnectionTicket>>>,
+    client: Option<Extension<ClientAddr>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let ws = match ws {
@@ -68,7 +70,7 @@ pub async fn upgrade(
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(inner.config.ws_read_buffer_bytes)
-        .on_upgrade(move |socket| serve(inner, socket, query.token, origin, ticket.map(|t| t.0)))
+        .on_upgrade(move |socket| serve(inner, socket, query.token, origin, ticket.map(|t| t.0), client.map(|c| c.0)))
 }
 
 /// The connection's future. A plain function, not an `async fn`: an `async fn` keeps its
@@ -81,6 +83,7 @@ fn serve(
     token: Option<String>,
     origin: Option<String>,
     ticket: Option<Arc<ConnectionTicket>>,
+    client: Option<ClientAddr>,
 ) -> impl Future<Output = ()> + Send {
     let session = Box::new(Session::new(inner.clone(), "ws"));
     let span = tracing::info_span!(
@@ -88,6 +91,7 @@ fn serve(
         transport = "ws",
         connection_id = %session.handle.connection_id,
         node = %inner.config.node_id,
+        client = client.map(tracing::field::display),
         tenant_id = tracing::field::Empty,
         app_id = tracing::field::Empty,
         client_id = tracing::field::Empty,
