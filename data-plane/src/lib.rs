@@ -393,7 +393,14 @@ fn apply_config_event(inner: &NodeState, event: &ConfigEvent) {
                 &id.app_id == app_id && &id.client_id == client_id && id.issued_at <= *issued_before
             })
         }
-        ConfigEvent::AppChanged(_) | ConfigEvent::KeysChanged | ConfigEvent::PusherCredentialChanged(_) => {}
+        ConfigEvent::PusherCredentialChanged(credential) => {
+            // Its capabilities or client-events switch changed: its connections reconnect (Pusher
+            // 4200) and subscribe again under the new rules, on every node.
+            let key_id = pusher::connection::credential_key_id(&credential.key);
+            let reason = CloseReason::new(close::GOING_AWAY, "Pusher credential changed; reconnect");
+            close_matching(inner, reason, |id| id.key_id == key_id)
+        }
+        ConfigEvent::AppChanged(_) | ConfigEvent::KeysChanged => {}
         ConfigEvent::PusherCredentialRevoked { key, .. } => {
             let key_id = pusher::connection::credential_key_id(key);
             close_matching(inner, CloseReason::new(close::REVOKED, "Pusher credential revoked"), |id| {

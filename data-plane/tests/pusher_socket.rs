@@ -209,6 +209,20 @@ async fn refusals_and_closes_use_pushers_codes() {
     }
     js.expect("a", |o| o["type"] == "error" && o["error"]["code"] == 4301).await;
 
+    // Changing the credential makes its connections reconnect (4200) under the new rules:
+    // pusher-js subscribes again, and a channel the new capabilities leave out is refused.
+    js.connect("c", &setup, &node, json!({ "activityTimeout": 120000 })).await;
+    assert_eq!(js.subscribe("c", "orders", json!({})).await["type"], "subscribed");
+    let mut narrowed = setup.credential.clone();
+    narrowed.capabilities = aviary_core::Capabilities::from_pairs([(
+        "chat:*",
+        &[aviary_core::Operation::Subscribe, aviary_core::Operation::Publish][..],
+    )]);
+    node.registry.upsert_pusher_credential(narrowed);
+    js.expect("c", |o| o["type"] == "error" && o["error"]["code"] == 4200).await;
+    let refused = js.expect("c", |o| o["type"] == "subscription_error" && o["channel"] == "orders").await;
+    assert_eq!(refused["error"]["status"], 403, "{refused}");
+
     // Revoking the credential closes its connections with 4009; new ones get 4001. (A fresh raw
     // socket: with a 2 s activity timeout, an older silent one may already be closed with 4201.)
     let mut open = raw(&node, &format!("/app/{key}?protocol=7")).await;
