@@ -207,6 +207,23 @@ async fn node_sdk_queries_channels_and_users_and_terminates_a_users_connections(
     assert_eq!(reply["type"], "ok", "bob's connection stays open: {reply}");
 }
 
+#[tokio::test]
+async fn node_sdk_send_to_user_publishes_on_the_users_channel() {
+    let app = PusherApp::start(json!([]), json!({})).await;
+    // A signed-in pusher-js client listens on `#server-to-user-<id>` (the WebSocket front end's
+    // tests cover that hop); an Aviary client may subscribe to the same channel.
+    let (mut dave, _) = subscriber(&app, "dave", &["#server-to-user-dave"]).await;
+    let answer = app
+        .node_sdk(&app.credential, "sendToUser", json!({"user_id": "dave", "event": "hello", "data": {"x": 1}}))
+        .await;
+    assert_eq!(ok(&answer), &json!({}));
+    let message = next_message(&mut dave).await;
+    assert_eq!(
+        (&message["channel"], &message["event"], &message["data"]),
+        (&json!("#server-to-user-dave"), &json!("hello"), &json!({"x": 1}))
+    );
+}
+
 /// The signatures the SDKs compute for pusher-js (channel authorization, user authentication)
 /// verify with Aviary's checks, which the WebSocket front end applies.
 fn assert_signatures_verify(app: &PusherApp, channel_auth: &Value, presence_auth: &Value, user_auth: &Value) {

@@ -28,6 +28,7 @@ const calls = {
   triggerBatch: (a) => pusher.triggerBatch(a.batch).then(answer),
   get: (a) => pusher.get({ path: a.path, params: a.params ?? {} }).then(answer),
   terminateUserConnections: (a) => pusher.terminateUserConnections(a.user_id).then(answer),
+  sendToUser: (a) => pusher.sendToUser(a.user_id, a.event, a.data).then(answer),
   // These two compute signatures locally; the test checks them against Aviary's verifier.
   authorizeChannel: async (a) => ({ status: 200, body: pusher.authorizeChannel(a.socket_id, a.channel, a.presence) }),
   authenticateUser: async (a) => ({ status: 200, body: pusher.authenticateUser(a.socket_id, a.user) }),
