@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aviary_core::ClientAddr;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, Path, Query, State};
@@ -64,6 +65,7 @@ pub async fn upgrade(
     Query(query): Query<ConnectQuery>,
     headers: HeaderMap,
     ticket: Option<Extension<Arc<ConnectionTicket>>>,
+    client: Option<Extension<ClientAddr>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let ws = match ws {
@@ -79,10 +81,9 @@ pub async fn upgrade(
     }
     let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let max = inner.config.max_frame_bytes;
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .read_buffer_size(inner.config.ws_read_buffer_bytes)
-        .on_upgrade(move |socket| serve(inner, socket, key, query.protocol, origin, ticket.map(|t| t.0)))
+    ws.max_message_size(max).max_frame_size(max).read_buffer_size(inner.config.ws_read_buffer_bytes).on_upgrade(
+        move |socket| serve(inner, socket, key, query.protocol, origin, ticket.map(|t| t.0), client.map(|c| c.0)),
+    )
 }
 
 /// Checks the `protocol` query parameter.
@@ -104,11 +105,13 @@ fn serve(
     protocol: Option<String>,
     origin: Option<String>,
     ticket: Option<Arc<ConnectionTicket>>,
+    client: Option<ClientAddr>,
 ) -> impl Future<Output = ()> + Send {
     let span = tracing::info_span!(
         "connection",
         transport = "pusher",
         node = %inner.config.node_id,
+        client = client.map(tracing::field::display),
         connection_id = tracing::field::Empty,
         socket_id = tracing::field::Empty,
         tenant_id = tracing::field::Empty,
