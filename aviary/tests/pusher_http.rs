@@ -134,6 +134,10 @@ async fn node_sdk_trigger_reaches_aviary_subscribers_with_event_name_and_data() 
     let last = &history["publications"][0];
     assert_eq!((&last["event"], &last["data"]), (&json!("second"), &json!({"n": 2})), "{history}");
 
+    // And so does a WebSocket `history` read.
+    let reply = request(&mut alice, 30, json!({"type": "history", "channel": "orders", "limit": 1})).await;
+    assert_eq!(reply["publications"][0]["event"], "second", "{reply}");
+
     // Metered like every publish: 7 messages (one per channel) under the `pusher` source.
     let metrics = app.http.get(app.proc.metrics_url("/metrics")).send().await.unwrap().text().await.unwrap();
     let line = metrics

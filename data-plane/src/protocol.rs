@@ -392,6 +392,9 @@ pub struct HistoryItem<'a> {
     pub data: &'a RawValue,
     pub client_id: Option<&'a str>,
     pub ts: i64,
+    /// The event name it was published with, when it has one (as in the `message` frame).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<&'a str>,
 }
 
 impl<'a> HistoryItem<'a> {
@@ -399,7 +402,14 @@ impl<'a> HistoryItem<'a> {
     /// which the publish path never stores.
     pub fn from_publication(p: &'a Publication) -> Option<Self> {
         let data = std::str::from_utf8(&p.data).ok().and_then(|s| serde_json::from_str::<&RawValue>(s).ok())?;
-        Some(HistoryItem { epoch: &p.epoch, offset: p.offset, data, client_id: p.client_id.as_deref(), ts: p.ts })
+        Some(HistoryItem {
+            epoch: &p.epoch,
+            offset: p.offset,
+            data,
+            client_id: p.client_id.as_deref(),
+            ts: p.ts,
+            event: p.event.as_deref(),
+        })
     }
 }
 
