@@ -206,6 +206,10 @@ pub struct NodeTuning {
     /// Frames queued per connection before it is cut as a slow consumer (close 4008).
     #[arg(long, env = "AVIARY_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub outbound_queue: usize,
+    /// Seconds a write to a client (WebSocket frame, SSE event) may make no progress before
+    /// the connection is closed as a slow consumer (4008) and its slot freed.
+    #[arg(long, env = "AVIARY_WRITE_TIMEOUT_S", default_value_t = 30)]
+    pub write_timeout_s: u64,
     /// Bytes of each WebSocket's read buffer: most of an idle connection's memory. Larger
     /// frames still arrive (the buffer grows); smaller means less memory per connection.
     #[arg(long, env = "AVIARY_WS_READ_BUFFER_BYTES", default_value_t = 1024)]

@@ -26,8 +26,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     // An empty AVIARY_OPERATOR_TOKEN counts as unset: never run with an empty secret.
     let configured_token = args.operator_token.clone().filter(|t| !t.trim().is_empty());
-    let operator_token = match configured_token.clone() {
-        Some(token) => token,
+    let (operator_token, token_origin) = match configured_token.clone() {
+        Some(token) => (token, TokenOrigin::Environment),
         None => load_or_create_operator_token(&args.data_dir)?,
     };
     let store = aviary_control_plane::open_dev_store(&args.data_dir).await?;
@@ -71,7 +71,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .merge(crate::console::router())
         .merge(aviary_control_plane::api::router(control_plane.clone()))
         .merge(data_plane.router())
-        .merge(crate::demo::router(control_plane.clone(), demo));
+        .merge(crate::demo::router(control_plane.clone(), demo))
+        // Every route, the pages' included: a wrong method is a 405 problem with `Allow`.
+        .method_not_allowed_fallback(aviary_data_plane::error::method_not_allowed);
     let servers = Servers::bind(
         args.listen,
         Some(args.grpc_listen),
@@ -83,26 +85,38 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         servers.grpc_addr,
         servers.metrics_addr,
         &operator_token,
-        configured_token.is_none(),
+        token_origin,
+        &args.data_dir,
     );
     let served = servers.serve(http, Some(control_plane), Some(data_plane), shutdown, &args.http_limits).await;
     reporter.stop().await;
     served
 }
 
-fn load_or_create_operator_token(data_dir: &Path) -> anyhow::Result<String> {
+/// Where the operator token came from, which decides what the banner shows of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenOrigin {
+    /// `AVIARY_OPERATOR_TOKEN`: the operator already has it.
+    Environment,
+    /// Created by this start: shown once, like the demo's secrets.
+    Created,
+    /// Read from the data dir, where an earlier start created it: not shown again.
+    DataDir,
+}
+
+fn load_or_create_operator_token(data_dir: &Path) -> anyhow::Result<(String, TokenOrigin)> {
     let path = data_dir.join("operator-token");
     if let Ok(token) = std::fs::read_to_string(&path) {
         let token = token.trim().to_owned();
         if !token.is_empty() {
-            return Ok(token);
+            return Ok((token, TokenOrigin::DataDir));
         }
     }
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut secret);
     let token = format!("avo_{}", secret.iter().map(|b| format!("{b:02x}")).collect::<String>());
     crate::private_file::write(&path, token.as_bytes())?;
-    Ok(token)
+    Ok((token, TokenOrigin::Created))
 }
 
 /// The key sealing Pusher secrets in the dev store, created once beside it.
@@ -125,7 +139,8 @@ fn print_banner(
     grpc: Option<SocketAddr>,
     metrics: SocketAddr,
     operator_token: &str,
-    token_in_data_dir: bool,
+    token_origin: TokenOrigin,
+    data_dir: &Path,
 ) {
     println!();
     println!("  Aviary dev is running");
@@ -137,10 +152,15 @@ fn print_banner(
         println!("  gRPC           http://{grpc}");
     }
     println!("  metrics        http://{metrics}/metrics   (operators only: every tenant's series)");
-    if token_in_data_dir {
-        println!("  operator token {operator_token}   (kept in the data dir)");
-    } else {
-        println!("  operator token (from AVIARY_OPERATOR_TOKEN)");
+    // Printed when created only, like every other secret: a terminal log or a screen share of
+    // a later start does not show it.
+    let kept = data_dir.join("operator-token");
+    match token_origin {
+        TokenOrigin::Created => {
+            println!("  operator token {operator_token}   (shown once; kept in {})", kept.display());
+        }
+        TokenOrigin::DataDir => println!("  operator token in {}", kept.display()),
+        TokenOrigin::Environment => println!("  operator token (from AVIARY_OPERATOR_TOKEN)"),
     }
     println!();
     println!("listening on http://{http}");

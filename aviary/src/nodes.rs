@@ -38,8 +38,13 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
          and per key id (429 `rate-limited`). Idempotency keys are scoped to their publisher (a backend's to its \
          API key); the same key with different data is 409 `conflict`. Resuming a subscription (WebSocket \
          `since`, SSE `Last-Event-ID`) without the `history` capability reaches back only to the token's issue \
-         time. Metrics are not on this port: see `--metrics-listen`. The WebSocket and SSE protocol is in \
-         docs/protocol.md."
+         time. Publication and presence `data` may nest at most 64 arrays and objects deep (400 `bad-request`); a \
+         channel's presence data is capped at 1 MiB in all, shared equally by its members (413 \
+         `payload-too-large`). A known route asked with another method answers 405 `method-not-allowed` with \
+         `Allow`; the `Bearer` scheme is case-insensitive. Slow consumers: a WebSocket or SSE client whose \
+         outbound queue overflows, or that takes no data for `--write-timeout-s` (30 s), is closed with 4008 \
+         (`disconnect` frame or event, best effort) and its connection freed. Metrics are not on this port: see \
+         `--metrics-listen`. The WebSocket and SSE protocol is in docs/protocol.md."
             .to_owned(),
     );
     let server = |url: &str, description: &str| {
@@ -61,6 +66,7 @@ pub fn data_plane_config(tuning: &NodeTuning) -> DataPlaneConfig {
     DataPlaneConfig {
         ws_heartbeat_interval: Duration::from_secs(tuning.heartbeat_s.max(1)),
         outbound_queue_capacity: tuning.outbound_queue.max(1),
+        write_timeout: Duration::from_secs(tuning.write_timeout_s.max(1)),
         drain_deadline: Duration::from_secs(tuning.drain_deadline_s),
         presence_ttl: Duration::from_secs(tuning.presence_ttl_s.max(1)),
         ws_read_buffer_bytes: tuning.ws_read_buffer_bytes.clamp(512, 1024 * 1024),
@@ -219,7 +225,8 @@ pub async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     // The console talks to the control-plane API, so it is served where that API is.
     let http = ops_router(Some(&control_plane), None, Vec::new())
         .merge(crate::console::router())
-        .merge(aviary_control_plane::api::router(control_plane.clone()));
+        .merge(aviary_control_plane::api::router(control_plane.clone()))
+        .method_not_allowed_fallback(aviary_data_plane::error::method_not_allowed);
     let servers = Servers::bind(
         args.listen,
         Some(args.grpc_listen),
@@ -303,7 +310,10 @@ pub async fn run_data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
             }),
         ));
     }
-    let http = ops_router(None, Some(&data_plane), checks).merge(data_plane.router());
+    let http = ops_router(None, Some(&data_plane), checks)
+        .merge(data_plane.router())
+        .fallback(aviary_data_plane::error::not_found)
+        .method_not_allowed_fallback(aviary_data_plane::error::method_not_allowed);
     let servers =
         Servers::bind(args.listen, None, crate::args::metrics_listen(args.metrics_listen, args.listen)).await?;
     tracing::info!(http = %servers.http_addr, "data plane listening");

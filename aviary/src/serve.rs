@@ -15,7 +15,9 @@
 //!   instead of spinning, and says so once per episode.
 //!
 //! The [`ConnectionTicket`] travels with the socket (inside an upgraded WebSocket too) and in
-//! each request's extensions, where the data plane marks the connection authenticated. Each
+//! each request's extensions, where the data plane marks the connection authenticated, and
+//! aborts it when a client stopped reading a response it cannot finish (an SSE stream cut as a
+//! slow consumer): the socket is dropped then, so the client's descriptor is freed. Each
 //! request also carries its [`ClientAddr`]: the peer, or the client a trusted proxy names
 //! ([`crate::forwarded`]); a trusted proxy's sockets are admitted without the per-address bound.
 
@@ -166,6 +168,7 @@ async fn serve_connection(
 ) {
     let reserve = ticket.is_reserve();
     let io = TokioIo::new(AdmittedStream { stream, _ticket: ticket.clone() });
+    let abort = ticket.clone();
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         let client = match &proxies {
             Some(proxies) => proxies.client_addr(peer.ip(), request.headers()),
@@ -186,8 +189,14 @@ async fn serve_connection(
         result = connection.as_mut() => result,
         _ = closing.cancelled() => {
             connection.as_mut().graceful_shutdown();
-            connection.await
+            tokio::select! {
+                result = connection => result,
+                _ = abort.aborted() => Ok(()),
+            }
         }
+        // The data plane gave up on the client (an SSE stream it stopped reading): drop the
+        // socket, with whatever hyper could not write.
+        _ = abort.aborted() => Ok(()),
     };
     if let Err(e) = result {
         // Header timeouts and resets are the peer's business; keep them out of the warn log.

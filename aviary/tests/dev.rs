@@ -34,8 +34,13 @@ impl Dev {
             &["dev", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--data-dir", &dir],
             &[("AVIARY_OPERATOR_TOKEN", "")],
         );
+        // Printed at creation only; later starts name the file that keeps it.
+        let operator_token =
+            proc.banner_value("operator token").filter(|t| t.starts_with("avo_")).unwrap_or_else(|| {
+                std::fs::read_to_string(data_dir.join("operator-token")).expect("the token is kept").trim().to_owned()
+            });
         Dev {
-            operator_token: proc.banner_value("operator token").expect("aviary dev printed the operator token"),
+            operator_token,
             app_id: proc.banner_value("app id"),
             api_key: proc.banner_value("API key"),
             proc,
@@ -165,9 +170,15 @@ async fn demo_page_and_token_endpoint_work_and_restart_keeps_data() {
     let operator_token = dev.operator_token.clone();
     let data_dir = dev.stop();
 
-    // Restart on the same data dir: same operator token, the demo key still works, no new demo.
+    // Restart on the same data dir: same operator token (not printed again), the demo key still
+    // works, no new demo.
     let dev = Dev::start_in(data_dir);
     assert_eq!(dev.operator_token, operator_token);
+    assert!(
+        dev.proc.banner.iter().all(|line| !line.contains(&operator_token)),
+        "the operator token is printed at creation only: {:?}",
+        dev.proc.banner
+    );
     assert_eq!(dev.app_id, None, "the demo is created once");
     let (status, minted) = send(
         http.post(dev.url(&format!("/v1/apps/{app_id}/tokens")))

@@ -625,9 +625,7 @@ fn api_key_error(e: Error) -> ApiKeyError {
 
 /// The bearer credential of a request, if any.
 pub fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    aviary_core::auth::bearer_credential(parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?)
 }
 
 /// The client address of a request ([`aviary_core::ClientAddr`]: the TCP peer, or what a

@@ -116,9 +116,7 @@ async fn observe(request: axum::extract::Request, next: axum::middleware::Next) 
 }
 
 fn bearer<T>(request: &Request<T>) -> Option<&str> {
-    let value = request.metadata().get("authorization")?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    aviary_core::auth::bearer_credential(request.metadata().get("authorization")?.to_str().ok()?)
 }
 
 impl ControlPlaneGrpc {

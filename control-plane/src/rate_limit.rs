@@ -85,7 +85,15 @@ impl KeyExtractor for Credential {
 
     fn extract<T>(&self, req: &Request<T>) -> Result<CredentialKey, GovernorError> {
         Ok(match req.headers().get(axum::http::header::AUTHORIZATION) {
-            Some(value) => CredentialKey::Bearer(Sha256::digest(value.as_bytes()).into()),
+            // The credential, not the header: `bearer x` and `Bearer x` share one bucket.
+            Some(value) => {
+                let credential = value
+                    .to_str()
+                    .ok()
+                    .and_then(aviary_core::auth::bearer_credential)
+                    .map_or(value.as_bytes(), str::as_bytes);
+                CredentialKey::Bearer(Sha256::digest(credential).into())
+            }
             None => CredentialKey::Anonymous(peer_ip(req)),
         })
     }

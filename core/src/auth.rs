@@ -50,3 +50,27 @@ pub trait ApiKeyAuthority: Send + Sync + 'static {
         self.verify_api_key(presented).await
     }
 }
+
+/// The credential of an `Authorization: Bearer <credential>` header value, the one reading
+/// every front end of both planes uses: the scheme is case-insensitive (RFC 9110, 11.1), so
+/// `bearer` and `BEARER` work as `Bearer` does; `None` for another scheme or no credential.
+pub fn bearer_credential(header_value: &str) -> Option<&str> {
+    let (scheme, credential) = header_value.trim_start().split_once(' ')?;
+    let credential = credential.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !credential.is_empty()).then_some(credential)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_credential;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer abc", "bearer abc", "BEARER abc", "bEaReR  abc "] {
+            assert_eq!(bearer_credential(value), Some("abc"), "{value:?}");
+        }
+        for value in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", "abc"] {
+            assert_eq!(bearer_credential(value), None, "{value:?}");
+        }
+    }
+}

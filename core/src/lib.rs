@@ -10,6 +10,7 @@ pub mod channel;
 pub mod client_addr;
 pub mod config;
 pub mod failures;
+pub mod json;
 pub mod openapi;
 pub mod problem;
 pub mod pusher;

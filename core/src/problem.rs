@@ -30,6 +30,17 @@ impl Problem {
     pub fn new(slug: &str, title: &str, status: u16, detail: impl Into<String>) -> Self {
         Problem { kind: format!("{PROBLEM_BASE}{slug}"), title: title.to_owned(), status, detail: detail.into() }
     }
+
+    /// A known route asked with a method it does not serve (405, `method-not-allowed`); the
+    /// response carries an `Allow` header listing the methods it does serve.
+    pub fn method_not_allowed() -> Self {
+        Problem::new("method-not-allowed", "Method not allowed", 405, "this route does not accept that method")
+    }
+
+    /// No route at this path (404, `not-found`).
+    pub fn route_not_found() -> Self {
+        Problem::new("not-found", "Not found", 404, "no route at this path")
+    }
 }
 
 /// Why a request body was refused before it could be read as the operation's input. Both

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
 
 /// The bounds of one listener's admission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,13 +142,20 @@ impl Admission {
                 ip,
                 pending: AtomicBool::new(false),
                 reserve: true,
+                abort: CancellationToken::new(),
             });
         }
         if let Err(refusal) = self.add_pending(ip) {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(refusal);
         }
-        Ok(ConnectionTicket { admission: self.clone(), ip, pending: AtomicBool::new(true), reserve: false })
+        Ok(ConnectionTicket {
+            admission: self.clone(),
+            ip,
+            pending: AtomicBool::new(true),
+            reserve: false,
+            abort: CancellationToken::new(),
+        })
     }
 
     fn add_pending(&self, ip: Option<IpAddr>) -> Result<(), Refusal> {
@@ -185,9 +193,23 @@ pub struct ConnectionTicket {
     ip: Option<IpAddr>,
     pending: AtomicBool,
     reserve: bool,
+    /// Cancelled when the data plane gives up on the connection (an SSE client that stopped
+    /// reading): the accept loop then drops the socket, whatever hyper is still writing.
+    abort: CancellationToken,
 }
 
 impl ConnectionTicket {
+    /// Asks the accept loop to drop this connection's socket now. For a plain HTTP exchange
+    /// only: an upgraded WebSocket's socket belongs to the data plane.
+    pub fn abort(&self) {
+        self.abort.cancel();
+    }
+
+    /// Completes once [`ConnectionTicket::abort`] was called.
+    pub fn aborted(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.abort.cancelled()
+    }
+
     /// The connection proved who it is: it no longer counts against the pending bounds.
     /// Idempotent.
     pub fn authenticated(&self) {

@@ -79,6 +79,16 @@ pub enum Error {
     AppDisabled,
     #[error("message is {size} bytes; the limit is {limit}")]
     PayloadTooLarge { size: usize, limit: u32 },
+    /// Data nested deeper than [`aviary_core::json::MAX_DEPTH`] arrays and objects.
+    #[error("data nests deeper than {limit} arrays and objects")]
+    TooDeep { limit: usize },
+    /// Presence data larger than this member's share of the channel's presence budget.
+    #[error(
+        "presence data is {size} bytes; each member of this channel may have {limit} \
+         ({budget} bytes shared by at most {members} members)",
+        budget = crate::ops::presence::PRESENCE_DATA_BUDGET_BYTES
+    )]
+    PresenceDataTooLarge { size: usize, limit: usize, members: u32 },
     #[error("message rate limit of {0}/s exceeded")]
     RateLimited(u32),
     /// Refused before doing the work: too many failed or in-flight credential checks.
@@ -98,14 +108,19 @@ impl Error {
     /// The protocol error code this error is reported with on WebSocket.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Error::BadRequest(_) | Error::InvalidChannel(_) | Error::InvalidIdempotencyKey(_) => ErrorCode::BadRequest,
+            Error::BadRequest(_)
+            | Error::InvalidChannel(_)
+            | Error::InvalidIdempotencyKey(_)
+            | Error::TooDeep { .. } => ErrorCode::BadRequest,
             Error::Unauthorized(_) => ErrorCode::Unauthorized,
             Error::TokenExpired(_) => ErrorCode::TokenExpired,
             Error::Forbidden(_) | Error::NamespaceForbids(_) | Error::CapabilityMissing { .. } | Error::AppDisabled => {
                 ErrorCode::Forbidden
             }
             Error::NotFound(_) | Error::UnknownNamespace => ErrorCode::NotFound,
-            Error::PayloadTooLarge { .. } | Error::Body(BodyRejection::TooLarge { .. }) => ErrorCode::PayloadTooLarge,
+            Error::PayloadTooLarge { .. }
+            | Error::PresenceDataTooLarge { .. }
+            | Error::Body(BodyRejection::TooLarge { .. }) => ErrorCode::PayloadTooLarge,
             Error::Body(_) => ErrorCode::BadRequest,
             Error::RateLimited(_) | Error::Throttled(_) => ErrorCode::RateLimited,
             Error::IdempotencyConflict(_) => ErrorCode::Conflict,
@@ -173,10 +188,7 @@ impl IntoResponse for Error {
         if let Error::Internal(detail) = &self {
             tracing::error!(%detail, "internal error answering a request");
         }
-        let problem = self.problem();
-        let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = (status, axum::Json(problem)).into_response();
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        let mut response = problem_response(self.problem());
         if matches!(self, Error::RateLimited(_) | Error::Throttled(_) | Error::Unavailable(_)) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -185,3 +197,22 @@ impl IntoResponse for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A problem document as a response (status from the problem).
+fn problem_response(problem: Problem) -> Response {
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, axum::Json(problem)).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    response
+}
+
+/// The answer to a known route asked with a method it does not serve: 405 problem+json (the
+/// router adds the `Allow` header). The binary installs it on every route it serves.
+pub async fn method_not_allowed() -> Response {
+    problem_response(Problem::method_not_allowed())
+}
+
+/// The answer to a path no route serves: 404 problem+json.
+pub async fn not_found() -> Response {
+    problem_response(Problem::route_not_found())
+}

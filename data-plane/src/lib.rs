@@ -83,6 +83,10 @@ pub struct DataPlaneConfig {
     pub sse_heartbeat_interval: Duration,
     /// Capacity of each connection's outbound queue; a full queue closes it with 4008.
     pub outbound_queue_capacity: usize,
+    /// Longest time one write to a client (a WebSocket frame or flush, an SSE chunk) may make
+    /// no progress: past it the client stopped draining, and the connection is closed with
+    /// 4008 (slow consumer) like one whose queue overflowed.
+    pub write_timeout: Duration,
     /// How long `drain` waits for connections to close after telling them to go.
     pub drain_deadline: Duration,
     /// How long a WebSocket may stay open without a successful `connect`.
@@ -119,6 +123,7 @@ impl Default for DataPlaneConfig {
             ws_heartbeat_interval: Duration::from_secs(25),
             sse_heartbeat_interval: Duration::from_secs(15),
             outbound_queue_capacity: 1024,
+            write_timeout: Duration::from_secs(30),
             drain_deadline: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
@@ -333,6 +338,7 @@ pub fn router(state: DataPlane) -> Router {
         .route("/apps/{app_id}/channels/{channel}/users", get(pusher::http::channel_users))
         .route("/apps/{app_id}/users/{user_id}/terminate_connections", post(pusher::http::terminate_connections))
         .route("/users/{user_id}/terminate_connections", post(pusher::http::terminate_connections_of_key_app))
+        .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(rest::MAX_BODY_BYTES))
         .with_state(state)
 }

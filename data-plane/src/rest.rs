@@ -93,10 +93,7 @@ impl FromRequestParts<DataPlane> for AppKey {
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            // RFC 9110: the scheme is case-insensitive.
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, key)| key.trim())
+            .and_then(aviary_core::auth::bearer_credential)
             .filter(|k| k.starts_with("avk_"))
             .ok_or_else(|| Error::Unauthorized("an app API key is required: Authorization: Bearer avk_...".into()))?;
         let inner = dp.inner();

@@ -199,17 +199,13 @@ impl Session {
     /// Handles one text frame from a WebSocket client.
     pub async fn handle_text(&mut self, text: &str, origin: Option<&str>) -> Flow {
         let (id, frame) = match protocol::parse_client_frame(text) {
-            Ok(parsed) => {
-                self.malformed = 0;
-                parsed
-            }
+            Ok(parsed) => parsed,
             Err((id, e)) => return self.malformed_frame(id, &e.0).await,
         };
         let frame = match frame {
             ClientFrame::Connect(c) => {
                 if self.auth.is_some() {
-                    self.send_frame(protocol::error(id, ErrorCode::BadRequest, "already connected")).await;
-                    return Flow::Continue;
+                    return self.malformed_frame(id, "already connected").await;
                 }
                 return match self.authenticate(&c.token, origin).await {
                     Ok(()) => {
@@ -269,11 +265,19 @@ impl Session {
             },
         };
         match result {
-            Ok(Some(reply)) => self.send_frame(reply).await,
-            Ok(None) => {}
+            Ok(reply) => {
+                self.malformed = 0;
+                if let Some(reply) = reply {
+                    self.send_frame(reply).await;
+                }
+            }
             Err(Error::AppDisabled) => {
                 return Flow::Close(CloseReason::new(close::APP_UNAVAILABLE, "app is disabled or deleted"));
             }
+            // A command that parses but is invalid (a bad channel name, data nested too deep, a
+            // bad idempotency key) is a bad frame like one that does not parse: flooding them
+            // ends the connection the same way. Already counted as a refusal where decided.
+            Err(e) if e.code() == ErrorCode::BadRequest => return self.bad_frame(id, &e.public_message()).await,
             Err(e) => {
                 // Already counted where it was decided (an operation, or `refused` here).
                 if let Error::Internal(detail) = &e {
@@ -285,12 +289,19 @@ impl Session {
         Flow::Continue
     }
 
-    /// Answers an unparseable frame; too many in a row end the connection.
+    /// Answers an unparseable frame; too many bad frames in a row end the connection.
     pub async fn malformed_frame(&mut self, id: Option<&RawValue>, message: &str) -> Flow {
-        self.malformed += 1;
         if let Some(auth) = &self.auth {
             metrics::rejection(&auth.principal.tenant_id, &auth.principal.app_id, "bad_request");
         }
+        self.bad_frame(id, message).await
+    }
+
+    /// Counts a bad frame (unparseable, or a command refused as `bad_request`) and answers it,
+    /// or ends the connection (4000) after `max_malformed_frames` in a row. Any command that
+    /// succeeds resets the count.
+    async fn bad_frame(&mut self, id: Option<&RawValue>, message: &str) -> Flow {
+        self.malformed += 1;
         if self.malformed > self.dp.config.max_malformed_frames {
             return Flow::Close(CloseReason::new(close::PROTOCOL_ERROR, "too many malformed frames"));
         }

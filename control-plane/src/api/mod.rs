@@ -116,8 +116,7 @@ async fn not_found() -> crate::Error {
 
 /// Known route, wrong method.
 async fn method_not_allowed() -> impl IntoResponse {
-    let problem =
-        Problem::new("method-not-allowed", "Method not allowed", 405, "this route does not accept that method");
+    let problem = Problem::method_not_allowed();
     let mut response = (StatusCode::METHOD_NOT_ALLOWED, axum::Json(problem)).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(PROBLEM_JSON));
     response

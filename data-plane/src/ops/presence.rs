@@ -8,6 +8,17 @@ use super::{ClientPrincipal, Needs, Principal, admit, counted};
 use crate::NodeState;
 use crate::error::{Error, Result};
 
+/// Bytes of presence data one channel may hold in all: each member may have an equal share
+/// (this divided by the app's `max_presence_members`, and at most `max_message_bytes`), so a
+/// full presence set stays within it whatever its members send. 1 KiB per member at the
+/// default 1,000 members.
+pub const PRESENCE_DATA_BUDGET_BYTES: usize = 1024 * 1024;
+
+/// The largest presence data one member may have on a channel of `app`.
+fn member_data_limit(max_members: u32, max_message_bytes: u32) -> usize {
+    (PRESENCE_DATA_BUDGET_BYTES / max_members.max(1) as usize).min(max_message_bytes as usize)
+}
+
 /// The channel's current members.
 pub async fn members(node: &NodeState, principal: Principal<'_>, channel: &str) -> Result<Vec<PresenceMember>> {
     counted(
@@ -49,10 +60,15 @@ pub async fn enter_as(
             let admitted = admit(node, principal, channel, Needs::Presence, &[Operation::Presence])?;
             let data = data.or_else(|| client.claims.info.clone());
             if let Some(d) = &data {
-                let size = serde_json::to_vec(d).map(|v| v.len()).unwrap_or(0);
-                let limit = admitted.app.quotas.max_message_bytes;
-                if size > limit as usize {
-                    return Err(Error::PayloadTooLarge { size, limit });
+                let encoded = serde_json::to_vec(d).unwrap_or_default();
+                let quotas = &admitted.app.quotas;
+                let limit = member_data_limit(quotas.max_presence_members, quotas.max_message_bytes);
+                if encoded.len() > limit {
+                    let members = quotas.max_presence_members;
+                    return Err(Error::PresenceDataTooLarge { size: encoded.len(), limit, members });
+                }
+                if aviary_core::json::too_deep(&encoded) {
+                    return Err(Error::TooDeep { limit: aviary_core::json::MAX_DEPTH });
                 }
             }
             let member = PresenceMember {

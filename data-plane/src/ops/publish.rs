@@ -105,6 +105,10 @@ fn check(app: &AppConfig, principal: Principal<'_>, message: Message<'_>) -> Res
     if payload.len() > app.quotas.max_message_bytes as usize {
         return Err(Error::PayloadTooLarge { size: payload.len(), limit: app.quotas.max_message_bytes });
     }
+    // Stored and passed on verbatim: refuse what recursive parsers downstream cannot read.
+    if aviary_core::json::too_deep(payload) {
+        return Err(Error::TooDeep { limit: aviary_core::json::MAX_DEPTH });
+    }
     Ok(Checked {
         key: ChannelKey::new(&app.app_id, message.channel),
         request: PublishRequest {

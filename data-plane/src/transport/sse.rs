@@ -7,10 +7,17 @@
 //! session's queue in order with the messages, so an id never claims a publication that has
 //! not been written yet. A comment line is sent every `sse_heartbeat_interval` to keep
 //! proxies from timing the stream out.
+//!
+//! A client that stops reading is a slow consumer, as on WebSocket: when its queue overflows,
+//! or one chunk waits `write_timeout` for room, the stream ends (with a `disconnect` event
+//! 4008 if it still fits), the session ends at once (subscriptions, connection quota), and the
+//! socket is dropped when the end of the response cannot reach the client within
+//! `close_timeout`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use aviary_broker::StreamPosition;
 use axum::body::Body;
@@ -23,7 +30,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::{MissedTickBehavior, interval, sleep_until};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
@@ -75,7 +82,7 @@ pub fn decode_event_id(id: &str) -> Option<HashMap<String, StreamPosition>> {
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+    aviary_core::auth::bearer_credential(headers.get(AUTHORIZATION)?.to_str().ok()?)
 }
 
 fn refusal(reason: &CloseReason) -> Error {
@@ -146,12 +153,17 @@ pub async fn stream(
     }
 
     // An authenticated stream no longer counts against the bounds on pending connections.
-    if let Some(Extension(ticket)) = ticket {
+    let ticket = ticket.map(|Extension(ticket)| ticket);
+    if let Some(ticket) = &ticket {
         ticket.authenticated();
     }
     let (body_tx, body_rx) = mpsc::channel::<Bytes>(BODY_BUFFER);
-    tokio::spawn(drive(inner, session, body_tx, channels, resume).instrument(span));
-    let body = Body::from_stream(ReceiverStream::new(body_rx).map(Ok::<_, Infallible>));
+    // Tells the driver when hyper has taken the whole body (the client read up to its end).
+    let finished = Arc::new(Notify::new());
+    let done = finished.clone();
+    let end = futures::stream::once(async move { done.notify_one() }).filter_map(|()| std::future::ready(None));
+    tokio::spawn(drive(inner, session, body_tx, finished, ticket, channels, resume).instrument(span));
+    let body = Body::from_stream(ReceiverStream::new(body_rx).chain(end).map(Ok::<_, Infallible>));
     let mut response = (StatusCode::OK, body).into_response();
     let h = response.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -162,57 +174,89 @@ pub async fn stream(
 }
 
 /// Subscribes the channels, then pumps the session's queue into the response body until the
-/// client leaves or the connection is closed.
+/// client leaves or the connection is closed. A client that stopped reading loses its stream
+/// and its socket: the session ends at once (subscriptions, quota), and `ticket` (the socket's
+/// admission ticket, absent when the router is served without the binary's accept loop) is
+/// aborted when the end of the response cannot reach the client.
 async fn drive(
     inner: Arc<NodeState>,
     mut session: Session,
     body: mpsc::Sender<Bytes>,
+    finished: Arc<Notify>,
+    ticket: Option<Arc<ConnectionTicket>>,
     channels: Vec<String>,
     resume: HashMap<String, StreamPosition>,
 ) {
     let handle = session.handle.clone();
     let expires_at = session.expires_at().unwrap_or_default();
-    let pump = pump(&inner, &body, &handle, expires_at);
-    tokio::pin!(pump);
-    let subscribe_all = async {
-        for channel in &channels {
-            let since = resume.get(channel).cloned();
-            let seed = since.clone();
-            let name: Arc<str> = channel.as_str().into();
-            session
-                .subscribe(channel, since, false, |position, recovered| {
-                    // The id starts from what the client already has: `since` when the replay
-                    // will fill the gap, the current position otherwise.
-                    let start = match seed {
-                        Some(s) if recovered => s,
-                        _ => position.clone(),
-                    };
-                    let frame = protocol::reply(
-                        "subscribed",
-                        None,
-                        &protocol::Subscribed { channel: &name, position, recovered },
-                    );
-                    Outbound::position("subscribed", name.clone(), start.epoch.as_str().into(), start.offset, frame)
-                })
-                .await?;
+    // Registered before the body can end, so its end is never missed.
+    let response_done = finished.notified();
+    tokio::pin!(response_done);
+    response_done.as_mut().enable();
+    // Pumps while subscribing, until the stream ends.
+    let pumped = {
+        let pump = pump(&inner, &body, &handle, expires_at);
+        tokio::pin!(pump);
+        let subscribe_all = async {
+            for channel in &channels {
+                let since = resume.get(channel).cloned();
+                let seed = since.clone();
+                let name: Arc<str> = channel.as_str().into();
+                session
+                    .subscribe(channel, since, false, |position, recovered| {
+                        // The id starts from what the client already has: `since` when the replay
+                        // will fill the gap, the current position otherwise.
+                        let start = match seed {
+                            Some(s) if recovered => s,
+                            _ => position.clone(),
+                        };
+                        let frame = protocol::reply(
+                            "subscribed",
+                            None,
+                            &protocol::Subscribed { channel: &name, position, recovered },
+                        );
+                        Outbound::position("subscribed", name.clone(), start.epoch.as_str().into(), start.offset, frame)
+                    })
+                    .await?;
+            }
+            Ok::<_, Error>(())
+        };
+        // Pump while subscribing: a long replay must flow out, not fill the queue.
+        let subscribed = tokio::select! {
+            result = subscribe_all => Ok(result),
+            pumped = &mut pump => Err(pumped),
+        };
+        match subscribed {
+            Ok(Ok(())) => pump.await,
+            Ok(Err(e)) => {
+                handle.close(CloseReason::new(
+                    close::PROTOCOL_ERROR,
+                    format!("subscribe failed: {}", e.public_message()),
+                ));
+                pump.await
+            }
+            Err(pumped) => pumped,
         }
-        Ok::<_, Error>(())
     };
-    // Pump while subscribing: a long replay must flow out, not fill the queue.
-    let subscribed = tokio::select! {
-        result = subscribe_all => Some(result),
-        _ = &mut pump => None,
-    };
-    match subscribed {
-        Some(Ok(())) => pump.await,
-        Some(Err(e)) => {
-            handle.close(CloseReason::new(close::PROTOCOL_ERROR, format!("subscribe failed: {}", e.public_message())));
-            pump.await;
-        }
-        None => {}
-    }
-    handle.close(CloseReason::new(1000, "closed"));
+    let peer_gone = handle.close(CloseReason::new(1000, "closed"));
+    let reason = handle.close_reason();
+    // Subscriptions, presence and the connection quota go first, whatever the client does next.
     session.finish().await;
+    // The farewell and the end of the response get one close deadline together: a client that
+    // does not take them by then stopped reading (a slow consumer), and nothing can reach it.
+    let deadline = tokio::time::Instant::now() + inner.config.close_timeout;
+    let mut draining = pumped.is_ok();
+    if let Some(reason) = reason.filter(|_| draining && !peer_gone) {
+        let farewell = write_event(&body, Some("disconnect"), None, reason.frame(), inner.config.close_timeout);
+        draining = matches!(tokio::time::timeout_at(deadline, farewell).await, Ok(Ok(())));
+    }
+    // Ends the response: hyper writes its last chunk once the client has read the rest.
+    drop(body);
+    let Some(ticket) = ticket else { return };
+    let ended = draining && tokio::time::timeout_at(deadline, response_done).await.is_ok();
+    if !ended {
+        ticket.abort();
+    }
 }
 
 /// One SSE event: optional `event:` name and `id:`, then the JSON frame as its `data:` line
@@ -233,72 +277,106 @@ fn event_head(event: Option<&str>, id: Option<&str>) -> Bytes {
     head.freeze()
 }
 
-async fn write_event(body: &mpsc::Sender<Bytes>, event: Option<&str>, id: Option<&str>, frame: Text) -> bool {
-    body.send(event_head(event, id)).await.is_ok()
-        && body.send(Bytes::from(frame)).await.is_ok()
-        && body.send(Bytes::from_static(b"\n\n")).await.is_ok()
+/// Why the stream stopped taking events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The response body was dropped: the client is gone.
+    Gone,
+    /// One chunk waited `write_timeout` for room: the client stopped reading.
+    Stalled,
 }
 
-/// Writes taken items as events; false once the client is gone.
+/// Hands one chunk to the response body, waiting at most `limit` for room.
+async fn send_chunk(body: &mpsc::Sender<Bytes>, chunk: Bytes, limit: Duration) -> Result<(), Stop> {
+    match tokio::time::timeout(limit, body.send(chunk)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Stop::Gone),
+        Err(_) => Err(Stop::Stalled),
+    }
+}
+
+async fn write_event(
+    body: &mpsc::Sender<Bytes>,
+    event: Option<&str>,
+    id: Option<&str>,
+    frame: Text,
+    limit: Duration,
+) -> Result<(), Stop> {
+    send_chunk(body, event_head(event, id), limit).await?;
+    send_chunk(body, Bytes::from(frame), limit).await?;
+    send_chunk(body, Bytes::from_static(b"\n\n"), limit).await
+}
+
+/// Writes taken items as events.
 async fn write_queued(
     queued: &mut VecDeque<Outbound>,
     body: &mpsc::Sender<Bytes>,
     handle: &crate::session_handle::SessionHandle,
     positions: &mut BTreeMap<Arc<str>, (Arc<str>, u64)>,
-) -> bool {
+    limit: Duration,
+) -> Result<(), Stop> {
     let mut burst = Burst::default();
-    let mut ok = true;
+    let mut result = Ok(());
     while let Some(item) = queued.pop_front() {
-        ok = match item {
+        result = match item {
             // Nothing subscribes SSE streams to presence or sends them replies; pass any such
             // frame through under its own event name rather than as a message.
-            Outbound::Frame(frame) => write_event(body, Some("frame"), None, frame).await,
+            Outbound::Frame(frame) => write_event(body, Some("frame"), None, frame, limit).await,
             Outbound::Position(p) => {
                 positions.insert(p.channel, (p.epoch, p.offset));
                 let id = encode_event_id(positions);
-                write_event(body, Some(p.event), Some(&id), p.frame).await
+                write_event(body, Some(p.event), Some(&id), p.frame, limit).await
             }
             Outbound::Message(d) => {
                 positions.insert(d.channel.clone(), (d.epoch.clone(), d.offset));
                 let id = encode_event_id(positions);
                 burst.add(d.frame.len(), d.ts);
-                write_event(body, None, Some(&id), d.frame.clone()).await
+                write_event(body, None, Some(&id), d.frame.clone(), limit).await
             }
         };
-        if !ok {
-            queued.clear();
+        if result.is_err() {
             break;
         }
     }
+    queued.clear();
     if let Some(m) = handle.metrics() {
         m.delivered(&burst);
     }
-    ok
+    result
 }
 
+/// Pumps the session's queue into the body until the stream ends: `Ok` when it ended because
+/// the connection is closing (the reason is on the handle), else why the client stopped taking
+/// the body.
 async fn pump(
     inner: &NodeState,
     body: &mpsc::Sender<Bytes>,
     handle: &crate::session_handle::SessionHandle,
     expires_at: i64,
-) {
+) -> Result<(), Stop> {
+    let limit = inner.config.write_timeout;
     let mut heartbeat = interval(inner.config.sse_heartbeat_interval);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     heartbeat.tick().await;
     let mut positions: BTreeMap<Arc<str>, (Arc<str>, u64)> = BTreeMap::new();
     let mut queued = VecDeque::new();
-    // Ask browsers to reconnect quickly after a drop.
-    if body.send(Bytes::from_static(b"retry: 2000\n\n")).await.is_err() {
-        return;
-    }
     // SSE has no `refresh`: the stream ends at the token's expiry and the client reconnects
     // with a new token (and its last event id).
     let expiry = sleep_until(super::expiry_instant(expires_at));
     tokio::pin!(expiry);
-    loop {
-        let ok = tokio::select! {
+    // Built once: it registers for the wake-up when first polled.
+    let closed = handle.closed();
+    tokio::pin!(closed);
+    // Ask browsers to reconnect quickly after a drop.
+    let mut written = send_chunk(body, Bytes::from_static(b"retry: 2000\n\n"), limit).await;
+    while written.is_ok() {
+        enum Next {
+            Heartbeat,
+            Queued,
+        }
+        let next = tokio::select! {
             biased;
-            _ = handle.closed() => break,
+            _ = &mut closed => break,
             _ = inner.shutdown.cancelled() => {
                 handle.close(CloseReason::new(close::GOING_AWAY, "node draining"));
                 break;
@@ -307,23 +385,31 @@ async fn pump(
                 handle.close(CloseReason::new(close::TOKEN_EXPIRED, "token expired"));
                 break;
             }
-            _ = heartbeat.tick() => body.send(Bytes::from_static(b": ping\n\n")).await.is_ok(),
-            _ = body.closed() => false,
-            open = handle.outbox.take(&mut queued) => {
-                open && write_queued(&mut queued, body, handle, &mut positions).await
+            _ = heartbeat.tick() => Next::Heartbeat,
+            _ = body.closed() => {
+                written = Err(Stop::Gone);
+                break;
+            }
+            open = handle.outbox.take(&mut queued) => if open { Next::Queued } else { break },
+        };
+        let write = async {
+            match next {
+                Next::Heartbeat => send_chunk(body, Bytes::from_static(b": ping\n\n"), limit).await,
+                Next::Queued => write_queued(&mut queued, body, handle, &mut positions, limit).await,
             }
         };
-        if !ok {
-            return;
-        }
+        // A close (a full queue: slow consumer; a revocation) ends the stream at once, even in
+        // the middle of a backlog the client is not reading.
+        written = tokio::select! {
+            biased;
+            result = write => result,
+            _ = &mut closed => break,
+        };
     }
-    if let Some(reason) = handle.close_reason() {
-        let _ = tokio::time::timeout(
-            inner.config.close_timeout,
-            write_event(body, Some("disconnect"), None, reason.frame()),
-        )
-        .await;
+    if written == Err(Stop::Stalled) {
+        handle.close(CloseReason::new(close::SLOW_CONSUMER, "slow consumer: the client stopped reading"));
     }
+    written
 }
 
 #[cfg(test)]

@@ -4,9 +4,11 @@
 //! session, watches liveness, token expiry, drain and the close signal. The writer drains the
 //! session's [`Outbox`](crate::outbox::Outbox) into the socket, a whole backlog per flush, and
 //! sends pings; it never waits on the session, so a slow command (a long history replay) does
-//! not stall deliveries. On close, the writer
-//! drops what is still queued and sends the `disconnect` frame and the close code, bounded by
-//! `close_timeout` so a client that stopped reading cannot hold the task.
+//! not stall deliveries. Every write must make progress within `write_timeout`; a client that
+//! stopped reading is closed as a slow consumer (4008), as is one whose queue overflows. On
+//! close, the writer drops what is still queued (the rest of a burst included) and sends the
+//! `disconnect` frame and the close code, bounded by `close_timeout`: best effort, so a client
+//! that never reads cannot hold the task.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -111,8 +113,14 @@ async fn run(
 ) {
     let handle = session.handle.clone();
     let writer = tokio::spawn(
-        write_loop(sink, handle.clone(), inner.config.ws_heartbeat_interval, inner.config.close_timeout)
-            .in_current_span(),
+        write_loop(
+            sink,
+            handle.clone(),
+            inner.config.ws_heartbeat_interval,
+            inner.config.write_timeout,
+            inner.config.close_timeout,
+        )
+        .in_current_span(),
     );
     if let Some(token) = token {
         match Box::pin(session.authenticate(&token, origin.as_deref())).await {
@@ -298,10 +306,31 @@ fn to_message(item: Outbound, burst: &mut Burst) -> Message {
     }
 }
 
+/// Why a burst was not written completely.
+enum WriteError {
+    /// The socket failed (the peer is gone).
+    Failed,
+    /// One write made no progress for `write_timeout`: the client stopped reading.
+    Stalled,
+}
+
+/// Runs one step of a burst (a frame into the socket's buffer, or a flush) within `limit`.
+async fn step(
+    limit: std::time::Duration,
+    write: impl Future<Output = Result<(), axum::Error>>,
+) -> Result<(), WriteError> {
+    match tokio::time::timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(WriteError::Failed),
+        Err(_) => Err(WriteError::Stalled),
+    }
+}
+
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     handle: Arc<SessionHandle>,
     ping_every: std::time::Duration,
+    write_timeout: std::time::Duration,
     close_timeout: std::time::Duration,
 ) {
     let mut ping = interval(ping_every);
@@ -311,8 +340,7 @@ async fn write_loop(
     // Built once: registering for the close wake-up on every pass would cost a lock each time.
     let closed = handle.closed();
     tokio::pin!(closed);
-    let mut closing = false;
-    while !closing {
+    loop {
         let ping_now = tokio::select! {
             biased;
             _ = &mut closed => break,
@@ -320,35 +348,39 @@ async fn write_loop(
             open = handle.outbox.take(&mut queued) => if open { false } else { break },
         };
         // Write everything that was queued as one burst and flush once: under fan-out load
-        // this turns one syscall per frame into one per burst.
+        // this turns one syscall per frame into one per burst. Each step must make progress
+        // within `write_timeout`, so a client that stopped reading cannot hold the task.
         let mut burst = Burst::default();
         let write = async {
             if ping_now {
-                sink.feed(Message::Ping(Bytes::new())).await?;
+                step(write_timeout, sink.feed(Message::Ping(Bytes::new()))).await?;
             }
             while let Some(item) = queued.pop_front() {
-                sink.feed(to_message(item, &mut burst)).await?;
+                step(write_timeout, sink.feed(to_message(item, &mut burst))).await?;
             }
-            sink.flush().await
+            step(write_timeout, sink.flush()).await
         };
-        let sent = {
-            tokio::pin!(write);
-            tokio::select! {
-                biased;
-                result = &mut write => result.is_ok(),
-                // Closing while a write is stuck: give it close_timeout to finish so the
-                // farewell is not written into the middle of a frame, then give up on the client.
-                _ = &mut closed => {
-                    closing = true;
-                    matches!(tokio::time::timeout(close_timeout, &mut write).await, Ok(Ok(())))
-                }
-            }
+        let written = tokio::select! {
+            biased;
+            result = write => result,
+            // Closing (a full queue, a revocation, drain) while a burst is being written: the
+            // rest of the burst is dropped and the farewell goes next. The sink buffers whole
+            // frames, so stopping between two steps never cuts one in half.
+            _ = &mut closed => Ok(()),
         };
+        queued.clear();
         if let Some(m) = handle.metrics() {
             m.delivered(&burst);
         }
-        if !sent {
-            return handle.outbox.close();
+        match written {
+            Ok(()) => {}
+            Err(WriteError::Failed) => return handle.outbox.close(),
+            Err(WriteError::Stalled) => {
+                handle.close(CloseReason::new(close::SLOW_CONSUMER, "slow consumer: the client stopped reading"));
+            }
+        }
+        if handle.close_reason().is_some() {
+            break;
         }
     }
     // Drop undelivered frames: a closing connection gets its farewell next, not its backlog.
