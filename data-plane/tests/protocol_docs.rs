@@ -48,3 +48,31 @@ fn docs_pusher_md_documents_every_pusher_code() {
         .collect();
     assert!(missing.is_empty(), "docs/pusher.md does not document Pusher codes {missing:?}");
 }
+
+/// The JS SDK's tables (`sdk/js/src/errors.ts`) know every error code and close code the server
+/// can send: a code added to `protocol.rs` without the SDK learning it fails here.
+#[test]
+fn the_js_sdk_knows_every_error_code_and_close_code() {
+    let errors = read("sdk/js/src/errors.ts");
+    let section = |start: &str, end: &str| -> String {
+        let from = errors.find(start).unwrap_or_else(|| panic!("errors.ts has {start:?}"));
+        let rest = &errors[from..];
+        rest[..rest.find(end).unwrap_or(rest.len())].to_owned()
+    };
+    let server_codes = section("const SERVER_CODES", "]);");
+    let error_type = section("export type ServerErrorCode", ";");
+    let close_codes = section("const CLOSE_CODES", "};");
+    let mut missing = Vec::new();
+    for code in ErrorCode::ALL {
+        let quoted = format!("'{}'", code.as_str());
+        if !server_codes.contains(&quoted) || !error_type.contains(&quoted) {
+            missing.push(format!("error code {}", code.as_str()));
+        }
+    }
+    for code in close::ALL {
+        if !close_codes.contains(&format!("{code}: '")) {
+            missing.push(format!("close code {code}"));
+        }
+    }
+    assert!(missing.is_empty(), "sdk/js/src/errors.ts does not know: {missing:?}");
+}

@@ -14,6 +14,7 @@ export type ServerErrorCode =
   | 'payload_too_large'
   | 'token_expired'
   | 'unauthorized'
+  | 'conflict'
   | 'internal';
 
 /** Codes derived from the server's WebSocket close codes. */
@@ -28,6 +29,9 @@ export type CloseErrorCode =
   | 'credentials_revoked'
   | 'going_away'
   | 'frame_too_big'
+  | 'websocket_protocol_error'
+  | 'invalid_payload'
+  | 'try_again_later'
   | 'connection_lost';
 
 /** Codes the client raises without the server saying so. */
@@ -47,7 +51,10 @@ export const CloseCode = {
   Normal: 1000,
   GoingAway: 1001,
   Abnormal: 1006,
+  WebSocketProtocolError: 1002,
+  InvalidPayload: 1007,
   FrameTooBig: 1009,
+  TryAgainLater: 1013,
   ProtocolError: 4000,
   InvalidToken: 4001,
   TokenExpired: 4002,
@@ -60,7 +67,10 @@ export const CloseCode = {
 
 const CLOSE_CODES: Record<number, CloseErrorCode> = {
   1001: 'going_away',
+  1002: 'websocket_protocol_error',
+  1007: 'invalid_payload',
   1009: 'frame_too_big',
+  1013: 'try_again_later',
   4000: 'protocol_error',
   4001: 'invalid_token',
   4002: 'token_expired',
@@ -97,6 +107,7 @@ const RETRYABLE = new Set<ErrorCode>([
   'disconnected',
   'slow_consumer',
   'going_away',
+  'try_again_later',
   'connection_lost',
   'token_expired',
   'transport_error',
@@ -131,6 +142,7 @@ const SERVER_CODES = new Set<string>([
   'payload_too_large',
   'token_expired',
   'unauthorized',
+  'conflict',
   'internal',
 ]);
 
@@ -155,6 +167,8 @@ export function closePolicy(closeCode: number): ClosePolicy {
       // docs/protocol.md: "fetch a new token, then reconnect". A fresh token may be valid (key
       // rotation, re-login); the client gives up after two such closes in a row.
       return 'new_token';
+    case CloseCode.WebSocketProtocolError:
+    case CloseCode.InvalidPayload:
     case CloseCode.ProtocolError:
     case CloseCode.Forbidden:
     case CloseCode.AppDisabled:
