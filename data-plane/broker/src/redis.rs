@@ -51,7 +51,9 @@
 //! drops (Redis restart, network), it reconnects with backoff, resubscribes every topic by
 //! itself, and then fills what was published meanwhile from history, in order, before live
 //! messages; a publication arriving with a gap in its offsets is filled the same way. Where
-//! history no longer reaches back, or the epoch changed, the hub sees the jump in positions.
+//! history no longer reaches back, the hub sees the jump in positions. Where the epoch changed
+//! (Redis restarted empty) and the new one already has publications, they are delivered from
+//! its start, so the hub sees the jump at once rather than at the next live publication.
 //!
 //! # Presence
 //! Members live in `P:p:T` with their expiry in `P:e:T`, scored with Redis server time so node
@@ -1065,8 +1067,19 @@ async fn catch_up_all(inner: &Inner, delivered: &mut HashMap<String, Delivered>)
         })
         .buffer_unordered(SWEEP_CONCURRENCY);
     while let Some((topic, channel, page)) = pages.next().await {
-        if let Some(page) = page {
-            fill_gap(delivered, &topic, events, &channel, page, None);
+        let Some(page) = page else { continue };
+        let since_epoch = delivered.get(&topic).and_then(|d| d.last.as_ref()).map(|(e, _)| Arc::clone(e));
+        let new_epoch = since_epoch.is_some_and(|e| *e != *page.position.epoch) && page.position.offset > 0;
+        let position = page.position.clone();
+        fill_gap(delivered, &topic, events, &channel, page, None);
+        if new_epoch {
+            // The stream was lost (Redis restarted empty) and the new epoch already has
+            // publications: deliver them from its start, so the hub sees the jump now and
+            // announces it, instead of at the next live publication, which may never come.
+            let start = StreamPosition { epoch: position.epoch, offset: 0 };
+            if let Some(page) = fetch_gap(inner, &channel, start, MAX_GAP_FILL).await {
+                fill_gap(delivered, &topic, events, &channel, page, None);
+            }
         }
     }
 }

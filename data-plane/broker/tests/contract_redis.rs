@@ -223,3 +223,50 @@ async fn a_dropped_pubsub_connection_loses_no_publication() {
     }
     events.assert_none_before_marker(&broker, &channel).await;
 }
+
+/// Found by `aviary-chaos --seed 2 --duration 20` (docs/chaos.md): Redis restarted empty, the
+/// new epoch got publications while this node's pub/sub connection was still reconnecting, and
+/// the node, finding nothing `since` its old-epoch position, delivered nothing and announced
+/// nothing until the next live publication, so connected subscribers of a channel that went
+/// quiet missed them silently. Here the restart is staged without timing: the data is flushed
+/// and the pub/sub connection killed while a password keeps it from coming back, publications
+/// are made through the (already authenticated) command connection, and the password is lifted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_epoch_published_before_the_node_resubscribed_is_delivered_without_a_further_publish() {
+    let server = PrivateRedis::start(&PrivateRedis::new_socket()).await;
+    let prefix = unique_prefix();
+    let broker = RedisBroker::new(&[server.url()], &prefix).expect("broker");
+    let (sink, mut events) = recorder();
+    broker.set_events(sink);
+    let channel = unique_channel("epoch");
+    broker.subscribe(&channel).await.expect("subscribe");
+    let before = broker.publish(&channel, request("1")).await.expect("publish").position;
+    assert_eq!(events.next_publication().await.1.offset, 1);
+
+    let mut admin = server.connection().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("chaos")
+        .query_async(&mut admin)
+        .await
+        .expect("password");
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut admin).await.expect("flush");
+    let killed: i64 =
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut admin).await.expect("kill");
+    assert_eq!(killed, 1);
+    let mut published = Vec::new();
+    for data in ["2", "3"] {
+        published.push(broker.publish(&channel, request(data)).await.expect("publish in the new epoch").position);
+    }
+    assert_ne!(published[0].epoch, before.epoch, "the flushed stream starts a new epoch");
+    let _: () =
+        redis::cmd("CONFIG").arg("SET").arg("requirepass").arg("").query_async(&mut admin).await.expect("no password");
+
+    server.await_subscriptions(&prefix, 1).await;
+    for expected in &published {
+        let (_, publication) = events.next_publication().await;
+        assert_eq!((&*publication.epoch, publication.offset), (expected.epoch.as_str(), expected.offset));
+    }
+    events.assert_none_before_marker(&broker, &channel).await;
+}
