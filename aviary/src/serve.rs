@@ -45,6 +45,23 @@ use tower::ServiceExt;
 
 use crate::forwarded::TrustedProxies;
 
+/// Describes the accept loop's series and registers them at zero, so dashboards see them
+/// before the first refusal.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "aviary_accept_errors_total",
+        "Failed accept calls on a listener (descriptors exhausted): the loop backs off."
+    );
+    metrics::describe_counter!(
+        "aviary_connections_refused_total",
+        "Sockets refused with 503 at accept, per reason (pending_per_ip, pending_per_node, at_capacity)."
+    );
+    metrics::counter!("aviary_accept_errors_total").increment(0);
+    for refusal in [Refusal::PendingPerIp, Refusal::PendingPerNode, Refusal::AtCapacity] {
+        metrics::counter!("aviary_connections_refused_total", "reason" => refusal.label()).increment(0);
+    }
+}
+
 /// Longest pause between accept attempts while descriptors are exhausted.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// Header timeout of a connection from the health-check reserve.

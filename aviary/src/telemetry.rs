@@ -30,6 +30,14 @@ pub fn init_tracing(filter: &str, format: LogFormat) {
     let _ = result;
 }
 
+/// Gives every series a `# HELP` line (aviary/tests/cluster.rs fails on one without).
+fn describe() {
+    aviary_data_plane::metrics::describe();
+    aviary_control_plane::metrics::describe();
+    aviary_broker::redis::describe_metrics();
+    crate::serve::describe_metrics();
+}
+
 /// The Prometheus recorder, installed on first use.
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -39,6 +47,7 @@ pub fn prometheus() -> &'static PrometheusHandle {
             .expect("static bucket list is valid")
             .install_recorder()
             .expect("the Prometheus recorder is installed once per process");
+        describe();
         let upkeep = handle.clone();
         // Histograms drain on render; periodic upkeep bounds memory between scrapes.
         std::thread::Builder::new()

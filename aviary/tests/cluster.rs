@@ -750,3 +750,135 @@ async fn the_tenant_connection_quota_holds_across_nodes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Every metric the shipped Grafana dashboard (infra/grafana/aviary.json) and alert rules
+/// (infra/prometheus/alerts.yml) query exists on a running node's and control plane's
+/// `/metrics` after a short load, every series there has `# HELP` text, and the rules pass
+/// `promtool check rules` and their unit tests (`promtool test rules`).
+#[tokio::test]
+async fn dashboards_and_alerts_query_only_metrics_the_cluster_serves() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for args in [vec!["check", "rules", "alerts.yml"], vec!["test", "rules", "alerts.test.yml"]] {
+        let out = Command::new("promtool")
+            .args(&args)
+            .current_dir(root.join("infra/prometheus"))
+            .output()
+            .expect("promtool is installed (Debian's prometheus package; scripts/test installs it)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let queried = queried_metrics(&root);
+    assert!(queried.len() >= 15, "the dashboard and rules query {queried:?}");
+
+    // A tenant allowed one connection, so the load includes a quota refusal.
+    let quotas = json!({
+        "max_connections": 1,
+        "max_messages_per_s": 1000,
+        "max_message_bytes": 65536,
+        "max_subscriptions_per_connection": 128,
+        "max_presence_members": 1000
+    });
+    let cluster = Cluster::start(REDIS, Some(quotas)).await;
+    let mut ws = cluster.client(0, "alice").await;
+    subscribe(&mut ws, 1, "dash:room", json!({})).await;
+    let http = reqwest::Client::new();
+    let (status, body) =
+        send(http.post(cluster.publish_url(0, "dash:room")).bearer_auth(&cluster.api_key).json(&json!({"data": 1})))
+            .await;
+    assert_eq!(status, 201, "{body}");
+    next_message(&mut ws).await;
+    // The second connection is over the tenant's quota.
+    let token = cluster.token("bob").await;
+    let (mut refused, _) = tokio_tungstenite::connect_async(cluster.nodes[0].ws_url()).await.unwrap();
+    common::send_frame(&mut refused, json!({"type": "connect", "token": token})).await;
+    let answer = next_of_type(&mut refused, "disconnect").await;
+    assert_eq!(answer["code"], 4009, "{answer}");
+    // A connection that ends (counted with its reason).
+    ws.close(None).await.unwrap();
+    drop(ws);
+
+    // Usage reaches the control plane within a report interval (1 s here); poll, never sleep
+    // a fixed time.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let missing = loop {
+        let node = scrape(&cluster.nodes[0].metrics_url("/metrics")).await;
+        let cp = scrape(&cluster.cp.metrics_url("/metrics")).await;
+        let served: std::collections::BTreeSet<String> = node.names.union(&cp.names).cloned().collect();
+        let missing: Vec<&String> = queried.iter().filter(|m| !served.contains(*m)).collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            for (who, scraped) in [("node", &node), ("control plane", &cp)] {
+                assert!(
+                    scraped.without_help.is_empty(),
+                    "{who} serves series without HELP text: {:?}",
+                    scraped.without_help
+                );
+            }
+            break missing.into_iter().cloned().collect::<Vec<_>>();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(missing.is_empty(), "queried by infra/grafana or infra/prometheus but served by no process: {missing:?}");
+}
+
+/// The `aviary_*` metric names the dashboard's and the alert rules' expressions use, with
+/// histogram suffixes kept (`_bucket` is what a scrape shows).
+fn queried_metrics(root: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("infra/grafana/aviary.json")).unwrap()).unwrap();
+    let mut exprs: Vec<String> = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            exprs.push(target["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    for var in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(def) = var["definition"].as_str() {
+            exprs.push(def.to_owned());
+        }
+    }
+    let rules = std::fs::read_to_string(root.join("infra/prometheus/alerts.yml")).unwrap();
+    exprs.extend(rules.lines().filter_map(|l| l.trim().strip_prefix("expr:")).map(str::to_owned));
+    let mut names = std::collections::BTreeSet::new();
+    for expr in exprs {
+        let mut rest = expr.as_str();
+        while let Some(at) = rest.find("aviary_") {
+            let tail = &rest[at..];
+            let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+            let name = &tail[..end];
+            // Job names (`aviary-data-plane`) are not metrics.
+            if !name.ends_with('_') {
+                names.insert(name.to_owned());
+            }
+            rest = &tail[end..];
+        }
+    }
+    names
+}
+
+struct Scrape {
+    /// Every sample name (histograms as `_bucket`, `_sum`, `_count`).
+    names: std::collections::BTreeSet<String>,
+    /// Families with a `# TYPE` line and no `# HELP` line.
+    without_help: Vec<String>,
+}
+
+async fn scrape(url: &str) -> Scrape {
+    let text = reqwest::get(url).await.expect("/metrics answers").text().await.unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    let (mut typed, mut helped) = (Vec::new(), std::collections::BTreeSet::new());
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            typed.push(rest.split_whitespace().next().unwrap_or_default().to_owned());
+        } else if let Some(rest) = line.strip_prefix("# HELP ") {
+            helped.insert(rest.split_whitespace().next().unwrap_or_default().to_owned());
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let end = line.find(['{', ' ']).unwrap_or(line.len());
+            names.insert(line[..end].to_owned());
+        }
+    }
+    Scrape { names, without_help: typed.into_iter().filter(|t| !helped.contains(t)).collect() }
+}

@@ -44,6 +44,7 @@ mod demo;
 pub mod error;
 pub mod follower;
 pub mod grpc;
+pub mod metrics;
 mod rate_limit;
 pub mod reporter;
 pub mod sealing;

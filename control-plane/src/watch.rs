@@ -78,6 +78,7 @@ impl ConfigLog {
             _alive: alive,
         });
         tokio::spawn(run_log(Arc::downgrade(&log), events, alive_rx));
+        metrics::gauge!("aviary_config_log_version").set(0.0);
         log
     }
 
@@ -95,6 +96,7 @@ impl ConfigLog {
         let mut state = self.state.lock();
         state.version += 1;
         let entry = (state.version, Arc::new(change));
+        metrics::gauge!("aviary_config_log_version").set(state.version as f64);
         if state.ring.len() == RING {
             state.ring.pop_front();
         }

@@ -31,6 +31,66 @@ pub const REJECTIONS: &str = "aviary_rejections_total";
 /// burst's oldest publication (an upper bound for the rest of the burst), so the sample count
 /// is the number of bursts, not of messages (that is `aviary_messages_out_total`).
 pub const PUBLISH_TO_DELIVER: &str = "aviary_publish_to_deliver_seconds";
+/// Authenticated connections that ended (counter). Labels: tenant, app, transport, reason
+/// (`client` when the client left, else why the server closed it: [`disconnect_reason`]).
+pub const DISCONNECTS: &str = "aviary_disconnects_total";
+
+/// Describes every series this crate records (their Prometheus `# HELP` lines). Call once,
+/// after the recorder is installed.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(CONNECTIONS, "Open WebSocket and SSE connections, per tenant, app and transport.");
+    describe_counter!(CONNECTIONS_TOTAL, "Connections authenticated since start, per tenant, app and transport.");
+    describe_gauge!(SUBSCRIPTIONS, "Active channel subscriptions, per tenant and app.");
+    describe_counter!(MESSAGES_IN, "Messages accepted for publishing, per tenant, app and source (client or rest).");
+    describe_counter!(BYTES_IN, Unit::Bytes, "Payload bytes accepted for publishing, per tenant, app and source.");
+    describe_counter!(MESSAGES_OUT, "Messages written to client connections (deliveries), per tenant and app.");
+    describe_counter!(BYTES_OUT, Unit::Bytes, "Frame bytes written to client connections, per tenant and app.");
+    describe_counter!(
+        REJECTIONS,
+        "Refused operations and connections and forced disconnects, per tenant, app and reason (e.g. \
+         quota_exceeded, rate_limited, connection_quota, forbidden)."
+    );
+    describe_histogram!(
+        PUBLISH_TO_DELIVER,
+        Unit::Seconds,
+        "Seconds from the broker accepting a publication to its frame being written to a client socket, once \
+         per write burst (its oldest publication)."
+    );
+    describe_counter!(
+        DISCONNECTS,
+        "Authenticated connections that ended, per tenant, app, transport and reason (client, slow_consumer, \
+         token_expired, quota_exceeded, revoked, app_unavailable, protocol_error, draining, ...)."
+    );
+}
+
+/// The `reason` label of a connection that ended with close code `code` (`None`: the client
+/// left without one).
+pub fn disconnect_reason(code: Option<u16>) -> &'static str {
+    use crate::protocol::close;
+    match code {
+        None | Some(1000) => "client",
+        Some(close::GOING_AWAY) => "draining",
+        Some(close::WS_PROTOCOL_ERROR | close::INVALID_PAYLOAD | close::TOO_BIG | close::PROTOCOL_ERROR) => {
+            "protocol_error"
+        }
+        Some(close::TRY_AGAIN_LATER) => "try_again_later",
+        Some(close::INVALID_TOKEN) => "invalid_token",
+        Some(close::TOKEN_EXPIRED) => "token_expired",
+        Some(close::FORBIDDEN) => "forbidden",
+        Some(close::APP_UNAVAILABLE) => "app_unavailable",
+        Some(close::SLOW_CONSUMER) => "slow_consumer",
+        Some(close::QUOTA_EXCEEDED) => "quota_exceeded",
+        Some(close::REVOKED) => "revoked",
+        Some(_) => "other",
+    }
+}
+
+/// Counts an authenticated connection that ended.
+pub fn disconnect(tenant: &str, app: &str, transport: &'static str, reason: &'static str) {
+    counter!(DISCONNECTS, "tenant" => tenant.to_owned(), "app" => app.to_owned(), "transport" => transport, "reason" => reason)
+        .increment(1);
+}
 
 /// Counts a refusal with its reason.
 pub fn rejection(tenant: &str, app: &str, reason: &'static str) {

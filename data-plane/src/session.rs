@@ -542,6 +542,11 @@ impl Session {
                 m.subscriptions.decrement(1.0);
             }
         }
+        let close_code = self.handle.close_reason().map(|r| r.code);
+        if let Some(auth) = &self.auth {
+            let reason = metrics::disconnect_reason(close_code);
+            metrics::disconnect(&auth.principal.tenant_id, &auth.principal.app_id, self.transport, reason);
+        }
         if let Some(reason) = self.handle.close_reason()
             && reason.code >= 4000
         {

@@ -370,6 +370,7 @@ impl RedisBroker {
         }
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| BrokerError::Internal("RedisBroker must be created inside a Tokio runtime".into()))?;
+        register_error_counters();
         let mut shards = Vec::with_capacity(urls.len());
         let mut actors = Vec::with_capacity(urls.len());
         for (index, url) in urls.iter().enumerate() {
@@ -553,13 +554,13 @@ impl Inner {
         };
         let sent = tokio::time::timeout(COMMAND_TIMEOUT, shard.pubsub.send(command)).await;
         if !matches!(sent, Ok(Ok(()))) {
-            return Err(BrokerError::Unavailable("pub/sub command queue is full".into()));
+            return Err(counted(BrokerError::Unavailable("pub/sub command queue is full".into())));
         }
         match tokio::time::timeout(COMMAND_TIMEOUT * 2, result).await {
             Ok(Ok(result)) => result,
             // The actor dropped the command: its connection was reset meanwhile.
-            Ok(Err(_)) => Err(BrokerError::Unavailable("Redis pub/sub connection was reset".into())),
-            Err(_) => Err(BrokerError::Unavailable("Redis pub/sub did not answer in time".into())),
+            Ok(Err(_)) => Err(counted(BrokerError::Unavailable("Redis pub/sub connection was reset".into()))),
+            Err(_) => Err(counted(BrokerError::Unavailable("Redis pub/sub did not answer in time".into()))),
         }
     }
 }
@@ -568,12 +569,40 @@ fn alive_until(ttl_s: u32) -> std::time::Instant {
     std::time::Instant::now() + Duration::from_secs(u64::from(ttl_s.max(1)))
 }
 
-/// Awaits a Redis call with [`COMMAND_TIMEOUT`], mapping failures to [`BrokerError`].
+/// Failed Redis calls (counter). Labels: kind (`unavailable`: connection, timeout or a
+/// transient server state; `internal`: anything else).
+pub const BROKER_ERRORS: &str = "aviary_broker_errors_total";
+
+/// Describes this crate's series (their Prometheus `# HELP` lines) and registers the error
+/// counters at zero, so dashboards and alerts see the series before the first error.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        BROKER_ERRORS,
+        "Failed Redis calls of the broker, quotas and channel counts, by kind (unavailable: connection, timeout \
+         or transient server state; internal: anything else)."
+    );
+}
+
+fn register_error_counters() {
+    for kind in ["unavailable", "internal"] {
+        metrics::counter!(BROKER_ERRORS, "kind" => kind).increment(0);
+    }
+}
+
+/// Counts a failed Redis call and passes the error on.
+fn counted(error: BrokerError) -> BrokerError {
+    let kind = if matches!(error, BrokerError::Unavailable(_)) { "unavailable" } else { "internal" };
+    metrics::counter!(BROKER_ERRORS, "kind" => kind).increment(1);
+    error
+}
+
+/// Awaits a Redis call with [`COMMAND_TIMEOUT`], mapping failures to [`BrokerError`] (and
+/// counting them in [`BROKER_ERRORS`]).
 pub(crate) async fn with_timeout<T>(call: impl Future<Output = Result<T, RedisError>>) -> Result<T, BrokerError> {
     match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(map_error(&e)),
-        Err(_) => Err(BrokerError::Unavailable("Redis did not answer in time".into())),
+        Ok(Err(e)) => Err(counted(map_error(&e))),
+        Err(_) => Err(counted(BrokerError::Unavailable("Redis did not answer in time".into()))),
     }
 }
 
