@@ -37,7 +37,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::error::{Error, Result};
 use crate::grpc::{ControlPlaneClient, pb};
 use crate::sealing::SecretBox;
-use crate::watch::{app_from_pb, key_from_pb, pusher_credential_from_pb, snapshot_of};
+use crate::watch::{app_from_pb, key_from_pb, pusher_credential_from_pb, snapshot_of, webhook_from_pb};
 
 /// Name of the cached config inside the cache directory.
 pub const CACHE_FILE: &str = "config-cache.pb";
@@ -350,7 +350,7 @@ fn apply_event(shared: &Shared, event: pb::WatchEvent) -> Result<()> {
     Ok(())
 }
 
-/// Makes `registry` equal to `snapshot`: apps and Pusher credentials not in it are removed, keys
+/// Makes `registry` equal to `snapshot`: apps, Pusher credentials and webhook endpoints not in it are removed, keys
 /// replaced, revocations added (revocations are never withdrawn). `stream_box` opens the
 /// credentials' secrets.
 pub fn apply_snapshot(registry: &Registry, snapshot: pb::ConfigSnapshot, stream_box: &SecretBox) {
@@ -381,6 +381,15 @@ pub fn apply_snapshot(registry: &Registry, snapshot: pb::ConfigSnapshot, stream_
     for c in snapshot.pusher_credentials.into_iter().filter_map(|c| pusher_credential_from_pb(c, stream_box)) {
         registry.upsert_pusher_credential(c);
     }
+    let listed: HashSet<String> = snapshot.webhooks.iter().map(|w| w.id.clone()).collect();
+    for w in registry.webhooks() {
+        if !listed.contains(&w.id) {
+            registry.remove_webhook(&w.id);
+        }
+    }
+    for w in snapshot.webhooks.into_iter().filter_map(|w| webhook_from_pb(w, stream_box)) {
+        registry.upsert_webhook(w);
+    }
 }
 
 /// Applies one change to `registry`.
@@ -401,6 +410,12 @@ pub fn apply_delta(registry: &Registry, delta: pb::ConfigDelta, stream_box: &Sec
             }
         }
         Some(Change::PusherCredentialRevoked(r)) => registry.remove_pusher_credential(&r.key),
+        Some(Change::WebhookChanged(w)) => {
+            if let Some(w) = webhook_from_pb(w, stream_box) {
+                registry.upsert_webhook(w);
+            }
+        }
+        Some(Change::WebhookRemoved(r)) => registry.remove_webhook(&r.id),
         None => {}
     }
 }

@@ -1,18 +1,19 @@
 //! Keeps the `aviary_core::Registry` (what the data plane reads) equal to the store.
 //!
-//! At start every app, trusted verifying key, revoked API key, client revocation and live Pusher
-//! credential (its secret opened with the credentials key) is loaded; afterwards each
+//! At start every app, trusted verifying key, revoked API key, client revocation, live Pusher
+//! credential and webhook endpoint (secrets opened with the credentials key) is loaded; afterwards each
 //! mutation in [`crate::service`] pushes its change here right after the store write succeeds.
 //! An app's effective config folds in its tenant: quotas are the field-wise minimum of tenant
 //! and app quotas, and a disabled tenant disables all its apps.
 
 use std::collections::{HashMap, HashSet};
 
+use aviary_core::webhook::WebhookEndpoint;
 use aviary_core::{AppConfig, PusherCredential};
 
 use crate::ControlPlaneState;
 use crate::error::Result;
-use crate::store::{App, MAX_PAGE, PageRequest, PusherCredentialRecord, Tenant};
+use crate::store::{App, MAX_PAGE, PageRequest, PusherCredentialRecord, Tenant, WebhookRecord};
 
 /// The data plane's view of a stored Pusher credential whose secret is `secret`.
 pub fn credential_of(record: PusherCredentialRecord, secret: String) -> PusherCredential {
@@ -24,6 +25,20 @@ pub fn credential_of(record: PusherCredentialRecord, secret: String) -> PusherCr
         secret,
         capabilities: record.capabilities,
         client_events: record.client_events,
+    }
+}
+
+/// The data plane's view of a stored webhook endpoint whose secret is `secret`.
+pub fn webhook_of(record: WebhookRecord, secret: String) -> WebhookEndpoint {
+    WebhookEndpoint {
+        id: record.id,
+        app_id: record.app_id,
+        tenant_id: record.tenant_id,
+        url: record.url,
+        events: record.events,
+        channels: record.channels,
+        format: record.format,
+        secret,
     }
 }
 
@@ -65,7 +80,12 @@ impl ControlPlaneState {
         for credential in credentials {
             self.registry().upsert_pusher_credential(credential);
         }
-        tracing::info!(apps = loaded, tenants = tenants.len(), pusher, "registry loaded from store");
+        let webhooks = self.opened_webhooks(true).await?;
+        let endpoints = webhooks.len();
+        for webhook in webhooks {
+            self.registry().upsert_webhook(webhook);
+        }
+        tracing::info!(apps = loaded, tenants = tenants.len(), pusher, webhooks = endpoints, "registry loaded from store");
         Ok(())
     }
 
@@ -93,6 +113,35 @@ impl ControlPlaneState {
                 Some(secret) => opened.push(credential_of(record, secret)),
                 None if at_start => {
                     tracing::error!(key = %record.key, "a Pusher secret does not open with the configured credentials key")
+                }
+                None => {}
+            }
+        }
+        Ok(opened)
+    }
+
+    /// Every webhook endpoint with its secret opened (skipped, like Pusher credentials, when
+    /// there is no credentials key or a secret does not open).
+    async fn opened_webhooks(&self, at_start: bool) -> Result<Vec<WebhookEndpoint>> {
+        let records = self.store().all_webhooks().await?;
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(sealer) = self.config().credentials_key.clone() else {
+            if at_start {
+                tracing::warn!(
+                    webhooks = records.len(),
+                    "webhook endpoints are stored but no credentials key is configured; they stay unloaded"
+                );
+            }
+            return Ok(Vec::new());
+        };
+        let mut opened = Vec::with_capacity(records.len());
+        for record in records {
+            match sealer.open_str(&record.sealed_secret, &record.id) {
+                Some(secret) => opened.push(webhook_of(record, secret)),
+                None if at_start => {
+                    tracing::error!(webhook_id = %record.id, "a webhook secret does not open with the configured credentials key")
                 }
                 None => {}
             }
@@ -141,6 +190,16 @@ impl ControlPlaneState {
         for published in self.registry().pusher_credentials() {
             if !keys.contains(&published.key) {
                 self.registry().remove_pusher_credential(&published.key);
+            }
+        }
+        let webhooks = self.opened_webhooks(false).await?;
+        let ids: HashSet<String> = webhooks.iter().map(|w| w.id.clone()).collect();
+        for webhook in webhooks {
+            self.registry().upsert_webhook(webhook);
+        }
+        for published in self.registry().webhooks() {
+            if !ids.contains(&published.id) {
+                self.registry().remove_webhook(&published.id);
             }
         }
         if changed > 0 {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aviary_core::token::VerifyingKey;
+use aviary_core::webhook::{WebhookEndpoint, WebhookEvent, WebhookFormat};
 use aviary_core::{AppConfig, ConfigEvent, Namespace, PusherCredential, Quotas, Registry};
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -280,6 +281,10 @@ fn delta_of(event: &ConfigEvent, registry: &Registry, stream_box: Option<&Secret
         ConfigEvent::PusherCredentialRevoked { app_id, key } => {
             C::PusherCredentialRevoked(pb::PusherCredentialRevoked { app_id: app_id.clone(), key: key.clone() })
         }
+        ConfigEvent::WebhookChanged(w) => C::WebhookChanged(webhook_to_pb(w, stream_box?)),
+        ConfigEvent::WebhookRemoved { app_id, id } => {
+            C::WebhookRemoved(pb::WebhookRemoved { app_id: app_id.clone(), id: id.clone() })
+        }
     };
     Some(pb::ConfigDelta { change: Some(change) })
 }
@@ -315,6 +320,55 @@ pub(crate) fn pusher_credential_from_pb(c: pb::PusherCredential, stream_box: &Se
     })
 }
 
+/// A webhook endpoint on the wire, its secret sealed with the stream key (bound to its id).
+fn webhook_to_pb(w: &WebhookEndpoint, stream_box: &SecretBox) -> pb::WebhookEndpoint {
+    pb::WebhookEndpoint {
+        id: w.id.clone(),
+        app_id: w.app_id.clone(),
+        tenant_id: w.tenant_id.clone(),
+        url: w.url.clone(),
+        events: w.events.iter().map(|e| event_name(*e).to_owned()).collect(),
+        channels: w.channels.clone().unwrap_or_default(),
+        format: w.format.as_str().to_owned(),
+        sealed_secret: stream_box.seal_str(&w.secret, &w.id),
+    }
+}
+
+fn event_name(event: WebhookEvent) -> &'static str {
+    match event {
+        WebhookEvent::ChannelOccupied => "channel_occupied",
+        WebhookEvent::ChannelVacated => "channel_vacated",
+        WebhookEvent::MemberAdded => "member_added",
+        WebhookEvent::MemberRemoved => "member_removed",
+        WebhookEvent::ClientEvent => "client_event",
+        WebhookEvent::MessagePublished => "message_published",
+    }
+}
+
+/// A wire endpoint back, its secret opened with the stream key; `None` when the secret does not
+/// open or a name is unknown (a newer control plane: the node skips what it cannot honour).
+pub(crate) fn webhook_from_pb(w: pb::WebhookEndpoint, stream_box: &SecretBox) -> Option<WebhookEndpoint> {
+    let Some(secret) = stream_box.open_str(&w.sealed_secret, &w.id) else {
+        tracing::error!(webhook_id = %w.id, "a streamed webhook secret does not open: is the node token the control plane's?");
+        return None;
+    };
+    let events = w
+        .events
+        .iter()
+        .map(|name| WebhookEvent::ALL.into_iter().find(|e| event_name(*e) == name))
+        .collect::<Option<Vec<_>>>()?;
+    Some(WebhookEndpoint {
+        format: WebhookFormat::parse(&w.format)?,
+        channels: Some(w.channels).filter(|c| !c.is_empty()),
+        id: w.id,
+        app_id: w.app_id,
+        tenant_id: w.tenant_id,
+        url: w.url,
+        events,
+        secret,
+    })
+}
+
 fn keys_of(registry: &Registry) -> Vec<pb::VerifyingKey> {
     let mut keys: Vec<pb::VerifyingKey> = registry
         .verifying_keys()
@@ -325,14 +379,19 @@ fn keys_of(registry: &Registry) -> Vec<pb::VerifyingKey> {
     keys
 }
 
-/// Everything in `registry`, as a snapshot message; Pusher credentials only with a stream key
-/// to seal their secrets.
+/// Everything in `registry`, as a snapshot message; Pusher credentials and webhook endpoints
+/// only with a stream key to seal their secrets.
 pub fn snapshot_of(registry: &Registry, stream_box: Option<&SecretBox>) -> pb::ConfigSnapshot {
     let mut pusher_credentials: Vec<pb::PusherCredential> = match stream_box {
         Some(sealer) => registry.pusher_credentials().iter().map(|c| pusher_credential_to_pb(c, sealer)).collect(),
         None => Vec::new(),
     };
     pusher_credentials.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut webhooks: Vec<pb::WebhookEndpoint> = match stream_box {
+        Some(sealer) => registry.webhooks().iter().map(|w| webhook_to_pb(w, sealer)).collect(),
+        None => Vec::new(),
+    };
+    webhooks.sort_by(|a, b| a.id.cmp(&b.id));
     let mut apps: Vec<pb::AppConfig> = registry.apps().iter().map(|a| app_to_pb(a)).collect();
     apps.sort_by(|a, b| a.app_id.cmp(&b.app_id));
     pb::ConfigSnapshot {
@@ -349,6 +408,7 @@ pub fn snapshot_of(registry: &Registry, stream_box: Option<&SecretBox>) -> pb::C
             .map(|(app_id, client_id, issued_before)| pb::RevokedClient { app_id, client_id, issued_before })
             .collect(),
         pusher_credentials,
+        webhooks,
     }
 }
 

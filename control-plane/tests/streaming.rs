@@ -21,6 +21,7 @@ use aviary_control_plane::{
     UsageReporter,
 };
 use aviary_core::usage::{UsageMeter, UsageRecord};
+use aviary_core::webhook::{WebhookEvent, WebhookFormat};
 use aviary_core::{ApiKeyAuthority, ApiKeyError, Registry};
 use chrono::DurationRound;
 use reqwest::StatusCode;
@@ -256,6 +257,7 @@ on_both_stores!(
     remote_key_authority_caches_and_forgets_revoked_keys,
     reporter_retries_a_batch_until_acknowledged_and_it_counts_once,
     pusher_credentials_reach_nodes_sealed_and_their_revocation_follows,
+    webhook_endpoints_reach_nodes_sealed_and_follow_changes,
 );
 
 /// One test per case and store for a test that takes arguments after its store (the pinned
@@ -536,6 +538,77 @@ async fn pusher_credentials_reach_nodes_sealed_and_their_revocation_follows(stor
     assert!(node.pusher_credential(&later).is_some());
     cp.ok(reqwest::Method::DELETE, &format!("/v1/apps/{app_id}"), &admin, None).await;
     until(&node, PROMPTLY, |r| r.pusher_credential(&later).is_none()).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Webhook endpoints reach a node with their signing secret (delivery signs with it), sealed on
+/// the wire and in the cache file; changes, deletions and the app's deletion follow.
+async fn webhook_endpoints_reach_nodes_sealed_and_follow_changes(store: TestStore) {
+    let sealer = Arc::new(aviary_control_plane::sealing::SecretBox::parse(&"4d".repeat(32)).unwrap());
+    let cp = start(&store, None, |c| {
+        c.credentials_key = Some(sealer.clone());
+        c.webhook_allow_private_targets = true;
+    })
+    .await;
+    let (_, admin, app_id, _, _) = cp.tenant("hooks").await;
+    let path = format!("/v1/apps/{app_id}/webhooks");
+    let body = json!({ "url": "http://127.0.0.1:9/in", "events": ["channel_occupied"], "format": "aviary" });
+    let first = cp.ok(reqwest::Method::POST, &path, &admin, Some(body)).await;
+    let (id, secret) = (first["id"].as_str().unwrap().to_owned(), first["secret"].as_str().unwrap().to_owned());
+
+    let mut client = ControlPlaneClient::connect(cp.endpoint()).await.unwrap();
+    let mut stream = client
+        .watch(with_auth(pb::WatchRequest { node_id: "raw".into(), ..Default::default() }, NODE_TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::watch_event::Event::Snapshot(snapshot)) = next_event(&mut stream).await.event else {
+        panic!("a snapshot first")
+    };
+    let streamed = snapshot.webhooks.iter().find(|w| w.id == id).expect("endpoint in the snapshot");
+    assert!(!streamed.sealed_secret.windows(secret.len()).any(|w| w == secret.as_bytes()), "sealed on the wire");
+    assert_eq!(streamed.events, ["channel_occupied"]);
+
+    let node = Arc::new(Registry::new());
+    let dir = temp_dir();
+    let follower = ConfigFollower::start(follower_config(&cp.endpoint(), &dir), node.clone()).unwrap();
+    assert!(follower.wait_connected(SECOND * 3).await, "{:?}", follower.status());
+    let on_node = node.webhook(&id).expect("in the node's registry");
+    assert_eq!((on_node.secret.as_str(), on_node.app_id.as_str()), (secret.as_str(), app_id.as_str()));
+    assert_eq!(on_node.format, WebhookFormat::Aviary);
+
+    // A change keeps the secret; it arrives as a delta.
+    let patch = json!({ "events": ["member_added", "client_event"], "channels": "chat:*", "format": "pusher" });
+    cp.ok(reqwest::Method::PATCH, &format!("{path}/{id}"), &admin, Some(patch)).await;
+    until(&node, PROMPTLY, |r| r.webhook(&id).is_some_and(|w| w.format == WebhookFormat::Pusher)).await;
+    let changed = node.webhook(&id).unwrap();
+    assert_eq!(changed.events, [WebhookEvent::MemberAdded, WebhookEvent::ClientEvent]);
+    assert_eq!((changed.channels.as_deref(), changed.secret.as_str()), (Some("chat:*"), secret.as_str()));
+
+    // The cache file keeps the secret sealed and opens again with the node token.
+    let version = follower.status().version;
+    assert!(follower.wait_until(SECOND * 3, |s| s.cached_version >= version).await, "cache written");
+    let cached = std::fs::read(follower.cache_file()).unwrap();
+    assert!(!cached.windows(secret.len()).any(|w| w == secret.as_bytes()), "no secret in clear on disk");
+    let decoded = <pb::WatchEvent as prost::Message>::decode(cached.as_slice()).unwrap();
+    let Some(pb::watch_event::Event::Snapshot(from_disk)) = decoded.event else { panic!("a snapshot on disk") };
+    let restarted = Registry::new();
+    aviary_control_plane::follower::apply_snapshot(
+        &restarted,
+        from_disk,
+        &aviary_control_plane::sealing::SecretBox::for_config_stream(NODE_TOKEN),
+    );
+    assert_eq!(restarted.webhook(&id).unwrap().secret, secret);
+
+    // Deleting the endpoint, then the app (with another endpoint), removes them from the node.
+    let body = json!({ "url": "http://127.0.0.1:9/other", "events": ["channel_vacated"], "format": "aviary" });
+    let second = cp.ok(reqwest::Method::POST, &path, &admin, Some(body)).await["id"].as_str().unwrap().to_owned();
+    until(&node, PROMPTLY, |r| r.webhook(&second).is_some()).await;
+    cp.ok(reqwest::Method::DELETE, &format!("{path}/{id}"), &admin, None).await;
+    until(&node, PROMPTLY, |r| r.webhook(&id).is_none()).await;
+    assert_eq!(node.webhooks_of(&app_id).len(), 1);
+    cp.ok(reqwest::Method::DELETE, &format!("/v1/apps/{app_id}"), &admin, None).await;
+    until(&node, PROMPTLY, |r| r.webhook(&second).is_none()).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -109,6 +109,12 @@ impl Capabilities {
     }
 }
 
+/// Does the channel glob `glob` (`*` wildcards, the syntax of capability globs) match the
+/// concrete channel `channel`? (Webhook endpoints filter channels with it.)
+pub fn glob_matches_channel(glob: &str, channel: &str) -> bool {
+    glob_matches(glob.as_bytes(), channel.as_bytes(), false)
+}
+
 /// Matches `pattern` (with `*` wildcards) against `text`.
 ///
 /// With `text_is_glob`, `text` is itself a glob: its `*` may only be matched by a `*` of the

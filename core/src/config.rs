@@ -17,6 +17,7 @@ use tokio::sync::broadcast;
 use crate::channel::namespace_of;
 use crate::pusher::PusherCredential;
 use crate::token::{TokenTrust, VerifyingKey};
+use crate::webhook::WebhookEndpoint;
 
 /// Limits on what a tenant (and, tighter, one of its apps) may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -166,6 +167,10 @@ pub enum ConfigEvent {
     /// A Pusher credential was revoked: connections that opened with its key must close, and
     /// requests signed with its secret are refused from now on.
     PusherCredentialRevoked { app_id: String, key: String },
+    /// A webhook endpoint was created or changed.
+    WebhookChanged(Arc<WebhookEndpoint>),
+    /// A webhook endpoint was deleted (or its app removed).
+    WebhookRemoved { app_id: String, id: String },
 }
 
 /// The live configuration one data plane node works from. Cheap to read from any task.
@@ -177,6 +182,8 @@ pub struct Registry {
     revoked_clients: DashMap<(String, String), i64>,
     /// Live Pusher credentials by public key.
     pusher: DashMap<String, Arc<PusherCredential>>,
+    /// Webhook endpoints by id.
+    webhooks: DashMap<String, Arc<WebhookEndpoint>>,
     events: broadcast::Sender<ConfigEvent>,
     version: AtomicU64,
 }
@@ -202,6 +209,7 @@ impl Registry {
             revoked_keys: DashMap::new(),
             revoked_clients: DashMap::new(),
             pusher: DashMap::new(),
+            webhooks: DashMap::new(),
             events,
             version: AtomicU64::new(0),
         }
@@ -259,6 +267,35 @@ impl Registry {
         self.pusher.iter().map(|c| c.clone()).collect()
     }
 
+    /// The app's live Pusher credential that signs its `pusher`-format webhooks: the one with
+    /// the smallest key, so every node picks the same.
+    pub fn pusher_signing_credential(&self, app_id: &str) -> Option<Arc<PusherCredential>> {
+        self.pusher.iter().filter(|c| c.app_id == app_id).map(|c| c.clone()).min_by(|a, b| a.key.cmp(&b.key))
+    }
+
+    /// The webhook endpoint with this id.
+    pub fn webhook(&self, id: &str) -> Option<Arc<WebhookEndpoint>> {
+        self.webhooks.get(id).map(|w| w.clone())
+    }
+
+    /// Every webhook endpoint (for snapshots and resyncs).
+    pub fn webhooks(&self) -> Vec<Arc<WebhookEndpoint>> {
+        self.webhooks.iter().map(|w| w.clone()).collect()
+    }
+
+    /// The app's webhook endpoints, by id.
+    pub fn webhooks_of(&self, app_id: &str) -> Vec<Arc<WebhookEndpoint>> {
+        let mut of: Vec<_> = self.webhooks.iter().filter(|w| w.app_id == app_id).map(|w| w.clone()).collect();
+        of.sort_by(|a, b| a.id.cmp(&b.id));
+        of
+    }
+
+    /// Does any endpoint of the app want `event` (on some channel)? Cheap enough for the
+    /// message path: the common answer, no endpoints at all, is one map scan of an empty map.
+    pub fn any_webhook_wants(&self, app_id: &str, event: crate::webhook::WebhookEvent) -> bool {
+        !self.webhooks.is_empty() && self.webhooks.iter().any(|w| w.app_id == app_id && w.events.contains(&event))
+    }
+
     /// Subscribes to changes made after this call.
     pub fn subscribe(&self) -> broadcast::Receiver<ConfigEvent> {
         self.events.subscribe()
@@ -295,9 +332,14 @@ impl Registry {
         self.emit(ConfigEvent::AppChanged(app));
     }
 
-    /// Forgets an app (and its Pusher credentials: the app's removal closes their connections).
+    /// Forgets an app (and its Pusher credentials, whose connections the app's removal closes,
+    /// and its webhook endpoints).
     pub fn remove_app(&self, app_id: &str) {
         self.pusher.retain(|_, c| c.app_id != app_id);
+        let gone: Vec<String> = self.webhooks.iter().filter(|w| w.app_id == app_id).map(|w| w.id.clone()).collect();
+        for id in gone {
+            self.remove_webhook(&id);
+        }
         if let Some((_, app)) = self.apps.remove(app_id) {
             self.emit(ConfigEvent::AppRemoved { app_id: app.app_id.clone(), tenant_id: app.tenant_id.clone() });
         }
@@ -336,6 +378,23 @@ impl Registry {
     pub fn remove_pusher_credential(&self, key: &str) {
         if let Some((_, c)) = self.pusher.remove(key) {
             self.emit(ConfigEvent::PusherCredentialRevoked { app_id: c.app_id.clone(), key: c.key.clone() });
+        }
+    }
+
+    /// Inserts or replaces a webhook endpoint (no event when identical).
+    pub fn upsert_webhook(&self, endpoint: WebhookEndpoint) {
+        if self.webhooks.get(&endpoint.id).is_some_and(|current| **current == endpoint) {
+            return;
+        }
+        let endpoint = Arc::new(endpoint);
+        self.webhooks.insert(endpoint.id.clone(), endpoint.clone());
+        self.emit(ConfigEvent::WebhookChanged(endpoint));
+    }
+
+    /// Forgets a webhook endpoint (no event when it was not there).
+    pub fn remove_webhook(&self, id: &str) {
+        if let Some((_, w)) = self.webhooks.remove(id) {
+            self.emit(ConfigEvent::WebhookRemoved { app_id: w.app_id.clone(), id: w.id.clone() });
         }
     }
 

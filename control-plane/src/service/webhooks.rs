@@ -4,8 +4,8 @@
 //! Same shape as Pusher credentials ([`super::pusher`]): validate everything first, check the
 //! caller may see the app, write the store. The secret is an HMAC key that delivery must read
 //! back, so it is sealed with the credentials key (bound to the endpoint id) before it reaches
-//! the store, and never logged. Endpoints do not reach nodes yet: delivery is the next layer of
-//! issue 15.
+//! the store, and never logged. After each write the endpoint (its secret in clear, in memory
+//! only) is pushed into the registry, which streams it to nodes sealed with the stream key.
 
 use aviary_core::webhook::{WebhookEvent, WebhookFormat, target};
 use aviary_core::{Capabilities, Operation};
@@ -187,6 +187,8 @@ impl ControlPlaneState {
             updated_at: at,
         };
         self.store().create_webhook(&record, self.config().max_webhooks_per_tenant).await?;
+        self.registry().upsert_webhook(crate::sync::webhook_of(record.clone(), secret.clone()));
+        self.announce_change().await;
         tracing::info!(tenant_id = %app.tenant_id, app_id = %app.id, webhook_id = %record.id, "webhook created");
         Ok(WebhookCreated { webhook: record.into(), secret })
     }
@@ -248,6 +250,11 @@ impl ControlPlaneState {
         if !self.store().update_webhook(&webhook).await? {
             return Err(Error::NotFound("webhook"));
         }
+        let secret = self.config().credentials_key.as_ref().and_then(|k| k.open_str(&webhook.sealed_secret, &webhook.id));
+        if let Some(secret) = secret {
+            self.registry().upsert_webhook(crate::sync::webhook_of(webhook.clone(), secret));
+        }
+        self.announce_change().await;
         tracing::info!(tenant_id = %app.tenant_id, app_id = %app.id, "webhook updated");
         Ok(webhook.into())
     }
@@ -258,6 +265,8 @@ impl ControlPlaneState {
         if !self.store().delete_webhook(&app.id, webhook_id).await? {
             return Err(Error::NotFound("webhook"));
         }
+        self.registry().remove_webhook(webhook_id);
+        self.announce_change().await;
         tracing::info!(tenant_id = %app.tenant_id, app_id = %app.id, "webhook deleted");
         Ok(())
     }

@@ -417,6 +417,10 @@ pub async fn webhooks_round_trip_and_stop_at_the_tenant_limit(store: &dyn Store)
     let rest = store.list_webhooks(&a.id, &PageRequest { after: page.next_after.clone(), limit: 1 }).await.unwrap();
     assert_eq!(rest.items, vec![second.clone()]);
     assert_eq!(rest.next_after, None);
+    let all: Vec<String> = store.all_webhooks().await.unwrap().into_iter().map(|w| w.id).collect();
+    let mine = [&first.id, &second.id, &on_b.id];
+    assert_eq!(all.iter().filter(|id| mine.contains(id)).count(), 3, "every app's endpoints");
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "ordered by id");
 
     let changed = WebhookRecord {
         url: "http://hooks.example.com/changed".into(),

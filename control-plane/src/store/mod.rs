@@ -309,6 +309,8 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces the mutable fields (url, events, channels, format, updated_at) of an endpoint
     /// of `webhook.app_id`; the secret is kept. `false` if there is no such endpoint.
     async fn update_webhook(&self, webhook: &WebhookRecord) -> Result<bool>;
+    /// Every endpoint of every app, ordered by id (loading the registry).
+    async fn all_webhooks(&self) -> Result<Vec<WebhookRecord>>;
     /// Deletes the endpoint. `true` if it existed and belonged to `app_id`.
     async fn delete_webhook(&self, app_id: &str, id: &str) -> Result<bool>;
 

@@ -545,6 +545,11 @@ macro_rules! impl_sql_store {
                 Ok(paginate(items, page.limit, |w| &w.id))
             }
 
+            async fn all_webhooks(&self) -> Result<Vec<WebhookRecord>> {
+                let rows = sqlx::query("SELECT * FROM webhooks ORDER BY id").fetch_all(&self.pool).await?;
+                rows.iter().map(webhook_from_row).collect()
+            }
+
             async fn update_webhook(&self, w: &WebhookRecord) -> Result<bool> {
                 let done = sqlx::query(
                     "UPDATE webhooks SET url = $3, events = $4, channels = $5, format = $6, updated_at = $7 \

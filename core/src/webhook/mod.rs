@@ -3,9 +3,13 @@
 //! A webhook endpoint tells a tenant's backend what happens in an app's channels. The event
 //! names are Pusher's, so receivers written for Pusher read them unchanged. This module holds
 //! the pieces that are not I/O: the event and format names ([`WebhookEvent`],
-//! [`WebhookFormat`]) and which target addresses may be called ([`target`]).
+//! [`WebhookFormat`]), the endpoint a node holds ([`WebhookEndpoint`]) and which target
+//! addresses may be called ([`target`]).
 
+pub mod endpoint;
 pub mod target;
+
+pub use endpoint::WebhookEndpoint;
 
 use serde::{Deserialize, Serialize};
 
