@@ -64,6 +64,8 @@ pub struct DevArgs {
     #[arg(long, env = "AVIARY_WEBHOOK_ALLOW_PRIVATE_TARGETS", default_value_t = true,
         action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub webhook_allow_private_targets: bool,
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
     /// Seconds between usage reports into the usage API (billing figures).
     #[arg(long, env = "AVIARY_USAGE_INTERVAL_S", default_value_t = 10)]
     pub usage_interval_s: u64,
@@ -184,6 +186,13 @@ pub struct DataPlaneArgs {
     /// Prefix of every Redis key and pub/sub topic, so several Aviary clusters can share Redis.
     #[arg(long, env = "AVIARY_REDIS_PREFIX", default_value = "aviary")]
     pub redis_prefix: String,
+    /// Let webhook deliveries connect to loopback, private or link-local addresses (every
+    /// address a webhook URL resolves to is checked at connect time; refused by default).
+    #[arg(long, env = "AVIARY_WEBHOOK_ALLOW_PRIVATE_TARGETS", default_value_t = false,
+        action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub webhook_allow_private_targets: bool,
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
     #[command(flatten)]
     pub node: NodeTuning,
     #[command(flatten)]
@@ -195,6 +204,34 @@ pub struct MigrateArgs {
     /// Postgres connection URL.
     #[arg(long, env = "AVIARY_DATABASE_URL")]
     pub database_url: String,
+}
+
+/// Webhook delivery knobs shared by `dev` and `data-plane`.
+#[derive(Debug, Clone, Args)]
+pub struct WebhookArgs {
+    /// Seconds a failing webhook batch is retried (exponential backoff with jitter) before it
+    /// is dropped and counted in `aviary_webhook_events_dropped_total`.
+    #[arg(long, env = "AVIARY_WEBHOOK_RETRY_WINDOW_S", default_value_t = 300)]
+    pub webhook_retry_window_s: u64,
+    /// Seconds one webhook POST may take.
+    #[arg(long, env = "AVIARY_WEBHOOK_TIMEOUT_S", default_value_t = 10)]
+    pub webhook_timeout_s: u64,
+    /// Seconds of an app's delivery lease: when the node delivering an app's webhooks dies,
+    /// another takes over (with everything it had not finished) within this.
+    #[arg(long, env = "AVIARY_WEBHOOK_LEASE_TTL_S", default_value_t = 10)]
+    pub webhook_lease_ttl_s: u64,
+}
+
+impl WebhookArgs {
+    pub fn config(&self, allow_private_targets: bool) -> aviary_data_plane::WebhookConfig {
+        aviary_data_plane::WebhookConfig {
+            allow_private_targets,
+            retry_window: std::time::Duration::from_secs(self.webhook_retry_window_s),
+            timeout: std::time::Duration::from_secs(self.webhook_timeout_s.max(1)),
+            lease_ttl: std::time::Duration::from_secs(self.webhook_lease_ttl_s.max(1)),
+            ..aviary_data_plane::WebhookConfig::default()
+        }
+    }
 }
 
 /// Data-plane knobs shared by `dev` and `data-plane`.

@@ -59,6 +59,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         nodes::data_plane_config(&args.node),
         shutdown.child_token(),
     );
+    // Webhooks in memory: the queue does not survive a restart of `aviary dev`.
+    data_plane.start_webhooks(
+        Arc::new(aviary_broker::webhooks::memory::MemoryLedger::new()),
+        args.webhooks.config(args.webhook_allow_private_targets),
+    )?;
 
     // Usage goes into the same store and API as in a cluster, through the same ingestion path.
     let reporter = aviary_control_plane::UsageReporter::spawn(

@@ -282,6 +282,20 @@ pub async fn run_data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
     if !args.redis_urls.is_empty() {
         data_plane.enable_cluster_channel_listing(&args.redis_urls, &args.redis_prefix)?;
     }
+    // Webhooks: with Redis the ledger (transitions and the delivery queue) is shared and
+    // durable; alone, in memory.
+    let ledger: Arc<dyn aviary_broker::webhooks::WebhookLedger> = if args.redis_urls.is_empty() {
+        Arc::new(aviary_broker::webhooks::memory::MemoryLedger::new())
+    } else {
+        let node_ttl = data_plane_config(&args.node).presence_ttl.max(aviary_data_plane::MIN_PRESENCE_TTL);
+        Arc::new(aviary_broker::webhooks::redis::RedisLedger::new(
+            &args.redis_urls,
+            &args.redis_prefix,
+            &node_id,
+            node_ttl,
+        )?)
+    };
+    data_plane.start_webhooks(ledger, args.webhooks.config(args.webhook_allow_private_targets))?;
     let reporter = UsageReporter::spawn(
         data_plane.usage_meter().clone(),
         Arc::new(GrpcUsageSink::new(&args.control_plane, &args.node_token)?),

@@ -85,7 +85,13 @@ impl ControlPlaneState {
         for webhook in webhooks {
             self.registry().upsert_webhook(webhook);
         }
-        tracing::info!(apps = loaded, tenants = tenants.len(), pusher, webhooks = endpoints, "registry loaded from store");
+        tracing::info!(
+            apps = loaded,
+            tenants = tenants.len(),
+            pusher,
+            webhooks = endpoints,
+            "registry loaded from store"
+        );
         Ok(())
     }
 

@@ -208,12 +208,19 @@ impl ChannelEntry {
 /// What the hub does with a node signal's bytes (see `crate::signals`).
 type SignalSink = Box<dyn Fn(&[u8]) + Send + Sync>;
 
+/// Told when a channel's local subscriber count changed (webhooks turn the cluster-wide
+/// count's zero crossings into `channel_occupied`/`channel_vacated`). Must not block.
+pub trait OccupancyListener: Send + Sync + 'static {
+    fn occupancy_changed(&self, key: &ChannelKey);
+}
+
 /// Channel -> local subscribers.
 pub struct Hub {
     broker: Arc<dyn Broker>,
     channels: DashMap<ChannelKey, Arc<ChannelEntry>>,
     /// Receives publications on the reserved signals stream (empty app id) instead of fan-out.
     signals: std::sync::OnceLock<SignalSink>,
+    occupancy: std::sync::OnceLock<Arc<dyn OccupancyListener>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -224,12 +231,33 @@ impl std::fmt::Debug for Hub {
 
 impl Hub {
     pub fn new(broker: Arc<dyn Broker>) -> Self {
-        Hub { broker, channels: DashMap::new(), signals: std::sync::OnceLock::new() }
+        Hub {
+            broker,
+            channels: DashMap::new(),
+            signals: std::sync::OnceLock::new(),
+            occupancy: std::sync::OnceLock::new(),
+        }
     }
 
     /// Hands publications of the node signals stream (`crate::signals`) to `sink`; set once.
     pub fn on_signal(&self, sink: impl Fn(&[u8]) + Send + Sync + 'static) {
         let _ = self.signals.set(Box::new(sink));
+    }
+
+    /// Registers the one listener told about subscriber count changes (set once).
+    pub fn set_occupancy_listener(&self, listener: Arc<dyn OccupancyListener>) {
+        let _ = self.occupancy.set(listener);
+    }
+
+    fn occupancy_changed(&self, key: &ChannelKey) {
+        if let Some(listener) = self.occupancy.get() {
+            listener.occupancy_changed(key);
+        }
+    }
+
+    /// Local subscribers of `key` now.
+    pub fn local_subscribers(&self, key: &ChannelKey) -> usize {
+        self.channels.get(key).map_or(0, |e| e.subscribers.read().len())
     }
 
     /// Adds `subscriber` to `key` (buffering until [`Subscriber::go_live`]), subscribing this
@@ -253,6 +281,7 @@ impl Hub {
                 gate.broker_subscribed = true;
             }
             entry.subscribers.write().push(subscriber);
+            self.occupancy_changed(key);
             return Ok(());
         }
     }
@@ -267,6 +296,7 @@ impl Hub {
             subs.retain(|s| &*s.session.connection_id != connection_id);
             subs.is_empty()
         };
+        self.occupancy_changed(key);
         if !now_empty || gate.retired {
             return;
         }

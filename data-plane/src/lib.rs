@@ -41,6 +41,7 @@ pub(crate) mod session;
 pub(crate) mod session_handle;
 pub(crate) mod signals;
 pub(crate) mod transport;
+pub mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,7 +60,9 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 pub use error::Error;
+pub use ops::webhooks::ClientEvent;
 pub use quota_enforcer::{ClusterQuotas, LocalQuotas, QuotaEnforcer};
+pub use webhooks::WebhookConfig;
 
 use crate::hub::Hub;
 use crate::protocol::{CloseReason, close};
@@ -149,6 +152,8 @@ pub(crate) struct NodeState {
     pub(crate) usage: Arc<UsageMeter>,
     /// Cluster-wide channel listing, when enabled; `None` lists this node's channels only.
     pub(crate) channel_counts: OnceLock<Arc<RedisChannelCounts>>,
+    /// Webhook events and delivery, once started ([`DataPlane::start_webhooks`]).
+    pub(crate) webhooks: OnceLock<Arc<webhooks::Webhooks>>,
     /// Open connections by connection id, for drain and revocations.
     pub(crate) sessions: DashMap<Arc<str>, Arc<SessionHandle>>,
     pub(crate) shutdown: CancellationToken,
@@ -234,6 +239,7 @@ impl DataPlane {
             quotas,
             usage: Arc::new(UsageMeter::new(aviary_core::unix_now_ms())),
             channel_counts: OnceLock::new(),
+            webhooks: OnceLock::new(),
             sessions: DashMap::new(),
             shutdown,
             draining: AtomicBool::new(false),
@@ -282,6 +288,38 @@ impl DataPlane {
             .map_err(|_| Error::Internal("cluster channel listing is already enabled".into()))?;
         tokio::spawn(report_channels(Arc::downgrade(&self.inner), counts, interval, self.inner.shutdown.clone()));
         Ok(())
+    }
+
+    /// Starts webhooks on this node over `ledger`: the memory ledger on a single node, the
+    /// Redis ledger (same URLs and prefix as the broker) in a cluster, where it also makes the
+    /// queue durable. Shares of a node count for `presence_ttl` after its last sign of life, so a
+    /// dead node's members and channels leave within the presence TTL. Call once, inside a Tokio
+    /// runtime; without it no webhook is sent.
+    pub fn start_webhooks(
+        &self,
+        ledger: Arc<dyn aviary_broker::webhooks::WebhookLedger>,
+        config: WebhookConfig,
+    ) -> Result<(), Error> {
+        let webhooks = webhooks::Webhooks::start(
+            self.inner.registry.clone(),
+            &self.inner.hub,
+            ledger,
+            config,
+            self.inner.presence_ttl(),
+            self.inner.shutdown.clone(),
+        );
+        self.inner.webhooks.set(webhooks).map_err(|_| Error::Internal("webhooks are already started".into()))
+    }
+
+    /// Reports a client event for `client_event` webhooks (front ends inside this crate call
+    /// `ops::webhooks::client_event` directly).
+    pub async fn client_event_webhook(&self, event: ClientEvent<'_>) {
+        ops::webhooks::client_event(&self.inner, event).await;
+    }
+
+    /// This node's recent delivery attempts for a webhook endpoint, oldest first.
+    pub fn webhook_attempts(&self, endpoint_id: &str) -> Vec<webhooks::delivery::AttemptRecord> {
+        self.inner.webhooks.get().map(|w| w.deliveries.recent(endpoint_id)).unwrap_or_default()
     }
 
     /// Channels with at least one local subscriber.
@@ -406,7 +444,10 @@ fn apply_config_event(inner: &NodeState, event: &ConfigEvent) {
             let reason = CloseReason::new(close::GOING_AWAY, "Pusher credential changed; reconnect");
             close_matching(inner, reason, |id| id.key_id == key_id)
         }
-        ConfigEvent::AppChanged(_) | ConfigEvent::KeysChanged => {}
+        ConfigEvent::AppChanged(_)
+        | ConfigEvent::KeysChanged
+        | ConfigEvent::WebhookChanged(_)
+        | ConfigEvent::WebhookRemoved { .. } => {}
         ConfigEvent::PusherCredentialRevoked { key, .. } => {
             let key_id = pusher::connection::credential_key_id(key);
             close_matching(inner, CloseReason::new(close::REVOKED, "Pusher credential revoked"), |id| {

@@ -250,7 +250,8 @@ impl ControlPlaneState {
         if !self.store().update_webhook(&webhook).await? {
             return Err(Error::NotFound("webhook"));
         }
-        let secret = self.config().credentials_key.as_ref().and_then(|k| k.open_str(&webhook.sealed_secret, &webhook.id));
+        let secret =
+            self.config().credentials_key.as_ref().and_then(|k| k.open_str(&webhook.sealed_secret, &webhook.id));
         if let Some(secret) = secret {
             self.registry().upsert_webhook(crate::sync::webhook_of(webhook.clone(), secret));
         }

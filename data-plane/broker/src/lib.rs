@@ -4,7 +4,8 @@
 //! [`contract`] is the one test suite every implementation passes (the in-process
 //! [`memory::MemoryBroker`] for `aviary dev`, [`redis::RedisBroker`] for clusters). Beside the
 //! engine, Redis also holds cluster-wide quota counters ([`redis_quotas`]) and per-node channel
-//! subscriber counts for listings ([`channels`]).
+//! subscriber counts for listings ([`channels`]) and the webhook ledger ([`webhooks`]:
+//! cluster-wide occupancy and membership transitions and the durable event queue).
 //!
 //! # Contract
 //! - **Streams.** Each channel (keyed by [`ChannelKey`], so two apps never share one) has a
@@ -30,6 +31,7 @@ pub mod contract;
 pub mod memory;
 pub mod redis;
 pub mod redis_quotas;
+pub mod webhooks;
 
 use std::fmt;
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! Every data-plane operation, once: publish (single and batch), history, presence, channel
-//! listing and counts, subscribe admission, and terminating a user's connections.
+//! listing and counts, subscribe admission, terminating a user's connections, and the
+//! webhook events operations raise ([`webhooks`]).
 //!
 //! Front ends (the WebSocket and SSE session, the REST API, and the protocols to come) are
 //! thin: they decode a request in their own words, call one function here with an
@@ -31,6 +32,7 @@ pub mod history;
 pub mod presence;
 pub mod publish;
 pub mod subscribe;
+pub mod webhooks;
 
 use std::sync::Arc;
 

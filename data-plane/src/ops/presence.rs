@@ -78,6 +78,7 @@ pub async fn enter_as(
             };
             let max_members = admitted.app.quotas.max_presence_members;
             node.broker.presence_join(&admitted.key, member, node.presence_ttl_s(), max_members).await?;
+            super::webhooks::member_entered(node, &admitted.key, &client.client_id, &client.connection_id);
             Ok(admitted.key)
         }
         .await,
@@ -87,6 +88,9 @@ pub async fn enter_as(
 /// Removes the connection from a presence set it entered (`key` as [`enter`] returned it).
 /// No checks: leaving is always allowed, even after the app or the token changed.
 pub async fn leave(node: &NodeState, connection_id: &str, key: &ChannelKey) -> Result<()> {
+    // Counted out of the webhook membership first: a failed engine call still ends the
+    // connection's membership here (its engine entry expires with the presence TTL).
+    super::webhooks::member_left(node, key, connection_id);
     Ok(node.broker.presence_leave(key, connection_id).await?)
 }
 

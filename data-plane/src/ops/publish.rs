@@ -154,6 +154,11 @@ async fn send(node: &NodeState, principal: Principal<'_>, checked: Checked) -> R
     if !result.duplicate {
         metrics::message_in(principal.tenant_id(), principal.app_id(), principal.source(), size);
         principal.usage(node).published(1, size as u64);
+        let client_id = match principal {
+            Principal::Client(c) => Some(&*c.client_id),
+            Principal::ApiKey(_) => None,
+        };
+        super::webhooks::published(node, principal.tenant_id(), &checked.key, &result.position, &data, client_id).await;
     } else if let Some(key) = key {
         // A repeat must carry the same message; one that does not is a bug or an attack, and
         // answering it with the earlier position would hide that its message was dropped.
