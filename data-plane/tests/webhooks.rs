@@ -335,10 +335,11 @@ async fn every_event_arrives_signed_in_both_formats() {
 }
 
 /// Runs the npm `pusher` SDK's `webhook()` over each delivery: `isValid()` must be true and
-/// `getEvents()` must list the events. Needs `node` and `e2e/node_modules/pusher` (scripts/test
-/// installs them with `npm ci`); without them the test fails, it never skips.
+/// `getEvents()` must list the events. Needs `node` and `aviary/tests/pusher/node_modules/pusher`
+/// (the package the Pusher HTTP API tests share; scripts/test runs `npm ci` there); without them
+/// the test fails, it never skips.
 fn pusher_sdk_validates(deliveries: &[Received], credential: &PusherCredential) {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../aviary/tests/pusher");
     let script = r#"
 const Pusher = require('pusher');
 const input = JSON.parse(require('fs').readFileSync(0, 'utf8'));
@@ -376,7 +377,7 @@ console.log(JSON.stringify({ out, tampered: tampered.isValid() }));
     let output = child.wait_with_output().unwrap();
     assert!(
         output.status.success(),
-        "the pusher SDK script failed (run `npm ci` in e2e/): {}",
+        "the pusher SDK script failed (run `npm ci` in aviary/tests/pusher/): {}",
         String::from_utf8_lossy(&output.stderr)
     );
     let result: Value = serde_json::from_slice(&output.stdout).unwrap();
