@@ -463,8 +463,14 @@ impl Inner {
             .arg(since.map(|s| s.epoch.as_str()).unwrap_or(""))
             .arg(limit);
         let mut conn = shard.commands.clone();
-        let (epoch, offset, first_held, entries): (String, u64, i64, Vec<Bytes>) =
-            with_timeout(invocation.invoke_async(&mut conn)).await?;
+        let mut outcome = tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn)).await;
+        if connection_lost(&outcome) {
+            // The first command after Redis came back finds the old socket dead; reading is safe
+            // to repeat (the script only creates a missing stream's epoch), so the reader gets
+            // its answer from the new connection instead of an error.
+            outcome = tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn)).await;
+        }
+        let (epoch, offset, first_held, entries): (String, u64, i64, Vec<Bytes>) = settle(outcome)?;
         let epoch_arc: Arc<str> = epoch.as_str().into();
         let publications = entries
             .into_iter()
@@ -599,7 +605,17 @@ fn counted(error: BrokerError) -> BrokerError {
 /// Awaits a Redis call with [`COMMAND_TIMEOUT`], mapping failures to [`BrokerError`] (and
 /// counting them in [`BROKER_ERRORS`]).
 pub(crate) async fn with_timeout<T>(call: impl Future<Output = Result<T, RedisError>>) -> Result<T, BrokerError> {
-    match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
+    settle(tokio::time::timeout(COMMAND_TIMEOUT, call).await)
+}
+
+/// Whether a command failed because its connection was gone (Redis restarted, a stale socket):
+/// the connection manager reconnects, so a command that is safe to repeat may be sent again.
+fn connection_lost(outcome: &Result<Result<impl Sized, RedisError>, tokio::time::error::Elapsed>) -> bool {
+    matches!(outcome, Ok(Err(e)) if e.is_connection_dropped() || e.is_io_error())
+}
+
+fn settle<T>(outcome: Result<Result<T, RedisError>, tokio::time::error::Elapsed>) -> Result<T, BrokerError> {
+    match outcome {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(counted(map_error(&e))),
         Err(_) => Err(counted(BrokerError::Unavailable("Redis did not answer in time".into()))),
