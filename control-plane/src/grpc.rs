@@ -18,7 +18,9 @@ use crate::ControlPlaneState;
 use crate::auth::TenantAdmin;
 use crate::error::Error;
 use crate::rate_limit::{Credential, PeerIp, grpc_refusal, limiter};
-use crate::service::{CreateApiKey, CreateApp, CreatePusherCredential, ListParams, PusherCredentialView};
+use crate::service::{
+    CreateApiKey, CreateApp, CreatePusherCredential, CreateWebhook, ListParams, PusherCredentialView, WebhookView,
+};
 use crate::store::App;
 use crate::tokens::TokenRequest;
 
@@ -80,7 +82,7 @@ pub const NODE_MAX_RECEIVE_BYTES: usize = 256 * 1024 * 1024;
 const NODE_METHODS: [&str; 3] = ["Watch", "VerifyApiKey", "ReportUsage"];
 
 /// The RPCs of the service, the only method labels metrics use (bounded cardinality).
-const METHODS: [&str; 11] = [
+const METHODS: [&str; 14] = [
     "IssueToken",
     "CreateApp",
     "ListApps",
@@ -89,6 +91,9 @@ const METHODS: [&str; 11] = [
     "CreatePusherCredential",
     "ListPusherCredentials",
     "RevokePusherCredential",
+    "CreateWebhook",
+    "ListWebhooks",
+    "DeleteWebhook",
     "Watch",
     "VerifyApiKey",
     "ReportUsage",
@@ -211,6 +216,26 @@ fn pusher_credential_info(c: PusherCredentialView) -> pb::PusherCredentialInfo {
         client_events: c.client_events,
         created_at: c.created_at.to_rfc3339(),
         revoked_at: c.revoked_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+    }
+}
+
+fn webhook_info(w: WebhookView) -> pb::WebhookInfo {
+    pb::WebhookInfo {
+        events: w
+            .events
+            .iter()
+            .filter_map(|e| match serde_json::to_value(e) {
+                Ok(serde_json::Value::String(s)) => Some(s),
+                _ => None,
+            })
+            .collect(),
+        id: w.id,
+        app_id: w.app_id,
+        url: w.url,
+        channels: w.channels.unwrap_or_default(),
+        format: w.format.as_str().to_owned(),
+        created_at: w.created_at.to_rfc3339(),
+        updated_at: w.updated_at.to_rfc3339(),
     }
 }
 
@@ -434,5 +459,67 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneGrpc {
         let req = request.into_inner();
         self.state.revoke_pusher_credential(&admin, &req.app_id, &req.key).await?;
         Ok(Response::new(pb::RevokePusherCredentialResponse {}))
+    }
+
+    async fn create_webhook(
+        &self,
+        request: Request<pb::CreateWebhookRequest>,
+    ) -> Result<Response<pb::CreateWebhookResponse>, Status> {
+        let admin = self.admin(&request).await?;
+        let req = request.into_inner();
+        let events = req
+            .events
+            .iter()
+            .map(|name| {
+                serde_json::from_value(serde_json::Value::String(name.clone()))
+                    .map_err(|_| Status::invalid_argument(format!("unknown webhook event {name:?}")))
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let format = aviary_core::webhook::WebhookFormat::parse(&req.format)
+            .ok_or_else(|| Status::invalid_argument("format must be aviary or pusher"))?;
+        let created = self
+            .state
+            .create_webhook(
+                &admin,
+                &req.app_id,
+                CreateWebhook {
+                    url: req.url,
+                    events,
+                    channels: (!req.channels.is_empty()).then_some(req.channels),
+                    format,
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::CreateWebhookResponse {
+            webhook: Some(webhook_info(created.webhook)),
+            secret: created.secret,
+        }))
+    }
+
+    async fn list_webhooks(
+        &self,
+        request: Request<pb::ListWebhooksRequest>,
+    ) -> Result<Response<pb::ListWebhooksResponse>, Status> {
+        let admin = self.admin(&request).await?;
+        let req = request.into_inner();
+        let params = ListParams {
+            limit: (req.limit != 0).then_some(req.limit),
+            cursor: (!req.cursor.is_empty()).then_some(req.cursor),
+        };
+        let listing = self.state.list_webhooks(&admin, &req.app_id, &params).await?;
+        Ok(Response::new(pb::ListWebhooksResponse {
+            webhooks: listing.items.into_iter().map(webhook_info).collect(),
+            next_cursor: listing.next_cursor.unwrap_or_default(),
+        }))
+    }
+
+    async fn delete_webhook(
+        &self,
+        request: Request<pb::DeleteWebhookRequest>,
+    ) -> Result<Response<pb::DeleteWebhookResponse>, Status> {
+        let admin = self.admin(&request).await?;
+        let req = request.into_inner();
+        self.state.delete_webhook(&admin, &req.app_id, &req.webhook_id).await?;
+        Ok(Response::new(pb::DeleteWebhookResponse {}))
     }
 }

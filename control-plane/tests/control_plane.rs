@@ -536,6 +536,62 @@ async fn pusher_credentials_are_created_once_listed_without_secrets_and_revoked(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_over_grpc_follow_the_rest_rules() {
+    let s = start(sqlite_store().await, |c| c.credentials_key = Some(credentials_key())).await;
+    let (_, admin, app_id, _) = s.tenant_with_key("grpc-hooks", chat_caps()).await;
+    let (_, other_admin, _, _) = s.tenant_with_key("grpc-hooks-other", chat_caps()).await;
+    let mut client = ControlPlaneClient::connect(format!("http://{}", s.grpc)).await.unwrap();
+    let request = |app_id: &str, url: &str, events: &[&str], format: &str| pb::CreateWebhookRequest {
+        app_id: app_id.to_owned(),
+        url: url.to_owned(),
+        events: events.iter().map(|e| e.to_string()).collect(),
+        channels: "chat:*".into(),
+        format: format.into(),
+    };
+    let created = client
+        .create_webhook(with_auth(
+            request(&app_id, "https://hooks.example.com/g", &["channel_occupied", "client_event"], "pusher"),
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let info = created.webhook.unwrap();
+    assert_eq!(created.secret.len(), 64);
+    assert_eq!(
+        (info.events.clone(), info.format.as_str(), info.channels.as_str()),
+        (vec!["channel_occupied".to_owned(), "client_event".to_owned()], "pusher", "chat:*")
+    );
+    assert_eq!(s.state.registry().webhook(&info.id).unwrap().secret, created.secret, "pushed to the registry");
+    for (bad, code) in [
+        (request(&app_id, "https://hooks.example.com/", &["channel_opened"], "aviary"), tonic::Code::InvalidArgument),
+        (request(&app_id, "https://hooks.example.com/", &["client_event"], "xml"), tonic::Code::InvalidArgument),
+        (request(&app_id, "http://127.0.0.1/", &["client_event"], "aviary"), tonic::Code::InvalidArgument),
+    ] {
+        assert_eq!(client.create_webhook(with_auth(bad, &admin)).await.unwrap_err().code(), code);
+    }
+    let hidden = request(&app_id, "https://hooks.example.com/", &["client_event"], "aviary");
+    assert_eq!(client.create_webhook(with_auth(hidden, &other_admin)).await.unwrap_err().code(), tonic::Code::NotFound);
+    let listed = client
+        .list_webhooks(with_auth(pb::ListWebhooksRequest { app_id: app_id.clone(), ..Default::default() }, &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.webhooks.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(), [info.id.as_str()]);
+    assert!(!format!("{listed:?}").contains(&created.secret), "never a secret in a listing");
+    client
+        .delete_webhook(with_auth(
+            pb::DeleteWebhookRequest { app_id: app_id.clone(), webhook_id: info.id.clone() },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    assert!(s.state.registry().webhook(&info.id).is_none());
+    let again = pb::DeleteWebhookRequest { app_id, webhook_id: info.id };
+    assert_eq!(client.delete_webhook(with_auth(again, &admin)).await.unwrap_err().code(), tonic::Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pusher_credentials_need_a_credentials_key() {
     let s = start(sqlite_store().await, |_| {}).await;
     let (_, admin, app_id, _) = s.tenant_with_key("keyless", chat_caps()).await;
