@@ -475,8 +475,12 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneGrpc {
                     .map_err(|_| Status::invalid_argument(format!("unknown webhook event {name:?}")))
             })
             .collect::<Result<Vec<_>, Status>>()?;
-        let format = aviary_core::webhook::WebhookFormat::parse(&req.format)
-            .ok_or_else(|| Status::invalid_argument("format must be aviary or pusher"))?;
+        // An unset proto3 string is "": the same default as REST.
+        let format = match req.format.as_str() {
+            "" => aviary_core::webhook::WebhookFormat::Aviary,
+            other => aviary_core::webhook::WebhookFormat::parse(other)
+                .ok_or_else(|| Status::invalid_argument("format must be aviary or pusher"))?,
+        };
         let created = self
             .state
             .create_webhook(
