@@ -19,6 +19,12 @@ pub struct Cli {
     /// Log line format.
     #[arg(long, env = "AVIARY_LOG_FORMAT", value_enum, default_value = "text", global = true)]
     pub log_format: LogFormat,
+    /// TOML file of flag values: keys are flag names without `--` (`listen = "0.0.0.0:8080"`),
+    /// a `[data-plane]` (or `[dev]`, `[control-plane]`, ...) table applies to that command only.
+    /// A flag on the command line, then an `AVIARY_*` variable, overrides the file; a key that
+    /// is no flag is an error.
+    #[arg(long, env = "AVIARY_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -33,6 +39,17 @@ pub enum Command {
     DataPlane(DataPlaneArgs),
     /// Applies the database migrations and exits.
     Migrate(MigrateArgs),
+    /// Operator tools for the configuration (flags, `AVIARY_*` variables, `--config` file).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Mints a connection token with an API key through the control plane's REST API and
+    /// prints it: for debugging a client without writing a backend.
+    Token(TokenArgs),
+    /// Prints a shell completion script, e.g. `aviary completions bash > /etc/bash_completion.d/aviary`.
+    Completions(CompletionsArgs),
+    /// Asks a running process's health endpoint and exits 0 when it answers 2xx: the image's
+    /// HEALTHCHECK (the image has no curl).
+    Healthcheck(HealthcheckArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -301,4 +318,77 @@ pub fn metrics_listen(flag: Option<SocketAddr>, listen: SocketAddr) -> SocketAdd
         let port = if listen.port() == 0 { 0 } else { 9464 };
         SocketAddr::from(([127, 0, 0, 1], port))
     })
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validates a role's flags, `AVIARY_*` variables and config file without starting anything,
+    /// and prints the effective configuration (secrets redacted, each value's source named).
+    /// Exits 1 naming the flag when a value is invalid, 2 when clap refuses the command line.
+    /// Example: `aviary config check data-plane --control-plane http://cp:8071`.
+    Check {
+        #[command(subcommand)]
+        role: Role,
+    },
+}
+
+/// The server roles, as `aviary config check` takes them (same flags as the commands).
+#[derive(Debug, Subcommand)]
+pub enum Role {
+    /// `aviary dev`'s configuration.
+    Dev(DevArgs),
+    /// `aviary control-plane`'s configuration.
+    ControlPlane(ControlPlaneArgs),
+    /// `aviary data-plane`'s configuration.
+    DataPlane(DataPlaneArgs),
+    /// `aviary migrate`'s configuration.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// Base URL of the control plane's REST API (`aviary dev`: its only port; a control plane:
+    /// its `--listen`, 8070 by default).
+    #[arg(long, env = "AVIARY_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The app the token is for (`app_...`).
+    #[arg(long, env = "AVIARY_APP_ID")]
+    pub app: String,
+    /// An API key of that app (`avk_...`); the token can never exceed its capabilities.
+    #[arg(long, env = "AVIARY_API_KEY", hide_env_values = true)]
+    pub api_key: String,
+    /// The end user the token is for (its `sub`).
+    #[arg(long, env = "AVIARY_CLIENT_ID")]
+    pub client_id: String,
+    /// Lifetime in seconds (default: the control plane's, 600 or the app's maximum).
+    #[arg(long, env = "AVIARY_TOKEN_TTL_S")]
+    pub ttl_s: Option<u32>,
+    /// What the connection may do, `GLOB=OP,OP` (e.g. `chat:*=subscribe,publish`); repeat the
+    /// flag (or separate with `;`) for several globs. Default: the key's capabilities.
+    #[arg(long = "capability", env = "AVIARY_TOKEN_CAPABILITIES", value_delimiter = ';', value_name = "GLOB=OPS")]
+    pub capabilities: Vec<String>,
+    /// Presence info other members see: a JSON object.
+    #[arg(long, env = "AVIARY_TOKEN_INFO", value_name = "JSON")]
+    pub info: Option<String>,
+    /// Print the whole answer (token and expiry) as JSON instead of the token alone.
+    #[arg(long, env = "AVIARY_TOKEN_JSON")]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// The URL to ask. Default: `/readyz` on loopback at the port of `AVIARY_LISTEN` when that
+    /// is set, else `http://127.0.0.1:8080/readyz`.
+    #[arg(long, env = "AVIARY_HEALTHCHECK_URL")]
+    pub url: Option<String>,
+    /// Seconds to wait for the answer.
+    #[arg(long, env = "AVIARY_HEALTHCHECK_TIMEOUT_S", default_value_t = 3)]
+    pub timeout_s: u64,
 }

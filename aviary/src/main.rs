@@ -5,11 +5,13 @@
 //! - `aviary control-plane`: the REST + gRPC API on Postgres.
 //! - `aviary data-plane`: a stateless node browsers connect to.
 //! - `aviary migrate`: applies the Postgres migrations and exits.
+//! - `aviary config check`, `token`, `completions`, `healthcheck`: operator tools ([`cli`]).
 //!
-//! Every flag is also an `AVIARY_*` environment variable. This file only parses arguments and
-//! dispatches; each role's wiring lives in its own module.
+//! Every flag is also an `AVIARY_*` environment variable and a key of the `--config` file.
+//! This file only parses arguments and dispatches; each role's wiring lives in its own module.
 
 mod args;
+mod cli;
 mod console;
 mod demo;
 mod dev;
@@ -21,9 +23,11 @@ mod serve;
 mod shutdown;
 mod telemetry;
 
-use clap::Parser;
+use std::process::ExitCode;
 
-use crate::args::{Cli, Command};
+use clap::{CommandFactory, FromArgMatches};
+
+use crate::args::{Cli, Command, ConfigCommand};
 
 // A node holds tens of thousands of connections, each a handful of small allocations, and the
 // fan-out allocates and frees on different threads. mimalloc keeps both cheaper than the
@@ -47,9 +51,36 @@ fn disable_transparent_huge_pages() {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     disable_transparent_huge_pages();
-    let cli = Cli::parse();
+    let argv: Vec<_> = std::env::args_os().collect();
+    // Before clap and before any thread: the file's values become unset AVIARY_* variables.
+    let applied = cli::config_file::apply(&argv).unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    });
+    let matches = Cli::command().get_matches_from(&argv);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Operator tools: no logging set-up (their stdout is their answer), no metrics.
+    match cli.command {
+        Command::Config(ConfigCommand::Check { ref role }) => {
+            return Ok(cli::check::run(&cli, role, &matches, &applied));
+        }
+        Command::Completions(args) => {
+            cli::completions::print(args.shell);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Token(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(cli::token::run(args))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Healthcheck(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            return Ok(runtime.block_on(cli::healthcheck::run(args)));
+        }
+        _ => {}
+    }
     telemetry::init_tracing(&cli.log, cli.log_format);
     // Install the recorder before anything emits a metric, or early counts would be lost.
     telemetry::prometheus();
@@ -60,6 +91,10 @@ fn main() -> anyhow::Result<()> {
             Command::ControlPlane(args) => nodes::run_control_plane(args).await,
             Command::DataPlane(args) => nodes::run_data_plane(args).await,
             Command::Migrate(args) => nodes::migrate(args).await,
+            Command::Config(_) | Command::Token(_) | Command::Completions(_) | Command::Healthcheck(_) => {
+                unreachable!("operator tools return above")
+            }
         }
-    })
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
