@@ -8,6 +8,7 @@ mod client;
 mod report;
 mod scenarios;
 mod servers;
+mod spawn;
 mod stats;
 
 use std::path::PathBuf;

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::client::{Auth, Endpoint, Kind};
@@ -90,26 +89,10 @@ fn scratch_dir(label: &str) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Spawns `command` and waits for its `listening on http://ADDR` stdout line.
+/// Spawns `command` (stderr inherited) and waits up to 60 s for its `listening on` line.
 async fn spawn_listening(mut command: Command, what: &str) -> anyhow::Result<(Child, SocketAddr)> {
-    command.stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null()).kill_on_drop(true);
-    let mut child = command.spawn().with_context(|| format!("starting {what}"))?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("{what}: stdout not piped"))?;
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(v) = line.trim().strip_prefix("listening on http://") {
-                return Ok::<_, anyhow::Error>(Some(v.parse::<SocketAddr>()?));
-            }
-        }
-        Ok(None)
-    })
-    .await
-    .with_context(|| format!("{what} did not start in 60 s"))??
-    .ok_or_else(|| anyhow!("{what} exited before listening"))?;
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, addr))
+    command.stderr(Stdio::inherit()).stdin(Stdio::null()).kill_on_drop(true);
+    crate::spawn::spawn_listening(command, what, Duration::from_secs(60), None).await
 }
 
 fn aviary_command(bin: &Path) -> Command {

@@ -1,6 +1,7 @@
 //! The processes of a chaos run, all on loopback: a redis-server of its own on a free port, the
-//! control plane on a fresh Postgres database, and data-plane nodes that can be killed, frozen
-//! and restarted. Every child gets SIGKILL when the runner dies (PR_SET_PDEATHSIG, so even a
+//! control plane on a fresh Postgres database (stopped and started again on the same ports), and
+//! data-plane nodes that can be killed, frozen and restarted, each reaching Redis through a TCP
+//! proxy of its own. Every child gets SIGKILL when the runner dies (PR_SET_PDEATHSIG, so even a
 //! killed runner leaves nothing behind) and when the [`Cluster`] drops.
 
 use std::net::SocketAddr;
@@ -10,17 +11,25 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+use crate::proxy::Proxy;
+use crate::spawn;
 
 const OPERATOR_TOKEN: &str = "avo_aviary_chaos_operator_token_0123456789abcdef";
 
 pub struct Cluster {
     pub app_id: String,
+    /// The API key publishers use and tokens are minted with (replaced by [`Cluster::rotate_key`]).
     pub api_key: String,
+    api_key_id: String,
+    tenant_admin: String,
     pub control_plane: String,
     pub nodes: Vec<Node>,
+    /// Between node `i` and Redis.
+    pub redis_proxies: Vec<Proxy>,
     node_args: Vec<String>,
+    control_args: Vec<String>,
     aviary: PathBuf,
     pub scratch: PathBuf,
     redis: Option<Child>,
@@ -53,33 +62,15 @@ fn command(bin: &Path, log: &Path) -> anyhow::Result<Command> {
     Ok(c)
 }
 
-/// Spawns `c` and waits for its `listening on http://ADDR` stdout line; the rest of its stdout
-/// (its log) is appended to `log`.
+/// Bound on a process's start (a debug build on a loaded machine is slow).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Spawns `c` and waits for its `listening on` line; the rest of its stdout (its log) is
+/// appended to `log`.
 async fn spawn_listening(mut c: Command, what: &str, log: &Path) -> anyhow::Result<(Child, SocketAddr)> {
     let level = std::env::var("AVIARY_CHAOS_NODE_LOG").unwrap_or_else(|_| "warn".to_owned());
-    c.stdout(Stdio::piped()).env("AVIARY_LOG", level);
-    let mut child = c.spawn().with_context(|| format!("starting {what}"))?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("{what}: stdout not piped"))?;
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(v) = line.trim().strip_prefix("listening on http://") {
-                return Ok::<_, anyhow::Error>(Some(v.parse::<SocketAddr>()?));
-            }
-        }
-        Ok(None)
-    })
-    .await
-    .with_context(|| format!("{what} did not start in 120 s"))??
-    .ok_or_else(|| anyhow!("{what} exited before listening"))?;
-    let mut log = tokio::fs::OpenOptions::new().create(true).append(true).open(log).await?;
-    tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = log.write_all(format!("{line}\n").as_bytes()).await;
-        }
-    });
-    Ok((child, addr))
+    c.env("AVIARY_LOG", level);
+    spawn::spawn_listening(c, what, START_TIMEOUT, Some(log)).await
 }
 
 async fn post(http: &reqwest::Client, url: String, bearer: &str, body: Value) -> anyhow::Result<Value> {
@@ -100,9 +91,13 @@ impl Cluster {
         let mut cluster = Cluster {
             app_id: String::new(),
             api_key: String::new(),
+            api_key_id: String::new(),
+            tenant_admin: String::new(),
             control_plane: String::new(),
             nodes: Vec::new(),
+            redis_proxies: Vec::new(),
             node_args: Vec::new(),
+            control_args: Vec::new(),
             aviary: aviary.to_path_buf(),
             scratch: scratch.clone(),
             redis: None,
@@ -132,17 +127,30 @@ impl Cluster {
             None => bail!("--postgres must end with /<database>"),
         };
 
+        // Fixed ports, so that a control plane started again is where nodes and clients look.
         let grpc = format!("127.0.0.1:{}", free_port()?);
+        let http = format!("127.0.0.1:{}", free_port()?);
         let node_token = format!("avn_chaos_{run}");
-        let mut cp = command(aviary, &scratch.join("control-plane.log"))?;
-        cp.args(["control-plane", "--database-url", &db_url, "--listen", "127.0.0.1:0", "--grpc-listen", &grpc])
-            .args(["--operator-token", OPERATOR_TOKEN, "--node-token", &node_token])
-            .env("AVIARY_RATE_LIMIT_PER_IP", "0")
-            .env("AVIARY_RATE_LIMIT_PER_KEY", "0");
-        let (cp_child, cp_addr) =
-            spawn_listening(cp, "aviary control-plane", &scratch.join("control-plane.log")).await?;
-        cluster.control = Some(cp_child);
-        cluster.control_plane = format!("http://{cp_addr}");
+        cluster.control_args = [
+            "control-plane",
+            "--database-url",
+            &db_url,
+            "--listen",
+            &http,
+            "--grpc-listen",
+            &grpc,
+            // A fixed --listen port would put metrics on the default 9464.
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--operator-token",
+            OPERATOR_TOKEN,
+            "--node-token",
+            &node_token,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        cluster.start_control_plane().await?;
         cluster.provision().await?;
 
         cluster.node_args = [
@@ -153,14 +161,16 @@ impl Cluster {
             &node_token,
             "--listen",
             "127.0.0.1:0",
-            "--redis-url",
-            &format!("redis://127.0.0.1:{redis_port}"),
             "--redis-prefix",
             &format!("chaos{run}"),
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        for _ in 0..nodes {
+            let proxy = Proxy::start(format!("127.0.0.1:{redis_port}").parse()?).await?;
+            cluster.redis_proxies.push(proxy);
+        }
         for i in 0..nodes {
             let (child, addr) = cluster.spawn_node(i).await?;
             cluster.nodes.push(Node { addr, child: Some(child), starts: 1 });
@@ -183,6 +193,7 @@ impl Cluster {
                 .await?;
         let tenant_id = tenant["tenant"]["id"].as_str().ok_or_else(|| anyhow!("no tenant id: {tenant}"))?.to_owned();
         let admin = tenant["admin_key"]["secret"].as_str().ok_or_else(|| anyhow!("no admin key: {tenant}"))?.to_owned();
+        self.tenant_admin = admin.clone();
         // History long enough that a resume normally recovers: the oracle then checks exact
         // replay, not only the `recovered: false` path.
         let app = post(
@@ -193,14 +204,76 @@ impl Cluster {
         )
         .await?;
         self.app_id = app["id"].as_str().ok_or_else(|| anyhow!("no app id: {app}"))?.to_owned();
+        self.rotate_key_inner().await
+    }
+
+    /// Mints a new all-powerful API key and makes it the one in use; returns the previous one's id.
+    async fn rotate_key_inner(&mut self) -> anyhow::Result<()> {
         let key = post(
-            &http,
-            format!("{base}/v1/apps/{}/keys", self.app_id),
-            &admin,
+            &reqwest::Client::new(),
+            format!("{}/v1/apps/{}/keys", self.control_plane, self.app_id),
+            &self.tenant_admin,
             json!({"name": "chaos", "capabilities": {"*": ["subscribe", "publish", "presence", "history"]}}),
         )
         .await?;
         self.api_key = key["secret"].as_str().ok_or_else(|| anyhow!("no key secret: {key}"))?.to_owned();
+        self.api_key_id = key["key"]["id"].as_str().ok_or_else(|| anyhow!("no key id: {key}"))?.to_owned();
+        Ok(())
+    }
+
+    /// Key revocation: a new key takes over, then the one in use is revoked. Connections whose
+    /// token it minted are closed (4010) and its publishes refused (401).
+    pub async fn rotate_key(&mut self) -> anyhow::Result<()> {
+        let old = self.api_key_id.clone();
+        self.rotate_key_inner().await?;
+        let url = format!("{}/v1/apps/{}/keys/{old}", self.control_plane, self.app_id);
+        let res = reqwest::Client::new().delete(&url).bearer_auth(&self.tenant_admin).send().await?;
+        if !res.status().is_success() {
+            bail!("DELETE {url}: {}", res.status());
+        }
+        Ok(())
+    }
+
+    /// Client revocation: every token of `client_id` issued up to now is refused, its live
+    /// connections are closed (4010).
+    pub async fn revoke_client(&self, client_id: &str) -> anyhow::Result<()> {
+        post(
+            &reqwest::Client::new(),
+            format!("{}/v1/apps/{}/clients/{client_id}/revoke", self.control_plane, self.app_id),
+            &self.tenant_admin,
+            json!({}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn start_control_plane(&mut self) -> anyhow::Result<()> {
+        let log = self.scratch.join("control-plane.log");
+        let mut cp = command(&self.aviary, &log)?;
+        cp.args(&self.control_args).env("AVIARY_RATE_LIMIT_PER_IP", "0").env("AVIARY_RATE_LIMIT_PER_KEY", "0");
+        let (child, addr) = spawn_listening(cp, "aviary control-plane", &log).await?;
+        self.control = Some(child);
+        self.control_plane = format!("http://{addr}");
+        Ok(())
+    }
+
+    /// SIGKILLs the control plane (nodes keep serving from their config).
+    pub async fn stop_control_plane(&mut self) {
+        if let Some(mut child) = self.control.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// `CLIENT PAUSE <hold> ALL`: Redis answers no client for `hold` (its connections stay up).
+    pub async fn pause_redis(&self, hold: Duration) -> anyhow::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", self.redis_port)).await?;
+        conn.write_all(format!("CLIENT PAUSE {} ALL\r\n", hold.as_millis()).as_bytes()).await?;
+        let mut reply = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut reply)).await??;
+        if !reply[..n].starts_with(b"+OK") {
+            bail!("CLIENT PAUSE: {}", String::from_utf8_lossy(&reply[..n]));
+        }
         Ok(())
     }
 
@@ -230,22 +303,14 @@ impl Cluster {
         self.start_redis().await
     }
 
-    /// A connection token for `client_id`, valid for the whole run.
-    pub async fn token(&self, client_id: &str) -> anyhow::Result<String> {
-        let t = post(
-            &reqwest::Client::new(),
-            format!("{}/v1/apps/{}/tokens", self.control_plane, self.app_id),
-            &self.api_key,
-            json!({"client_id": client_id, "ttl_s": 3600}),
-        )
-        .await?;
-        Ok(t["token"].as_str().ok_or_else(|| anyhow!("no token: {t}"))?.to_owned())
-    }
-
     async fn spawn_node(&self, i: usize) -> anyhow::Result<(Child, SocketAddr)> {
         let log = self.scratch.join(format!("node-{i}.log"));
         let mut n = command(&self.aviary, &log)?;
-        n.args(&self.node_args).arg("--cache-dir").arg(self.scratch.join(format!("node-{i}-cache")));
+        n.args(&self.node_args)
+            .arg("--redis-url")
+            .arg(format!("redis://{}", self.redis_proxies[i].addr))
+            .arg("--cache-dir")
+            .arg(self.scratch.join(format!("node-{i}-cache")));
         spawn_listening(n, &format!("aviary data-plane {i}"), &log).await
     }
 

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::cluster::Cluster;
 use crate::proxy::Proxy;
 use crate::schedule::{Fault, Kind};
+use crate::workload::Shared;
 
 /// Injects `faults` in order; stops early (everything healed) once `stop` is set. Returns the
 /// count per kind of the faults injected.
@@ -15,6 +16,7 @@ pub async fn run(
     proxies: &[Proxy],
     faults: &[Fault],
     stop: &AtomicBool,
+    shared: &Shared,
 ) -> anyhow::Result<BTreeMap<Kind, u32>> {
     let mut injected = BTreeMap::new();
     for f in faults {
@@ -26,7 +28,8 @@ pub async fn run(
             anyhow::bail!("{crash}");
         }
         *injected.entry(f.kind).or_insert(0) += 1;
-        let proxy = &proxies[f.node];
+        let proxy = &proxies[f.node % proxies.len()];
+        let redis_link = &cluster.redis_proxies[f.node % proxies.len()];
         match f.kind {
             Kind::KillRestart => {
                 cluster.kill(f.node).await;
@@ -51,6 +54,40 @@ pub async fn run(
                 tokio::time::sleep(f.hold).await;
                 proxy.set_delay(std::time::Duration::ZERO);
             }
+            Kind::RedisPause => {
+                cluster.pause_redis(f.hold).await?;
+                tokio::time::sleep(f.hold).await;
+            }
+            Kind::RedisLinkReset => redis_link.reset(),
+            Kind::RedisLinkStall => {
+                redis_link.set_stalled(true);
+                tokio::time::sleep(f.hold).await;
+                redis_link.set_stalled(false);
+            }
+            Kind::RedisLinkDelay => {
+                redis_link.set_delay(f.delay);
+                tokio::time::sleep(f.hold).await;
+                redis_link.set_delay(std::time::Duration::ZERO);
+            }
+            Kind::ControlPlaneDown => {
+                cluster.stop_control_plane().await;
+                shared.control_plane_down.store(true, Ordering::Relaxed);
+                let down = tokio::time::Instant::now();
+                if f.node_restart {
+                    // Started from its config cache alone: it must serve as before.
+                    cluster.kill(f.node).await;
+                    let addr = cluster.restart(f.node).await?;
+                    proxy.retarget(addr);
+                }
+                tokio::time::sleep_until(down + f.hold).await;
+                shared.control_plane_down.store(false, Ordering::Relaxed);
+                cluster.start_control_plane().await?;
+            }
+            Kind::KeyRevocation => {
+                cluster.rotate_key().await?;
+                *shared.api_key.lock() = cluster.api_key.clone();
+            }
+            Kind::ClientRevocation => cluster.revoke_client(&format!("sub-{}", f.node)).await?,
         }
     }
     Ok(injected)

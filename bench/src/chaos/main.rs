@@ -11,6 +11,8 @@ mod oracle;
 mod proxy;
 mod rng;
 mod schedule;
+#[path = "../spawn.rs"]
+mod spawn;
 mod workload;
 
 use std::path::PathBuf;
@@ -65,6 +67,13 @@ struct Args {
     /// Bound on the healing phase (publishers' last retries, subscribers catching up), in seconds.
     #[arg(long, default_value_t = 120)]
     settle_s: u64,
+    /// Lifetime of odd-numbered subscribers' tokens, in seconds: they expire mid-stream (4002)
+    /// and the subscriber fetches a new one and resumes.
+    #[arg(long, default_value_t = 8)]
+    token_ttl_s: u64,
+    /// Print the seed's fault schedule and exit without starting anything.
+    #[arg(long)]
+    schedule_only: bool,
 }
 
 fn aviary_bin(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -113,8 +122,7 @@ async fn run_inner(args: &Args) -> anyhow::Result<ExitCode> {
     if args.nodes == 0 || args.subscribers == 0 || args.publishers == 0 || args.channels == 0 {
         bail!("--nodes, --subscribers, --publishers and --channels must be at least 1");
     }
-    let aviary = aviary_bin(args.aviary_bin.clone())?;
-    let plan = schedule::plan(args.seed, Duration::from_secs(args.duration), args.nodes);
+    let plan = schedule::plan(args.seed, Duration::from_secs(args.duration), args.nodes, args.subscribers);
     println!(
         "aviary-chaos seed {} duration {}s nodes {} subscribers {} publishers {} channels {}",
         args.seed, args.duration, args.nodes, args.subscribers, args.publishers, args.channels
@@ -123,6 +131,10 @@ async fn run_inner(args: &Args) -> anyhow::Result<ExitCode> {
     for f in &plan {
         println!("  {f}");
     }
+    if args.schedule_only {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let aviary = aviary_bin(args.aviary_bin.clone())?;
     let started = Instant::now();
     let mut cluster = Cluster::start(&aviary, &args.postgres, args.nodes).await?;
     let mut proxies = Vec::new();
@@ -137,14 +149,14 @@ async fn run_inner(args: &Args) -> anyhow::Result<ExitCode> {
         proxies: proxies.iter().map(|p| p.addr).collect(),
         channels: channels.clone(),
         app_id: cluster.app_id.clone(),
-        api_key: cluster.api_key.clone(),
+        api_key: Mutex::new(cluster.api_key.clone()),
+        control_plane: cluster.control_plane.clone(),
+        control_plane_down: AtomicBool::new(false),
         idle: Duration::from_secs(args.idle_s),
+        short_token_ttl: Duration::from_secs(args.token_ttl_s.max(1)),
     });
-    let mut subscribers = Vec::new();
-    for s in 0..args.subscribers {
-        let token = cluster.token(&format!("sub-{s}")).await?;
-        subscribers.push(tokio::spawn(workload::subscriber(shared.clone(), s, token)));
-    }
+    let subscribers: Vec<_> =
+        (0..args.subscribers).map(|s| tokio::spawn(workload::subscriber(shared.clone(), s))).collect();
     // Nodes load the new app from the control plane; wait until every subscriber is on.
     let expected = (args.subscribers * args.channels) as u64;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -170,7 +182,7 @@ async fn run_inner(args: &Args) -> anyhow::Result<ExitCode> {
         }
     };
     let injected = tokio::select! {
-        r = faults::run(&mut cluster, &proxies, &plan, &stop_faults) => Some(r?),
+        r = faults::run(&mut cluster, &proxies, &plan, &stop_faults, &shared) => Some(r?),
         _ = violated => None,
     };
     stop_faults.store(true, Ordering::Relaxed);
@@ -208,7 +220,7 @@ async fn run_inner(args: &Args) -> anyhow::Result<ExitCode> {
     let injected = injected.unwrap_or_default();
     println!("faults injected: {}", injected.values().sum::<u32>());
     for (kind, n) in &injected {
-        println!("  {:<16} {n}", kind.label());
+        println!("  {:<20} {n}", kind.label());
     }
     let c = &counts;
     println!(
@@ -225,6 +237,14 @@ async fn run_inner(args: &Args) -> anyhow::Result<ExitCode> {
         c.republished_after_loss,
         c.disconnects,
         c.idle_reconnects
+    );
+    println!(
+        "credentials: {} closes for token expiry, {} for revocation, {} for an invalid token; {} publish attempts refused 401; {} publications acknowledged while the control plane was down",
+        c.closed_token_expired,
+        c.closed_revoked,
+        c.closed_invalid_token,
+        c.publish_unauthorized,
+        c.acked_while_control_plane_down
     );
     println!("node starts: {:?}", cluster.nodes.iter().map(|n| n.starts).collect::<Vec<_>>());
     println!("invariants checked: {}", c.invariants_checked);

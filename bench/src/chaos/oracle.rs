@@ -105,6 +105,13 @@ pub struct Counts {
     pub republished_after_loss: u64,
     pub disconnects: u64,
     pub idle_reconnects: u64,
+    /// Connections refused or closed for their token: 4001 invalid, 4002 expired, 4010 revoked.
+    pub closed_invalid_token: u64,
+    pub closed_token_expired: u64,
+    pub closed_revoked: u64,
+    /// Publish attempts refused 401 (a revoked key still in a publisher's hands).
+    pub publish_unauthorized: u64,
+    pub acked_while_control_plane_down: u64,
     pub invariants_checked: u64,
 }
 
@@ -158,6 +165,19 @@ impl Oracle {
         self.check(delivered_at.as_ref().is_none_or(|d| *d == pos), || {
             format!("publication {id} acknowledged at {pos} but delivered at {}", delivered_at.clone().unwrap())
         });
+    }
+
+    pub fn credentials_refused(&mut self, code: u16) {
+        match code {
+            4002 => self.counts.closed_token_expired += 1,
+            4010 => self.counts.closed_revoked += 1,
+            _ => self.counts.closed_invalid_token += 1,
+        }
+    }
+
+    /// A close for token expiry came no earlier than the token's `exp`.
+    pub fn check_timely_expiry(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        self.check(ok, what);
     }
 
     pub fn gave_up(&mut self) {

@@ -1,7 +1,8 @@
 //! The workload: WebSocket subscribers that resume every channel with `since` after every
-//! disconnect, on the next node; and REST publishers that publish with idempotency keys and
-//! retry on any failure (timeout, reset, 5xx) on the next node with the same key. Every event
-//! goes to the [`Oracle`] as it happens.
+//! disconnect, on the next node, and fetch a new token from the control plane when theirs is
+//! refused (expired, revoked); and REST publishers that publish with idempotency keys and
+//! retry on any failure (timeout, reset, 5xx, a revoked key) on the next node with the same key.
+//! Every event goes to the [`Oracle`] as it happens.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,20 +31,86 @@ pub struct Shared {
     pub proxies: Vec<SocketAddr>,
     pub channels: Vec<String>,
     pub app_id: String,
-    pub api_key: String,
+    /// The API key in use (a key revocation replaces it).
+    pub api_key: Mutex<String>,
+    /// Where tokens are minted.
+    pub control_plane: String,
+    /// Set while the control plane is down.
+    pub control_plane_down: AtomicBool,
     /// A subscriber that hears nothing for this long (not even a ping) reconnects.
     pub idle: Duration,
+    /// Lifetime of the tokens of odd-numbered subscribers, so that they expire mid-stream
+    /// (even-numbered ones get an hour).
+    pub short_token_ttl: Duration,
 }
 
-/// Subscriber `sub`: connects through proxy `sub % n` first, then the next one after each drop.
-pub async fn subscriber(shared: Arc<Shared>, sub: usize, token: String) {
+/// The server refused or ended the connection for its credentials (4001 invalid, 4002
+/// expired, 4010 revoked): a new token is needed.
+#[derive(Debug)]
+struct CredentialsRefused(u16);
+
+impl std::fmt::Display for CredentialsRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "credentials refused ({})", self.0)
+    }
+}
+
+impl std::error::Error for CredentialsRefused {}
+
+/// The close codes that ask for a new token.
+fn credentials_code(code: u16) -> Option<CredentialsRefused> {
+    matches!(code, 4001 | 4002 | 4010).then_some(CredentialsRefused(code))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// A connection token for `client_id` from the control plane, minted with the key in use.
+async fn mint(shared: &Shared, http: &reqwest::Client, client_id: &str, ttl: Duration) -> anyhow::Result<String> {
+    let key = shared.api_key.lock().clone();
+    let res = http
+        .post(format!("{}/v1/apps/{}/tokens", shared.control_plane, shared.app_id))
+        .bearer_auth(key)
+        .json(&json!({"client_id": client_id, "ttl_s": ttl.as_secs()}))
+        .send()
+        .await?;
+    let status = res.status();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("minting a token: {status} {body}");
+    }
+    Ok(body["token"].as_str().ok_or_else(|| anyhow!("no token: {body}"))?.to_owned())
+}
+
+/// Subscriber `sub` (client id `sub-<sub>`): connects through proxy `sub % n` first, then the
+/// next one after each drop; fetches a new token whenever the server asks for one.
+pub async fn subscriber(shared: Arc<Shared>, sub: usize) {
+    let http = reqwest::Client::builder().timeout(PUBLISH_TIMEOUT).build().expect("client");
+    let ttl = if sub % 2 == 1 { shared.short_token_ttl } else { Duration::from_secs(3600) };
+    let client_id = format!("sub-{sub}");
     let mut node = sub;
+    let mut token = None;
     while !shared.stop_all.load(Ordering::Relaxed) {
+        let Some(current) = token.clone() else {
+            match mint(&shared, &http, &client_id, ttl).await {
+                Ok(t) => token = Some(t),
+                Err(e) => {
+                    tracing_line(&format!("subscriber {sub}: {e:#}"));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            continue;
+        };
         let proxy = shared.proxies[node % shared.proxies.len()];
-        let result = session(&shared, sub, &token, proxy).await;
+        let result = session(&shared, sub, &current, proxy).await;
         shared.oracle.lock().disconnected(sub);
         if let Err(e) = result {
             tracing_line(&format!("subscriber {sub} via {proxy}: {e:#}"));
+            if let Some(CredentialsRefused(code)) = e.downcast_ref::<CredentialsRefused>() {
+                shared.oracle.lock().credentials_refused(*code);
+                token = None;
+            }
         }
         node += 1;
         tokio::time::sleep(Duration::from_millis(100 + (sub as u64 * 37) % 200)).await;
@@ -65,13 +132,23 @@ async fn session(shared: &Shared, sub: usize, token: &str, proxy: SocketAddr) ->
             .context("handshake timed out")??;
     ws.send(Message::text(json!({"type": "connect", "token": token}).to_string())).await?;
     let first = tokio::time::timeout(HANDSHAKE, ws.next()).await.context("no connected frame")?;
-    let first = match first {
-        Some(Ok(Message::Text(t))) => t.as_str().to_owned(),
+    let first: Value = match first {
+        Some(Ok(Message::Text(t))) => serde_json::from_str(t.as_str()).with_context(|| format!("bad frame {t}"))?,
+        Some(Ok(Message::Close(Some(c)))) => match credentials_code(c.code.into()) {
+            Some(refused) => return Err(refused.into()),
+            None => bail!("connect: closed {c:?}"),
+        },
         other => bail!("connect: {other:?}"),
     };
-    if !first.contains("\"type\":\"connected\"") {
+    if first["type"] == "disconnect"
+        && let Some(refused) = first["code"].as_u64().and_then(|c| credentials_code(c as u16))
+    {
+        return Err(refused.into());
+    }
+    if first["type"] != "connected" {
         bail!("connect refused: {first}");
     }
+    let expires_at = first["expires_at"].as_i64();
     // Subscribe requests carry the channel's index as id; the `since` sent is kept until the reply.
     let mut pending: Vec<Option<Option<Pos>>> = vec![None; shared.channels.len()];
     for (i, channel) in shared.channels.iter().enumerate() {
@@ -97,6 +174,9 @@ async fn session(shared: &Shared, sub: usize, token: &str, proxy: SocketAddr) ->
         };
         let text = match msg {
             Message::Text(t) => t,
+            Message::Close(Some(c)) if credentials_code(c.code.into()).is_some() => {
+                return Err(credentials_code(c.code.into()).unwrap_or_else(|| unreachable!()).into());
+            }
             Message::Close(c) => bail!("closed: {c:?}"),
             _ => continue,
         };
@@ -121,7 +201,24 @@ async fn session(shared: &Shared, sub: usize, token: &str, proxy: SocketAddr) ->
                 shared.oracle.lock().discontinuity(sub, channel, previous, position);
             }
             "error" => bail!("error frame: {text}"),
-            "disconnect" => bail!("disconnected: {text}"),
+            "disconnect" => {
+                let code = frame["code"].as_u64().unwrap_or(0) as u16;
+                if code == 4002 {
+                    // Token expiry must not come early (one second for rounding).
+                    let now = unix_now();
+                    let early = expires_at.is_some_and(|exp| now < exp - 1);
+                    let mut oracle = shared.oracle.lock();
+                    oracle.check_timely_expiry(!early, || {
+                        format!(
+                            "subscriber {sub}: closed for token expiry at {now}, the token expires at {expires_at:?}"
+                        )
+                    });
+                }
+                match credentials_code(code) {
+                    Some(refused) => return Err(refused.into()),
+                    None => bail!("disconnected: {text}"),
+                }
+            }
             _ => {}
         }
     }
@@ -148,12 +245,8 @@ pub async fn publisher(shared: Arc<Shared>, p: usize, interval: Duration) {
             }
             let proxy = shared.proxies[node % shared.proxies.len()];
             let url = format!("http://{proxy}/v1/apps/{}/channels/{channel}/messages", shared.app_id);
-            let res = http
-                .post(&url)
-                .bearer_auth(&shared.api_key)
-                .json(&json!({"data": data, "idempotency_key": id}))
-                .send()
-                .await;
+            let key = shared.api_key.lock().clone();
+            let res = http.post(&url).bearer_auth(key).json(&json!({"data": data, "idempotency_key": id})).send().await;
             let outcome = match res {
                 Ok(r) => {
                     let status = r.status().as_u16();
@@ -163,9 +256,14 @@ pub async fn publisher(shared: Arc<Shared>, p: usize, interval: Duration) {
             };
             match outcome {
                 (201, Some(body)) if Pos::from_json(&body).is_some() => {
-                    shared.oracle.lock().acked(&id, Pos::from_json(&body).unwrap_or_else(|| unreachable!()));
+                    let mut oracle = shared.oracle.lock();
+                    oracle.acked(&id, Pos::from_json(&body).unwrap_or_else(|| unreachable!()));
+                    if shared.control_plane_down.load(Ordering::Relaxed) {
+                        oracle.counts.acked_while_control_plane_down += 1;
+                    }
                     break;
                 }
+                (401, _) => shared.oracle.lock().counts.publish_unauthorized += 1,
                 // A conflict means the key was taken by other data; a bad request, that the
                 // workload is wrong. Anything else (transport failures, timeouts, 5xx, rate
                 // limits, a restarted node still loading its config) is retried with the key.
