@@ -108,6 +108,45 @@ fn main() -> ExitCode {
     code
 }
 
+/// Bound on presence matching the live connections: the 25 s presence TTL, the sweep, slack.
+const PRESENCE_BOUND: Duration = Duration::from_secs(45);
+
+/// No ghosts: the presence channel's members become exactly the connections that entered it
+/// and are up (a SIGKILLed node's entries expire with the TTL; Redis restarts lose entries that
+/// the nodes' refresh must put back). Polled, as subscribers with short tokens keep reconnecting.
+async fn check_presence(shared: &Shared) {
+    let started = Instant::now();
+    let mut last = String::new();
+    let mut via = 0;
+    while started.elapsed() < PRESENCE_BOUND {
+        let expected = shared.oracle.lock().live_members();
+        match workload::presence_members(shared, via).await {
+            Ok(members) if members == expected && expected == shared.oracle.lock().live_members() => {
+                let mut oracle = shared.oracle.lock();
+                oracle.counts.presence_members = members.len() as u64;
+                oracle.counts.presence_settle_ms = started.elapsed().as_millis() as u64;
+                oracle.counts.invariants_checked += 1;
+                return;
+            }
+            Ok(members) => {
+                let ghosts: Vec<_> = members.difference(&expected).collect();
+                let missing: Vec<_> = expected.difference(&members).collect();
+                last = format!("ghosts {ghosts:?}, live members missing {missing:?}");
+            }
+            Err(e) => last = format!("{e:#}"),
+        }
+        via += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut oracle = shared.oracle.lock();
+    if oracle.violation.is_none() {
+        oracle.violation = Some(format!(
+            "presence of {} still differs from the live connections after {PRESENCE_BOUND:?}: {last}",
+            workload::PRESENCE_CHANNEL
+        ));
+    }
+}
+
 async fn run(args: &Args) -> ExitCode {
     match run_inner(args).await {
         Ok(code) => code,
@@ -202,6 +241,9 @@ async fn run_inner(args: &Args) -> anyhow::Result<ExitCode> {
     {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    if shared.oracle.lock().violation.is_none() {
+        check_presence(&shared).await;
+    }
     shared.stop_all.store(true, Ordering::Relaxed);
     if let Some(crash) = cluster.crashed() {
         let mut oracle = shared.oracle.lock();
@@ -245,6 +287,10 @@ async fn run_inner(args: &Args) -> anyhow::Result<ExitCode> {
         c.closed_invalid_token,
         c.publish_unauthorized,
         c.acked_while_control_plane_down
+    );
+    println!(
+        "presence: {} members equal to the live connections, {} ms after the run healed",
+        c.presence_members, c.presence_settle_ms
     );
     println!("node starts: {:?}", cluster.nodes.iter().map(|n| n.starts).collect::<Vec<_>>());
     println!("invariants checked: {}", c.invariants_checked);

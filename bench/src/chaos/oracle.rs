@@ -112,6 +112,10 @@ pub struct Counts {
     /// Publish attempts refused 401 (a revoked key still in a publisher's hands).
     pub publish_unauthorized: u64,
     pub acked_while_control_plane_down: u64,
+    /// Presence members matched at the end, and how long it took them to match (ghosts of
+    /// killed nodes are reaped within the presence TTL).
+    pub presence_members: u64,
+    pub presence_settle_ms: u64,
     pub invariants_checked: u64,
 }
 
@@ -121,6 +125,8 @@ pub struct Oracle {
     streams: BTreeMap<(usize, String), Stream>,
     /// Per channel, its epochs in the order first seen.
     epochs: HashMap<String, Vec<String>>,
+    /// Per subscriber, the connection that entered presence and is still up.
+    live: BTreeMap<usize, String>,
     pub counts: Counts,
     pub violation: Option<String>,
 }
@@ -207,7 +213,17 @@ impl Oracle {
         }
     }
 
+    pub fn entered(&mut self, sub: usize, connection_id: &str) {
+        self.live.insert(sub, connection_id.to_owned());
+    }
+
+    /// The presence members there should be: every connection that entered and is still up.
+    pub fn live_members(&self) -> std::collections::BTreeSet<(String, String)> {
+        self.live.iter().map(|(sub, conn)| (format!("sub-{sub}"), conn.clone())).collect()
+    }
+
     pub fn disconnected(&mut self, sub: usize) {
+        self.live.remove(&sub);
         self.counts.disconnects += 1;
         for ((_, _), s) in self.streams.range_mut((sub, String::new())..(sub + 1, String::new())) {
             s.active = false;

@@ -17,6 +17,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::oracle::{Oracle, Pos};
 
+/// Every subscriber's connection enters this channel's presence.
+pub const PRESENCE_CHANNEL: &str = "chaos:presence";
+
 /// Connect and handshake bound.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 /// One REST publish attempt's bound.
@@ -149,6 +152,12 @@ async fn session(shared: &Shared, sub: usize, token: &str, proxy: SocketAddr) ->
         bail!("connect refused: {first}");
     }
     let expires_at = first["expires_at"].as_i64();
+    let connection_id = first["connection_id"].as_str().unwrap_or_default().to_owned();
+    // Every connection is a presence member of one channel: the end checks for ghosts.
+    ws.send(Message::text(
+        json!({"type": "presence.enter", "channel": PRESENCE_CHANNEL, "id": "presence"}).to_string(),
+    ))
+    .await?;
     // Subscribe requests carry the channel's index as id; the `since` sent is kept until the reply.
     let mut pending: Vec<Option<Option<Pos>>> = vec![None; shared.channels.len()];
     for (i, channel) in shared.channels.iter().enumerate() {
@@ -183,6 +192,7 @@ async fn session(shared: &Shared, sub: usize, token: &str, proxy: SocketAddr) ->
         let frame: Value = serde_json::from_str(text.as_str()).with_context(|| format!("bad frame {text}"))?;
         let channel = frame["channel"].as_str().unwrap_or_default();
         match frame["type"].as_str().unwrap_or_default() {
+            "ok" if frame["id"] == "presence" => shared.oracle.lock().entered(sub, &connection_id),
             "ok" => {
                 let i = frame["id"].as_u64().ok_or_else(|| anyhow!("reply without id: {text}"))? as usize;
                 let since =
@@ -282,4 +292,36 @@ pub async fn publisher(shared: Arc<Shared>, p: usize, interval: Duration) {
         }
         tokio::time::sleep(interval).await;
     }
+}
+
+/// The members of [`PRESENCE_CHANNEL`] as `(client_id, connection_id)`, read over REST through
+/// proxy `via`.
+pub async fn presence_members(
+    shared: &Shared,
+    via: usize,
+) -> anyhow::Result<std::collections::BTreeSet<(String, String)>> {
+    let proxy = shared.proxies[via % shared.proxies.len()];
+    let key = shared.api_key.lock().clone();
+    let res = reqwest::Client::builder()
+        .timeout(PUBLISH_TIMEOUT)
+        .build()?
+        .get(format!("http://{proxy}/v1/apps/{}/channels/{PRESENCE_CHANNEL}/presence", shared.app_id))
+        .bearer_auth(key)
+        .send()
+        .await?;
+    let status = res.status();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("presence: {status} {body}");
+    }
+    let members = body["members"].as_array().ok_or_else(|| anyhow!("presence: no members in {body}"))?;
+    Ok(members
+        .iter()
+        .map(|m| {
+            (
+                m["client_id"].as_str().unwrap_or_default().to_owned(),
+                m["connection_id"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect())
 }
