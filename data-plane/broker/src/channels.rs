@@ -23,7 +23,9 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 
 use crate::BrokerError;
-use crate::redis::{LUA_PRELUDE, build_ring, connect_lazy, ring_pick, with_timeout};
+use crate::redis::connection::{connect_lazy, with_timeout};
+use crate::redis::lua::LUA_PRELUDE;
+use crate::redis::ring::{build_ring, ring_pick};
 
 /// KEYS: liveness, this node's hash. ARGV: node, node ttl ms, mode ('replace' or 'keep'), then
 /// channel/count pairs for 'replace'. Returns 1, or 0 in 'keep' mode when the hash is gone

@@ -42,7 +42,9 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 
 use crate::BrokerError;
-use crate::redis::{LUA_PRELUDE, build_ring, connect_lazy, ring_pick, with_timeout};
+use crate::redis::connection::{connect_lazy, with_timeout};
+use crate::redis::lua::LUA_PRELUDE;
+use crate::redis::ring::{build_ring, ring_pick};
 
 /// Default time after which a silent node's connections no longer count.
 pub const DEFAULT_NODE_TTL: Duration = Duration::from_secs(30);

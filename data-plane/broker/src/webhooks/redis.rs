@@ -27,7 +27,9 @@ use redis::aio::ConnectionManager;
 
 use super::{Counter, NewEvent, QueuedEvent, WebhookLedger};
 use crate::BrokerError;
-use crate::redis::{LUA_PRELUDE, build_ring, connect_lazy, ring_pick, with_timeout};
+use crate::redis::connection::{connect_lazy, with_timeout};
+use crate::redis::lua::LUA_PRELUDE;
+use crate::redis::ring::{build_ring, ring_pick};
 
 /// Appends the event of a zero crossing of `field` to KEYS[4] (set_shares) or KEYS[3] (reap).
 const EMIT: &str = r#"
