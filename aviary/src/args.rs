@@ -92,6 +92,8 @@ pub struct DevArgs {
     pub node: NodeTuning,
     #[command(flatten)]
     pub http_limits: HttpLimits,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// The control plane's request rate limits (token mints and every other authenticated call).
@@ -165,6 +167,8 @@ pub struct ControlPlaneArgs {
     pub rate_limits: RateLimits,
     #[command(flatten)]
     pub http_limits: HttpLimits,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -181,6 +185,10 @@ pub struct DataPlaneArgs {
     /// verifying keys, revocations) and receives its usage reports.
     #[arg(long, env = "AVIARY_CONTROL_PLANE", default_value = "http://127.0.0.1:8071")]
     pub control_plane: String,
+    /// PEM file of the certificate authority that signed the control plane's certificate, for
+    /// an `https://` `--control-plane` (the system's roots when unset).
+    #[arg(long, env = "AVIARY_CONTROL_PLANE_CA")]
+    pub control_plane_ca: Option<PathBuf>,
     /// Shared secret nodes present to the control plane (its `--node-token`).
     #[arg(long, env = "AVIARY_NODE_TOKEN", hide_env_values = true)]
     pub node_token: String,
@@ -214,6 +222,8 @@ pub struct DataPlaneArgs {
     pub node: NodeTuning,
     #[command(flatten)]
     pub http_limits: HttpLimits,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -391,4 +401,37 @@ pub struct HealthcheckArgs {
     /// Seconds to wait for the answer.
     #[arg(long, env = "AVIARY_HEALTHCHECK_TIMEOUT_S", default_value_t = 3)]
     pub timeout_s: u64,
+}
+
+/// TLS on the public listeners (HTTP and gRPC; `/metrics` stays plain).
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// PEM file of the certificate (then its chain) for `https://`, `wss://` and gRPC over TLS.
+    /// Re-read on SIGHUP and when the file changes: new handshakes get the new certificate,
+    /// open connections stay. Needs --tls-key.
+    #[arg(long, env = "AVIARY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of the certificate's private key (PKCS#8, PKCS#1 or SEC1). Needs --tls-cert.
+    #[arg(long, env = "AVIARY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Seconds between reads of --tls-cert and --tls-key to notice a renewed certificate (0:
+    /// only on SIGHUP). A pair that does not load (a key that does not fit, a file half written)
+    /// leaves the served certificate in place until the next change.
+    #[arg(long, env = "AVIARY_TLS_RELOAD_INTERVAL_S", default_value_t = 2)]
+    pub tls_reload_interval_s: u64,
+}
+
+impl TlsArgs {
+    /// The certificate store, when TLS is asked for; an unreadable or mismatched pair is an error.
+    pub fn load(&self) -> anyhow::Result<Option<std::sync::Arc<crate::tls::CertificateStore>>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                let files = crate::tls::TlsFiles { cert: cert.clone(), key: key.clone() };
+                let poll = (self.tls_reload_interval_s > 0).then(|| std::time::Duration::from_secs(self.tls_reload_interval_s));
+                Ok(Some(crate::tls::CertificateStore::load(files, poll)?))
+            }
+            (None, None) => Ok(None),
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        }
+    }
 }

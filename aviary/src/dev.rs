@@ -22,6 +22,8 @@ use crate::nodes::{self, Servers};
 
 /// Runs until SIGTERM / Ctrl-C, then drains.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    // Certificate problems stop the start before anything is created.
+    let tls = args.tls.load()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     // An empty AVIARY_OPERATOR_TOKEN counts as unset: never run with an empty secret.
@@ -84,8 +86,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Some(args.grpc_listen),
         crate::args::metrics_listen(args.metrics_listen, args.listen),
     )
-    .await?;
+    .await?
+    .with_tls(tls);
     print_banner(
+        servers.scheme(),
         servers.http_addr,
         servers.grpc_addr,
         servers.metrics_addr,
@@ -140,6 +144,7 @@ fn load_or_create_credentials_key(data_dir: &Path) -> anyhow::Result<String> {
 
 // The banner is for the person at the terminal, so it goes to stdout, never to the log.
 fn print_banner(
+    scheme: &str,
     http: SocketAddr,
     grpc: Option<SocketAddr>,
     metrics: SocketAddr,
@@ -149,12 +154,13 @@ fn print_banner(
 ) {
     println!();
     println!("  Aviary dev is running");
-    println!("  demo chat      http://{http}/");
-    println!("  admin console  http://{http}/console   (sign in with the admin key or the operator token)");
-    println!("  REST API       http://{http}/v1   (reference: http://{http}/docs)");
-    println!("  WebSocket      ws://{http}/v1/connect");
+    let ws = if scheme == "https" { "wss" } else { "ws" };
+    println!("  demo chat      {scheme}://{http}/");
+    println!("  admin console  {scheme}://{http}/console   (sign in with the admin key or the operator token)");
+    println!("  REST API       {scheme}://{http}/v1   (reference: {scheme}://{http}/docs)");
+    println!("  WebSocket      {ws}://{http}/v1/connect");
     if let Some(grpc) = grpc {
-        println!("  gRPC           http://{grpc}");
+        println!("  gRPC           {scheme}://{grpc}");
     }
     println!("  metrics        http://{metrics}/metrics   (operators only: every tenant's series)");
     // Printed when created only, like every other secret: a terminal log or a screen share of
@@ -168,7 +174,7 @@ fn print_banner(
         TokenOrigin::Environment => println!("  operator token (from AVIARY_OPERATOR_TOKEN)"),
     }
     println!();
-    println!("listening on http://{http}");
+    println!("listening on {scheme}://{http}");
     let _ = std::io::stdout().flush();
 }
 

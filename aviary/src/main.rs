@@ -22,6 +22,7 @@ mod private_file;
 mod serve;
 mod shutdown;
 mod telemetry;
+mod tls;
 
 use std::process::ExitCode;
 

@@ -10,7 +10,7 @@ use aviary_broker::Broker;
 use aviary_broker::memory::MemoryBroker;
 use aviary_broker::redis::RedisBroker;
 use aviary_control_plane::{
-    ConfigFollower, ControlPlaneConfig, ControlPlaneState, FollowerConfig, GrpcUsageSink, RemoteApiKeyAuthority,
+    ConfigFollower, ControlPlaneConfig, ControlPlaneLink, ControlPlaneState, FollowerConfig, GrpcUsageSink, RemoteApiKeyAuthority,
     UsageReporter,
 };
 use aviary_core::Registry;
@@ -23,6 +23,7 @@ use crate::args::{ControlPlaneArgs, DataPlaneArgs, HttpLimits, MigrateArgs, Node
 use crate::forwarded::TrustedProxies;
 use crate::ops::{Ops, ReadinessProbe};
 use crate::serve::ConnectionPolicy;
+use crate::tls::CertificateStore;
 
 /// The OpenAPI document of everything Aviary serves over REST (both planes).
 pub fn openapi() -> utoipa::openapi::OpenApi {
@@ -121,6 +122,8 @@ pub struct Servers {
     http: TcpListener,
     grpc: Option<TcpListener>,
     metrics: TcpListener,
+    /// The certificate of the HTTP and gRPC listeners (`--tls-cert`); metrics stay plain.
+    tls: Option<Arc<CertificateStore>>,
 }
 
 impl Servers {
@@ -142,7 +145,19 @@ impl Servers {
             http,
             grpc,
             metrics,
+            tls: None,
         })
+    }
+
+    /// Serves the HTTP and gRPC listeners with TLS from `tls` (reloaded while serving).
+    pub fn with_tls(mut self, tls: Option<Arc<CertificateStore>>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// `https` with TLS, else `http`: for the addresses a process prints.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// Serves until `shutdown` is cancelled; then the data plane drains (clients are told to
@@ -156,18 +171,27 @@ impl Servers {
         shutdown: CancellationToken,
         limits: &HttpLimits,
     ) -> anyhow::Result<()> {
+        if let Some(tls) = &self.tls {
+            tls.spawn_reloader(shutdown.clone());
+        }
         let grpc_task = match (self.grpc, control_plane) {
             (Some(listener), Some(cp)) => {
                 let stop = shutdown.clone();
-                let incoming = tokio_stream_listener(listener);
                 let resolve = crate::forwarded::ResolveClientLayer::new(limits.trusted_proxies());
-                Some(tokio::spawn(async move {
-                    tonic::transport::Server::builder()
-                        .layer(resolve)
-                        .add_routes(aviary_control_plane::grpc::grpc_router(cp))
-                        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                        .await
-                }))
+                let server = tonic::transport::Server::builder()
+                    .layer(resolve)
+                    .add_routes(aviary_control_plane::grpc::grpc_router(cp));
+                Some(match &self.tls {
+                    None => {
+                        let incoming = tokio_stream_listener(listener);
+                        tokio::spawn(server.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()))
+                    }
+                    Some(tls) => {
+                        let incoming =
+                            crate::serve::tls_incoming(listener, tls.grpc_acceptor()?, limits.header_timeout(), stop.clone());
+                        tokio::spawn(server.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()))
+                    }
+                })
             }
             _ => None,
         };
@@ -194,7 +218,8 @@ impl Servers {
                 stop.cancelled_owned(),
             ))
         };
-        let policy = ConnectionPolicy::from_limits(limits);
+        let tls = self.tls.as_ref().map(|tls| tls.http_acceptor()).transpose()?;
+        let policy = ConnectionPolicy { tls, ..ConnectionPolicy::from_limits(limits) };
         tracing::debug!(limits = ?policy.admission.limits(), trusted_proxies = ?policy.trusted_proxies, "connection admission");
         crate::serve::serve_http(self.http, http, policy, graceful).await.context("HTTP server failed")?;
         metrics_task.await.context("metrics server task panicked")?.context("metrics server failed")?;
@@ -211,6 +236,8 @@ fn tokio_stream_listener(listener: TcpListener) -> tokio_stream::wrappers::TcpLi
 
 /// `aviary control-plane`.
 pub async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
+    // Certificate problems stop the start before anything else is opened.
+    let tls = args.tls.load()?;
     let store = aviary_control_plane::open_store(&args.database_url, !args.no_migrate).await?;
     let registry = Arc::new(Registry::new());
     let mut config = ControlPlaneConfig::new(args.operator_token);
@@ -232,13 +259,15 @@ pub async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         Some(args.grpc_listen),
         crate::args::metrics_listen(args.metrics_listen, args.listen),
     )
-    .await?;
+    .await?
+    .with_tls(tls);
     tracing::info!(http = %servers.http_addr, grpc = ?servers.grpc_addr, "control plane listening");
+    let scheme = servers.scheme();
     if let Some(grpc) = servers.grpc_addr {
-        println!("grpc on http://{grpc}");
+        println!("grpc on {scheme}://{grpc}");
     }
     println!("metrics on http://{}/metrics", servers.metrics_addr);
-    println!("listening on http://{}", servers.http_addr);
+    println!("listening on {scheme}://{}", servers.http_addr);
     servers.serve(http, Some(control_plane), None, crate::shutdown::on_signal(), &args.http_limits).await
 }
 
@@ -247,17 +276,19 @@ pub async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
 /// verified locally; API keys for the REST publish API are checked with the control plane and
 /// cached; usage is reported every `--usage-interval-s`.
 pub async fn run_data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
+    let tls = args.tls.load()?;
+    let link = control_plane_link(&args)?;
     let node_id = args.node_id.clone().unwrap_or_else(|| format!("node-{}", uuid::Uuid::new_v4().simple()));
     let registry = Arc::new(Registry::new());
     let follower = ConfigFollower::start(
-        FollowerConfig::new(&args.control_plane, &args.node_token, &node_id, &args.cache_dir),
+        FollowerConfig::new(link.clone(), &args.node_token, &node_id, &args.cache_dir),
         registry.clone(),
     )?;
     if !follower.wait_for_config(Duration::from_secs(10)).await {
         tracing::warn!("no config yet (control plane unreachable and no cache): serving nothing until it arrives");
     }
     let api_keys = Arc::new(RemoteApiKeyAuthority::new(
-        &args.control_plane,
+        link.clone(),
         &args.node_token,
         Duration::from_secs(30),
         registry.clone(),
@@ -298,7 +329,7 @@ pub async fn run_data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
     data_plane.start_webhooks(ledger, args.webhooks.config(args.webhook_allow_private_targets))?;
     let reporter = UsageReporter::spawn(
         data_plane.usage_meter().clone(),
-        Arc::new(GrpcUsageSink::new(&args.control_plane, &args.node_token)?),
+        Arc::new(GrpcUsageSink::new(link, &args.node_token)?),
         node_id,
         Duration::from_secs(args.usage_interval_s.max(1)),
     );
@@ -328,15 +359,31 @@ pub async fn run_data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
         .merge(data_plane.router())
         .fallback(aviary_data_plane::error::not_found)
         .method_not_allowed_fallback(aviary_data_plane::error::method_not_allowed);
-    let servers =
-        Servers::bind(args.listen, None, crate::args::metrics_listen(args.metrics_listen, args.listen)).await?;
+    let servers = Servers::bind(args.listen, None, crate::args::metrics_listen(args.metrics_listen, args.listen))
+        .await?
+        .with_tls(tls);
     tracing::info!(http = %servers.http_addr, "data plane listening");
     println!("metrics on http://{}/metrics", servers.metrics_addr);
-    println!("listening on http://{}", servers.http_addr);
+    println!("listening on {}://{}", servers.scheme(), servers.http_addr);
     let served = servers.serve(http, None, Some(data_plane), shutdown, &args.http_limits).await;
     // A last report, so a clean shutdown loses no usage.
     reporter.stop().await;
     served
+}
+
+/// How this node reaches the control plane: `--control-plane`, over TLS when it is `https://`
+/// (trusting `--control-plane-ca`, else the system's roots).
+fn control_plane_link(args: &DataPlaneArgs) -> anyhow::Result<ControlPlaneLink> {
+    let link = ControlPlaneLink::from(args.control_plane.as_str());
+    match &args.control_plane_ca {
+        None => Ok(link),
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading the control plane's CA {} (--control-plane-ca)", path.display()))?;
+            crate::tls::parse_certificates(&pem, path).context("--control-plane-ca")?;
+            Ok(link.with_ca_pem(pem)?)
+        }
+    }
 }
 
 /// `aviary migrate`.

@@ -12,7 +12,10 @@
 //!   header within `header_timeout` of opening, and again within `header_timeout` of the end of
 //!   each response, so the same bound is the keep-alive idle timeout;
 //! - a failing `accept` (EMFILE, ENFILE, ENOBUFS) backs off exponentially up to one second
-//!   instead of spinning, and says so once per episode.
+//!   instead of spinning, and says so once per episode;
+//! - with `--tls-cert` the admitted socket is a TLS server connection ([`crate::tls`]): the
+//!   handshake runs in the connection's task, within the same header timeout, after admission
+//!   (a refused socket is closed without a handshake, which would cost the CPU refusing saves).
 //!
 //! The [`ConnectionTicket`] travels with the socket (inside an upgraded WebSocket too) and in
 //! each request's extensions, where the data plane marks the connection authenticated, and
@@ -39,6 +42,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -78,6 +82,8 @@ pub struct ConnectionPolicy {
     pub header_timeout: Duration,
     /// Peers believed about the client address.
     pub trusted_proxies: Arc<TrustedProxies>,
+    /// TLS on this listener (`--tls-cert`), or plain TCP.
+    pub tls: Option<TlsAcceptor>,
 }
 
 impl ConnectionPolicy {
@@ -87,6 +93,7 @@ impl ConnectionPolicy {
             admission: Admission::new(admission_limits(limits.max_pending_per_ip)),
             header_timeout: limits.header_timeout(),
             trusted_proxies: limits.trusted_proxies(),
+            tls: None,
         }
     }
 }
@@ -99,7 +106,7 @@ pub async fn serve_http(
     policy: ConnectionPolicy,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let ConnectionPolicy { admission, header_timeout, trusted_proxies } = policy;
+    let ConnectionPolicy { admission, header_timeout, trusted_proxies, tls } = policy;
     let router = router.layer(axum::middleware::from_fn(reserve_serves_health_only));
     let connections = TaskTracker::new();
     let closing = CancellationToken::new();
@@ -140,7 +147,10 @@ pub async fn serve_http(
             Ok(ticket) => Arc::new(ticket),
             Err(refusal) => {
                 metrics::counter!("aviary_connections_refused_total", "reason" => refusal.label()).increment(1);
-                refuse(stream, refusal);
+                // A TLS client could not read a plain answer: it sees the connection close.
+                if tls.is_none() {
+                    refuse(stream, refusal);
+                }
                 continue;
             }
         };
@@ -156,7 +166,7 @@ pub async fn serve_http(
             proxies,
             ticket,
             router.clone(),
-            header_timeout,
+            Handshake { tls: tls.clone(), header_timeout },
             closing.clone(),
         ));
     }
@@ -172,6 +182,12 @@ fn is_peer_error(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted)
 }
 
+/// What a connection does before its first request: TLS (optional) and the header timeout.
+struct Handshake {
+    tls: Option<TlsAcceptor>,
+    header_timeout: Duration,
+}
+
 /// `proxies` is set when `peer` is a trusted proxy: each request's client address is then read
 /// from its forwarding headers.
 async fn serve_connection(
@@ -180,10 +196,27 @@ async fn serve_connection(
     proxies: Option<Arc<TrustedProxies>>,
     ticket: Arc<ConnectionTicket>,
     router: Router,
-    header_timeout: Duration,
+    handshake: Handshake,
     closing: CancellationToken,
 ) {
+    let Handshake { tls, header_timeout } = handshake;
     let reserve = ticket.is_reserve();
+    let stream = match tls {
+        None => PeerStream::Plain(stream),
+        // The handshake counts against the header timeout: a client that opens a socket and
+        // sends nothing is cut as a plain one is.
+        Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => PeerStream::Tls(Box::new(tls)),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+    };
     let io = TokioIo::new(AdmittedStream { stream, _ticket: ticket.clone() });
     let abort = ticket.clone();
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
@@ -284,10 +317,138 @@ fn descriptors_in_use() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|dir| dir.count()).unwrap_or(64)
 }
 
+/// An accepted socket, in clear or inside TLS.
+pub enum PeerStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl PeerStream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            PeerStream::Plain(stream) => stream,
+            PeerStream::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
+/// Forwards an I/O call to the plain or the TLS stream.
+macro_rules! either {
+    ($self:expr, $stream:ident => $call:expr) => {
+        match $self.get_mut() {
+            PeerStream::Plain($stream) => {
+                let $stream = std::pin::Pin::new($stream);
+                $call
+            }
+            PeerStream::Tls(tls) => {
+                let $stream = std::pin::Pin::new(tls.as_mut());
+                $call
+            }
+        }
+    };
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        either!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        either!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        either!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            PeerStream::Plain(stream) => stream.is_write_vectored(),
+            PeerStream::Tls(tls) => tls.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        either!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        either!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+/// The gRPC server reads each connection's peer from it, TLS or not, so `--trusted-proxies`
+/// resolves gRPC clients the same way.
+impl tonic::transport::server::Connected for PeerStream {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.tcp().connect_info()
+    }
+}
+
+/// Accepts gRPC connections on `listener` with TLS: each handshake runs in its own task (one
+/// slow client never holds up the others) and a finished one is handed to the gRPC server.
+pub fn tls_incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
+    stop: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<PeerStream>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) if is_peer_error(&e) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "gRPC accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(PeerStream::Tls(Box::new(tls)))).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "gRPC TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "gRPC TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
 /// A socket that holds its admission ticket, so an upgraded WebSocket keeps counting until it
 /// closes.
 struct AdmittedStream {
-    stream: TcpStream,
+    stream: PeerStream,
     _ticket: Arc<ConnectionTicket>,
 }
 

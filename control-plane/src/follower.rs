@@ -32,10 +32,11 @@ use prost::Message;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, watch};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
 use crate::grpc::{ControlPlaneClient, pb};
+use crate::link::ControlPlaneLink;
 use crate::sealing::SecretBox;
 use crate::watch::{app_from_pb, key_from_pb, pusher_credential_from_pb, snapshot_of, webhook_from_pb};
 
@@ -45,8 +46,8 @@ pub const CACHE_FILE: &str = "config-cache.pb";
 /// How a node follows the control plane.
 #[derive(Clone)]
 pub struct FollowerConfig {
-    /// `http://HOST:PORT` of the control plane's gRPC listener.
-    pub endpoint: String,
+    /// The control plane's gRPC listener (`http://HOST:PORT`, or `https://` with TLS).
+    pub endpoint: ControlPlaneLink,
     /// The node credential (`--node-token`); never logged.
     pub node_token: String,
     /// This node's name, for the control plane's logs.
@@ -76,7 +77,7 @@ impl std::fmt::Debug for FollowerConfig {
 impl FollowerConfig {
     /// Defaults: 15 s stale, 3 s connect timeout, 250 ms debounce, 10 s max backoff.
     pub fn new(
-        endpoint: impl Into<String>,
+        endpoint: impl Into<ControlPlaneLink>,
         node_token: impl Into<String>,
         node_id: impl Into<String>,
         cache_dir: impl Into<PathBuf>,
@@ -170,8 +171,7 @@ impl ConfigFollower {
     pub fn start(config: FollowerConfig, registry: Arc<Registry>) -> Result<ConfigFollower> {
         std::fs::create_dir_all(&config.cache_dir)
             .map_err(|e| Error::Internal(format!("creating {}: {e}", config.cache_dir.display())))?;
-        Endpoint::from_shared(config.endpoint.clone())
-            .map_err(|e| Error::invalid(format!("control plane endpoint {:?}: {e}", config.endpoint)))?;
+        config.endpoint.endpoint()?;
         let (status, _) = watch::channel(FollowerStatus {
             source: ConfigSource::None,
             since: Utc::now(),
@@ -274,10 +274,9 @@ async fn follow(shared: Arc<Shared>) {
 /// One stream, from connecting until it fails or goes silent.
 async fn session(shared: &Shared) -> Result<()> {
     let config = &shared.config;
-    let channel = Endpoint::from_shared(config.endpoint.clone())
-        .map_err(|e| Error::invalid(e.to_string()))?
-        .connect_timeout(config.connect_timeout)
-        .tcp_nodelay(true)
+    let channel = config
+        .endpoint
+        .endpoint_with(config.connect_timeout)?
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
         .connect()
@@ -524,15 +523,16 @@ struct AuthorityInner {
 }
 
 impl RemoteApiKeyAuthority {
-    /// Connects lazily to `endpoint` (`http://HOST:PORT`); `registry` is the node's (fed by a
-    /// [`ConfigFollower`]), watched for revocations. Spawns the eviction task.
-    pub fn new(endpoint: &str, node_token: &str, ttl: Duration, registry: Arc<Registry>) -> Result<Self> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| Error::invalid(format!("control plane endpoint {endpoint:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .connect_lazy();
+    /// Connects lazily to `endpoint` (`http://HOST:PORT`, or `https://`); `registry` is the
+    /// node's (fed by a [`ConfigFollower`]), watched for revocations. Spawns the eviction task.
+    pub fn new(
+        endpoint: impl Into<ControlPlaneLink>,
+        node_token: &str,
+        ttl: Duration,
+        registry: Arc<Registry>,
+    ) -> Result<Self> {
+        let channel =
+            endpoint.into().endpoint_with(Duration::from_secs(2))?.timeout(Duration::from_secs(3)).connect_lazy();
         let inner = Arc::new(AuthorityInner {
             client: ControlPlaneClient::new(channel),
             node_token: node_token.to_owned(),

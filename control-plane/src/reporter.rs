@@ -16,12 +16,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aviary_core::usage::{UsageMeter, UsageRecord};
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::ControlPlaneState;
 use crate::error::{Error, Result};
 use crate::follower::authorized;
 use crate::grpc::{ControlPlaneClient, pb, usage_record_to_pb};
+use crate::link::ControlPlaneLink;
 
 /// Records per batch: one drain of a node serving many apps becomes several batches, each well
 /// under the control plane's message size limit.
@@ -53,13 +54,10 @@ pub struct GrpcUsageSink {
 }
 
 impl GrpcUsageSink {
-    /// Connects lazily to `endpoint` (`http://HOST:PORT`).
-    pub fn new(endpoint: &str, node_token: &str) -> Result<Self> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| Error::invalid(format!("control plane endpoint {endpoint:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
+    /// Connects lazily to `endpoint` (`http://HOST:PORT`, or `https://`).
+    pub fn new(endpoint: impl Into<ControlPlaneLink>, node_token: &str) -> Result<Self> {
+        let channel =
+            endpoint.into().endpoint_with(Duration::from_secs(3))?.timeout(Duration::from_secs(10)).connect_lazy();
         Ok(GrpcUsageSink { client: ControlPlaneClient::new(channel), node_token: node_token.to_owned() })
     }
 }

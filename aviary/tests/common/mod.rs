@@ -27,6 +27,8 @@ pub struct Proc {
     pub metrics: Option<SocketAddr>,
     /// `label value` lines printed before `listening on`, e.g. `operator token`.
     pub banner: Vec<String>,
+    /// Whether the process listens with TLS (`listening on https://`).
+    pub tls: bool,
 }
 
 impl Proc {
@@ -70,10 +72,14 @@ impl Proc {
         let mut banner = Vec::new();
         let mut addr = None;
         let mut metrics = None;
+        let mut tls = false;
         for line in lines.by_ref() {
             let line = line.expect("stdout is readable");
-            if let Some(v) = line.strip_prefix("listening on http://") {
+            let listening = line.strip_prefix("listening on http://");
+            let listening_tls = line.strip_prefix("listening on https://");
+            if let Some(v) = listening.or(listening_tls) {
                 addr = Some(v.trim().parse().expect("a socket address"));
+                tls = listening_tls.is_some();
                 break;
             }
             if let Some(v) = line.strip_prefix("metrics on http://") {
@@ -83,7 +89,7 @@ impl Proc {
         }
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Proc { child, addr: addr.unwrap_or_else(|| panic!("aviary {args:?} printed no address")), metrics, banner }
+        Proc { child, addr: addr.unwrap_or_else(|| panic!("aviary {args:?} printed no address")), metrics, banner, tls }
     }
 
     /// The first word after `label` in the start banner.

@@ -1,0 +1,507 @@
+//! TLS without a proxy (`--tls-cert`/`--tls-key`): `https://` and `wss://` against the real
+//! binary, certificates swapped under a running process (SIGHUP, file change) without dropping
+//! open connections, a data-plane node following its control plane over gRPC with TLS and a CA
+//! file, and clear start errors. Certificates are made by each test with the `openssl` commands
+//! docs/deploying.md gives an operator.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio_tungstenite::MaybeTlsStream;
+
+use common::{Database, Proc, Ws, next_of_type, request, send, send_frame};
+
+const OPERATOR: &str = "avo_tls_test_operator_token_0123456789";
+const NODE_TOKEN: &str = "avn_tls_test_node_token_0123456789";
+
+/// A directory with a CA and server certificates it signed, made with the `openssl` CLI.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    /// A fresh CA (`ca.pem`, `ca.key`).
+    fn new() -> Pki {
+        let dir = std::env::temp_dir().join(format!("aviary-tls-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("a directory for the certificates");
+        let pki = Pki { dir };
+        pki.openssl(&[
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+            "ca.key", "-out", "ca.pem", "-days", "30", "-subj", "/CN=Aviary test CA",
+        ]);
+        pki
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = Command::new("openssl").args(args).current_dir(&self.dir).output().expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// A server key and certificate for `localhost` and 127.0.0.1 signed by the CA, written as
+    /// `<name>.key` and `<name>.pem`.
+    fn server(&self, name: &str) -> (PathBuf, PathBuf) {
+        let (key, csr, pem) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"));
+        std::fs::write(self.path("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+        self.openssl(&[
+            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", &key, "-out",
+            &csr, "-subj", "/CN=localhost",
+        ]);
+        self.openssl(&[
+            "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", &pem,
+            "-days", "30", "-extfile", "san.ext",
+        ]);
+        (self.path(&pem), self.path(&key))
+    }
+
+    fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.path("ca.pem")).expect("the CA certificate")
+    }
+
+    /// A client configuration trusting this CA only.
+    fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&self.ca_pem()) {
+            roots.add(cert.expect("a PEM certificate")).expect("the CA is usable");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+
+    fn http_client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&self.ca_pem()).unwrap())
+            .build()
+            .unwrap()
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Replaces `dest` with `src`'s content in one step (what certbot and cert-manager do).
+fn install(src: &Path, dest: &Path) {
+    let tmp = dest.with_extension("tmp");
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::rename(&tmp, dest).unwrap();
+}
+
+/// SHA-256 of the first certificate of a PEM file.
+fn fingerprint_of_file(pem: &Path) -> String {
+    let cert = CertificateDer::pem_file_iter(pem).unwrap().next().unwrap().unwrap();
+    hex(&Sha256::digest(cert.as_ref()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Completes a TLS handshake with `addr` and returns the fingerprint of the certificate served.
+async fn served_fingerprint(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> String {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    let cert = tls.get_ref().1.peer_certificates().expect("a server certificate")[0].clone();
+    hex(&Sha256::digest(cert.as_ref()))
+}
+
+/// Polls new handshakes until the certificate served is `expected`.
+async fn await_served(addr: SocketAddr, config: Arc<rustls::ClientConfig>, expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let served = served_fingerprint(addr, config.clone()).await;
+        if served == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still serving {served}, expected {expected}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Opens `wss://` to `addr` and completes Aviary's `connect`.
+async fn connect_wss(addr: SocketAddr, config: Arc<rustls::ClientConfig>, token: &str) -> Ws {
+    let url = format!("wss://localhost:{}/v1/connect", addr.port());
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async_tls_with_config(
+        url,
+        tcp,
+        None,
+        Some(tokio_tungstenite::Connector::Rustls(config)),
+    )
+    .await
+    .expect("wss connects");
+    assert!(matches!(ws.get_ref(), MaybeTlsStream::Rustls(_)), "the socket is TLS");
+    send_frame(&mut ws, json!({"type": "connect", "token": token})).await;
+    let connected = common::next_json(&mut ws).await;
+    assert_eq!(connected["type"], "connected", "{connected}");
+    ws
+}
+
+/// `aviary dev` with TLS, and the demo app it created.
+struct Dev {
+    proc: Proc,
+    data_dir: PathBuf,
+    app_id: String,
+    api_key: String,
+}
+
+impl Dev {
+    fn start(cert: &Path, key: &Path, extra: &[&str]) -> Dev {
+        let data_dir = std::env::temp_dir().join(format!("aviary-tls-dev-{}", uuid::Uuid::new_v4().simple()));
+        let dir = data_dir.to_str().unwrap().to_owned();
+        let mut args = vec!["dev", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--data-dir", &dir];
+        args.extend_from_slice(extra);
+        let proc = Proc::spawn(
+            &args,
+            &[
+                ("AVIARY_OPERATOR_TOKEN", OPERATOR),
+                ("AVIARY_TLS_CERT", cert.to_str().unwrap()),
+                ("AVIARY_TLS_KEY", key.to_str().unwrap()),
+            ],
+        );
+        assert!(proc.tls, "aviary dev prints an https:// address with TLS");
+        Dev {
+            app_id: proc.banner_value("app id").expect("the demo app"),
+            api_key: proc.banner_value("API key").expect("the demo API key"),
+            proc,
+            data_dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.proc.addr.port())
+    }
+
+    async fn token(&self, http: &reqwest::Client) -> String {
+        let (status, minted) = send(
+            http.post(self.url(&format!("/v1/apps/{}/tokens", self.app_id)))
+                .bearer_auth(&self.api_key)
+                .json(&json!({"client_id": "alice", "ttl_s": 600})),
+        )
+        .await;
+        assert_eq!(status, 200, "{minted}");
+        minted["token"].as_str().unwrap().to_owned()
+    }
+
+    async fn publish(&self, http: &reqwest::Client, channel: &str, data: Value) {
+        let (status, body) = send(
+            http.post(self.url(&format!("/v1/apps/{}/channels/{channel}/messages", self.app_id)))
+                .bearer_auth(&self.api_key)
+                .json(&json!({"data": data})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        self.proc.kill();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// Subscribes `ws` to `channel`.
+async fn subscribe(ws: &mut Ws, id: u64, channel: &str) {
+    let ok = request(ws, id, json!({"type": "subscribe", "channel": channel})).await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+}
+
+/// Publishes `text` over REST and awaits it on `ws`.
+async fn publish_and_receive(dev: &Dev, http: &reqwest::Client, ws: &mut Ws, channel: &str, text: &str) {
+    dev.publish(http, channel, json!({"text": text})).await;
+    let message = next_of_type(ws, "message").await;
+    assert_eq!(message["data"]["text"], text, "{message}");
+}
+
+#[tokio::test]
+async fn dev_serves_https_rest_and_wss_without_a_proxy() {
+    let pki = Pki::new();
+    let (cert, key) = pki.server("server");
+    let dev = Dev::start(&cert, &key, &[]);
+    let http = pki.http_client();
+
+    let health = http.get(dev.url("/healthz")).send().await.expect("https answers");
+    assert_eq!(health.status(), 200);
+    let token = dev.token(&http).await;
+    let mut ws = connect_wss(dev.proc.addr, pki.client_config(), &token).await;
+    subscribe(&mut ws, 1, "chat:tls").await;
+    publish_and_receive(&dev, &http, &mut ws, "chat:tls", "over wss").await;
+
+    // SSE over https too.
+    let sse = http
+        .get(dev.url(&format!("/v1/sse?channels=chat:tls&token={token}")))
+        .send()
+        .await
+        .expect("SSE over https");
+    assert_eq!(sse.status(), 200);
+    assert_eq!(sse.headers()["content-type"], "text/event-stream");
+
+    // The served certificate is the one configured, and plain HTTP on the TLS port gets no answer.
+    assert_eq!(served_fingerprint(dev.proc.addr, pki.client_config()).await, fingerprint_of_file(&cert));
+    let plain = reqwest::Client::new().get(format!("http://{}/healthz", dev.proc.addr)).send().await;
+    assert!(plain.map(|r| r.status() != 200).unwrap_or(true), "plain HTTP is not served on a TLS port");
+}
+
+#[tokio::test]
+async fn sighup_serves_a_new_certificate_to_new_handshakes_and_keeps_open_connections() {
+    let pki = Pki::new();
+    let (first, first_key) = pki.server("first");
+    let (second, second_key) = pki.server("second");
+    let (cert, key) = (pki.path("live.pem"), pki.path("live.key"));
+    install(&first, &cert);
+    install(&first_key, &key);
+    // No polling: only SIGHUP reloads, so the swap below is the signal's doing.
+    let dev = Dev::start(&cert, &key, &["--tls-reload-interval-s", "0"]);
+    let http = pki.http_client();
+    let config = pki.client_config();
+    let token = dev.token(&http).await;
+    let mut before = connect_wss(dev.proc.addr, config.clone(), &token).await;
+    subscribe(&mut before, 1, "chat:swap").await;
+    assert_eq!(served_fingerprint(dev.proc.addr, config.clone()).await, fingerprint_of_file(&first));
+
+    install(&second, &cert);
+    install(&second_key, &key);
+    // Nothing re-reads the files until asked.
+    assert_eq!(served_fingerprint(dev.proc.addr, config.clone()).await, fingerprint_of_file(&first));
+    dev.proc.signal("-HUP");
+    await_served(dev.proc.addr, config.clone(), &fingerprint_of_file(&second)).await;
+
+    // The connection opened before the swap is still open and still receiving.
+    publish_and_receive(&dev, &http, &mut before, "chat:swap", "after the swap").await;
+    let mut after = connect_wss(dev.proc.addr, config.clone(), &token).await;
+    subscribe(&mut after, 1, "chat:swap").await;
+    dev.publish(&http, "chat:swap", json!({"text": "both"})).await;
+    for ws in [&mut before, &mut after] {
+        assert_eq!(next_of_type(ws, "message").await["data"]["text"], "both");
+    }
+    // The process is alive: SIGHUP is a reload, not the default termination.
+    assert_eq!(http.get(dev.url("/healthz")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_changed_certificate_file_is_served_without_a_signal_and_a_broken_one_is_not() {
+    let pki = Pki::new();
+    let (first, first_key) = pki.server("first");
+    let (second, second_key) = pki.server("second");
+    let (cert, key) = (pki.path("live.pem"), pki.path("live.key"));
+    install(&first, &cert);
+    install(&first_key, &key);
+    let dev = Dev::start(&cert, &key, &["--tls-reload-interval-s", "1"]);
+    let http = pki.http_client();
+    let config = pki.client_config();
+    let token = dev.token(&http).await;
+    let mut before = connect_wss(dev.proc.addr, config.clone(), &token).await;
+    subscribe(&mut before, 1, "chat:watch").await;
+
+    // A certificate whose key is not there yet (a half-done rotation) is not served: every
+    // handshake over several polls still completes with the first certificate.
+    install(&second, &cert);
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        assert_eq!(served_fingerprint(dev.proc.addr, config.clone()).await, fingerprint_of_file(&first));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ...and once its key arrives, it is.
+    install(&second_key, &key);
+    await_served(dev.proc.addr, config.clone(), &fingerprint_of_file(&second)).await;
+    publish_and_receive(&dev, &http, &mut before, "chat:watch", "still here").await;
+    let mut after = connect_wss(dev.proc.addr, config, &token).await;
+    subscribe(&mut after, 1, "chat:watch").await;
+    publish_and_receive(&dev, &http, &mut after, "chat:watch", "new handshake").await;
+}
+
+#[tokio::test]
+async fn a_node_follows_its_control_plane_over_grpc_tls_with_a_ca_file() {
+    let pki = Pki::new();
+    let (cert, key) = pki.server("server");
+    let (cert, key) = (cert.to_str().unwrap().to_owned(), key.to_str().unwrap().to_owned());
+    let db = Database::create().await;
+    let cache = pki.path("node-cache");
+    let cp = Proc::spawn(
+        &[
+            "control-plane", "--database-url", &db.url(), "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0",
+            "--tls-cert", &cert, "--tls-key", &key,
+        ],
+        &[("AVIARY_OPERATOR_TOKEN", OPERATOR), ("AVIARY_NODE_TOKEN", NODE_TOKEN)],
+    );
+    let grpc = cp.banner_value("grpc on").expect("the control plane prints its gRPC address");
+    assert!(grpc.starts_with("https://"), "{grpc}");
+    let node = Proc::spawn(
+        &[
+            "data-plane", "--listen", "127.0.0.1:0", "--control-plane", &grpc, "--control-plane-ca",
+            pki.path("ca.pem").to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(), "--usage-interval-s",
+            "1", "--tls-cert", &cert, "--tls-key", &key,
+        ],
+        &[("AVIARY_NODE_TOKEN", NODE_TOKEN)],
+    );
+    assert!(cp.tls && node.tls);
+    let http = pki.http_client();
+    let cp_url = |path: &str| format!("https://127.0.0.1:{}{path}", cp.addr.port());
+    let node_url = |path: &str| format!("https://127.0.0.1:{}{path}", node.addr.port());
+
+    // Config arrives over the TLS stream: an app created now reaches the node.
+    let (status, tenant) = send(http.post(cp_url("/v1/tenants")).bearer_auth(OPERATOR).json(&json!({"name": "t"}))).await;
+    assert_eq!(status, 201, "{tenant}");
+    let tenant_id = tenant["tenant"]["id"].as_str().unwrap().to_owned();
+    let admin = tenant["admin_key"]["secret"].as_str().unwrap().to_owned();
+    let (status, app) =
+        send(http.post(cp_url(&format!("/v1/tenants/{tenant_id}/apps"))).bearer_auth(&admin).json(&json!({"name": "a", "namespaces": [{"name": ""}]})))
+            .await;
+    assert_eq!(status, 201, "{app}");
+    let app_id = app["id"].as_str().unwrap().to_owned();
+    let (status, api_key) = send(
+        http.post(cp_url(&format!("/v1/apps/{app_id}/keys")))
+            .bearer_auth(&admin)
+            .json(&json!({"name": "k", "capabilities": {"*": ["subscribe", "publish", "presence", "history"]}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{api_key}");
+    let api_key = api_key["secret"].as_str().unwrap().to_owned();
+    let (status, minted) = send(
+        http.post(cp_url(&format!("/v1/apps/{app_id}/tokens")))
+            .bearer_auth(&api_key)
+            .json(&json!({"client_id": "bob", "ttl_s": 600})),
+    )
+    .await;
+    assert_eq!(status, 200, "{minted}");
+    let token = minted["token"].as_str().unwrap().to_owned();
+
+    let ready: Value = http.get(node_url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert!(ready.to_string().contains("stream"), "the node's config comes from the live stream: {ready}");
+    // The app reaches the node over the stream (polling: it is asynchronous).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut ws = loop {
+        let tcp = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+        let url = format!("wss://localhost:{}/v1/connect", node.addr.port());
+        let connector = tokio_tungstenite::Connector::Rustls(pki.client_config());
+        let (mut ws, _) =
+            tokio_tungstenite::client_async_tls_with_config(url, tcp, None, Some(connector)).await.unwrap();
+        send_frame(&mut ws, json!({"type": "connect", "token": token})).await;
+        let answer = common::next_json(&mut ws).await;
+        if answer["type"] == "connected" {
+            break ws;
+        }
+        assert!(Instant::now() < deadline, "the node never learned the app: {answer}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    subscribe(&mut ws, 1, "room").await;
+    // REST publish on the node checks the API key with the control plane over gRPC TLS.
+    let (status, body) = send(
+        http.post(node_url(&format!("/v1/apps/{app_id}/channels/room/messages")))
+            .bearer_auth(&api_key)
+            .json(&json!({"data": "through TLS"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(next_of_type(&mut ws, "message").await["data"], "through TLS");
+
+    // Usage reports travel over the same link.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, usage) =
+            send(http.get(cp_url(&format!("/v1/tenants/{tenant_id}/usage"))).bearer_auth(&admin)).await;
+        assert_eq!(status, 200, "{usage}");
+        if usage["totals"]["messages_published"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no usage reported: {usage}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Runs `aviary <args>` expecting it to stop at once with an error; returns its stderr.
+fn start_error(args: &[&str]) -> String {
+    let bin = env!("CARGO_BIN_EXE_aviary");
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("AVIARY_LOG", "warn")
+        .env("AVIARY_OPERATOR_TOKEN", OPERATOR)
+        .env("AVIARY_NODE_TOKEN", NODE_TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(!status.success(), "aviary {args:?} should not start");
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            return stderr;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("aviary {args:?} started instead of failing");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_bad_certificate_or_key_stops_the_start_with_a_clear_error() {
+    let pki = Pki::new();
+    let (cert, key) = pki.server("server");
+    let (_, other_key) = pki.server("other");
+    let data_dir = pki.path("data");
+    let (cert, key, other_key, data_dir) =
+        (cert.to_str().unwrap(), key.to_str().unwrap(), other_key.to_str().unwrap(), data_dir.to_str().unwrap());
+    let missing = pki.path("missing.pem");
+    let missing = missing.to_str().unwrap();
+    let dev = |tls: &[&str]| {
+        let mut args = vec!["dev", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--data-dir", data_dir];
+        args.extend_from_slice(tls);
+        start_error(&args)
+    };
+
+    let err = dev(&["--tls-cert", missing, "--tls-key", key]);
+    assert!(err.contains(&format!("reading the TLS certificate {missing} (--tls-cert)")), "{err}");
+    assert!(err.contains("No such file"), "{err}");
+    let err = dev(&["--tls-cert", cert, "--tls-key", missing]);
+    assert!(err.contains(&format!("reading the TLS private key {missing} (--tls-key)")), "{err}");
+    let err = dev(&["--tls-cert", cert, "--tls-key", other_key]);
+    assert!(err.contains(&format!("the TLS key {other_key} does not fit the certificate {cert}")), "{err}");
+    let err = dev(&["--tls-cert", key, "--tls-key", key]);
+    assert!(err.contains("no certificate in"), "{err}");
+    let err = dev(&["--tls-cert", cert, "--tls-key", cert]);
+    assert!(err.contains("no private key in"), "{err}");
+    let err = dev(&["--tls-cert", cert]);
+    assert!(err.contains("--tls-key"), "{err}");
+
+    // A data-plane node: its own certificate, and the CA it is told to trust.
+    let node = |extra: &[&str]| {
+        let mut args = vec!["data-plane", "--listen", "127.0.0.1:0", "--cache-dir", data_dir];
+        args.extend_from_slice(extra);
+        start_error(&args)
+    };
+    let err = node(&["--control-plane", "https://127.0.0.1:1", "--control-plane-ca", missing]);
+    assert!(err.contains(&format!("reading the control plane's CA {missing} (--control-plane-ca)")), "{err}");
+    let err = node(&["--control-plane", "http://127.0.0.1:1", "--control-plane-ca", cert]);
+    assert!(err.contains("needs an https:// URL"), "{err}");
+    let err = node(&["--control-plane", "https://127.0.0.1:1", "--tls-cert", missing, "--tls-key", key]);
+    assert!(err.contains("(--tls-cert)"), "{err}");
+}
