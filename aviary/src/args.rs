@@ -427,7 +427,8 @@ impl TlsArgs {
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => {
                 let files = crate::tls::TlsFiles { cert: cert.clone(), key: key.clone() };
-                let poll = (self.tls_reload_interval_s > 0).then(|| std::time::Duration::from_secs(self.tls_reload_interval_s));
+                let poll = (self.tls_reload_interval_s > 0)
+                    .then(|| std::time::Duration::from_secs(self.tls_reload_interval_s));
                 Ok(Some(crate::tls::CertificateStore::load(files, poll)?))
             }
             (None, None) => Ok(None),

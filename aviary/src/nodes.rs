@@ -10,8 +10,8 @@ use aviary_broker::Broker;
 use aviary_broker::memory::MemoryBroker;
 use aviary_broker::redis::RedisBroker;
 use aviary_control_plane::{
-    ConfigFollower, ControlPlaneConfig, ControlPlaneLink, ControlPlaneState, FollowerConfig, GrpcUsageSink, RemoteApiKeyAuthority,
-    UsageReporter,
+    ConfigFollower, ControlPlaneConfig, ControlPlaneLink, ControlPlaneState, FollowerConfig, GrpcUsageSink,
+    RemoteApiKeyAuthority, UsageReporter,
 };
 use aviary_core::Registry;
 use aviary_data_plane::{ClusterQuotas, DataPlane, DataPlaneConfig, LocalQuotas, QuotaEnforcer};
@@ -187,8 +187,12 @@ impl Servers {
                         tokio::spawn(server.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()))
                     }
                     Some(tls) => {
-                        let incoming =
-                            crate::serve::tls_incoming(listener, tls.grpc_acceptor()?, limits.header_timeout(), stop.clone());
+                        let incoming = crate::serve::tls_incoming(
+                            listener,
+                            tls.grpc_acceptor()?,
+                            limits.header_timeout(),
+                            stop.clone(),
+                        );
                         tokio::spawn(server.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()))
                     }
                 })

@@ -74,7 +74,7 @@ const RESERVE_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 const HEALTH_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
 /// How the accept loop treats the connections of one listener.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnectionPolicy {
     /// Admission of each accepted socket (pending and descriptor bounds).
     pub admission: Arc<Admission>,
@@ -84,6 +84,17 @@ pub struct ConnectionPolicy {
     pub trusted_proxies: Arc<TrustedProxies>,
     /// TLS on this listener (`--tls-cert`), or plain TCP.
     pub tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for ConnectionPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionPolicy")
+            .field("admission", &self.admission)
+            .field("header_timeout", &self.header_timeout)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl ConnectionPolicy {

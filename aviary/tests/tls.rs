@@ -12,13 +12,17 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::{SinkExt, StreamExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio_tungstenite::MaybeTlsStream;
+use tokio_tungstenite::tungstenite::Message;
 
-use common::{Database, Proc, Ws, next_of_type, request, send, send_frame};
+use common::{Database, Proc, WAIT, send};
+
+/// A WebSocket over a TLS stream this test opened itself (so it can see the certificate).
+type Wss = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 const OPERATOR: &str = "avo_tls_test_operator_token_0123456789";
 const NODE_TOKEN: &str = "avn_tls_test_node_token_0123456789";
@@ -35,8 +39,21 @@ impl Pki {
         std::fs::create_dir_all(&dir).expect("a directory for the certificates");
         let pki = Pki { dir };
         pki.openssl(&[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
-            "ca.key", "-out", "ca.pem", "-days", "30", "-subj", "/CN=Aviary test CA",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=Aviary test CA",
         ]);
         pki
     }
@@ -56,12 +73,35 @@ impl Pki {
         let (key, csr, pem) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"));
         std::fs::write(self.path("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
         self.openssl(&[
-            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", &key, "-out",
-            &csr, "-subj", "/CN=localhost",
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            "/CN=localhost",
         ]);
         self.openssl(&[
-            "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", &pem,
-            "-days", "30", "-extfile", "san.ext",
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "30",
+            "-extfile",
+            "san.ext",
         ]);
         (self.path(&pem), self.path(&key))
     }
@@ -118,15 +158,27 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Completes a TLS handshake with `addr` and returns the fingerprint of the certificate served.
-async fn served_fingerprint(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> String {
+/// Opens TCP and TLS to `addr`, checking the certificate against the test's CA.
+async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(config)
+    tokio_rustls::TlsConnector::from(config)
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
-        .expect("TLS handshake");
+        .expect("TLS handshake")
+}
+
+/// Fingerprint of the certificate a TLS stream was served.
+fn peer_fingerprint(tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> String {
     let cert = tls.get_ref().1.peer_certificates().expect("a server certificate")[0].clone();
     hex(&Sha256::digest(cert.as_ref()))
+}
+
+/// Completes a TLS handshake with `addr` and returns the fingerprint of the certificate served.
+async fn served_fingerprint(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> String {
+    peer_fingerprint(&tls_connect(addr, config).await)
 }
 
 /// Polls new handshakes until the certificate served is `expected`.
@@ -142,23 +194,58 @@ async fn await_served(addr: SocketAddr, config: Arc<rustls::ClientConfig>, expec
     }
 }
 
-/// Opens `wss://` to `addr` and completes Aviary's `connect`.
-async fn connect_wss(addr: SocketAddr, config: Arc<rustls::ClientConfig>, token: &str) -> Ws {
+/// Opens `wss://` to `addr` and sends Aviary's `connect`; returns the socket and the answer.
+async fn open_wss(addr: SocketAddr, config: Arc<rustls::ClientConfig>, token: &str) -> (Wss, Value) {
+    let tls = tls_connect(addr, config).await;
     let url = format!("wss://localhost:{}/v1/connect", addr.port());
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async_tls_with_config(
-        url,
-        tcp,
-        None,
-        Some(tokio_tungstenite::Connector::Rustls(config)),
-    )
-    .await
-    .expect("wss connects");
-    assert!(matches!(ws.get_ref(), MaybeTlsStream::Rustls(_)), "the socket is TLS");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.expect("wss connects");
     send_frame(&mut ws, json!({"type": "connect", "token": token})).await;
-    let connected = common::next_json(&mut ws).await;
+    let answer = next_json(&mut ws).await;
+    (ws, answer)
+}
+
+/// Opens `wss://` to `addr` and completes Aviary's `connect`.
+async fn connect_wss(addr: SocketAddr, config: Arc<rustls::ClientConfig>, token: &str) -> Wss {
+    let (ws, connected) = open_wss(addr, config, token).await;
     assert_eq!(connected["type"], "connected", "{connected}");
     ws
+}
+
+async fn send_frame(ws: &mut Wss, frame: Value) {
+    ws.send(Message::text(frame.to_string())).await.expect("frame sent");
+}
+
+async fn next_json(ws: &mut Wss) -> Value {
+    loop {
+        let msg =
+            tokio::time::timeout(WAIT, ws.next()).await.expect("a frame in time").expect("socket open").expect("frame");
+        match msg {
+            Message::Text(text) => return serde_json::from_str(&text).expect("JSON frame"),
+            Message::Close(frame) => panic!("socket closed by the server: {frame:?}"),
+            _ => {}
+        }
+    }
+}
+
+async fn next_of_type(ws: &mut Wss, kind: &str) -> Value {
+    loop {
+        let frame = next_json(ws).await;
+        if frame["type"] == kind {
+            return frame;
+        }
+    }
+}
+
+/// Sends a command with `id` and returns its `ok`/`error` reply.
+async fn request(ws: &mut Wss, id: u64, mut frame: Value) -> Value {
+    frame["id"] = json!(id);
+    send_frame(ws, frame).await;
+    loop {
+        let reply = next_json(ws).await;
+        if (reply["type"] == "ok" || reply["type"] == "error") && reply["id"] == id {
+            return reply;
+        }
+    }
 }
 
 /// `aviary dev` with TLS, and the demo app it created.
@@ -214,7 +301,7 @@ impl Dev {
                 .json(&json!({"data": data})),
         )
         .await;
-        assert_eq!(status, 200, "{body}");
+        assert_eq!(status, 201, "{body}");
     }
 }
 
@@ -226,13 +313,13 @@ impl Drop for Dev {
 }
 
 /// Subscribes `ws` to `channel`.
-async fn subscribe(ws: &mut Ws, id: u64, channel: &str) {
+async fn subscribe(ws: &mut Wss, id: u64, channel: &str) {
     let ok = request(ws, id, json!({"type": "subscribe", "channel": channel})).await;
     assert_eq!(ok["type"], "ok", "{ok}");
 }
 
 /// Publishes `text` over REST and awaits it on `ws`.
-async fn publish_and_receive(dev: &Dev, http: &reqwest::Client, ws: &mut Ws, channel: &str, text: &str) {
+async fn publish_and_receive(dev: &Dev, http: &reqwest::Client, ws: &mut Wss, channel: &str, text: &str) {
     dev.publish(http, channel, json!({"text": text})).await;
     let message = next_of_type(ws, "message").await;
     assert_eq!(message["data"]["text"], text, "{message}");
@@ -253,11 +340,8 @@ async fn dev_serves_https_rest_and_wss_without_a_proxy() {
     publish_and_receive(&dev, &http, &mut ws, "chat:tls", "over wss").await;
 
     // SSE over https too.
-    let sse = http
-        .get(dev.url(&format!("/v1/sse?channels=chat:tls&token={token}")))
-        .send()
-        .await
-        .expect("SSE over https");
+    let sse =
+        http.get(dev.url(&format!("/v1/sse?channels=chat:tls&token={token}"))).send().await.expect("SSE over https");
     assert_eq!(sse.status(), 200);
     assert_eq!(sse.headers()["content-type"], "text/event-stream");
 
@@ -344,8 +428,17 @@ async fn a_node_follows_its_control_plane_over_grpc_tls_with_a_ca_file() {
     let cache = pki.path("node-cache");
     let cp = Proc::spawn(
         &[
-            "control-plane", "--database-url", &db.url(), "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0",
-            "--tls-cert", &cert, "--tls-key", &key,
+            "control-plane",
+            "--database-url",
+            &db.url(),
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
         ],
         &[("AVIARY_OPERATOR_TOKEN", OPERATOR), ("AVIARY_NODE_TOKEN", NODE_TOKEN)],
     );
@@ -353,9 +446,21 @@ async fn a_node_follows_its_control_plane_over_grpc_tls_with_a_ca_file() {
     assert!(grpc.starts_with("https://"), "{grpc}");
     let node = Proc::spawn(
         &[
-            "data-plane", "--listen", "127.0.0.1:0", "--control-plane", &grpc, "--control-plane-ca",
-            pki.path("ca.pem").to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(), "--usage-interval-s",
-            "1", "--tls-cert", &cert, "--tls-key", &key,
+            "data-plane",
+            "--listen",
+            "127.0.0.1:0",
+            "--control-plane",
+            &grpc,
+            "--control-plane-ca",
+            pki.path("ca.pem").to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--usage-interval-s",
+            "1",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
         ],
         &[("AVIARY_NODE_TOKEN", NODE_TOKEN)],
     );
@@ -365,13 +470,17 @@ async fn a_node_follows_its_control_plane_over_grpc_tls_with_a_ca_file() {
     let node_url = |path: &str| format!("https://127.0.0.1:{}{path}", node.addr.port());
 
     // Config arrives over the TLS stream: an app created now reaches the node.
-    let (status, tenant) = send(http.post(cp_url("/v1/tenants")).bearer_auth(OPERATOR).json(&json!({"name": "t"}))).await;
+    let (status, tenant) =
+        send(http.post(cp_url("/v1/tenants")).bearer_auth(OPERATOR).json(&json!({"name": "t"}))).await;
     assert_eq!(status, 201, "{tenant}");
     let tenant_id = tenant["tenant"]["id"].as_str().unwrap().to_owned();
     let admin = tenant["admin_key"]["secret"].as_str().unwrap().to_owned();
-    let (status, app) =
-        send(http.post(cp_url(&format!("/v1/tenants/{tenant_id}/apps"))).bearer_auth(&admin).json(&json!({"name": "a", "namespaces": [{"name": ""}]})))
-            .await;
+    let (status, app) = send(
+        http.post(cp_url(&format!("/v1/tenants/{tenant_id}/apps")))
+            .bearer_auth(&admin)
+            .json(&json!({"name": "a", "namespaces": [{"name": ""}]})),
+    )
+    .await;
     assert_eq!(status, 201, "{app}");
     let app_id = app["id"].as_str().unwrap().to_owned();
     let (status, api_key) = send(
@@ -396,13 +505,7 @@ async fn a_node_follows_its_control_plane_over_grpc_tls_with_a_ca_file() {
     // The app reaches the node over the stream (polling: it is asynchronous).
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut ws = loop {
-        let tcp = tokio::net::TcpStream::connect(node.addr).await.unwrap();
-        let url = format!("wss://localhost:{}/v1/connect", node.addr.port());
-        let connector = tokio_tungstenite::Connector::Rustls(pki.client_config());
-        let (mut ws, _) =
-            tokio_tungstenite::client_async_tls_with_config(url, tcp, None, Some(connector)).await.unwrap();
-        send_frame(&mut ws, json!({"type": "connect", "token": token})).await;
-        let answer = common::next_json(&mut ws).await;
+        let (ws, answer) = open_wss(node.addr, pki.client_config(), &token).await;
         if answer["type"] == "connected" {
             break ws;
         }
@@ -417,7 +520,7 @@ async fn a_node_follows_its_control_plane_over_grpc_tls_with_a_ca_file() {
             .json(&json!({"data": "through TLS"})),
     )
     .await;
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(status, 201, "{body}");
     assert_eq!(next_of_type(&mut ws, "message").await["data"], "through TLS");
 
     // Usage reports travel over the same link.

@@ -81,9 +81,7 @@ impl ControlPlaneLink {
             Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
             None => ClientTlsConfig::new().with_native_roots(),
         };
-        endpoint
-            .tls_config(tls)
-            .map_err(|e| Error::invalid(format!("TLS to the control plane {:?}: {e}", self.url)))
+        endpoint.tls_config(tls).map_err(|e| Error::invalid(format!("TLS to the control plane {:?}: {e}", self.url)))
     }
 
     /// [`ControlPlaneLink::endpoint`] with the connection settings every node-side client uses.
