@@ -678,7 +678,7 @@ async fn remote_key_authority_caches_and_forgets_revoked_keys(store: TestStore) 
     let follower = ConfigFollower::start(follower_config(&cp.endpoint(), &dir), node.clone()).unwrap();
     assert!(follower.wait_connected(SECOND * 3).await);
     let authority =
-        RemoteApiKeyAuthority::new(&cp.endpoint(), NODE_TOKEN, Duration::from_secs(30), node.clone()).unwrap();
+        RemoteApiKeyAuthority::new(cp.endpoint(), NODE_TOKEN, Duration::from_secs(30), node.clone()).unwrap();
 
     let verified = authority.verify_api_key(&api_key).await.unwrap();
     assert_eq!((verified.key_id.as_str(), verified.app_id.as_str()), (key_id.as_str(), app_id.as_str()));
@@ -814,7 +814,7 @@ async fn reported_usage_counts_once_and_is_served_by_hour_and_day(
     let usage = meter.app(&tenant_id, &app_id);
     usage.published(3, 300);
     usage.delivered(6, 600);
-    let sink = Arc::new(GrpcUsageSink::new(&cp.endpoint(), NODE_TOKEN).unwrap());
+    let sink = Arc::new(GrpcUsageSink::new(cp.endpoint(), NODE_TOKEN).unwrap());
     let reporter = UsageReporter::spawn(meter.clone(), sink, "node-c".into(), Duration::from_secs(3600));
     reporter.stop().await;
 
