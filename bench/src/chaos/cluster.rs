@@ -23,6 +23,7 @@ pub struct Cluster {
     /// The API key publishers use and tokens are minted with (replaced by [`Cluster::rotate_key`]).
     pub api_key: String,
     api_key_id: String,
+    tenant_id: String,
     tenant_admin: String,
     pub control_plane: String,
     pub nodes: Vec<Node>,
@@ -92,6 +93,7 @@ impl Cluster {
             app_id: String::new(),
             api_key: String::new(),
             api_key_id: String::new(),
+            tenant_id: String::new(),
             tenant_admin: String::new(),
             control_plane: String::new(),
             nodes: Vec::new(),
@@ -161,6 +163,9 @@ impl Cluster {
             &node_token,
             "--listen",
             "127.0.0.1:0",
+            // Usage reaches the usage API within a second: the end compares it with the oracle.
+            "--usage-interval-s",
+            "1",
             "--redis-prefix",
             &format!("chaos{run}"),
         ]
@@ -194,6 +199,7 @@ impl Cluster {
         let tenant_id = tenant["tenant"]["id"].as_str().ok_or_else(|| anyhow!("no tenant id: {tenant}"))?.to_owned();
         let admin = tenant["admin_key"]["secret"].as_str().ok_or_else(|| anyhow!("no admin key: {tenant}"))?.to_owned();
         self.tenant_admin = admin.clone();
+        self.tenant_id = tenant_id.clone();
         // History long enough that a resume normally recovers: the oracle then checks exact
         // replay, not only the `recovered: false` path.
         let app = post(
@@ -255,6 +261,18 @@ impl Cluster {
         self.control = Some(child);
         self.control_plane = format!("http://{addr}");
         Ok(())
+    }
+
+    /// The tenant's usage totals (`GET /v1/tenants/{id}/usage`, default window).
+    pub async fn usage(&self) -> anyhow::Result<Value> {
+        let url = format!("{}/v1/tenants/{}/usage", self.control_plane, self.tenant_id);
+        let res = reqwest::Client::new().get(&url).bearer_auth(OPERATOR_TOKEN).send().await?;
+        let status = res.status();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("GET {url}: {status} {body}");
+        }
+        Ok(body["totals"].clone())
     }
 
     /// SIGKILLs the control plane (nodes keep serving from their config).

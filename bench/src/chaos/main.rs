@@ -147,6 +147,44 @@ async fn check_presence(shared: &Shared) {
     }
 }
 
+/// Usage counts every publication once: once the nodes flushed (every second), the usage API's
+/// `messages_published` equals the publications the oracle knows the broker made (an idempotent
+/// retry is not one). A SIGKILLed node loses its unreported second, so with kills nothing is
+/// asserted; after a Redis restart a publication may have been made in a lost epoch unseen, so
+/// only the lower bound holds.
+async fn check_usage(cluster: &Cluster, shared: &Shared, lossy: bool, redis_restarted: bool) {
+    let made = shared.oracle.lock().publications_made();
+    let never_acked = shared.oracle.lock().counts.never_acked;
+    let mut last = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let Ok(totals) = cluster.usage().await else { continue };
+        let now =
+            (totals["messages_published"].as_u64().unwrap_or(0), totals["messages_delivered"].as_u64().unwrap_or(0));
+        if last == Some(now) {
+            break;
+        }
+        last = Some(now);
+    }
+    let (published, delivered) = last.unwrap_or_default();
+    let mut oracle = shared.oracle.lock();
+    oracle.counts.usage_published = published;
+    oracle.counts.usage_delivered = delivered;
+    oracle.counts.publications_made = made;
+    if lossy {
+        return;
+    }
+    let ok = if redis_restarted { published >= made } else { published >= made && published <= made + never_acked };
+    oracle.counts.invariants_checked += 1;
+    if !ok && oracle.violation.is_none() {
+        oracle.violation = Some(format!(
+            "usage API counts {published} publications, the oracle {made} ({never_acked} never acknowledged{})",
+            if redis_restarted { ", Redis restarted: lower bound only" } else { "" }
+        ));
+    }
+}
+
 async fn run(args: &Args) -> ExitCode {
     match run_inner(args).await {
         Ok(code) => code,
@@ -245,6 +283,13 @@ async fn run_inner(args: &Args) -> anyhow::Result<ExitCode> {
         check_presence(&shared).await;
     }
     shared.stop_all.store(true, Ordering::Relaxed);
+    if shared.oracle.lock().violation.is_none() {
+        let lossy = injected
+            .as_ref()
+            .is_none_or(|i| i.contains_key(&schedule::Kind::KillRestart) || plan.iter().any(|f| f.node_restart));
+        let restarts = injected.as_ref().is_some_and(|i| i.contains_key(&schedule::Kind::RedisRestart));
+        check_usage(&cluster, &shared, lossy, restarts).await;
+    }
     if let Some(crash) = cluster.crashed() {
         let mut oracle = shared.oracle.lock();
         if oracle.violation.is_none() {
@@ -291,6 +336,10 @@ async fn run_inner(args: &Args) -> anyhow::Result<ExitCode> {
     println!(
         "presence: {} members equal to the live connections, {} ms after the run healed",
         c.presence_members, c.presence_settle_ms
+    );
+    println!(
+        "usage: {} published and {} delivered in the usage API; {} publications made by the oracle's count, {} deliveries received",
+        c.usage_published, c.usage_delivered, c.publications_made, c.deliveries
     );
     println!("node starts: {:?}", cluster.nodes.iter().map(|n| n.starts).collect::<Vec<_>>());
     println!("invariants checked: {}", c.invariants_checked);

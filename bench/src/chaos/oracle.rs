@@ -116,6 +116,10 @@ pub struct Counts {
     /// killed nodes are reaped within the presence TTL).
     pub presence_members: u64,
     pub presence_settle_ms: u64,
+    /// `messages_published` / `messages_delivered` of the usage API after the last flush.
+    pub usage_published: u64,
+    pub usage_delivered: u64,
+    pub publications_made: u64,
     pub invariants_checked: u64,
 }
 
@@ -211,6 +215,18 @@ impl Oracle {
                 s.at = Some(position);
             }
         }
+    }
+
+    /// Publications the broker certainly made: per publication, each epoch it was acknowledged
+    /// or delivered in.
+    pub fn publications_made(&self) -> u64 {
+        self.pubs
+            .values()
+            .map(|p| {
+                let extra = p.acked.as_ref().is_some_and(|a| !p.delivered_at.contains_key(&a.epoch));
+                p.delivered_at.len() as u64 + u64::from(extra)
+            })
+            .sum()
     }
 
     pub fn entered(&mut self, sub: usize, connection_id: &str) {
