@@ -22,8 +22,7 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::HeaderMap;
-use axum::http::header::ORIGIN;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -33,11 +32,11 @@ use tracing::Instrument;
 use super::connection::{Connection, Flow};
 use super::frames::{self, code};
 use crate::admission::ConnectionTicket;
-use crate::error::Error;
 use crate::metrics::Burst;
 use crate::outbound::Outbound;
 use crate::protocol::{CloseReason, close};
 use crate::session_handle::SessionHandle;
+use crate::transport::ws::admit_upgrade;
 use crate::{DataPlane, NodeState};
 
 /// The only protocol version served.
@@ -68,22 +67,9 @@ pub async fn upgrade(
     client: Option<Extension<ClientAddr>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(rejection) => {
-            return Error::BadRequest(format!("this endpoint expects a WebSocket upgrade: {}", rejection.body_text()))
-                .into_response();
-        }
-    };
-    let inner = dp.inner().clone();
-    if inner.is_draining() {
-        return Error::Draining.into_response();
-    }
-    let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let max = inner.config.max_frame_bytes;
-    ws.max_message_size(max).max_frame_size(max).read_buffer_size(inner.config.ws_read_buffer_bytes).on_upgrade(
-        move |socket| serve(inner, socket, key, query.protocol, origin, ticket.map(|t| t.0), client.map(|c| c.0)),
-    )
+    admit_upgrade(&dp, &headers, ws, move |inner, socket, origin| {
+        serve(inner, socket, key, query.protocol, origin, ticket.map(|t| t.0), client.map(|c| c.0))
+    })
 }
 
 /// Checks the `protocol` query parameter.

@@ -56,6 +56,25 @@ pub async fn upgrade(
     client: Option<Extension<ClientAddr>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    admit_upgrade(&dp, &headers, ws, move |inner, socket, origin| {
+        serve(inner, socket, query.token, origin, ticket.map(|t| t.0), client.map(|c| c.0))
+    })
+}
+
+/// The prelude every WebSocket front end (ours, Pusher's) runs before upgrading, in one order:
+/// the request must be an upgrade (else a 400 problem), the node must not be draining (else
+/// 503); then the socket gets the node's frame size limits and read buffer, and `serve` gets the
+/// node state, the socket and the request's `Origin` (checked later against the app's list).
+pub(crate) fn admit_upgrade<F, Fut>(
+    dp: &DataPlane,
+    headers: &HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    serve: F,
+) -> Response
+where
+    F: FnOnce(Arc<NodeState>, WebSocket, Option<String>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {
@@ -72,7 +91,7 @@ pub async fn upgrade(
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(inner.config.ws_read_buffer_bytes)
-        .on_upgrade(move |socket| serve(inner, socket, query.token, origin, ticket.map(|t| t.0), client.map(|c| c.0)))
+        .on_upgrade(move |socket| serve(inner, socket, origin))
 }
 
 /// The connection's future. A plain function, not an `async fn`: an `async fn` keeps its
