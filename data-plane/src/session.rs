@@ -25,7 +25,7 @@ use crate::ops::{self, ClientPrincipal, Principal};
 use crate::outbound::{Delivery, Outbound};
 use crate::protocol::{self, ClientFrame, CloseReason, Connected, Empty, ErrorCode, Text, close};
 use crate::quota_enforcer::ConnectionPermit;
-use crate::session_handle::{Identity, SessionHandle};
+use crate::session_handle::SessionHandle;
 
 /// What the transport should do after a frame.
 #[derive(Debug)]
@@ -158,25 +158,17 @@ impl Session {
             self.transport,
             usage.clone(),
         )));
-        self.handle.set_identity(Identity {
-            tenant_id: app.tenant_id.clone(),
-            app_id: app.app_id.clone(),
-            client_id: claims.sub.clone(),
-            key_id: claims.akid.clone(),
-            issued_at: claims.issued_at_ms(),
-        });
         tracing::debug!(exp = claims.exp, "connection authenticated");
-        self.auth = Some(Auth {
-            principal: ClientPrincipal {
-                app_id: app.app_id.as_str().into(),
-                client_id: claims.sub.as_str().into(),
-                tenant_id: app.tenant_id.clone(),
-                connection_id: self.handle.connection_id.clone(),
-                usage,
-                claims,
-            },
-            permit,
-        });
+        let principal = ClientPrincipal {
+            app_id: app.app_id.as_str().into(),
+            client_id: claims.sub.as_str().into(),
+            tenant_id: app.tenant_id.clone(),
+            connection_id: self.handle.connection_id.clone(),
+            usage,
+            claims,
+        };
+        self.handle.set_identity(principal.identity());
+        self.auth = Some(Auth { principal, permit });
         Ok(())
     }
 

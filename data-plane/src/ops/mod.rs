@@ -44,6 +44,7 @@ use aviary_core::{AppConfig, ConnectionClaims, Namespace, Operation, VerifiedApi
 use crate::NodeState;
 use crate::error::{Error, NamespaceRule, PrincipalKind, Result};
 use crate::metrics;
+use crate::session_handle::Identity;
 
 /// A client connection authenticated with a connection token: who it is and what it may do.
 /// Built once by the session when `connect` succeeds (and its claims replaced on `refresh`).
@@ -56,6 +57,21 @@ pub struct ClientPrincipal {
     pub connection_id: Arc<str>,
     /// The app's usage counters, resolved once for the connection.
     pub usage: Arc<AppUsage>,
+}
+
+impl ClientPrincipal {
+    /// The part of who this connection is that the config-event listener needs to apply
+    /// revocations, published on the connection's [`SessionHandle`](crate::session_handle::SessionHandle)
+    /// (derived here, so every front end publishes it alike).
+    pub fn identity(&self) -> Identity {
+        Identity {
+            tenant_id: self.tenant_id.clone(),
+            app_id: self.app_id.to_string(),
+            client_id: self.client_id.to_string(),
+            key_id: self.claims.akid.clone(),
+            issued_at: self.claims.issued_at_ms(),
+        }
+    }
 }
 
 /// Who asks for an operation, already authenticated by its front end.

@@ -29,7 +29,7 @@ use crate::ops::{self, ClientPrincipal, Principal};
 use crate::outbound::{Delivery, Outbound};
 use crate::protocol::{CloseReason, Text, close};
 use crate::quota_enforcer::ConnectionPermit;
-use crate::session_handle::{Identity, SessionHandle};
+use crate::session_handle::SessionHandle;
 
 /// Client events a connection may send per second (Pusher's limit).
 pub const CLIENT_EVENTS_PER_S: u32 = 10;
@@ -136,19 +136,6 @@ impl Connection {
         let now_ms = aviary_core::unix_now_ms();
         let usage = dp.usage.app(&app.tenant_id, &app.app_id);
         handle.set_metrics(Arc::new(ConnectionMetrics::open(&app.tenant_id, &app.app_id, "pusher", usage.clone())));
-        handle.set_identity(Identity {
-            tenant_id: app.tenant_id.clone(),
-            app_id: app.app_id.clone(),
-            client_id: socket_id.clone(),
-            key_id: credential_key_id(&credential.key),
-            issued_at: now_ms,
-        });
-        let span = tracing::Span::current();
-        span.record("tenant_id", app.tenant_id.as_str());
-        span.record("app_id", app.app_id.as_str());
-        span.record("connection_id", &*handle.connection_id);
-        span.record("socket_id", socket_id.as_str());
-        dp.sessions.insert(handle.connection_id.clone(), handle.clone());
         let claims = ConnectionClaims {
             iss: aviary_core::token::ISSUER.to_owned(),
             sub: socket_id.clone(),
@@ -169,6 +156,13 @@ impl Connection {
             usage,
             claims,
         };
+        handle.set_identity(principal.identity());
+        let span = tracing::Span::current();
+        span.record("tenant_id", app.tenant_id.as_str());
+        span.record("app_id", app.app_id.as_str());
+        span.record("connection_id", &*handle.connection_id);
+        span.record("socket_id", socket_id.as_str());
+        dp.sessions.insert(handle.connection_id.clone(), handle.clone());
         Ok(Connection {
             dp,
             handle,
