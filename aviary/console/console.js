@@ -476,6 +476,22 @@ function namespaceRow(ns = { name: '', history_size: 0, history_ttl_s: 0, presen
 }
 
 function settingsTab(view, app) {
+  append(view, [
+    h('section', {}, settingsForm(view, app)),
+    h(
+      'section',
+      { 'aria-labelledby': 'status-title' },
+      h('h2', { id: 'status-title' }, 'Status'),
+      h('p', {}, app.enabled ? 'The app is enabled: it accepts connections and publishes.' : 'The app is disabled: it accepts no connections or publishes.'),
+      enableToggle(app),
+      h('h3', {}, 'Danger zone'),
+      deleteAppButton(app),
+    ),
+  ]);
+}
+
+/** The app's settings form: name, allowed Origins, token TTL and channel namespaces. */
+function settingsForm(view, app) {
   const rows = h('div', { id: 'ns-rows' }, app.namespaces.map((ns) => namespaceRow(ns)));
   const nsError = h('p', { class: 'error', id: 'app-namespaces-error' });
   const formError = h('p', { class: 'error', role: 'alert' });
@@ -508,21 +524,8 @@ function settingsTab(view, app) {
     const ttlInput = $('app-ttl');
     const ttl = Number(ttlInput.value);
     if (!Number.isInteger(ttl)) return setFieldError(ttlInput, 'Enter a whole number of seconds.');
-    const namespaces = [];
-    for (const row of rows.querySelectorAll('.ns-row')) {
-      const i = row.dataset.i;
-      const size = Number($(`ns-size-${i}`).value);
-      const hTtl = Number($(`ns-ttl-${i}`).value);
-      if (!Number.isInteger(size) || size < 0) return setFieldError($(`ns-size-${i}`), 'Enter a whole number, 0 or more.');
-      if (!Number.isInteger(hTtl) || hTtl < 0) return setFieldError($(`ns-ttl-${i}`), 'Enter a whole number of seconds, 0 or more.');
-      namespaces.push({
-        name: $(`ns-name-${i}`).value.trim(),
-        history_size: size,
-        history_ttl_s: hTtl,
-        presence: $(`ns-presence-${i}`).checked,
-        client_publish: $(`ns-publish-${i}`).checked,
-      });
-    }
+    const namespaces = readNamespaces(rows);
+    if (!namespaces) return;
     const body = {
       name: $('app-name').value.trim(),
       allowed_origins: $('app-origins').value.split(/\s+/).map((o) => o.trim()).filter(Boolean),
@@ -553,8 +556,38 @@ function settingsTab(view, app) {
       );
     }
   });
+  return form;
+}
 
-  const toggle = h('button', {
+/** The namespace rows as the API takes them, or `null` after marking the first invalid field. */
+function readNamespaces(rows) {
+  const namespaces = [];
+  for (const row of rows.querySelectorAll('.ns-row')) {
+    const i = row.dataset.i;
+    const size = Number($(`ns-size-${i}`).value);
+    const hTtl = Number($(`ns-ttl-${i}`).value);
+    if (!Number.isInteger(size) || size < 0) {
+      setFieldError($(`ns-size-${i}`), 'Enter a whole number, 0 or more.');
+      return null;
+    }
+    if (!Number.isInteger(hTtl) || hTtl < 0) {
+      setFieldError($(`ns-ttl-${i}`), 'Enter a whole number of seconds, 0 or more.');
+      return null;
+    }
+    namespaces.push({
+      name: $(`ns-name-${i}`).value.trim(),
+      history_size: size,
+      history_ttl_s: hTtl,
+      presence: $(`ns-presence-${i}`).checked,
+      client_publish: $(`ns-publish-${i}`).checked,
+    });
+  }
+  return namespaces;
+}
+
+/** Enables or disables the app (disabling asks first: it closes the app's connections). */
+function enableToggle(app) {
+  return h('button', {
     type: 'button',
     id: 'toggle-enabled',
     class: app.enabled ? 'danger' : '',
@@ -577,8 +610,11 @@ function settingsTab(view, app) {
       }
     },
   }, app.enabled ? 'Disable app' : 'Enable app');
+}
 
-  const del = h('button', {
+/** Deletes the app after the admin typed its name. */
+function deleteAppButton(app) {
+  return h('button', {
     type: 'button',
     class: 'danger',
     id: 'delete-app',
@@ -600,19 +636,6 @@ function settingsTab(view, app) {
       }
     },
   }, 'Delete app…');
-
-  append(view, [
-    h('section', {}, form),
-    h(
-      'section',
-      { 'aria-labelledby': 'status-title' },
-      h('h2', { id: 'status-title' }, 'Status'),
-      h('p', {}, app.enabled ? 'The app is enabled: it accepts connections and publishes.' : 'The app is disabled: it accepts no connections or publishes.'),
-      toggle,
-      h('h3', {}, 'Danger zone'),
-      del,
-    ),
-  ]);
 }
 
 // ---- API keys -----------------------------------------------------------------------------------
@@ -638,107 +661,25 @@ function capsText(caps) {
 
 async function keysTab(view, app) {
   const keys = await listAll(`/v1/apps/${encodeURIComponent(app.id)}/keys`);
-  const own = appKey(app.id);
-  const secretSlot = h('div', { id: 'secret-slot' });
   const listError = h('p', { class: 'error', role: 'alert' });
-  const keyRow = (k) =>
-    h(
-      'tr',
-      { dataset: { keyId: k.id } },
-      h('th', { scope: 'row' }, k.name, own?.id === k.id ? h('div', { class: 'hint' }, 'used by this console session') : null),
-      h('td', { class: 'mono' }, k.id),
-      h('td', {}, capsText(k.capabilities)),
-      h('td', {}, fmtTime(k.created_at)),
-      h('td', {}, fmtTime(k.last_used_at)),
-      h('td', {}, k.revoked_at ? h('span', { class: 'badge off' }, 'revoked') : h('span', { class: 'badge on' }, 'active')),
-      h(
-        'td',
-        {},
-        k.revoked_at
-          ? fmtTime(k.revoked_at)
-          : h('button', {
-              type: 'button',
-              class: 'danger',
-              'aria-label': `Revoke key ${k.name} (${k.id})`,
-              onclick: async () => {
-                const ok = await confirmAction({
-                  title: `Revoke key ${k.name}?`,
-                  text: 'It stops working at once: it mints no more tokens, and connections using tokens it minted are closed.',
-                  ok: 'Revoke key',
-                });
-                if (!ok) return;
-                try {
-                  await api('DELETE', `/v1/apps/${encodeURIComponent(app.id)}/keys/${encodeURIComponent(k.id)}`);
-                  if (own?.id === k.id) setAppKey(app.id, null);
-                  flash(`Key ${k.name} revoked.`, 'ok');
-                  render();
-                } catch (err) {
-                  if (!(err instanceof SessionEnded)) listError.textContent = describe(err);
-                }
-              },
-            }, 'Revoke'),
-      ),
+  const keyRow = keyRowOf(app, listError);
+  const secretSlot = h('div', { id: 'secret-slot' });
+  // A created key joins the list without re-rendering its secret panel away.
+  const onCreated = (created) => {
+    secretSlot.replaceChildren(
+      secretPanel({
+        title: `Your new API key “${created.key.name}”`,
+        secret: created.secret,
+        what: 'API keys',
+        onDone: () => render(),
+      }),
     );
+    const tbody = view.querySelector('#keys-table tbody');
+    if (!keys.length) tbody.replaceChildren();
+    keys.push(created.key);
+    tbody.append(keyRow(created.key));
+  };
   const rows = keys.map(keyRow);
-  const caps = h('div', { id: 'cap-rows' }, capabilityRow('*', OPERATIONS));
-  const capsError = h('p', { class: 'error', id: 'caps-error' });
-  const formError = h('p', { class: 'error', role: 'alert' });
-  const form = h(
-    'form',
-    { id: 'new-key-form', novalidate: true, 'aria-labelledby': 'new-key-title' },
-    h('h2', { id: 'new-key-title' }, 'New API key'),
-    h('p', { class: 'hint' }, 'Your backend uses it to mint connection tokens and publish. Tokens can never do more than the key allows.'),
-    field({ id: 'key-name', label: 'Name', required: true, hint: 'A label, e.g. backend: letters, digits, space, _ - . (1 to 64).' }),
-    h('fieldset', { 'aria-describedby': 'caps-error' }, h('legend', {}, 'Capabilities'), caps, capsError, h('button', { type: 'button', class: 'secondary', onclick: () => caps.append(capabilityRow('', [])) }, 'Add rule')),
-    formError,
-    h('button', { type: 'submit', id: 'create-key' }, 'Create key'),
-  );
-  form.addEventListener('submit', async (event) => {
-    event.preventDefault();
-    clearErrors(form);
-    formError.textContent = '';
-    const name = $('key-name').value.trim();
-    if (!name) return setFieldError($('key-name'), 'Enter a name.');
-    const capabilities = {};
-    for (const row of caps.querySelectorAll('.cap-row')) {
-      const i = row.dataset.i;
-      const glob = $(`cap-glob-${i}`).value.trim();
-      const ops = OPERATIONS.filter((op) => $(`cap-${op}-${i}`).checked);
-      if (!glob) return setFieldError($(`cap-glob-${i}`), 'Enter a channel glob, e.g. chat:* or *.');
-      if (!ops.length) {
-        capsError.textContent = `Choose at least one operation for ${glob}.`;
-        return;
-      }
-      capabilities[glob] = [...new Set([...(capabilities[glob] ?? []), ...ops])];
-    }
-    if (!Object.keys(capabilities).length) {
-      capsError.textContent = 'Add at least one capability rule.';
-      return;
-    }
-    try {
-      const created = await api('POST', `/v1/apps/${encodeURIComponent(app.id)}/keys`, { body: { name, capabilities } });
-      $('key-name').value = '';
-      caps.replaceChildren(capabilityRow('*', OPERATIONS));
-      secretSlot.replaceChildren(
-        secretPanel({
-          title: `Your new API key “${created.key.name}”`,
-          secret: created.secret,
-          what: 'API keys',
-          onDone: () => render(),
-        }),
-      );
-      // Add the new key to the list without re-rendering the panel away.
-      const tbody = view.querySelector('#keys-table tbody');
-      if (!keys.length) tbody.replaceChildren();
-      keys.push(created.key);
-      tbody.append(keyRow(created.key));
-    } catch (err) {
-      if (err instanceof SessionEnded) return;
-      // Capability problems belong to the editor as a whole; test them before "name".
-      if (/capabilit|glob|operation|channel/i.test(err.detail ?? '')) capsError.textContent = describe(err);
-      else showProblem(err, [[/name/i, $('key-name')]], formError);
-    }
-  });
   append(view, [
     secretSlot,
     h(
@@ -758,8 +699,112 @@ async function keysTab(view, app) {
       ),
       h('p', { class: 'hint' }, '“Last used” is accurate to about a minute.'),
     ),
-    h('section', {}, form),
+    h('section', {}, newKeyForm(app, onCreated)),
   ]);
+}
+
+/** Returns `keyRow(key)`: a key's table row, with its revoke button (errors go to `listError`). */
+function keyRowOf(app, listError) {
+  const own = appKey(app.id);
+  return (k) =>
+    h(
+      'tr',
+      { dataset: { keyId: k.id } },
+      h('th', { scope: 'row' }, k.name, own?.id === k.id ? h('div', { class: 'hint' }, 'used by this console session') : null),
+      h('td', { class: 'mono' }, k.id),
+      h('td', {}, capsText(k.capabilities)),
+      h('td', {}, fmtTime(k.created_at)),
+      h('td', {}, fmtTime(k.last_used_at)),
+      h('td', {}, k.revoked_at ? h('span', { class: 'badge off' }, 'revoked') : h('span', { class: 'badge on' }, 'active')),
+      h('td', {}, k.revoked_at ? fmtTime(k.revoked_at) : revokeKeyButton(app, k, own, listError)),
+    );
+}
+
+/** Revokes key `k` after asking (forgetting it if it is the console's own). */
+function revokeKeyButton(app, k, own, listError) {
+  return h('button', {
+    type: 'button',
+    class: 'danger',
+    'aria-label': `Revoke key ${k.name} (${k.id})`,
+    onclick: async () => {
+      const ok = await confirmAction({
+        title: `Revoke key ${k.name}?`,
+        text: 'It stops working at once: it mints no more tokens, and connections using tokens it minted are closed.',
+        ok: 'Revoke key',
+      });
+      if (!ok) return;
+      try {
+        await api('DELETE', `/v1/apps/${encodeURIComponent(app.id)}/keys/${encodeURIComponent(k.id)}`);
+        if (own?.id === k.id) setAppKey(app.id, null);
+        flash(`Key ${k.name} revoked.`, 'ok');
+        render();
+      } catch (err) {
+        if (!(err instanceof SessionEnded)) listError.textContent = describe(err);
+      }
+    },
+  }, 'Revoke');
+}
+
+/** The new-key form: a name and capability rules; `onCreated(created)` gets the API's answer. */
+function newKeyForm(app, onCreated) {
+  const caps = h('div', { id: 'cap-rows' }, capabilityRow('*', OPERATIONS));
+  const capsError = h('p', { class: 'error', id: 'caps-error' });
+  const formError = h('p', { class: 'error', role: 'alert' });
+  const form = h(
+    'form',
+    { id: 'new-key-form', novalidate: true, 'aria-labelledby': 'new-key-title' },
+    h('h2', { id: 'new-key-title' }, 'New API key'),
+    h('p', { class: 'hint' }, 'Your backend uses it to mint connection tokens and publish. Tokens can never do more than the key allows.'),
+    field({ id: 'key-name', label: 'Name', required: true, hint: 'A label, e.g. backend: letters, digits, space, _ - . (1 to 64).' }),
+    h('fieldset', { 'aria-describedby': 'caps-error' }, h('legend', {}, 'Capabilities'), caps, capsError, h('button', { type: 'button', class: 'secondary', onclick: () => caps.append(capabilityRow('', [])) }, 'Add rule')),
+    formError,
+    h('button', { type: 'submit', id: 'create-key' }, 'Create key'),
+  );
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    formError.textContent = '';
+    const name = $('key-name').value.trim();
+    if (!name) return setFieldError($('key-name'), 'Enter a name.');
+    const capabilities = readCapabilities(caps, capsError);
+    if (!capabilities) return;
+    try {
+      const created = await api('POST', `/v1/apps/${encodeURIComponent(app.id)}/keys`, { body: { name, capabilities } });
+      $('key-name').value = '';
+      caps.replaceChildren(capabilityRow('*', OPERATIONS));
+      onCreated(created);
+    } catch (err) {
+      if (err instanceof SessionEnded) return;
+      // Capability problems belong to the editor as a whole; test them before "name".
+      if (/capabilit|glob|operation|channel/i.test(err.detail ?? '')) capsError.textContent = describe(err);
+      else showProblem(err, [[/name/i, $('key-name')]], formError);
+    }
+  });
+  return form;
+}
+
+/** The capability rules as the API takes them, or `null` after saying what is missing. */
+function readCapabilities(caps, capsError) {
+  const capabilities = {};
+  for (const row of caps.querySelectorAll('.cap-row')) {
+    const i = row.dataset.i;
+    const glob = $(`cap-glob-${i}`).value.trim();
+    const ops = OPERATIONS.filter((op) => $(`cap-${op}-${i}`).checked);
+    if (!glob) {
+      setFieldError($(`cap-glob-${i}`), 'Enter a channel glob, e.g. chat:* or *.');
+      return null;
+    }
+    if (!ops.length) {
+      capsError.textContent = `Choose at least one operation for ${glob}.`;
+      return null;
+    }
+    capabilities[glob] = [...new Set([...(capabilities[glob] ?? []), ...ops])];
+  }
+  if (!Object.keys(capabilities).length) {
+    capsError.textContent = 'Add at least one capability rule.';
+    return null;
+  }
+  return capabilities;
 }
 
 // ---- boot ---------------------------------------------------------------------------------------
