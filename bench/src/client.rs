@@ -3,9 +3,10 @@
 //!
 //! - **Aviary**: `connect` frame with a token, `subscribe`, `publish` frames; REST publish with
 //!   an API key (docs/protocol.md).
-//! - **Pusher** (Sockudo): `/app/<key>?protocol=7`, `pusher:subscribe` (private channels signed
-//!   with HMAC-SHA256 of `socket_id:channel`), `client-*` events, `pusher:ping`/`pong`; the HTTP
-//!   events API signed as Pusher defines (`auth_signature` over method, path and sorted query).
+//! - **Pusher** (Sockudo, and Aviary's own Pusher front end): `/app/<key>?protocol=7`,
+//!   `pusher:subscribe` (private channels signed with HMAC-SHA256 of `socket_id:channel`),
+//!   `pusher:ping`/`pong`; the HTTP events API signed as Pusher defines (`auth_signature` over
+//!   method, path and sorted query). Both Pusher servers are driven by this same code.
 //! - **Socket.IO v4** over a plain WebSocket: Engine.IO `0` open, `40` connect, `42[...]` events,
 //!   `43` acks, ping `2` / pong `3`.
 
@@ -34,6 +35,11 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Aviary,
+    /// Aviary driven over the Pusher protocol (`/app/<key>`, the Pusher HTTP API), with the
+    /// client code used for Sockudo.
+    #[value(name = "aviary-pusher")]
+    #[serde(rename = "aviary-pusher")]
+    AviaryPusher,
     Sockudo,
     Socketio,
 }
@@ -42,23 +48,29 @@ impl Kind {
     pub fn label(self) -> &'static str {
         match self {
             Kind::Aviary => "Aviary",
+            Kind::AviaryPusher => "Aviary (Pusher)",
             Kind::Sockudo => "Sockudo",
             Kind::Socketio => "Socket.io",
         }
     }
 
-    /// Whether a client publication is delivered back to its sender (Pusher client events
-    /// are not; Aviary and the Socket.io peer's `io.to(room)` do).
-    pub fn echoes_to_sender(self) -> bool {
-        !matches!(self, Kind::Sockudo)
+    /// Whether the target speaks the Pusher protocol (WebSocket protocol 7 and the HTTP API).
+    pub fn pusher(self) -> bool {
+        matches!(self, Kind::Sockudo | Kind::AviaryPusher)
     }
 
-    /// The channel name a scenario uses for room `name` (Pusher client events need `private-`).
+    /// The channel name a scenario uses for room `name` (a private channel over Pusher, so
+    /// every subscription checks a channel authorization signature, as real apps' rooms do).
     pub fn room_channel(self, name: &str) -> String {
-        match self {
-            Kind::Sockudo => format!("private-{name}"),
-            _ => format!("room:{name}"),
-        }
+        if self.pusher() { format!("private-{name}") } else { format!("room:{name}") }
+    }
+
+    /// Whether room members publish over the backend HTTP API instead of their WebSocket.
+    /// Pusher client events are limited to 10 per second per connection (and are not echoed
+    /// to the sender), so over Pusher the rooms scenario publishes through the signed
+    /// `POST /apps/{app_id}/events`, which delivers to every member, the publisher included.
+    pub fn rooms_publish_over_http(self) -> bool {
+        self.pusher()
     }
 }
 
@@ -67,7 +79,7 @@ impl Kind {
 pub enum Auth {
     /// An Aviary app: its API key for REST and a pool of connection tokens.
     Aviary { app_id: String, api_key: String, tokens: Vec<String> },
-    /// A Pusher app (Sockudo).
+    /// A Pusher app (Sockudo, or an Aviary app's Pusher credential).
     Pusher { app_id: String, key: String, secret: String },
     /// The Socket.io peer needs none.
     None,
@@ -110,11 +122,11 @@ pub async fn open(ep: &Endpoint, idx: usize, src: IpAddr) -> anyhow::Result<Conn
     stream.set_nodelay(true)?;
     let url = match (&ep.kind, &ep.auth) {
         (Kind::Aviary, _) => format!("ws://{node}/v1/connect"),
-        (Kind::Sockudo, Auth::Pusher { key, .. }) => {
+        (k, Auth::Pusher { key, .. }) if k.pusher() => {
             format!("ws://{node}/app/{key}?protocol=7&client=aviary-bench&version=1.0")
         }
-        (Kind::Sockudo, _) => bail!("Sockudo needs Pusher credentials"),
-        (Kind::Socketio, _) => format!("ws://{node}/socket.io/?EIO=4&transport=websocket"),
+        (k, _) if k.pusher() => bail!("{} needs Pusher credentials", k.label()),
+        (_, _) => format!("ws://{node}/socket.io/?EIO=4&transport=websocket"),
     };
     let (ws, _) = tokio::time::timeout(
         REPLY_TIMEOUT,
@@ -134,7 +146,7 @@ pub async fn open(ep: &Endpoint, idx: usize, src: IpAddr) -> anyhow::Result<Conn
             }
         }
         (Kind::Aviary, _) => bail!("Aviary needs tokens"),
-        (Kind::Sockudo, _) => {
+        (Kind::Sockudo | Kind::AviaryPusher, _) => {
             let text =
                 conn.until(|t| t.contains("pusher:connection_established") || t.contains("pusher:error")).await?;
             let frame: Value = serde_json::from_str(&text)?;
@@ -198,7 +210,7 @@ impl Conn {
                 self.send("3".to_owned()).await?;
                 Ok(true)
             }
-            Kind::Sockudo if t.contains("\"pusher:ping\"") => {
+            Kind::Sockudo | Kind::AviaryPusher if t.contains("\"pusher:ping\"") => {
                 self.send(json!({"event": "pusher:pong", "data": {}}).to_string()).await?;
                 Ok(true)
             }
@@ -218,10 +230,12 @@ impl Conn {
                     bail!("subscribe refused: {reply}");
                 }
             }
-            Kind::Sockudo => {
+            Kind::Sockudo | Kind::AviaryPusher => {
                 let mut data = json!({"channel": channel});
                 if channel.starts_with("private-") {
-                    let Auth::Pusher { key, secret, .. } = &ep.auth else { bail!("Sockudo needs Pusher credentials") };
+                    let Auth::Pusher { key, secret, .. } = &ep.auth else {
+                        bail!("{} needs Pusher credentials", ep.kind.label())
+                    };
                     let sig = hmac_hex(secret, &format!("{}:{channel}", self.socket_id));
                     data["auth"] = json!(format!("{key}:{sig}"));
                 }
@@ -272,7 +286,9 @@ impl Conn {
                 self.next_id += 1;
                 json!({"type": "publish", "channel": channel, "data": payload, "id": id}).to_string()
             }
-            Kind::Sockudo => json!({"event": "client-m", "channel": channel, "data": payload}).to_string(),
+            Kind::Sockudo | Kind::AviaryPusher => {
+                json!({"event": "client-m", "channel": channel, "data": payload}).to_string()
+            }
             Kind::Socketio => format!("42{}", json!(["publish", channel, payload])),
         }
     }

@@ -44,6 +44,8 @@ struct Cli {
 enum Command {
     /// A few seconds at tiny sizes against `aviary dev` (and multi-node over 2 nodes of each peer
     /// that is installed, with Redis up); fails unless every publication reached every subscriber.
+    /// With an explicit `--targets` (e.g. `--targets aviary-pusher`), scenarios 1–4 against those
+    /// targets only, without multi-node.
     Smoke,
     /// Scenario 1: idle connections (RSS per connection, connect rate).
     Idle,
@@ -83,8 +85,12 @@ fn main() -> anyhow::Result<()> {
 async fn run(cli: &mut Cli) -> anyhow::Result<()> {
     let started_at = now_rfc3339();
     let smoke = matches!(cli.command, Command::Smoke);
+    // `--targets` given on the command line (its default lists every peer).
+    let targets_given = std::env::args().any(|a| a == "--targets" || a.starts_with("--targets="));
     if smoke {
-        cli.targets = vec![Kind::Aviary];
+        if !targets_given {
+            cli.targets = vec![Kind::Aviary];
+        }
         cli.sizes = Sizes {
             idle_connections: 50,
             fanout_subscribers: 20,
@@ -129,7 +135,11 @@ async fn run(cli: &mut Cli) -> anyhow::Result<()> {
         }
     }
     if wants(Command::Multinode) {
-        let targets = if smoke { smoke_multinode_targets(bins).await } else { cli.targets.clone() };
+        let targets = match (smoke, targets_given) {
+            (true, true) => Vec::new(),
+            (true, false) => smoke_multinode_targets(bins).await,
+            (false, _) => cli.targets.clone(),
+        };
         for k in targets {
             outcomes.push(scenarios::multinode(k, bins, sizes).await);
         }

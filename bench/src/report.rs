@@ -95,20 +95,19 @@ pub fn markdown(outcomes: &[Outcome], charts_dir: &Path, md_dir: &Path) -> Strin
             continue;
         }
         let _ = writeln!(md, "### {title}\n");
-        let aviary = of.iter().find(|o| o.target.starts_with("Aviary")).copied();
-        // Ratio columns only when there is an Aviary figure to divide.
-        let peers: Vec<&Outcome> = match aviary {
-            Some(_) => of.iter().filter(|o| !o.target.starts_with("Aviary")).copied().collect(),
-            None => Vec::new(),
-        };
+        // Ratio columns: each Aviary target (its own protocol, Pusher's) over each peer.
+        let aviaries: Vec<&Outcome> = of.iter().filter(|o| o.target.starts_with("Aviary")).copied().collect();
+        let peers: Vec<&Outcome> = of.iter().filter(|o| !o.target.starts_with("Aviary")).copied().collect();
+        let pairs: Vec<(&Outcome, &Outcome)> =
+            aviaries.iter().flat_map(|a| peers.iter().map(move |p| (*a, *p))).collect();
         let mut header = String::from("| metric |");
         let mut rule = String::from("| --- |");
         for o in &of {
             let _ = write!(header, " {} |", o.target);
             rule.push_str(" ---: |");
         }
-        for p in &peers {
-            let _ = write!(header, " Aviary / {} |", short_target(&p.target));
+        for (a, p) in &pairs {
+            let _ = write!(header, " {} / {} |", short_target(&a.target), short_target(&p.target));
             rule.push_str(" ---: |");
         }
         let _ = writeln!(md, "{header}\n{rule}");
@@ -147,8 +146,8 @@ pub fn markdown(outcomes: &[Outcome], charts_dir: &Path, md_dir: &Path) -> Strin
                 };
                 let _ = write!(line, " {cell} |");
             }
-            for p in &peers {
-                let cell = match (aviary.and_then(value), value(p), better) {
+            for (a, p) in &pairs {
+                let cell = match (value(a), value(p), better) {
                     (Some(a), Some(b), Some(_)) if b != 0.0 => ratio(a / b),
                     _ => "—".to_owned(),
                 };

@@ -397,7 +397,20 @@ pub async fn rooms(kind: Kind, bins: &Binaries, sizes: &Sizes) -> Outcome {
         let started = Instant::now();
         let until = tokio::time::Instant::now() + Duration::from_secs(sizes.rooms_duration_s);
         let n = sizes.rooms_connections.max(1);
+        let refused = Arc::new(AtomicU64::new(0));
+        let over_http = kind.rooms_publish_over_http();
+        let http_publishers = if over_http {
+            let publishers: Vec<(usize, String)> = conns.iter().map(|(i, _)| (*i, room_of(*i))).collect();
+            let backend = Backend::new(ep)?;
+            let job = RoomsOverHttp { backend, publishers, n, room_size, until, stats: stats.clone(), sent: sent.clone() };
+            Some(tokio::spawn(job.run(sizes.rest_concurrency.max(1), sizes.payload_bytes, refused.clone())))
+        } else {
+            None
+        };
         let set = spawn_all(conns, &stats, &stop, |i| {
+            if over_http {
+                return None;
+            }
             Some(Publishing {
                 channel: room_of(i),
                 every: Duration::from_secs(1),
@@ -409,10 +422,14 @@ pub async fn rooms(kind: Kind, bins: &Binaries, sizes: &Sizes) -> Outcome {
             })
         });
         tokio::time::sleep_until(until).await;
-        let others = if kind.echoes_to_sender() { 0 } else { 1 };
-        let expected = || {
-            sent.iter().zip(&members).map(|(s, m)| s.load(Ordering::Relaxed) * m.saturating_sub(others)).sum::<u64>()
-        };
+        if let Some(publishers) = http_publishers {
+            publishers.await??;
+        }
+        // Every publication reaches every member of its room, the publisher included (Aviary
+        // echoes publications to their sender, so does the Socket.io peer's `io.to(room)`, and
+        // the Pusher HTTP API delivers to every subscriber when no `socket_id` is excluded).
+        let expected =
+            || sent.iter().zip(&members).map(|(s, m)| s.load(Ordering::Relaxed) * m).sum::<u64>();
         let done = drain(&stats, expected, Duration::from_secs(sizes.drain_s)).await;
         let window = done.duration_since(started).as_secs_f64().max(1e-9);
         let server_cpu = cpu.percent(&server.pids);
@@ -432,6 +449,7 @@ pub async fn rooms(kind: Kind, bins: &Binaries, sizes: &Sizes) -> Outcome {
                 m("connections", members.iter().sum::<u64>() as f64, "", Some(true)),
                 m("rooms", rooms as f64, "", None),
                 m("publications", published as f64, "", None),
+                m("publications refused", refused.load(Ordering::Relaxed) as f64, "", Some(false)),
                 m("deliveries expected", expected as f64, "", None),
                 m("deliveries", delivered as f64, "", None),
                 m("lost", expected.saturating_sub(delivered) as f64, "", Some(false)),
@@ -447,6 +465,84 @@ pub async fn rooms(kind: Kind, bins: &Binaries, sizes: &Sizes) -> Outcome {
         })
     })
     .await
+}
+
+/// The rooms scenario's publications over a Pusher server's HTTP API: each connection's
+/// publication once a second (spread over the second as the WebSocket publishers are), sent by
+/// `workers` lean keep-alive connections ([`RawHttp`](crate::client::RawHttp)) in the order
+/// they fall due. The payload is stamped when it falls due, so latency includes any wait for a
+/// free worker.
+struct RoomsOverHttp {
+    backend: Backend,
+    /// `(connection index, its room's channel)` of every connection that publishes.
+    publishers: Vec<(usize, String)>,
+    /// Connections the scenario asked for (the spread of offsets over a second).
+    n: usize,
+    room_size: usize,
+    until: tokio::time::Instant,
+    stats: Arc<Stats>,
+    /// Accepted publications per room.
+    sent: Vec<Arc<AtomicU64>>,
+}
+
+impl RoomsOverHttp {
+    /// Slots per second the publications are grouped into.
+    const SLOTS: usize = 100;
+
+    async fn run(self, workers: usize, size: usize, refused: Arc<AtomicU64>) -> anyhow::Result<()> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<(String, usize, String)>(65_536);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let mut set = JoinSet::new();
+        for _ in 0..workers {
+            let (rx, backend, sent, refused) = (rx.clone(), self.backend.clone(), self.sent.clone(), refused.clone());
+            let mut conn = backend.raw_connection().await?;
+            set.spawn(async move {
+                loop {
+                    let Some((channel, room, payload)) = rx.lock().await.recv().await else { break };
+                    match backend.publish_on(&mut conn, &channel, &payload).await {
+                        Ok(200..=299) => {
+                            sent[room].fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            // The connection is in an unknown state: start a fresh one.
+                            if let Ok(fresh) = backend.raw_connection().await {
+                                conn = fresh;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        // Connection `i` publishes at offset i/n of each second, in slot i * SLOTS / n.
+        let mut slots: Vec<Vec<usize>> = vec![Vec::new(); Self::SLOTS];
+        for (k, (i, _)) in self.publishers.iter().enumerate() {
+            slots[(i * Self::SLOTS / self.n.max(1)).min(Self::SLOTS - 1)].push(k);
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1) / Self::SLOTS as u32);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        'outer: for slot in (0..Self::SLOTS).cycle() {
+            tick.tick().await;
+            if tokio::time::Instant::now() >= self.until {
+                break;
+            }
+            for &k in &slots[slot] {
+                let (i, channel) = &self.publishers[k];
+                let room = i / self.room_size;
+                if tx.send((channel.clone(), room, self.stats.payload(size))).await.is_err() {
+                    break 'outer;
+                }
+            }
+        }
+        drop(tx);
+        while let Some(r) = set.join_next().await {
+            r?;
+        }
+        Ok(())
+    }
 }
 
 /// Counts of a [`hammer`] run.

@@ -1,5 +1,6 @@
 //! Starting the servers under test as child processes and provisioning them: `aviary dev`, an
-//! Aviary cluster (control plane on Postgres + data-plane nodes on Redis), Sockudo with its
+//! Aviary cluster (control plane on Postgres + data-plane nodes on Redis), either driven over
+//! Aviary's protocol or over Pusher's (a Pusher credential of the same app), Sockudo with its
 //! in-memory adapter or as nodes joined by its Redis adapter, and the Socket.io peer alone or as
 //! nodes joined by `@socket.io/redis-adapter`. Every child is killed when its [`Server`] drops.
 
@@ -127,8 +128,9 @@ async fn post(http: &reqwest::Client, url: String, bearer: &str, body: Value) ->
 }
 
 /// Creates a tenant, an app and an all-powerful API key through the control-plane REST API at
-/// `base`, then mints `tokens` connection tokens. Returns `(app_id, api_key, tokens)`.
-async fn provision(base: &str, tokens: usize) -> anyhow::Result<(String, String, Vec<String>)> {
+/// `base`, then mints `tokens` connection tokens; for [`Kind::AviaryPusher`] it also creates a
+/// Pusher credential of the app (every operation on every channel) and returns that instead.
+async fn provision(base: &str, kind: Kind, tokens: usize) -> anyhow::Result<Auth> {
     let http = reqwest::Client::new();
     let tenant =
         post(&http, format!("{base}/v1/tenants"), OPERATOR_TOKEN, json!({"name": "bench", "quotas": bench_quotas()}))
@@ -162,15 +164,23 @@ async fn provision(base: &str, tokens: usize) -> anyhow::Result<(String, String,
         .await?;
         minted.push(t["token"].as_str().ok_or_else(|| anyhow!("no token: {t}"))?.to_owned());
     }
-    Ok((app_id, api_key, minted))
+    if kind == Kind::AviaryPusher {
+        let c = post(&http, format!("{base}/v1/apps/{app_id}/pusher-credentials"), &admin, json!({})).await?;
+        let field = |name: &str| {
+            c[name].as_str().map(str::to_owned).ok_or_else(|| anyhow!("no {name} in the Pusher credential: {c}"))
+        };
+        return Ok(Auth::Pusher { app_id: field("app_id")?, key: field("key")?, secret: field("secret")? });
+    }
+    Ok(Auth::Aviary { app_id, api_key, tokens: minted })
 }
 
 /// Connection tokens minted per server: connections share them round-robin (each connect still
 /// verifies its token's signature and claims).
 pub const TOKEN_POOL: usize = 64;
 
-/// `aviary dev` on a scratch data dir, provisioned with a bench tenant.
-pub async fn aviary_dev(bins: &Binaries) -> anyhow::Result<Server> {
+/// `aviary dev` on a scratch data dir, provisioned with a bench tenant; `kind` chooses the
+/// protocol ([`Kind::Aviary`] or [`Kind::AviaryPusher`], `/app/<key>` on the same port).
+pub async fn aviary_dev(bins: &Binaries, kind: Kind) -> anyhow::Result<Server> {
     let dir = scratch_dir("dev")?;
     let mut c = aviary_command(&bins.aviary_bin);
     c.args(["dev", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--operator-token", OPERATOR_TOKEN])
@@ -178,24 +188,39 @@ pub async fn aviary_dev(bins: &Binaries) -> anyhow::Result<Server> {
         .arg(&dir);
     let (child, addr) = spawn_listening(c, "aviary dev").await?;
     let base = format!("http://{addr}");
-    let (app_id, api_key, tokens) = provision(&base, TOKEN_POOL).await?;
-    Ok(Server {
-        endpoint: Endpoint {
-            kind: Kind::Aviary,
-            nodes: vec![addr],
-            http: base,
-            auth: Auth::Aviary { app_id, api_key, tokens },
-        },
+    let auth = provision(&base, kind, TOKEN_POOL).await?;
+    let server = Server {
+        endpoint: Endpoint { kind, nodes: vec![addr], http: base, auth },
         pids: child.id().into_iter().collect(),
         children: vec![child],
         scratch: Some(dir),
         database: None,
-    })
+    };
+    await_accepting(&server.endpoint).await?;
+    Ok(server)
+}
+
+/// Waits until every node of `ep` accepts a connection for the bench app (nodes learn new apps
+/// and credentials from the control plane's config stream).
+async fn await_accepting(ep: &Endpoint) -> anyhow::Result<()> {
+    for (i, _) in ep.nodes.iter().enumerate() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match crate::client::open(ep, i, "127.0.0.1".parse()?).await {
+                Ok(_) => break,
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    return Err(e.context(format!("node {i} not ready")));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A control plane on a fresh Postgres database and `nodes` data-plane nodes sharing Redis
-/// (the nodes follow the control plane over gRPC).
-pub async fn aviary_cluster(bins: &Binaries, nodes: usize) -> anyhow::Result<Server> {
+/// (the nodes follow the control plane over gRPC), driven over the protocol of `kind`.
+pub async fn aviary_cluster(bins: &Binaries, nodes: usize, kind: Kind) -> anyhow::Result<Server> {
     let name = format!("aviary_bench_{}", uuid::Uuid::new_v4().simple());
     let status = std::process::Command::new("psql")
         .args([bins.postgres.as_str(), "-qc", &format!("CREATE DATABASE {name}")])
@@ -209,7 +234,7 @@ pub async fn aviary_cluster(bins: &Binaries, nodes: usize) -> anyhow::Result<Ser
         None => bail!("--postgres must end with /<database>"),
     };
     let mut server = Server {
-        endpoint: Endpoint { kind: Kind::Aviary, nodes: Vec::new(), http: String::new(), auth: Auth::None },
+        endpoint: Endpoint { kind, nodes: Vec::new(), http: String::new(), auth: Auth::None },
         pids: Vec::new(),
         children: Vec::new(),
         scratch: None,
@@ -217,16 +242,20 @@ pub async fn aviary_cluster(bins: &Binaries, nodes: usize) -> anyhow::Result<Ser
     };
     let grpc = format!("127.0.0.1:{}", free_port()?);
     let node_token = format!("avn_bench_{}", uuid::Uuid::new_v4().simple());
+    // Seals Pusher credential secrets in the store (64 hex digits).
+    let credentials_key = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
     let mut cp = aviary_command(&bins.aviary_bin);
     cp.args(["control-plane", "--database-url", &db_url, "--listen", "127.0.0.1:0", "--grpc-listen", &grpc]).args([
         "--operator-token",
         OPERATOR_TOKEN,
         "--node-token",
         &node_token,
+        "--credentials-key",
+        &credentials_key,
     ]);
     let (cp_child, cp_addr) = spawn_listening(cp, "aviary control-plane").await?;
     server.children.push(cp_child);
-    let (app_id, api_key, tokens) = provision(&format!("http://{cp_addr}"), TOKEN_POOL).await?;
+    let auth = provision(&format!("http://{cp_addr}"), kind, TOKEN_POOL).await?;
     let prefix = format!("bench{}", uuid::Uuid::new_v4().simple());
     let scratch = scratch_dir("cluster")?;
     server.scratch = Some(scratch.clone());
@@ -240,21 +269,8 @@ pub async fn aviary_cluster(bins: &Binaries, nodes: usize) -> anyhow::Result<Ser
         let (child, addr) = spawn_listening(n, &format!("aviary data-plane {i}")).await?;
         server.adopt_node(child, addr);
     }
-    server.endpoint.auth = Auth::Aviary { app_id, api_key, tokens };
-    // Nodes read app config from the store on their refresh cadence; wait until every node
-    // accepts a connection for the new app.
-    for (i, _) in server.endpoint.nodes.iter().enumerate() {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            match crate::client::open(&server.endpoint, i, "127.0.0.1".parse()?).await {
-                Ok(_) => break,
-                Err(e) if tokio::time::Instant::now() > deadline => {
-                    return Err(e.context(format!("node {i} not ready")));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-    }
+    server.endpoint.auth = auth;
+    await_accepting(&server.endpoint).await?;
     await_joined(&server.endpoint).await?;
     Ok(server)
 }
@@ -490,7 +506,7 @@ pub fn find_binary(bin: &Path) -> Option<PathBuf> {
 /// Starts the single-node server of `kind`.
 pub async fn start(kind: Kind, bins: &Binaries) -> anyhow::Result<Server> {
     match kind {
-        Kind::Aviary => aviary_dev(bins).await,
+        Kind::Aviary | Kind::AviaryPusher => aviary_dev(bins, kind).await,
         Kind::Sockudo => sockudo(bins).await,
         Kind::Socketio => socketio(bins).await,
     }
@@ -502,7 +518,7 @@ pub async fn start_cluster(kind: Kind, bins: &Binaries, nodes: usize) -> anyhow:
         bail!("--nodes must be at least 1");
     }
     match kind {
-        Kind::Aviary => aviary_cluster(bins, nodes).await,
+        Kind::Aviary | Kind::AviaryPusher => aviary_cluster(bins, nodes, kind).await,
         Kind::Sockudo => sockudo_cluster(bins, nodes).await,
         Kind::Socketio => socketio_cluster(bins, nodes).await,
     }
