@@ -402,7 +402,8 @@ pub async fn rooms(kind: Kind, bins: &Binaries, sizes: &Sizes) -> Outcome {
         let http_publishers = if over_http {
             let publishers: Vec<(usize, String)> = conns.iter().map(|(i, _)| (*i, room_of(*i))).collect();
             let backend = Backend::new(ep)?;
-            let job = RoomsOverHttp { backend, publishers, n, room_size, until, stats: stats.clone(), sent: sent.clone() };
+            let job =
+                RoomsOverHttp { backend, publishers, n, room_size, until, stats: stats.clone(), sent: sent.clone() };
             Some(tokio::spawn(job.run(sizes.rest_concurrency.max(1), sizes.payload_bytes, refused.clone())))
         } else {
             None
@@ -428,8 +429,7 @@ pub async fn rooms(kind: Kind, bins: &Binaries, sizes: &Sizes) -> Outcome {
         // Every publication reaches every member of its room, the publisher included (Aviary
         // echoes publications to their sender, so does the Socket.io peer's `io.to(room)`, and
         // the Pusher HTTP API delivers to every subscriber when no `socket_id` is excluded).
-        let expected =
-            || sent.iter().zip(&members).map(|(s, m)| s.load(Ordering::Relaxed) * m).sum::<u64>();
+        let expected = || sent.iter().zip(&members).map(|(s, m)| s.load(Ordering::Relaxed) * m).sum::<u64>();
         let done = drain(&stats, expected, Duration::from_secs(sizes.drain_s)).await;
         let window = done.duration_since(started).as_secs_f64().max(1e-9);
         let server_cpu = cpu.percent(&server.pids);
