@@ -323,6 +323,60 @@ pub struct VerifiedAdminKey {
     pub tenant_id: String,
 }
 
+/// What differs between the two kinds of stored keys; [`KeyVerifier::verify`] does the rest.
+trait StoredKey: Clone + Send + Sync + 'static {
+    /// The `kind` label of `aviary_key_verifications_total`.
+    const KIND: &'static str;
+    const PREFIX: &'static str;
+    /// Whether a use is recorded as an admin key's.
+    const ADMIN: bool;
+    fn cache(inner: &VerifierInner) -> &VerifiedCache<Self>;
+    /// The live (not revoked) key `id` from the store: its argon2id hash and what it verifies as.
+    fn load<'a>(store: &'a dyn Store, id: &'a str) -> BoxFuture<'a, Result<Option<(String, Self)>>>;
+}
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+impl StoredKey for VerifiedApiKey {
+    const KIND: &'static str = "api";
+    const PREFIX: &'static str = API_KEY_PREFIX;
+    const ADMIN: bool = false;
+    fn cache(inner: &VerifierInner) -> &VerifiedCache<Self> {
+        &inner.api_keys
+    }
+    fn load<'a>(store: &'a dyn Store, id: &'a str) -> BoxFuture<'a, Result<Option<(String, Self)>>> {
+        Box::pin(async move {
+            Ok(store.api_key(id).await?.filter(|r| r.revoked_at.is_none()).map(|r| {
+                let verified = VerifiedApiKey {
+                    key_id: r.id,
+                    tenant_id: r.tenant_id,
+                    app_id: r.app_id,
+                    capabilities: r.capabilities,
+                };
+                (r.secret_hash, verified)
+            }))
+        })
+    }
+}
+
+impl StoredKey for VerifiedAdminKey {
+    const KIND: &'static str = "admin";
+    const PREFIX: &'static str = ADMIN_KEY_PREFIX;
+    const ADMIN: bool = true;
+    fn cache(inner: &VerifierInner) -> &VerifiedCache<Self> {
+        &inner.admin_keys
+    }
+    fn load<'a>(store: &'a dyn Store, id: &'a str) -> BoxFuture<'a, Result<Option<(String, Self)>>> {
+        Box::pin(async move {
+            Ok(store
+                .admin_key(id)
+                .await?
+                .filter(|r| r.revoked_at.is_none())
+                .map(|r| (r.secret_hash, VerifiedAdminKey { key_id: r.id, tenant_id: r.tenant_id })))
+        })
+    }
+}
+
 /// Verifies admin and API keys against the store, with the verified-key cache in front.
 #[derive(Clone)]
 pub struct KeyVerifier {
@@ -380,58 +434,56 @@ impl KeyVerifier {
     }
 
     async fn verify_api(&self, presented: &str, source: Option<IpAddr>) -> Result<VerifiedApiKey> {
-        let (id, secret) = parse_key(presented, API_KEY_PREFIX).ok_or(Error::Unauthorized)?;
+        self.verify::<VerifiedApiKey>(presented, source).await
+    }
+
+    /// Verifies a presented key of kind `K`: the cache, then (charged to `source`) the store and
+    /// argon2. One procedure for both kinds, so a rule cannot differ between them.
+    async fn verify<K: StoredKey>(&self, presented: &str, source: Option<IpAddr>) -> Result<K> {
+        let (id, secret) = parse_key(presented, K::PREFIX).ok_or(Error::Unauthorized)?;
         let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-        let cache = &self.inner.api_keys;
-        if let Some(hit) = cache.get(id, &digest) {
-            metrics::counter!("aviary_key_verifications_total", "kind" => "api", "result" => "cached").increment(1);
+        if let Some(hit) = K::cache(&self.inner).get(id, &digest) {
+            metrics::counter!("aviary_key_verifications_total", "kind" => K::KIND, "result" => "cached").increment(1);
             return Ok(hit);
         }
         let charge = self.charge(source)?;
-        let result = self.verify_api_uncached(id, secret, digest, source).await;
+        let result = self.verify_uncached::<K>(id, secret, digest, source).await;
         charge.settle(&result);
         result
     }
 
-    async fn verify_api_uncached(
+    async fn verify_uncached<K: StoredKey>(
         &self,
         id: &str,
         secret: &str,
         digest: [u8; 32],
         source: Option<IpAddr>,
-    ) -> Result<VerifiedApiKey> {
-        let cache = &self.inner.api_keys;
+    ) -> Result<K> {
+        let cache = K::cache(&self.inner);
         if self.inner.wrong.contains(id, &digest) {
-            return Err(refused("api", "known_wrong"));
+            return Err(refused(K::KIND, "known_wrong"));
         }
         let _turn = self.one_at_a_time(id, digest).await;
         let known = match cache.lookup(id, &digest) {
             Cached::Fresh(hit) => return Ok(hit),
             Cached::Expired { stored_hash } => Some(stored_hash),
-            Cached::Unknown if self.inner.wrong.contains(id, &digest) => return Err(refused("api", "known_wrong")),
+            Cached::Unknown if self.inner.wrong.contains(id, &digest) => return Err(refused(K::KIND, "known_wrong")),
             Cached::Unknown => None,
         };
         let epoch = cache.epoch();
-        let Some(record) = self.inner.store.api_key(id).await?.filter(|r| r.revoked_at.is_none()) else {
-            return Err(refused("api", "refused"));
+        let Some((stored_hash, verified)) = K::load(&*self.inner.store, id).await? else {
+            return Err(refused(K::KIND, "refused"));
         };
         // An expired entry whose stored hash has not changed needs no argon2: the secret
         // verified against exactly this hash before.
-        if known.as_deref() != Some(record.secret_hash.as_str())
-            && !self.check_secret(id, source, record.secret_hash.clone(), secret).await?
+        if known.as_deref() != Some(stored_hash.as_str())
+            && !self.check_secret(id, source, stored_hash.clone(), secret).await?
         {
             self.inner.wrong.insert(id, digest);
-            return Err(refused("api", "refused"));
+            return Err(refused(K::KIND, "refused"));
         }
-        self.touch(id, false);
-        metrics::counter!("aviary_key_verifications_total", "kind" => "api", "result" => "verified").increment(1);
-        let stored_hash = record.secret_hash;
-        let verified = VerifiedApiKey {
-            key_id: record.id,
-            tenant_id: record.tenant_id,
-            app_id: record.app_id,
-            capabilities: record.capabilities,
-        };
+        self.touch(id, K::ADMIN);
+        metrics::counter!("aviary_key_verifications_total", "kind" => K::KIND, "result" => "verified").increment(1);
         cache.insert(id, digest, stored_hash, verified.clone(), epoch);
         Ok(verified)
     }
@@ -448,54 +500,7 @@ impl KeyVerifier {
     }
 
     async fn verify_admin(&self, presented: &str, source: Option<IpAddr>) -> Result<VerifiedAdminKey> {
-        let (id, secret) = parse_key(presented, ADMIN_KEY_PREFIX).ok_or(Error::Unauthorized)?;
-        let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-        let cache = &self.inner.admin_keys;
-        if let Some(hit) = cache.get(id, &digest) {
-            metrics::counter!("aviary_key_verifications_total", "kind" => "admin", "result" => "cached").increment(1);
-            return Ok(hit);
-        }
-        let charge = self.charge(source)?;
-        let result = self.verify_admin_uncached(id, secret, digest, source).await;
-        charge.settle(&result);
-        result
-    }
-
-    async fn verify_admin_uncached(
-        &self,
-        id: &str,
-        secret: &str,
-        digest: [u8; 32],
-        source: Option<IpAddr>,
-    ) -> Result<VerifiedAdminKey> {
-        let cache = &self.inner.admin_keys;
-        if self.inner.wrong.contains(id, &digest) {
-            return Err(refused("admin", "known_wrong"));
-        }
-        let _turn = self.one_at_a_time(id, digest).await;
-        let known = match cache.lookup(id, &digest) {
-            Cached::Fresh(hit) => return Ok(hit),
-            Cached::Expired { stored_hash } => Some(stored_hash),
-            Cached::Unknown if self.inner.wrong.contains(id, &digest) => {
-                return Err(refused("admin", "known_wrong"));
-            }
-            Cached::Unknown => None,
-        };
-        let epoch = cache.epoch();
-        let Some(record) = self.inner.store.admin_key(id).await?.filter(|r| r.revoked_at.is_none()) else {
-            return Err(refused("admin", "refused"));
-        };
-        if known.as_deref() != Some(record.secret_hash.as_str())
-            && !self.check_secret(id, source, record.secret_hash.clone(), secret).await?
-        {
-            self.inner.wrong.insert(id, digest);
-            return Err(refused("admin", "refused"));
-        }
-        self.touch(id, true);
-        metrics::counter!("aviary_key_verifications_total", "kind" => "admin", "result" => "verified").increment(1);
-        let verified = VerifiedAdminKey { key_id: record.id, tenant_id: record.tenant_id };
-        cache.insert(id, digest, record.secret_hash, verified.clone(), epoch);
-        Ok(verified)
+        self.verify::<VerifiedAdminKey>(presented, source).await
     }
 
     /// Serializes verifications of one presented secret; the guard's drop forgets the lock when
