@@ -12,7 +12,8 @@
 // - No innerHTML with data: every text goes through textContent.
 //
 // Modules (plain ES modules, no build step): dom.js (elements, fields, banner, dialogs),
-// api.js (credentials and REST calls), live.js (the Live tab), usage.js (the Usage view); this
+// api.js (credentials and REST calls), live.js (the Live tab), usage.js (the Usage view),
+// webhooks.js (the Webhooks tab); this
 // file routes between views and renders sign-in, tenants, apps, settings and API keys.
 
 import {
@@ -24,6 +25,7 @@ import {
 } from './dom.js';
 import { liveTab } from './live.js';
 import { usageView } from './usage.js';
+import { webhooksTab } from './webhooks.js';
 
 // ---- routing ------------------------------------------------------------------------------------
 
@@ -445,6 +447,7 @@ async function appView(view, session, appId, tab) {
     ['settings', 'Settings'],
     ['keys', 'API keys'],
     ['live', 'Live'],
+    ['webhooks', 'Webhooks'],
   ];
   append(view, [
     h('p', {}, h('a', { href: '#/apps' }, '← All apps')),
@@ -454,6 +457,7 @@ async function appView(view, session, appId, tab) {
   ]);
   if (tab === 'keys') await keysTab(view, app);
   else if (tab === 'live') await liveTab(view, app, onCleanup);
+  else if (tab === 'webhooks') await webhooksTab(view, app, render);
   else settingsTab(view, app);
 }
 

@@ -160,6 +160,14 @@ pub struct ControlPlaneArgs {
     /// Most webhook endpoints one tenant may have, over all its apps.
     #[arg(long, env = "AVIARY_MAX_WEBHOOKS_PER_TENANT", default_value_t = 20)]
     pub max_webhooks_per_tenant: u32,
+    /// Redis URL(s) the data-plane nodes share (the same `--redis-url` as theirs): webhook
+    /// delivery attempts are read there (`GET .../webhooks/{id}/deliveries` lists every node's)
+    /// and test events recorded there. Without it, deliveries list only this process's tests.
+    #[arg(long = "redis-url", env = "AVIARY_REDIS_URL", value_delimiter = ',')]
+    pub redis_urls: Vec<String>,
+    /// Prefix of the nodes' Redis keys (their `--redis-prefix`).
+    #[arg(long, env = "AVIARY_REDIS_PREFIX", default_value = "aviary")]
+    pub redis_prefix: String,
     /// Do not apply migrations at start (run `aviary migrate` separately).
     #[arg(long, env = "AVIARY_NO_MIGRATE")]
     pub no_migrate: bool,
@@ -247,6 +255,16 @@ pub struct WebhookArgs {
     /// another takes over (with everything it had not finished) within this.
     #[arg(long, env = "AVIARY_WEBHOOK_LEASE_TTL_S", default_value_t = 10)]
     pub webhook_lease_ttl_s: u64,
+    /// `message_published` webhook events a node holds on their way to the webhook queue, so
+    /// publishers never wait for it; when full, further ones are dropped and counted
+    /// (`aviary_webhook_published_shed_total`). 0 makes every publish await the append
+    /// (nothing is lost to a crash between the publish answer and the append; slower).
+    #[arg(long, env = "AVIARY_WEBHOOK_PUBLISHED_QUEUE", default_value_t = 65_536)]
+    pub webhook_published_queue: usize,
+    /// Most webhook events per second this node sends for one tenant (over all its apps and
+    /// endpoints), so one tenant cannot take the others' delivery capacity; 0 is unlimited.
+    #[arg(long, env = "AVIARY_WEBHOOK_MAX_EVENTS_PER_S", default_value_t = 1_000)]
+    pub webhook_max_events_per_s: u32,
 }
 
 impl WebhookArgs {
@@ -256,6 +274,8 @@ impl WebhookArgs {
             retry_window: std::time::Duration::from_secs(self.webhook_retry_window_s),
             timeout: std::time::Duration::from_secs(self.webhook_timeout_s.max(1)),
             lease_ttl: std::time::Duration::from_secs(self.webhook_lease_ttl_s.max(1)),
+            published_queue: self.webhook_published_queue,
+            max_events_per_s_per_tenant: self.webhook_max_events_per_s,
             ..aviary_data_plane::WebhookConfig::default()
         }
     }

@@ -20,6 +20,7 @@ const DOM_JS: &str = include_str!("../console/dom.js");
 const API_JS: &str = include_str!("../console/api.js");
 const LIVE_JS: &str = include_str!("../console/live.js");
 const USAGE_JS: &str = include_str!("../console/usage.js");
+const WEBHOOKS_JS: &str = include_str!("../console/webhooks.js");
 const CONSOLE_CSS: &str = include_str!("../console/console.css");
 const CLIENT_JS: &str = include_str!("../assets/aviary-client.js");
 
@@ -48,6 +49,7 @@ fn asset(name: &str) -> Response {
         "api.js" => (API_JS, "text/javascript; charset=utf-8", "no-cache"),
         "live.js" => (LIVE_JS, "text/javascript; charset=utf-8", "no-cache"),
         "usage.js" => (USAGE_JS, "text/javascript; charset=utf-8", "no-cache"),
+        "webhooks.js" => (WEBHOOKS_JS, "text/javascript; charset=utf-8", "no-cache"),
         "console.css" => (CONSOLE_CSS, "text/css; charset=utf-8", "no-cache"),
         "aviary-client.js" => (CLIENT_JS, "text/javascript; charset=utf-8", "no-cache"),
         _ => return (StatusCode::NOT_FOUND, "not found").into_response(),
@@ -76,6 +78,7 @@ mod tests {
             ("api.js", "text/javascript; charset=utf-8"),
             ("live.js", "text/javascript; charset=utf-8"),
             ("usage.js", "text/javascript; charset=utf-8"),
+            ("webhooks.js", "text/javascript; charset=utf-8"),
             ("console.css", "text/css; charset=utf-8"),
             ("aviary-client.js", "text/javascript; charset=utf-8"),
         ] {

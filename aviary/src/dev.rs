@@ -42,6 +42,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         None => load_or_create_credentials_key(&args.data_dir)?,
     };
     cp_config.credentials_key = Some(Arc::new(SecretBox::parse(&credentials_key)?));
+    // Webhooks in memory: the queue does not survive a restart of `aviary dev`. The control
+    // plane tests endpoints and reads attempts through the same ledger the node delivers with.
+    let webhook_config = args.webhooks.config(args.webhook_allow_private_targets);
+    let ledger: Arc<dyn aviary_broker::webhooks::WebhookLedger> =
+        Arc::new(aviary_broker::webhooks::memory::MemoryLedger::new());
+    cp_config.webhook_deliveries =
+        Some(Arc::new(aviary_data_plane::webhooks::attempts::Attempts::new(ledger.clone(), &webhook_config)));
     let control_plane = ControlPlaneState::new(store, registry.clone(), cp_config).await?;
     let demo = match control_plane.bootstrap_demo().await? {
         Some(created) => {
@@ -61,11 +68,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         nodes::data_plane_config(&args.node),
         shutdown.child_token(),
     );
-    // Webhooks in memory: the queue does not survive a restart of `aviary dev`.
-    data_plane.start_webhooks(
-        Arc::new(aviary_broker::webhooks::memory::MemoryLedger::new()),
-        args.webhooks.config(args.webhook_allow_private_targets),
-    )?;
+    data_plane.start_webhooks(ledger, webhook_config)?;
 
     // Usage goes into the same store and API as in a cluster, through the same ingestion path.
     let reporter = aviary_control_plane::UsageReporter::spawn(

@@ -252,6 +252,25 @@ pub async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     if let Some(key) = args.credentials_key.filter(|k| !k.trim().is_empty()) {
         config.credentials_key = Some(Arc::new(aviary_control_plane::sealing::SecretBox::parse(&key)?));
     }
+    // Webhook tests and delivery attempts: through the nodes' ledger when it is in Redis (so
+    // every node's attempts are listed); without Redis only this process's test attempts.
+    let webhook_config = aviary_data_plane::WebhookConfig {
+        allow_private_targets: args.webhook_allow_private_targets,
+        ..aviary_data_plane::WebhookConfig::default()
+    };
+    let ledger: Arc<dyn aviary_broker::webhooks::WebhookLedger> = if args.redis_urls.is_empty() {
+        Arc::new(aviary_broker::webhooks::memory::MemoryLedger::new())
+    } else {
+        // The control plane reads and appends attempts only; it never holds shares or leases.
+        Arc::new(aviary_broker::webhooks::redis::RedisLedger::new(
+            &args.redis_urls,
+            &args.redis_prefix,
+            "control-plane",
+            Duration::from_secs(60),
+        )?)
+    };
+    config.webhook_deliveries =
+        Some(Arc::new(aviary_data_plane::webhooks::attempts::Attempts::new(ledger, &webhook_config)));
     let control_plane = ControlPlaneState::new(store, registry, config).await?;
     // The console talks to the control-plane API, so it is served where that API is.
     let http = ops_router(Some(&control_plane), None, Vec::new())

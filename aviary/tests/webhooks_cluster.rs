@@ -96,6 +96,8 @@ struct Cluster {
     prefix: String,
     app_id: String,
     api_key: String,
+    admin: String,
+    webhook_id: String,
     cp_url: String,
     rx: Receiver,
 }
@@ -104,6 +106,7 @@ impl Cluster {
     async fn start() -> Cluster {
         let db = Database::create().await;
         let credentials_key = "5e".repeat(32);
+        let prefix = format!("wh{}", uuid::Uuid::new_v4().simple());
         let cp = Proc::spawn(
             &[
                 "control-plane",
@@ -120,6 +123,10 @@ impl Cluster {
                 "--credentials-key",
                 &credentials_key,
                 "--webhook-allow-private-targets",
+                "--redis-url",
+                REDIS,
+                "--redis-prefix",
+                &prefix,
             ],
             &[],
         );
@@ -157,8 +164,7 @@ impl Cluster {
         .await;
         assert_eq!(status, 201, "{hook}");
         secret.set(hook["secret"].as_str().unwrap().to_owned()).unwrap();
-
-        let prefix = format!("wh{}", uuid::Uuid::new_v4().simple());
+        let webhook_id = hook["id"].as_str().unwrap().to_owned();
         let nodes = (0..3)
             .map(|i| {
                 let cache = std::env::temp_dir().join(format!("aviary-node-cache-{prefix}-{i}"));
@@ -193,7 +199,7 @@ impl Cluster {
                 )
             })
             .collect();
-        Cluster { _db: db, cp_url: cp.url(""), _cp: cp, nodes, prefix, app_id, api_key, rx }
+        Cluster { _db: db, cp_url: cp.url(""), _cp: cp, nodes, prefix, app_id, api_key, admin, webhook_id, rx }
     }
 
     async fn client(&self, node: usize, client_id: &str) -> Ws {
@@ -375,4 +381,50 @@ async fn a_node_killed_with_sigkill_loses_its_members_and_channels_and_no_accept
     );
     eprintln!("a SIGKILLed node's member_removed and channel_vacated arrived {took:?} after the kill");
     drop(survivor);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_sends_test_events_and_lists_every_nodes_attempts() {
+    let cluster = Cluster::start().await;
+    let http = reqwest::Client::new();
+    let hook = format!("{}/v1/apps/{}/webhooks/{}", cluster.cp_url, cluster.app_id, cluster.webhook_id);
+    // A node delivers a message (whichever holds the lease) ...
+    let url = cluster.nodes[1].url(&format!("/v1/apps/{}/channels/room:t/messages", cluster.app_id));
+    let (status, body) = send(http.post(url).bearer_auth(&cluster.api_key).json(&json!({"data": "hello"}))).await;
+    assert_eq!(status, 201, "{body}");
+    cluster.rx.until("the message", Duration::from_secs(30), |got| got.iter().any(|e| e["data"] == "hello")).await;
+    // ... and the control plane sends a test event, signed like a delivery (the receiver checks).
+    let (status, attempt) = send(http.post(format!("{hook}/test")).bearer_auth(&cluster.admin)).await;
+    assert_eq!(status, 200, "{attempt}");
+    assert_eq!(attempt["status"], 200, "{attempt}");
+    assert_eq!(attempt["test"], true);
+    assert!(attempt["error"].is_null(), "{attempt}");
+    let test_id = attempt["events"][0]["id"].as_str().unwrap().to_owned();
+    let got = cluster.rx.unique();
+    let test = got.iter().find(|e| e["id"] == test_id.as_str()).expect("the receiver got the test event");
+    assert_eq!(test["name"], "test");
+
+    // Deliveries: the node's attempt and the control plane's test, newest first, read from Redis.
+    let (status, list) = send(http.get(format!("{hook}/deliveries")).bearer_auth(&cluster.admin)).await;
+    assert_eq!(status, 200, "{list}");
+    let attempts = list["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["events"][0]["id"], test_id.as_str(), "newest first: {list}");
+    let delivered = attempts
+        .iter()
+        .find(|a| a["test"] == false && a["events"].as_array().unwrap().iter().any(|e| e["name"] == "message_published"))
+        .unwrap_or_else(|| panic!("a node's attempt is listed: {list}"));
+    assert_eq!(delivered["status"], 200);
+    assert!(delivered["latency_ms"].is_u64() && delivered["time_ms"].as_i64().unwrap() > 0);
+
+    // A failing receiver: the test answers 200 with the failure; unknown endpoints are 404.
+    cluster.rx.failing.store(true, Ordering::SeqCst);
+    let (status, failed) = send(http.post(format!("{hook}/test")).bearer_auth(&cluster.admin)).await;
+    assert_eq!(status, 200, "{failed}");
+    assert_eq!(failed["status"], 500);
+    assert!(failed["error"].as_str().unwrap().contains("500"), "{failed}");
+    let missing = format!("{}/v1/apps/{}/webhooks/whk_nope", cluster.cp_url, cluster.app_id);
+    let (status, problem) = send(http.post(format!("{missing}/test")).bearer_auth(&cluster.admin)).await;
+    assert_eq!(status, 404, "{problem}");
+    let (status, problem) = send(http.get(format!("{missing}/deliveries")).bearer_auth(&cluster.admin)).await;
+    assert_eq!(status, 404, "{problem}");
 }

@@ -64,6 +64,11 @@ pub enum Error {
     #[error("no credentials key is configured (--credentials-key / AVIARY_CREDENTIALS_KEY)")]
     CredentialsKeyMissing,
     /// Anything else that is our fault (500 `internal`).
+    /// Webhook test events and delivery attempts need the delivery seam
+    /// ([`aviary_core::webhook::WebhookDeliveries`]); absent, or its store unreachable.
+    #[error("webhook deliveries unavailable: {0}")]
+    DeliveriesUnavailable(String),
+
     #[error("{0}")]
     Internal(String),
 }
@@ -102,6 +107,11 @@ impl Error {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "credentials-key-missing",
                 "No credentials key configured: set AVIARY_CREDENTIALS_KEY to use Pusher credentials and webhooks",
+            ),
+            Error::DeliveriesUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "deliveries-unavailable",
+                "Webhook deliveries unavailable: the control plane cannot reach the delivery store",
             ),
             Error::Database(e) if Self::store_unreachable(e) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Store unavailable")

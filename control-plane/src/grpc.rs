@@ -219,6 +219,31 @@ fn pusher_credential_info(c: PusherCredentialView) -> pb::PusherCredentialInfo {
     }
 }
 
+fn delivery_attempt(a: aviary_core::webhook::DeliveryAttempt) -> pb::DeliveryAttempt {
+    pb::DeliveryAttempt {
+        time_ms: a.time_ms,
+        events: a
+            .events
+            .into_iter()
+            .map(|e| pb::AttemptedEvent { id: e.id, name: e.name, channel: e.channel })
+            .collect(),
+        status: a.status.map_or(0, u32::from),
+        latency_ms: a.latency_ms,
+        error: a.error.unwrap_or_default(),
+        test: a.test,
+    }
+}
+
+fn webhook_events(names: &[String]) -> Result<Vec<aviary_core::webhook::WebhookEvent>, Status> {
+    names
+        .iter()
+        .map(|name| {
+            serde_json::from_value(serde_json::Value::String(name.clone()))
+                .map_err(|_| Status::invalid_argument(format!("unknown webhook event {name:?}")))
+        })
+        .collect()
+}
+
 fn webhook_info(w: WebhookView) -> pb::WebhookInfo {
     pb::WebhookInfo {
         events: w
@@ -258,6 +283,7 @@ fn usage_record_from_pb(r: pb::UsageRecord) -> aviary_core::usage::UsageRecord {
         messages_delivered: r.messages_delivered,
         bytes_in: r.bytes_in,
         bytes_out: r.bytes_out,
+        webhook_events: r.webhook_events,
     }
 }
 
@@ -274,6 +300,7 @@ pub(crate) fn usage_record_to_pb(r: &aviary_core::usage::UsageRecord) -> pb::Usa
         messages_delivered: r.messages_delivered,
         bytes_in: r.bytes_in,
         bytes_out: r.bytes_out,
+        webhook_events: r.webhook_events,
     }
 }
 
@@ -467,14 +494,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneGrpc {
     ) -> Result<Response<pb::CreateWebhookResponse>, Status> {
         let admin = self.admin(&request).await?;
         let req = request.into_inner();
-        let events = req
-            .events
-            .iter()
-            .map(|name| {
-                serde_json::from_value(serde_json::Value::String(name.clone()))
-                    .map_err(|_| Status::invalid_argument(format!("unknown webhook event {name:?}")))
-            })
-            .collect::<Result<Vec<_>, Status>>()?;
+        let events = webhook_events(&req.events)?;
         // An unset proto3 string is "": the same default as REST.
         let format = match req.format.as_str() {
             "" => aviary_core::webhook::WebhookFormat::Aviary,
@@ -514,6 +534,57 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneGrpc {
         Ok(Response::new(pb::ListWebhooksResponse {
             webhooks: listing.items.into_iter().map(webhook_info).collect(),
             next_cursor: listing.next_cursor.unwrap_or_default(),
+        }))
+    }
+
+    async fn get_webhook(&self, request: Request<pb::GetWebhookRequest>) -> Result<Response<pb::WebhookInfo>, Status> {
+        let admin = self.admin(&request).await?;
+        let req = request.into_inner();
+        Ok(Response::new(webhook_info(self.state.get_webhook(&admin, &req.app_id, &req.webhook_id).await?)))
+    }
+
+    async fn update_webhook(
+        &self,
+        request: Request<pb::UpdateWebhookRequest>,
+    ) -> Result<Response<pb::WebhookInfo>, Status> {
+        let admin = self.admin(&request).await?;
+        let req = request.into_inner();
+        let format = match req.format.as_deref() {
+            None => None,
+            Some(text) => Some(
+                aviary_core::webhook::WebhookFormat::parse(text)
+                    .ok_or_else(|| Status::invalid_argument("format must be aviary or pusher"))?,
+            ),
+        };
+        let update = crate::service::UpdateWebhook {
+            url: req.url,
+            events: req.events.map(|list| webhook_events(&list.names)).transpose()?,
+            channels: req.channels.map(|glob| (!glob.is_empty()).then_some(glob)),
+            format,
+        };
+        let view = self.state.update_webhook(&admin, &req.app_id, &req.webhook_id, update).await?;
+        Ok(Response::new(webhook_info(view)))
+    }
+
+    async fn test_webhook(
+        &self,
+        request: Request<pb::TestWebhookRequest>,
+    ) -> Result<Response<pb::DeliveryAttempt>, Status> {
+        let admin = self.admin(&request).await?;
+        let req = request.into_inner();
+        let attempt = self.state.test_webhook(&admin, &req.app_id, &req.webhook_id).await?;
+        Ok(Response::new(delivery_attempt(attempt)))
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        request: Request<pb::ListWebhookDeliveriesRequest>,
+    ) -> Result<Response<pb::ListWebhookDeliveriesResponse>, Status> {
+        let admin = self.admin(&request).await?;
+        let req = request.into_inner();
+        let list = self.state.webhook_deliveries(&admin, &req.app_id, &req.webhook_id).await?;
+        Ok(Response::new(pb::ListWebhookDeliveriesResponse {
+            attempts: list.attempts.into_iter().map(delivery_attempt).collect(),
         }))
     }
 

@@ -100,6 +100,10 @@ pub struct ControlPlaneConfig {
     pub webhook_allow_private_targets: bool,
     /// Most webhook endpoints a tenant may have, over all its apps.
     pub max_webhooks_per_tenant: u32,
+    /// Sends webhook test events and reads delivery attempts (the data plane's delivery code
+    /// over the nodes' webhook ledger, handed in by the binary). `None` answers 503
+    /// `deliveries-unavailable` on `.../test` and `.../deliveries`.
+    pub webhook_deliveries: Option<Arc<dyn aviary_core::webhook::WebhookDeliveries>>,
 }
 
 impl std::fmt::Debug for ControlPlaneConfig {
@@ -115,6 +119,7 @@ impl std::fmt::Debug for ControlPlaneConfig {
             .field("credentials_key", &self.credentials_key.as_ref().map(|_| "<set>"))
             .field("webhook_allow_private_targets", &self.webhook_allow_private_targets)
             .field("max_webhooks_per_tenant", &self.max_webhooks_per_tenant)
+            .field("webhook_deliveries", &self.webhook_deliveries.as_ref().map(|_| "<set>"))
             .finish_non_exhaustive()
     }
 }
@@ -136,6 +141,7 @@ impl ControlPlaneConfig {
             credentials_key: None,
             webhook_allow_private_targets: false,
             max_webhooks_per_tenant: service::webhooks::DEFAULT_MAX_WEBHOOKS_PER_TENANT,
+            webhook_deliveries: None,
         }
     }
 }

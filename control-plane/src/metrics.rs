@@ -39,6 +39,10 @@ pub fn describe() {
         "Messages delivered, as nodes reported for billing, per tenant and app."
     );
     describe_counter!(
+        "aviary_usage_webhook_events_total",
+        "Webhook events delivered (2xx), as nodes reported for billing, per tenant and app."
+    );
+    describe_counter!(
         "aviary_usage_bytes_in_total",
         Unit::Bytes,
         "Bytes published, as nodes reported for billing, per tenant and app."

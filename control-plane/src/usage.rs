@@ -79,6 +79,9 @@ pub struct UsageFigures {
     /// Most concurrent connections (sum over nodes of each node's peak; an upper bound with
     /// several nodes). Over a range: the highest period.
     pub peak_connections: u64,
+    /// Webhook events delivered to receivers that answered 2xx, once per event and endpoint
+    /// (test events are not counted).
+    pub webhook_events: u64,
 }
 
 impl UsageFigures {
@@ -89,6 +92,7 @@ impl UsageFigures {
         self.bytes_in += b.bytes_in;
         self.bytes_out += b.bytes_out;
         self.connection_minutes += b.connection_ms as f64 / 60_000.0;
+        self.webhook_events += b.webhook_events;
         self.peak_connections = self.peak_connections.max(b.peak_connections);
     }
 
@@ -99,6 +103,7 @@ impl UsageFigures {
         self.bytes_in += p.bytes_in;
         self.bytes_out += p.bytes_out;
         self.connection_minutes += p.connection_minutes;
+        self.webhook_events += p.webhook_events;
         self.peak_connections = self.peak_connections.max(p.peak_connections);
     }
 }
@@ -227,6 +232,7 @@ impl ControlPlaneState {
                     .increment(sat(r.messages_delivered));
                 metrics::counter!("aviary_usage_bytes_in_total", &labels).increment(sat(r.bytes_in));
                 metrics::counter!("aviary_usage_bytes_out_total", &labels).increment(sat(r.bytes_out));
+                metrics::counter!("aviary_usage_webhook_events_total", &labels).increment(sat(r.webhook_events));
                 metrics::counter!("aviary_usage_connection_seconds_total", &labels).increment(r.connection_ms / 1000);
             }
         } else {

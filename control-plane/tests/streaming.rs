@@ -714,6 +714,7 @@ fn record(tenant_id: &str, app_id: &str, at: chrono::DateTime<chrono::Utc>, publ
         messages_delivered: published * 2,
         bytes_in: published * 100,
         bytes_out: published * 200,
+        webhook_events: published,
     }
 }
 
@@ -763,6 +764,7 @@ async fn reported_usage_counts_once_and_is_served_by_hour_and_day(
                 messages_delivered: r.messages_delivered,
                 bytes_in: r.bytes_in,
                 bytes_out: r.bytes_out,
+                webhook_events: r.webhook_events,
             })
             .collect(),
     };

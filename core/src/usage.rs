@@ -29,6 +29,7 @@ pub struct AppUsage {
     delivered: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    webhook_events: AtomicU64,
 }
 
 impl AppUsage {
@@ -43,6 +44,7 @@ impl AppUsage {
             delivered: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            webhook_events: AtomicU64::new(0),
         }
     }
 
@@ -71,6 +73,12 @@ impl AppUsage {
         self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// `count` webhook events were delivered to a receiver that answered 2xx (each event
+    /// counts once per endpoint; test events do not count).
+    pub fn webhook_events_delivered(&self, count: u64) {
+        self.webhook_events.fetch_add(count, Ordering::Relaxed);
+    }
+
     /// Connections open right now.
     pub fn live_connections(&self) -> i64 {
         self.live.load(Ordering::Relaxed)
@@ -92,6 +100,9 @@ pub struct UsageRecord {
     pub messages_delivered: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Webhook events delivered (2xx), once per event and endpoint.
+    #[serde(default)]
+    pub webhook_events: u64,
 }
 
 impl UsageRecord {
@@ -103,6 +114,7 @@ impl UsageRecord {
             && self.messages_delivered == 0
             && self.bytes_in == 0
             && self.bytes_out == 0
+            && self.webhook_events == 0
     }
 }
 
@@ -150,6 +162,7 @@ impl UsageMeter {
                 messages_delivered: u.delivered.swap(0, Ordering::Relaxed),
                 bytes_in: u.bytes_in.swap(0, Ordering::Relaxed),
                 bytes_out: u.bytes_out.swap(0, Ordering::Relaxed),
+                webhook_events: u.webhook_events.swap(0, Ordering::Relaxed),
             };
             if !record.is_empty() {
                 records.push(record);
@@ -187,7 +200,9 @@ mod tests {
         let app = meter.app("ten_1", "app_1");
         app.published(2, 100);
         app.delivered(10, 500);
+        app.webhook_events_delivered(3);
         let r = &meter.drain(1_000)[0];
+        assert_eq!(r.webhook_events, 3);
         assert_eq!((r.messages_published, r.bytes_in, r.messages_delivered, r.bytes_out), (2, 100, 10, 500));
         assert_eq!((r.from_ms, r.to_ms), (0, 1_000));
         assert!(meter.drain(2_000).is_empty());

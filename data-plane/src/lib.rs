@@ -304,6 +304,7 @@ impl DataPlane {
             self.inner.registry.clone(),
             &self.inner.hub,
             ledger,
+            self.inner.usage.clone(),
             config,
             self.inner.presence_ttl(),
             self.inner.shutdown.clone(),
@@ -317,9 +318,14 @@ impl DataPlane {
         ops::webhooks::client_event(&self.inner, event).await;
     }
 
-    /// This node's recent delivery attempts for a webhook endpoint, oldest first.
-    pub fn webhook_attempts(&self, endpoint_id: &str) -> Vec<webhooks::delivery::AttemptRecord> {
-        self.inner.webhooks.get().map(|w| w.deliveries.recent(endpoint_id)).unwrap_or_default()
+    /// The recent delivery attempts of a webhook endpoint of `app_id` (from every node sharing
+    /// the ledger), newest first; empty before webhooks are started.
+    pub async fn webhook_attempts(&self, app_id: &str, endpoint_id: &str) -> Vec<aviary_core::webhook::DeliveryAttempt> {
+        use aviary_core::webhook::WebhookDeliveries as _;
+        match self.inner.webhooks.get() {
+            Some(w) => w.deliveries.attempts().recent(app_id, endpoint_id).await.unwrap_or_default(),
+            None => Vec::new(),
+        }
     }
 
     /// Channels with at least one local subscriber.

@@ -141,6 +141,10 @@ fn fast_retries() -> WebhookConfig {
 }
 
 async fn start(webhooks: WebhookConfig) -> Node {
+    start_on(webhooks, Arc::new(MemoryLedger::new())).await
+}
+
+async fn start_on(webhooks: WebhookConfig, ledger: Arc<dyn aviary_broker::webhooks::WebhookLedger>) -> Node {
     let app = app_config();
     let registry = Arc::new(Registry::new());
     let signing = SigningKey::generate();
@@ -154,7 +158,7 @@ async fn start(webhooks: WebhookConfig) -> Node {
         config,
         CancellationToken::new(),
     );
-    dp.start_webhooks(Arc::new(MemoryLedger::new()), webhooks).unwrap();
+    dp.start_webhooks(ledger, webhooks).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(axum::serve(listener, dp.router()).into_future());
@@ -417,7 +421,7 @@ async fn a_failing_receiver_gets_every_event_once_it_recovers_once_per_id() {
     assert_eq!(data, (0..20).collect::<Vec<_>>(), "in channel order");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(events(&rx.got.lock(), "/flaky").len(), 20, "nothing more");
-    let attempts = node.dp.webhook_attempts("whk_r");
+    let attempts = node.dp.webhook_attempts(&node.app.app_id, "whk_r").await;
     assert!(attempts.iter().any(|a| a.status == Some(500)) && attempts.iter().any(|a| a.status == Some(200)));
 }
 
@@ -435,11 +439,12 @@ async fn private_targets_are_refused_unless_allowed_and_redirects_are_not_follow
     let mut alice = node.client("alice").await;
     alice.ok(json!({ "type": "publish", "channel": "room", "data": 1 })).await;
     let deadline = tokio::time::Instant::now() + WAIT;
-    while node.dp.webhook_attempts("whk_private").is_empty() {
+    while node.dp.webhook_attempts(&node.app.app_id, "whk_private").await.is_empty() {
         assert!(tokio::time::Instant::now() < deadline, "an attempt is recorded");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let attempt = &node.dp.webhook_attempts("whk_private")[0];
+    let attempts = node.dp.webhook_attempts(&node.app.app_id, "whk_private").await;
+    let attempt = &attempts[0];
     assert!(attempt.error.as_deref().unwrap().contains("not a public address"), "{attempt:?}");
     assert!(rx.got.lock().is_empty(), "nothing reached the private receiver");
 
@@ -466,13 +471,128 @@ async fn private_targets_are_refused_unless_allowed_and_redirects_are_not_follow
     let mut bob = node.client("bob").await;
     bob.ok(json!({ "type": "publish", "channel": "room", "data": 2 })).await;
     let deadline = tokio::time::Instant::now() + WAIT;
-    while node.dp.webhook_attempts("whk_redirect").is_empty() {
+    while node.dp.webhook_attempts(&node.app.app_id, "whk_redirect").await.is_empty() {
         assert!(tokio::time::Instant::now() < deadline, "an attempt is recorded");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(node.dp.webhook_attempts("whk_redirect")[0].status, Some(307));
+    assert_eq!(node.dp.webhook_attempts(&node.app.app_id, "whk_redirect").await[0].status, Some(307));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(target.got.lock().is_empty(), "the redirect was not followed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_events_are_signed_like_deliveries_and_listed_with_the_attempts() {
+    use aviary_core::webhook::WebhookDeliveries as _;
+    let node = start(fast_retries()).await;
+    let rx = receiver(0).await;
+    let ledger: Arc<MemoryLedger> = Arc::new(MemoryLedger::new());
+    let tester = aviary_data_plane::webhooks::attempts::Attempts::new(ledger.clone(), &fast_retries());
+    let aviary = node.endpoint("whk_ta", format!("{}/ta", rx.url), &[WebhookEvent::ClientEvent], WebhookFormat::Aviary);
+    let pusher = node.endpoint("whk_tp", format!("{}/tp", rx.url), &[WebhookEvent::ClientEvent], WebhookFormat::Pusher);
+
+    let attempt = tester.send_test(&aviary, None).await;
+    assert!(attempt.succeeded() && attempt.status == Some(200) && attempt.test, "{attempt:?}");
+    let got = rx.until("the aviary test", |got| got.iter().any(|r| r.path == "/ta")).await;
+    let sent = got.iter().find(|r| r.path == "/ta").unwrap();
+    check_aviary_signature(sent, &aviary.secret);
+    assert_eq!(sent.json()["events"][0]["name"], "test");
+    assert_eq!(sent.json()["events"][0]["id"], attempt.events[0].id.as_str());
+
+    // `pusher` signs with the app's Pusher credential; without one the attempt says why.
+    let refused = tester.send_test(&pusher, None).await;
+    assert_eq!(refused.status, None);
+    assert!(refused.error.as_deref().unwrap().contains("Pusher credential"), "{refused:?}");
+    let credential = node.pusher_credential();
+    let attempt = tester.send_test(&pusher, Some(&credential)).await;
+    assert_eq!(attempt.status, Some(200), "{attempt:?}");
+    let got = rx.until("the pusher test", |got| got.iter().any(|r| r.path == "/tp")).await;
+    check_pusher_signature(got.iter().find(|r| r.path == "/tp").unwrap(), &credential);
+
+    let listed = tester.recent(&node.app.app_id, "whk_tp").await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0], attempt, "newest first");
+    assert_eq!(listed[1], refused);
+}
+
+/// `n` client events on `channel` of `app`, as the Pusher front end reports them.
+async fn client_events(node: &Node, app: &AppConfig, channel: &str, n: usize) {
+    for i in 0..n {
+        let data = serde_json::value::to_raw_value(&json!({ "i": i })).unwrap();
+        node.dp
+            .client_event_webhook(ClientEvent {
+                app_id: &app.app_id,
+                tenant_id: &app.tenant_id,
+                channel,
+                event: "client-typing",
+                data: &data,
+                socket_id: "1.1",
+                user_id: None,
+            })
+            .await;
+    }
+}
+
+impl Node {
+    /// Another app, of another tenant, on the same node, with an endpoint to `url`.
+    fn other_tenant(&self, id: &str, url: String) -> AppConfig {
+        let other = app_config();
+        self.registry.upsert_app(other.clone());
+        let mut endpoint = self.endpoint(id, url, &[WebhookEvent::ClientEvent], WebhookFormat::Aviary);
+        endpoint.app_id = other.app_id.clone();
+        endpoint.tenant_id = other.tenant_id.clone();
+        self.registry.upsert_webhook(endpoint);
+        other
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_receiver_of_one_tenant_never_delays_another_tenants_webhooks() {
+    let node = start(WebhookConfig { timeout: Duration::from_secs(120), ..fast_retries() }).await;
+    // Tenant A's receiver accepts connections and never answers.
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hanging_addr = hanging.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hanging.accept().await {
+            held.push(socket);
+        }
+    });
+    node.registry.upsert_webhook(node.endpoint(
+        "whk_hang",
+        format!("http://{hanging_addr}/hang"),
+        &[WebhookEvent::ClientEvent],
+        WebhookFormat::Aviary,
+    ));
+    let rx = receiver(0).await;
+    let b = node.other_tenant("whk_b", format!("{}/b", rx.url));
+    client_events(&node, &node.app.clone(), "room", 300).await;
+    let started = std::time::Instant::now();
+    client_events(&node, &b, "room", 20).await;
+    rx.until("tenant B's events", |got| events(got, "/b").len() >= 20).await;
+    let took = started.elapsed();
+    // Generous for a loaded machine, and far below the hanging POST's 120 s timeout.
+    assert!(took < Duration::from_secs(15), "tenant B waited {took:?} for tenant A's receiver");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_delivery_rate_waits_and_no_other_tenant_does() {
+    let node = start(WebhookConfig { max_events_per_s_per_tenant: 10, ..fast_retries() }).await;
+    let rx = receiver(0).await;
+    let mut a = node.endpoint("whk_ra", format!("{}/a", rx.url), &[WebhookEvent::ClientEvent], WebhookFormat::Aviary);
+    a.channels = None;
+    node.registry.upsert_webhook(a);
+    let b = node.other_tenant("whk_rb", format!("{}/b", rx.url));
+    let started = std::time::Instant::now();
+    // 40 events at 10/s with a burst of 10: at least 3 s for tenant A.
+    client_events(&node, &node.app.clone(), "room", 40).await;
+    client_events(&node, &b, "room", 10).await;
+    rx.until("tenant B's events", |got| events(got, "/b").len() >= 10).await;
+    let b_done = started.elapsed();
+    assert!(events(&rx.got.lock(), "/a").len() < 40, "tenant B was not queued behind tenant A");
+    rx.until("tenant A's events", |got| events(got, "/a").len() >= 40).await;
+    let a_done = started.elapsed();
+    assert!(a_done >= Duration::from_millis(2500), "tenant A is held to its rate: {a_done:?}");
+    assert!(b_done < a_done, "B {b_done:?}, A {a_done:?}");
 }
 
 /// Figures for the note (run with `--ignored --nocapture`, release build for real numbers):
@@ -482,7 +602,12 @@ async fn private_targets_are_refused_unless_allowed_and_redirects_are_not_follow
 #[ignore = "a measurement, not a check"]
 async fn measure_throughput_and_delay_while_a_receiver_fails() {
     const EVENTS: usize = 5000;
-    let node = start(WebhookConfig { retry_window: Duration::from_secs(600), ..fast_retries() }).await;
+    let node = start(WebhookConfig {
+        retry_window: Duration::from_secs(600),
+        max_events_per_s_per_tenant: 0,
+        ..fast_retries()
+    })
+    .await;
     let rx = receiver(0).await;
     node.registry.upsert_webhook(node.endpoint(
         "whk_fast",
@@ -535,4 +660,55 @@ async fn measure_throughput_and_delay_while_a_receiver_fails() {
     eprintln!(
         "publish-to-subscriber mean latency: {baseline:?} without webhooks, {with_failing:?} with a failing receiver"
     );
+}
+
+/// Figures for the note (`--ignored --nocapture`, release build; needs the Redis at
+/// 127.0.0.1:6379): the publish answer's latency (a WebSocket `publish` until its `ok`) on a
+/// node whose webhook ledger is Redis, without endpoints, with a `message_published` endpoint
+/// whose events are appended by the node's queue (the default), and with the append awaited
+/// (`published_queue: 0`, the behaviour before the queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn measure_publish_latency_with_message_published_on_redis() {
+    const N: usize = 3000;
+    async fn run(label: &str, config: WebhookConfig, endpoint: bool) {
+        let prefix = format!("bench-wh-{}", uuid::Uuid::new_v4().simple());
+        let ledger = aviary_broker::webhooks::redis::RedisLedger::new(
+            &["redis://127.0.0.1:6379".to_owned()],
+            &prefix,
+            "bench",
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let node = start_on(WebhookConfig { max_events_per_s_per_tenant: 0, ..config }, Arc::new(ledger)).await;
+        let rx = receiver(0).await;
+        if endpoint {
+            node.registry.upsert_webhook(node.endpoint(
+                "whk_bench",
+                format!("{}/bench", rx.url),
+                &[WebhookEvent::MessagePublished],
+                WebhookFormat::Aviary,
+            ));
+        }
+        let mut publisher = node.client("pub").await;
+        for i in 0..200 {
+            publisher.ok(json!({ "type": "publish", "channel": "warm", "data": i })).await;
+        }
+        let mut took: Vec<Duration> = Vec::with_capacity(N);
+        for i in 0..N {
+            let t = std::time::Instant::now();
+            publisher.ok(json!({ "type": "publish", "channel": "bench", "data": i })).await;
+            took.push(t.elapsed());
+        }
+        if endpoint {
+            rx.until("every event", |got| events(got, "/bench").len() >= N + 200).await;
+        }
+        took.sort();
+        let mean = took.iter().sum::<Duration>() / N as u32;
+        eprintln!("{label}: publish→ok mean {mean:?}, p50 {:?}, p99 {:?}", took[N / 2], took[N * 99 / 100]);
+    }
+    run("no endpoint", fast_retries(), false).await;
+    run("message_published, queued (default)", fast_retries(), true).await;
+    run("message_published, awaited (published_queue 0)", WebhookConfig { published_queue: 0, ..fast_retries() }, true)
+        .await;
 }

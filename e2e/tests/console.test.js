@@ -7,6 +7,8 @@ import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
+import { createHmac } from 'node:crypto';
+import { createServer } from 'node:http';
 import { restClient, startAviary } from '../lib/aviary.js';
 import { ARTIFACTS, a11yProblems, launch, screenshot, watchPage } from '../lib/browser.js';
 
@@ -63,7 +65,7 @@ test('console is served with a strict policy and a small page weight', async () 
   assert.equal(res.headers.get('x-content-type-options'), 'nosniff');
   const html = await res.text();
   const assets = { 'console (HTML)': html };
-  const modules = ['/console/console.js', '/console/dom.js', '/console/api.js', '/console/live.js', '/console/usage.js'];
+  const modules = ['/console/console.js', '/console/dom.js', '/console/api.js', '/console/live.js', '/console/usage.js', '/console/webhooks.js'];
   for (const path of ['/console/console.css', ...modules, '/console/aviary-client.js']) {
     const r = await fetch(aviary.url + path);
     assert.equal(r.status, 200, path);
@@ -471,5 +473,73 @@ test('operator: tenant list with quotas, edit quotas, create a tenant (admin key
   await page.getByRole('heading', { name: 'Apps of demo' }).waitFor(WAIT);
   assert.match(await page.locator('#who').textContent(), /Operator, managing demo/);
   assert.deepEqual(problems, []);
+  await context.close();
+});
+
+/** A real HTTP receiver on 127.0.0.1:0 recording every POST (raw body and headers). */
+async function webhookReceiver() {
+  const got = [];
+  const server = createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      got.push({ headers: req.headers, body: Buffer.concat(chunks).toString() });
+      res.writeHead(200).end();
+    });
+  });
+  await new Promise((done) => server.listen(0, '127.0.0.1', done));
+  return { url: `http://127.0.0.1:${server.address().port}/hooks`, got, close: () => server.close() };
+}
+
+test('tenant admin: webhooks: create (secret shown once), test event to a real receiver, deliveries, delete', async () => {
+  const { context, page, problems } = await openConsole();
+  const rx = await webhookReceiver();
+  await signInAsAdmin(page, aviary.tenantId, aviary.adminKey);
+  await page.getByRole('heading', { name: 'Apps of demo' }).waitFor(WAIT);
+  await page.goto(`${aviary.url}/console#/apps/${aviary.appId}/webhooks`);
+  await page.getByRole('heading', { name: 'New webhook' }).waitFor(WAIT);
+
+  // The API's validation shows next to its field.
+  await page.getByLabel('URL').fill('ftp://example.com/');
+  await page.getByRole('button', { name: 'Create webhook' }).click();
+  await page.locator('#webhook-url-error', { hasText: 'http or https' }).waitFor(WAIT);
+
+  await page.getByLabel('URL').fill(rx.url);
+  await page.getByLabel('Channels (optional)').fill('chat:*');
+  await page.getByRole('button', { name: 'Create webhook' }).click();
+  const panel = page.getByRole('region', { name: /Signing secret of/ });
+  await panel.waitFor(WAIT);
+  const secret = await panel.getByLabel('Secret').inputValue();
+  assert.match(secret, /^[0-9a-f]{64}$/);
+  await screenshot(page, 'console-webhook-created');
+  assert.deepEqual(await a11yProblems(page), [], 'accessibility of console-webhook-created');
+  await panel.getByRole('button', { name: 'I have stored it' }).click();
+  await panel.waitFor({ state: 'detached', ...WAIT });
+  assert.ok(!(await page.content()).includes(secret), 'the secret is gone from the page');
+  const row = page.locator('#webhooks-table tr', { hasText: rx.url });
+  await row.waitFor(WAIT);
+  assert.match(await row.textContent(), /chat:\*/);
+  assert.doesNotMatch(await row.textContent(), /message_published/, 'opt-in');
+
+  // Test: the receiver gets a signed test event; the page shows the outcome and the deliveries.
+  await row.getByRole('button', { name: `Send a test event to ${rx.url}` }).click();
+  await page.locator('#flash', { hasText: `Test delivered to ${rx.url}: HTTP 200` }).waitFor(WAIT);
+  assert.equal(rx.got.length, 1);
+  const sent = rx.got[0];
+  const [t, v1] = sent.headers['aviary-signature'].split(',').map((p) => p.split('=')[1]);
+  assert.equal(v1, createHmac('sha256', secret).update(`${t}.${sent.body}`).digest('hex'), 'signed with the secret shown once');
+  assert.equal(JSON.parse(sent.body).events[0].name, 'test');
+  const deliveries = page.getByRole('table', { name: `Recent deliveries of ${rx.url}` });
+  await deliveries.locator('tr.attempt', { hasText: 'test' }).filter({ hasText: '200' }).waitFor(WAIT);
+  await screenshot(page, 'console-webhook-deliveries');
+  assert.deepEqual(await a11yProblems(page), [], 'accessibility of console-webhook-deliveries');
+
+  await confirmWith(page, row.getByRole('button', { name: `Delete webhook ${rx.url}` }));
+  await page.locator('#flash', { hasText: 'Webhook deleted' }).waitFor(WAIT);
+  await page.locator('#webhooks-table', { hasText: 'No webhooks yet' }).waitFor(WAIT);
+  const left = await rest('GET', `/v1/apps/${aviary.appId}/webhooks`, aviary.adminKey);
+  assert.deepEqual(left.items, []);
+  assert.deepEqual(problems, []);
+  rx.close();
   await context.close();
 });

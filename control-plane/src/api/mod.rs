@@ -63,6 +63,8 @@ pub fn router(state: ControlPlaneState) -> Router {
             "/v1/apps/{app_id}/webhooks/{webhook_id}",
             get(webhooks::get_webhook).patch(webhooks::update_webhook).delete(webhooks::delete_webhook),
         )
+        .route("/v1/apps/{app_id}/webhooks/{webhook_id}/test", post(webhooks::test_webhook))
+        .route("/v1/apps/{app_id}/webhooks/{webhook_id}/deliveries", get(webhooks::list_webhook_deliveries))
         // App API key.
         .route("/v1/apps/{app_id}/tokens", post(tokens::issue_token))
         // Public.
@@ -137,7 +139,7 @@ async fn method_not_allowed() -> impl IntoResponse {
         apps::create_api_key, apps::list_api_keys, apps::revoke_api_key, apps::revoke_client,
         apps::create_pusher_credential, apps::list_pusher_credentials, apps::revoke_pusher_credential,
         webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook, webhooks::update_webhook,
-        webhooks::delete_webhook,
+        webhooks::delete_webhook, webhooks::test_webhook, webhooks::list_webhook_deliveries,
         tokens::issue_token, tokens::rotate_signing_key, tokens::jwks,
     ),
     components(schemas(aviary_core::problem::Problem, aviary_core::Operation)),

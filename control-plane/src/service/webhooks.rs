@@ -1,5 +1,5 @@
 //! Webhook endpoints: create (the signing secret shown once), read, list (never a secret),
-//! change, delete.
+//! change, delete; send a test event and list recent delivery attempts.
 //!
 //! Same shape as Pusher credentials ([`super::pusher`]): validate everything first, check the
 //! caller may see the app, write the store. The secret is an HMAC key that delivery must read
@@ -7,7 +7,7 @@
 //! the store, and never logged. After each write the endpoint (its secret in clear, in memory
 //! only) is pushed into the registry, which streams it to nodes sealed with the stream key.
 
-use aviary_core::webhook::{WebhookEvent, WebhookFormat, target};
+use aviary_core::webhook::{DeliveryAttempt, WebhookEvent, WebhookFormat, target};
 use aviary_core::{Capabilities, Operation};
 use chrono::{DateTime, Utc};
 use rand::Rng;
@@ -97,6 +97,14 @@ impl std::fmt::Debug for WebhookCreated {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookCreated").field("webhook", &self.webhook).finish_non_exhaustive()
     }
+}
+
+/// `GET /v1/apps/{app_id}/webhooks/{webhook_id}/deliveries` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeliveryList {
+    /// The endpoint's last attempts (at most 50) from every node, newest first; test events
+    /// included (`test: true`).
+    pub attempts: Vec<DeliveryAttempt>,
 }
 
 fn new_secret() -> String {
@@ -258,6 +266,43 @@ impl ControlPlaneState {
         self.announce_change().await;
         tracing::info!(tenant_id = %app.tenant_id, app_id = %app.id, "webhook updated");
         Ok(webhook.into())
+    }
+
+    fn deliveries(&self) -> Result<&std::sync::Arc<dyn aviary_core::webhook::WebhookDeliveries>> {
+        self.config()
+            .webhook_deliveries
+            .as_ref()
+            .ok_or_else(|| Error::DeliveriesUnavailable("no delivery store is configured".into()))
+    }
+
+    /// Sends one `test` event to the endpoint now, signed in its format, and answers the
+    /// attempt (also listed in its deliveries). A receiver that fails is an answer, not an error.
+    #[tracing::instrument(skip_all, fields(app_id = %app_id, webhook_id = %webhook_id))]
+    pub async fn test_webhook(&self, admin: &TenantAdmin, app_id: &str, webhook_id: &str) -> Result<DeliveryAttempt> {
+        let app = self.visible_app(admin, app_id).await?;
+        let record = self.store().webhook(&app.id, webhook_id).await?.ok_or(Error::NotFound("webhook"))?;
+        let deliveries = self.deliveries()?.clone();
+        let sealer = self.config().credentials_key.as_ref().ok_or(Error::CredentialsKeyMissing)?;
+        let secret = sealer
+            .open_str(&record.sealed_secret, &record.id)
+            .ok_or_else(|| Error::Corrupt(format!("the secret of webhook {} does not open", record.id)))?;
+        let endpoint = crate::sync::webhook_of(record, secret);
+        let pusher = self.registry().pusher_signing_credential(&app.id);
+        let attempt = deliveries.send_test(&endpoint, pusher.as_deref()).await;
+        tracing::info!(
+            tenant_id = %app.tenant_id, status = ?attempt.status, ok = attempt.succeeded(), "webhook test sent"
+        );
+        Ok(attempt)
+    }
+
+    /// The endpoint's recent delivery attempts, newest first.
+    #[tracing::instrument(skip_all, fields(app_id = %app_id, webhook_id = %webhook_id))]
+    pub async fn webhook_deliveries(&self, admin: &TenantAdmin, app_id: &str, webhook_id: &str) -> Result<DeliveryList> {
+        let app = self.visible_app(admin, app_id).await?;
+        self.store().webhook(&app.id, webhook_id).await?.ok_or(Error::NotFound("webhook"))?;
+        let attempts =
+            self.deliveries()?.recent(&app.id, webhook_id).await.map_err(|e| Error::DeliveriesUnavailable(e.0))?;
+        Ok(DeliveryList { attempts })
     }
 
     #[tracing::instrument(skip_all, fields(app_id = %app_id, webhook_id = %webhook_id))]

@@ -464,6 +464,7 @@ fn usage(tenant_id: &str, app_id: &str, from_ms: i64, peak: u64, published: u64)
         messages_delivered: published * 3,
         bytes_in: published * 10,
         bytes_out: published * 30,
+        webhook_events: published * 2,
     }
 }
 
@@ -487,6 +488,7 @@ pub async fn usage_batches_count_once_into_hourly_buckets(store: &dyn Store) {
     assert_eq!((b.app_id.as_str(), b.hour_start), ("app_1", hour));
     assert_eq!((b.messages_published, b.messages_delivered, b.bytes_in, b.bytes_out), (15, 45, 150, 450));
     assert_eq!(b.connection_ms, 180_000);
+    assert_eq!(b.webhook_events, 30, "webhook deliveries count like messages");
     assert_eq!(b.peak_connections, 7, "node-1's max (5) + node-2's (2)");
     assert_eq!((got[1].hour_start, got[1].messages_published, got[1].peak_connections), (hour + 3600, 7, 1));
 

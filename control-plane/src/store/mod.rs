@@ -186,6 +186,8 @@ pub struct UsageBucket {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub connection_ms: u64,
+    /// Webhook events delivered (2xx), once per event and endpoint.
+    pub webhook_events: u64,
     /// Sum over nodes of each node's peak in the hour: exact with one node, an upper bound with
     /// several (their peaks need not coincide).
     pub peak_connections: u64,

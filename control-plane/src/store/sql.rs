@@ -665,14 +665,15 @@ macro_rules! impl_sql_store {
                     let hour = usage_hour(r);
                     sqlx::query(
                         "INSERT INTO usage_hourly (tenant_id, app_id, hour_start, messages_published, \
-                         messages_delivered, bytes_in, bytes_out, connection_ms) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                         messages_delivered, bytes_in, bytes_out, connection_ms, webhook_events) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                          ON CONFLICT (tenant_id, app_id, hour_start) DO UPDATE SET \
                          messages_published = usage_hourly.messages_published + excluded.messages_published, \
                          messages_delivered = usage_hourly.messages_delivered + excluded.messages_delivered, \
                          bytes_in = usage_hourly.bytes_in + excluded.bytes_in, \
                          bytes_out = usage_hourly.bytes_out + excluded.bytes_out, \
-                         connection_ms = usage_hourly.connection_ms + excluded.connection_ms",
+                         connection_ms = usage_hourly.connection_ms + excluded.connection_ms, \
+                         webhook_events = usage_hourly.webhook_events + excluded.webhook_events",
                     )
                     .bind(&r.tenant_id)
                     .bind(&r.app_id)
@@ -682,6 +683,7 @@ macro_rules! impl_sql_store {
                     .bind(big(r.bytes_in))
                     .bind(big(r.bytes_out))
                     .bind(big(r.connection_ms))
+                    .bind(big(r.webhook_events))
                     .execute(&mut *tx)
                     .await?;
                     sqlx::query(
@@ -720,7 +722,7 @@ macro_rules! impl_sql_store {
                 // `$1 IS NULL` selects every tenant; the peak is the sum of per-node peaks.
                 let rows = sqlx::query(
                     "SELECT h.tenant_id, h.app_id, h.hour_start, h.messages_published, h.messages_delivered, \
-                     h.bytes_in, h.bytes_out, h.connection_ms, \
+                     h.bytes_in, h.bytes_out, h.connection_ms, h.webhook_events, \
                      CAST(COALESCE((SELECT SUM(p.peak) FROM usage_node_peaks p WHERE p.tenant_id = h.tenant_id \
                      AND p.app_id = h.app_id AND p.hour_start = h.hour_start), 0) AS BIGINT) AS peak_connections \
                      FROM usage_hourly h \
@@ -743,6 +745,7 @@ macro_rules! impl_sql_store {
                             bytes_in: unbig(r, "bytes_in")?,
                             bytes_out: unbig(r, "bytes_out")?,
                             connection_ms: unbig(r, "connection_ms")?,
+                            webhook_events: unbig(r, "webhook_events")?,
                             peak_connections: unbig(r, "peak_connections")?,
                         })
                     })

@@ -3,12 +3,15 @@
 //! A webhook endpoint tells a tenant's backend what happens in an app's channels. The event
 //! names are Pusher's, so receivers written for Pusher read them unchanged. This module holds
 //! the pieces that are not I/O: the event and format names ([`WebhookEvent`],
-//! [`WebhookFormat`]), the endpoint a node holds ([`WebhookEndpoint`]) and which target
-//! addresses may be called ([`target`]).
+//! [`WebhookFormat`]), the endpoint a node holds ([`WebhookEndpoint`]), which target
+//! addresses may be called ([`target`]) and delivery attempts with the seam the control plane
+//! tests endpoints and reads attempts through ([`attempt`]).
 
+pub mod attempt;
 pub mod endpoint;
 pub mod target;
 
+pub use attempt::{AttemptedEvent, DeliveriesUnavailable, DeliveryAttempt, WebhookDeliveries};
 pub use endpoint::WebhookEndpoint;
 
 use serde::{Deserialize, Serialize};

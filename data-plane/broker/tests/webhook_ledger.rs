@@ -52,3 +52,15 @@ async fn redis_one_lease_holder_at_a_time() {
     let nodes = redis_nodes(2, Duration::from_secs(30));
     contract::one_lease_holder_at_a_time(&nodes[0], &nodes[1], "app_1").await;
 }
+
+#[tokio::test]
+async fn memory_attempts_are_kept_newest_first_and_capped() {
+    let ledger = MemoryLedger::new();
+    contract::attempts_are_kept_newest_first_and_capped(&ledger, &ledger, "app_1").await;
+}
+
+#[tokio::test]
+async fn redis_attempts_are_kept_newest_first_and_capped() {
+    let nodes = redis_nodes(2, Duration::from_secs(30));
+    contract::attempts_are_kept_newest_first_and_capped(&nodes[0], &nodes[1], "app_1").await;
+}

@@ -60,7 +60,8 @@ pub async fn client_event(node: &NodeState, event: ClientEvent<'_>) {
 }
 
 /// Queues a `message_published` webhook (opt-in per endpoint) for a publication the broker
-/// accepted.
+/// accepted: without waiting, through the node's bounded queue to the ledger
+/// (`webhooks::published`), unless that queue is configured off (then the append is awaited).
 pub(crate) async fn published(
     node: &NodeState,
     tenant_id: &str,
@@ -86,7 +87,11 @@ pub(crate) async fn published(
         time_ms: 0,
         detail: Some(serde_json::Value::Object(detail).to_string()),
     };
-    if let Err(e) = webhooks.append(tenant_id, &key.app_id, &[queued]).await {
+    if let Some(queue) = &webhooks.published {
+        if !queue.offer(tenant_id, &key.app_id, queued) {
+            tracing::debug!(app_id = %key.app_id, "message_published webhook shed: the node's queue is full");
+        }
+    } else if let Err(e) = webhooks.append(tenant_id, &key.app_id, &[queued]).await {
         tracing::warn!(app_id = %key.app_id, error = %e, "message_published webhook not queued");
         crate::webhooks::metrics::dropped(tenant_id, &key.app_id, 1);
     }

@@ -13,7 +13,8 @@
 //! A sender batches what is queued for its endpoint within a short window, POSTs it signed, and
 //! on failure retries the same batch with exponential backoff and full jitter until the retry
 //! window passes; then the batch is dropped and counted. The next batch waits for the current
-//! one, which keeps each channel's events in order.
+//! one, which keeps each channel's events in order. Before each batch a sender takes its events
+//! from its tenant's delivery rate ([`super::rate`]), waiting when the tenant is over it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use aviary_broker::webhooks::{QueuedEvent, WebhookLedger};
 use aviary_core::Registry;
+use aviary_core::usage::UsageMeter;
 use aviary_core::webhook::{WebhookEndpoint, WebhookEvent};
 use parking_lot::Mutex;
 use rand::Rng;
@@ -30,9 +32,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::WebhookConfig;
+use super::attempts::{Attempts, attempt_of};
 use super::body;
 use super::http::{Attempt, WebhookClient};
 use super::metrics;
+use super::rate::TenantRate;
 
 /// Events read from the queue per call.
 const READ_BATCH: usize = 256;
@@ -56,48 +60,42 @@ impl Tracked {
     }
 }
 
-/// One recorded attempt, for `GET .../deliveries`-style inspection and tests.
-#[derive(Debug, Clone)]
-pub struct AttemptRecord {
-    pub endpoint_id: String,
-    pub time_ms: i64,
-    pub event_ids: Vec<String>,
-    pub status: Option<u16>,
-    pub latency: Duration,
-    pub error: Option<String>,
-}
-
-/// Recent attempts per endpoint, newest last, at most [`RECENT`] each.
-pub const RECENT: usize = 50;
-
 /// Shared by every deliverer of the node.
 pub struct Deliveries {
     registry: Arc<Registry>,
     ledger: Arc<dyn WebhookLedger>,
     config: WebhookConfig,
     client: WebhookClient,
+    attempts: Attempts,
+    rate: TenantRate,
+    /// Delivered events are counted here for billing.
+    usage: Arc<UsageMeter>,
     shutdown: CancellationToken,
     /// Woken when this node appends to an app's queue.
     wakes: Mutex<HashMap<String, Arc<Notify>>>,
-    recent: Mutex<HashMap<String, std::collections::VecDeque<AttemptRecord>>>,
 }
 
 impl Deliveries {
     pub fn new(
         registry: Arc<Registry>,
         ledger: Arc<dyn WebhookLedger>,
+        usage: Arc<UsageMeter>,
         config: WebhookConfig,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let client = WebhookClient::new(config.timeout, config.allow_private_targets);
+        let attempts = Attempts::with_client(ledger.clone(), client.clone());
+        let rate = TenantRate::new(config.max_events_per_s_per_tenant);
         Arc::new(Deliveries {
             registry,
             ledger,
             config,
             client,
+            attempts,
+            rate,
+            usage,
             shutdown,
             wakes: Mutex::new(HashMap::new()),
-            recent: Mutex::new(HashMap::new()),
         })
     }
 
@@ -112,18 +110,9 @@ impl Deliveries {
         }
     }
 
-    /// This node's recent attempts for an endpoint, oldest first.
-    pub fn recent(&self, endpoint_id: &str) -> Vec<AttemptRecord> {
-        self.recent.lock().get(endpoint_id).map(|r| r.iter().cloned().collect()).unwrap_or_default()
-    }
-
-    fn record(&self, record: AttemptRecord) {
-        let mut recent = self.recent.lock();
-        let list = recent.entry(record.endpoint_id.clone()).or_default();
-        if list.len() == RECENT {
-            list.pop_front();
-        }
-        list.push_back(record);
+    /// Where attempts are recorded (and read back).
+    pub fn attempts(&self) -> &Attempts {
+        &self.attempts
     }
 
     /// Keeps one deliverer per app with endpoints until shutdown.
@@ -231,18 +220,12 @@ impl Deliveries {
         senders: &mut HashMap<String, (mpsc::Sender<Arc<Tracked>>, JoinHandle<()>)>,
     ) {
         let kind: Option<WebhookEvent> = serde_json::from_value(serde_json::Value::String(event.name.clone())).ok();
-        // A test event names its one endpoint; any other goes to every endpoint wanting it.
-        let only = (event.name == "test").then(|| event.user_id.clone()).flatten();
-        let targets: Vec<Arc<WebhookEndpoint>> = self
-            .registry
-            .webhooks_of(app_id)
-            .into_iter()
-            .filter(|w| match (&only, kind) {
-                (Some(id), _) => &w.id == id,
-                (None, Some(kind)) => w.wants(kind, &event.channel),
-                (None, None) => false,
-            })
-            .collect();
+        let targets: Vec<Arc<WebhookEndpoint>> = match kind {
+            Some(kind) => {
+                self.registry.webhooks_of(app_id).into_iter().filter(|w| w.wants(kind, &event.channel)).collect()
+            }
+            None => Vec::new(),
+        };
         if targets.is_empty() {
             let _ = acks.send(event.id);
             return;
@@ -285,6 +268,15 @@ impl Deliveries {
                     _ => break,
                 }
             }
+            // The tenant's rate: only this tenant's senders wait for it.
+            let wait = self.rate.reserve(&tenant_id, batch.len());
+            if !wait.is_zero() {
+                metrics::throttled(&tenant_id, &app_id);
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
             self.deliver(&endpoint_id, &tenant_id, &app_id, &batch).await;
             for item in &batch {
                 item.done();
@@ -297,7 +289,6 @@ impl Deliveries {
         let started = tokio::time::Instant::now();
         let mut attempt: u32 = 0;
         let events: Vec<&QueuedEvent> = batch.iter().map(|t| &t.event).collect();
-        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
         loop {
             let Some(endpoint) = self.registry.webhook(endpoint_id) else {
                 // Deleted meanwhile: nobody to deliver to.
@@ -311,16 +302,10 @@ impl Deliveries {
                 Err(e) => Attempt { status: None, latency: Duration::ZERO, error: Some(e.to_string()) },
             };
             metrics::latency(tenant_id, app_id, outcome.latency.as_secs_f64());
-            self.record(AttemptRecord {
-                endpoint_id: endpoint_id.to_owned(),
-                time_ms: now_ms,
-                event_ids: ids.clone(),
-                status: outcome.status,
-                latency: outcome.latency,
-                error: outcome.error.clone(),
-            });
+            self.attempts.record(app_id, endpoint_id, &attempt_of(&events, &outcome, now_ms, false)).await;
             if outcome.ok() {
                 metrics::sent(tenant_id, app_id, batch.len());
+                self.usage.app(tenant_id, app_id).webhook_events_delivered(batch.len() as u64);
                 return;
             }
             metrics::failed(tenant_id, app_id);

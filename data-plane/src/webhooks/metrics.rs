@@ -8,6 +8,8 @@ pub const RETRIED: &str = "aviary_webhook_events_retried_total";
 pub const DROPPED: &str = "aviary_webhook_events_dropped_total";
 pub const LATENCY: &str = "aviary_webhook_delivery_seconds";
 pub const QUEUED: &str = "aviary_webhook_events_queued_total";
+pub const SHED: &str = "aviary_webhook_published_shed_total";
+pub const THROTTLED: &str = "aviary_webhook_batches_throttled_total";
 
 /// Registers the HELP text of every webhook series (idempotent).
 pub fn describe() {
@@ -23,6 +25,14 @@ pub fn describe() {
     );
     metrics::describe_histogram!(LATENCY, metrics::Unit::Seconds, "Duration of webhook POST attempts, per app.");
     metrics::describe_counter!(QUEUED, "Webhook events accepted into the delivery queue, per app.");
+    metrics::describe_counter!(
+        THROTTLED,
+        "Webhook batches that waited for their tenant's delivery rate (--webhook-max-events-per-s), per app."
+    );
+    metrics::describe_counter!(
+        SHED,
+        "message_published webhook events refused because the node's queue to the ledger was full, per app."
+    );
 }
 
 fn labels(tenant: &str, app: &str) -> [(&'static str, String); 2] {
@@ -51,4 +61,12 @@ pub fn latency(tenant: &str, app: &str, seconds: f64) {
 
 pub fn queued(tenant: &str, app: &str, n: usize) {
     counter!(QUEUED, &labels(tenant, app)).increment(n as u64);
+}
+
+pub fn shed(tenant: &str, app: &str) {
+    counter!(SHED, &labels(tenant, app)).increment(1);
+}
+
+pub fn throttled(tenant: &str, app: &str) {
+    counter!(THROTTLED, &labels(tenant, app)).increment(1);
 }

@@ -137,3 +137,19 @@ pub async fn one_lease_holder_at_a_time(a: &dyn WebhookLedger, b: &dyn WebhookLe
     a.release(app).await.unwrap();
     assert!(b.lease(app, ttl).await.unwrap());
 }
+
+/// Attempts: newest first, the last [`super::RECENT_ATTEMPTS`] per endpoint, endpoints apart.
+pub async fn attempts_are_kept_newest_first_and_capped(a: &dyn WebhookLedger, b: &dyn WebhookLedger, app: &str) {
+    let cap = super::RECENT_ATTEMPTS;
+    for i in 0..cap + 5 {
+        let node = if i % 2 == 0 { a } else { b };
+        node.record_attempt(app, "whk_1", &format!("{{\"i\":{i}}}")).await.unwrap();
+    }
+    b.record_attempt(app, "whk_2", "{}").await.unwrap();
+    let got = a.attempts(app, "whk_1").await.unwrap();
+    assert_eq!(got.len(), cap);
+    assert_eq!(got[0], format!("{{\"i\":{}}}", cap + 4), "newest first, whichever node recorded it");
+    assert_eq!(got[cap - 1], "{\"i\":5}");
+    assert_eq!(b.attempts(app, "whk_2").await.unwrap(), ["{}"]);
+    assert!(a.attempts(app, "whk_3").await.unwrap().is_empty());
+}

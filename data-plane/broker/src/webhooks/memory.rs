@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{Counter, NewEvent, QueuedEvent, WebhookLedger, transition_name};
+use super::{Counter, NewEvent, QueuedEvent, RECENT_ATTEMPTS, WebhookLedger, transition_name};
 use crate::BrokerError;
 
 /// Most events one app's in-memory queue holds.
@@ -21,6 +21,8 @@ struct AppLedger {
     /// (event, handed out)
     queue: VecDeque<(QueuedEvent, bool)>,
     next_id: u64,
+    /// endpoint -> attempts, newest first.
+    attempts: HashMap<String, VecDeque<String>>,
 }
 
 impl AppLedger {
@@ -164,5 +166,22 @@ impl WebhookLedger for MemoryLedger {
 
     async fn backlog(&self, app_id: &str) -> Result<u64, BrokerError> {
         Ok(self.apps.lock().get(app_id).map_or(0, |a| a.queue.len() as u64))
+    }
+
+    async fn record_attempt(&self, app_id: &str, endpoint_id: &str, attempt: &str) -> Result<(), BrokerError> {
+        let mut apps = self.apps.lock();
+        let list = apps.entry(app_id.to_owned()).or_default().attempts.entry(endpoint_id.to_owned()).or_default();
+        list.push_front(attempt.to_owned());
+        list.truncate(RECENT_ATTEMPTS);
+        Ok(())
+    }
+
+    async fn attempts(&self, app_id: &str, endpoint_id: &str) -> Result<Vec<String>, BrokerError> {
+        let apps = self.apps.lock();
+        Ok(apps
+            .get(app_id)
+            .and_then(|a| a.attempts.get(endpoint_id))
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default())
     }
 }

@@ -22,6 +22,11 @@
 //! - **Lease.** At most one node at a time holds an app's delivery lease
 //!   ([`WebhookLedger::lease`]); a node that stops renewing loses it after its TTL. Only the
 //!   holder reads, so per-channel order holds across the cluster.
+//! - **Attempts.** [`WebhookLedger::record_attempt`] keeps the last [`RECENT_ATTEMPTS`]
+//!   delivery attempts of each endpoint (opaque JSON written by the delivering side), newest
+//!   first, whichever node made them; [`WebhookLedger::attempts`] reads them. In Redis they are
+//!   one capped list per endpoint that expires [`ATTEMPTS_TTL`] after the last attempt, so a
+//!   control plane reading the same Redis sees every node's attempts.
 
 pub mod contract;
 pub mod memory;
@@ -33,6 +38,11 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::BrokerError;
+
+/// Attempts kept per endpoint.
+pub const RECENT_ATTEMPTS: usize = 50;
+/// How long an endpoint's attempts are kept after its last one.
+pub const ATTEMPTS_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A cluster-wide counter of an app.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -150,6 +160,13 @@ pub trait WebhookLedger: Send + Sync + 'static {
 
     /// Events queued and not acknowledged (for metrics and tests).
     async fn backlog(&self, app_id: &str) -> Result<u64, BrokerError>;
+
+    /// Records one delivery attempt (JSON) of `endpoint_id`, an endpoint of `app_id`, keeping
+    /// the last [`RECENT_ATTEMPTS`].
+    async fn record_attempt(&self, app_id: &str, endpoint_id: &str, attempt: &str) -> Result<(), BrokerError>;
+
+    /// The recorded attempts of `endpoint_id`, newest first.
+    async fn attempts(&self, app_id: &str, endpoint_id: &str) -> Result<Vec<String>, BrokerError>;
 }
 
 #[cfg(test)]

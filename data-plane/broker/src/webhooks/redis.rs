@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use redis::Script;
 use redis::aio::ConnectionManager;
 
-use super::{Counter, NewEvent, QueuedEvent, WebhookLedger};
+use super::{ATTEMPTS_TTL, Counter, NewEvent, QueuedEvent, RECENT_ATTEMPTS, WebhookLedger};
 use crate::BrokerError;
 use crate::redis::connection::{connect_lazy, with_timeout};
 use crate::redis::lua::LUA_PRELUDE;
@@ -383,5 +383,36 @@ impl WebhookLedger for RedisLedger {
         let stream = self.key("wq", &k);
         let n: u64 = with_timeout(redis::cmd("XLEN").arg(stream).query_async(&mut k.conn)).await?;
         Ok(n)
+    }
+
+    async fn record_attempt(&self, app_id: &str, endpoint_id: &str, attempt: &str) -> Result<(), BrokerError> {
+        let mut k = self.keys(app_id);
+        let list = format!("{}:{endpoint_id}", self.key("wa", &k));
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("LPUSH")
+            .arg(&list)
+            .arg(attempt)
+            .ignore()
+            .cmd("LTRIM")
+            .arg(&list)
+            .arg(0)
+            .arg(RECENT_ATTEMPTS - 1)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&list)
+            .arg(u64::try_from(ATTEMPTS_TTL.as_millis()).unwrap_or(u64::MAX))
+            .ignore();
+        let _: () = with_timeout(pipe.query_async(&mut k.conn)).await?;
+        Ok(())
+    }
+
+    async fn attempts(&self, app_id: &str, endpoint_id: &str) -> Result<Vec<String>, BrokerError> {
+        let mut k = self.keys(app_id);
+        let list = format!("{}:{endpoint_id}", self.key("wa", &k));
+        let got: Vec<String> =
+            with_timeout(redis::cmd("LRANGE").arg(&list).arg(0).arg(RECENT_ATTEMPTS - 1).query_async(&mut k.conn))
+                .await?;
+        Ok(got)
     }
 }
