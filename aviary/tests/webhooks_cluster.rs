@@ -411,7 +411,9 @@ async fn the_control_plane_sends_test_events_and_lists_every_nodes_attempts() {
     assert_eq!(attempts[0]["events"][0]["id"], test_id.as_str(), "newest first: {list}");
     let delivered = attempts
         .iter()
-        .find(|a| a["test"] == false && a["events"].as_array().unwrap().iter().any(|e| e["name"] == "message_published"))
+        .find(|a| {
+            a["test"] == false && a["events"].as_array().unwrap().iter().any(|e| e["name"] == "message_published")
+        })
         .unwrap_or_else(|| panic!("a node's attempt is listed: {list}"));
     assert_eq!(delivered["status"], 200);
     assert!(delivered["latency_ms"].is_u64() && delivered["time_ms"].as_i64().unwrap() > 0);

@@ -320,7 +320,11 @@ impl DataPlane {
 
     /// The recent delivery attempts of a webhook endpoint of `app_id` (from every node sharing
     /// the ledger), newest first; empty before webhooks are started.
-    pub async fn webhook_attempts(&self, app_id: &str, endpoint_id: &str) -> Vec<aviary_core::webhook::DeliveryAttempt> {
+    pub async fn webhook_attempts(
+        &self,
+        app_id: &str,
+        endpoint_id: &str,
+    ) -> Vec<aviary_core::webhook::DeliveryAttempt> {
         use aviary_core::webhook::WebhookDeliveries as _;
         match self.inner.webhooks.get() {
             Some(w) => w.deliveries.attempts().recent(app_id, endpoint_id).await.unwrap_or_default(),

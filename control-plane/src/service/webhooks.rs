@@ -297,7 +297,12 @@ impl ControlPlaneState {
 
     /// The endpoint's recent delivery attempts, newest first.
     #[tracing::instrument(skip_all, fields(app_id = %app_id, webhook_id = %webhook_id))]
-    pub async fn webhook_deliveries(&self, admin: &TenantAdmin, app_id: &str, webhook_id: &str) -> Result<DeliveryList> {
+    pub async fn webhook_deliveries(
+        &self,
+        admin: &TenantAdmin,
+        app_id: &str,
+        webhook_id: &str,
+    ) -> Result<DeliveryList> {
         let app = self.visible_app(admin, app_id).await?;
         self.store().webhook(&app.id, webhook_id).await?.ok_or(Error::NotFound("webhook"))?;
         let attempts =

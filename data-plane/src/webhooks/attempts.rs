@@ -13,7 +13,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use aviary_broker::webhooks::{QueuedEvent, WebhookLedger};
 use aviary_core::PusherCredential;
-use aviary_core::webhook::{AttemptedEvent, DeliveriesUnavailable, DeliveryAttempt, WebhookDeliveries, WebhookEndpoint};
+use aviary_core::webhook::{
+    AttemptedEvent, DeliveriesUnavailable, DeliveryAttempt, WebhookDeliveries, WebhookEndpoint,
+};
 
 use super::WebhookConfig;
 use super::body;
