@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{ListParams, Listing, validate_capabilities};
 use crate::ControlPlaneState;
@@ -85,9 +86,15 @@ impl std::fmt::Debug for PusherCredentialCreated {
 }
 
 /// A public key: 12 hex digits of the creation time in milliseconds (so keys list in creation
-/// order) and 8 random ones.
+/// order) and 8 random ones. Two keys made in the same millisecond by this process get
+/// consecutive milliseconds instead of the same one, so that creation order holds for them too
+/// (the random part alone would order them by chance).
 fn new_key() -> String {
-    let ms = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0) & 0xffff_ffff_ffff;
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    let now = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0) & 0xffff_ffff_ffff;
+    let previous =
+        LAST_MS.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| Some(now.max(last + 1))).unwrap_or(now);
+    let ms = now.max(previous + 1) & 0xffff_ffff_ffff;
     format!("{ms:012x}{:08x}", OsRng.r#gen::<u32>())
 }
 
@@ -184,8 +191,7 @@ mod tests {
     #[test]
     fn keys_are_20_hex_digits_in_creation_order() {
         let a = new_key();
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        let b = new_key();
+        let b = new_key(); // the same millisecond, most likely: still after `a`
         assert_eq!(a.len(), 20);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert!(a < b);
