@@ -143,6 +143,21 @@ async fn start(
 }
 
 impl ControlPlane {
+    /// The snapshot a node named "raw" is sent first on a fresh Watch stream: what goes over the
+    /// wire, before any node-side decoding.
+    async fn raw_snapshot(&self) -> pb::ConfigSnapshot {
+        let mut client = ControlPlaneClient::connect(self.endpoint()).await.unwrap();
+        let mut stream = client
+            .watch(with_auth(pb::WatchRequest { node_id: "raw".into(), ..Default::default() }, NODE_TOKEN))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(pb::watch_event::Event::Snapshot(snapshot)) = next_event(&mut stream).await.event else {
+            panic!("a snapshot first")
+        };
+        snapshot
+    }
+
     fn endpoint(&self) -> String {
         format!("http://{}", self.grpc)
     }
@@ -483,15 +498,7 @@ async fn pusher_credentials_reach_nodes_sealed_and_their_revocation_follows(stor
     let (key, secret) = (before["key"].as_str().unwrap().to_owned(), before["secret"].as_str().unwrap().to_owned());
 
     // The raw stream: the snapshot carries the credential, its secret sealed.
-    let mut client = ControlPlaneClient::connect(cp.endpoint()).await.unwrap();
-    let mut stream = client
-        .watch(with_auth(pb::WatchRequest { node_id: "raw".into(), ..Default::default() }, NODE_TOKEN))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(pb::watch_event::Event::Snapshot(snapshot)) = next_event(&mut stream).await.event else {
-        panic!("a snapshot first")
-    };
+    let snapshot = cp.raw_snapshot().await;
     let streamed = snapshot.pusher_credentials.iter().find(|c| c.key == key).expect("credential in the snapshot");
     assert!(!streamed.sealed_secret.windows(secret.len()).any(|w| w == secret.as_bytes()), "sealed on the wire");
     assert_eq!(streamed.pusher_app_id.to_string(), before["app_id"].as_str().unwrap());
@@ -556,15 +563,7 @@ async fn webhook_endpoints_reach_nodes_sealed_and_follow_changes(store: TestStor
     let first = cp.ok(reqwest::Method::POST, &path, &admin, Some(body)).await;
     let (id, secret) = (first["id"].as_str().unwrap().to_owned(), first["secret"].as_str().unwrap().to_owned());
 
-    let mut client = ControlPlaneClient::connect(cp.endpoint()).await.unwrap();
-    let mut stream = client
-        .watch(with_auth(pb::WatchRequest { node_id: "raw".into(), ..Default::default() }, NODE_TOKEN))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(pb::watch_event::Event::Snapshot(snapshot)) = next_event(&mut stream).await.event else {
-        panic!("a snapshot first")
-    };
+    let snapshot = cp.raw_snapshot().await;
     let streamed = snapshot.webhooks.iter().find(|w| w.id == id).expect("endpoint in the snapshot");
     assert!(!streamed.sealed_secret.windows(secret.len()).any(|w| w == secret.as_bytes()), "sealed on the wire");
     assert_eq!(streamed.events, ["channel_occupied"]);
