@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{Database, Proc, Ws, connect, next_matching, next_of_type, request, send};
+use common::{Database, Proc, Provisioned, Ws, connect, next_matching, next_of_type, provision, request, send};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 
@@ -184,25 +184,14 @@ impl Cluster {
         if let Some(q) = tenant_quotas {
             tenant_req["quotas"] = q;
         }
-        let (status, tenant) = send(http.post(cp.url("/v1/tenants")).bearer_auth(OPERATOR).json(&tenant_req)).await;
-        assert_eq!(status, 201, "{tenant}");
-        let tenant_id = tenant["tenant"]["id"].as_str().unwrap().to_owned();
-        let admin_key = tenant["admin_key"]["secret"].as_str().unwrap().to_owned();
-        let (status, app) = send(
-            http.post(cp.url(&format!("/v1/tenants/{tenant_id}/apps")))
-                .bearer_auth(&admin_key)
-                .json(&json!({"name": "app", "namespaces": [{"name": "", "history_size": 1000}]})),
+        let Provisioned { tenant_id, admin_key, app_id, api_key } = provision(
+            &http,
+            &cp,
+            OPERATOR,
+            tenant_req,
+            json!({"name": "app", "namespaces": [{"name": "", "history_size": 1000}]}),
         )
         .await;
-        assert_eq!(status, 201, "{app}");
-        let app_id = app["id"].as_str().unwrap().to_owned();
-        let (status, key) =
-            send(http.post(cp.url(&format!("/v1/apps/{app_id}/keys"))).bearer_auth(&admin_key).json(
-                &json!({"name": "backend", "capabilities": {"*": ["subscribe", "publish", "presence", "history"]}}),
-            ))
-            .await;
-        assert_eq!(status, 201, "{key}");
-        let api_key = key["secret"].as_str().unwrap().to_owned();
 
         let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
         let control_plane = format!("http://{}", relay.addr);

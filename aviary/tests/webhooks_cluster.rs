@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use aviary_data_plane::webhooks::body::aviary_signature;
 use serde_json::{Value, json};
 
-use common::{Database, Proc, Ws, connect, request, send};
+use common::{Database, Proc, Provisioned, Ws, connect, provision, request, send};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 const OPERATOR: &str = "avo_webhook_cluster_operator_token_0123456789";
@@ -132,26 +132,8 @@ impl Cluster {
         );
         let grpc = cp.banner_value("grpc on").expect("the control plane prints its gRPC address");
         let http = reqwest::Client::new();
-        let (status, tenant) =
-            send(http.post(cp.url("/v1/tenants")).bearer_auth(OPERATOR).json(&json!({"name": "hooks"}))).await;
-        assert_eq!(status, 201, "{tenant}");
-        let tenant_id = tenant["tenant"]["id"].as_str().unwrap().to_owned();
-        let admin = tenant["admin_key"]["secret"].as_str().unwrap().to_owned();
-        let (status, app) = send(
-            http.post(cp.url(&format!("/v1/tenants/{tenant_id}/apps")))
-                .bearer_auth(&admin)
-                .json(&json!({"name": "app"})),
-        )
-        .await;
-        assert_eq!(status, 201, "{app}");
-        let app_id = app["id"].as_str().unwrap().to_owned();
-        let (status, key) =
-            send(http.post(cp.url(&format!("/v1/apps/{app_id}/keys"))).bearer_auth(&admin).json(
-                &json!({"name": "backend", "capabilities": {"*": ["subscribe", "publish", "presence", "history"]}}),
-            ))
-            .await;
-        assert_eq!(status, 201, "{key}");
-        let api_key = key["secret"].as_str().unwrap().to_owned();
+        let Provisioned { admin_key: admin, app_id, api_key, .. } =
+            provision(&http, &cp, OPERATOR, json!({"name": "hooks"}), json!({"name": "app"})).await;
 
         let secret = Arc::new(std::sync::OnceLock::new());
         let rx = receiver(secret.clone()).await;

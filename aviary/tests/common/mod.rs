@@ -133,6 +133,37 @@ impl Drop for Proc {
     }
 }
 
+/// What [`provision`] made on a control plane.
+pub struct Provisioned {
+    pub tenant_id: String,
+    pub admin_key: String,
+    pub app_id: String,
+    /// A backend API key with every operation on every channel.
+    pub api_key: String,
+}
+
+/// Creates a tenant (`tenant` is the operator's request body), one app in it (`app` is the
+/// tenant admin's request body) and a backend API key, asserting each answer is 201.
+pub async fn provision(http: &reqwest::Client, cp: &Proc, operator: &str, tenant: Value, app: Value) -> Provisioned {
+    let (status, tenant) = send(http.post(cp.url("/v1/tenants")).bearer_auth(operator).json(&tenant)).await;
+    assert_eq!(status, 201, "{tenant}");
+    let tenant_id = tenant["tenant"]["id"].as_str().unwrap().to_owned();
+    let admin_key = tenant["admin_key"]["secret"].as_str().unwrap().to_owned();
+    let (status, app) =
+        send(http.post(cp.url(&format!("/v1/tenants/{tenant_id}/apps"))).bearer_auth(&admin_key).json(&app)).await;
+    assert_eq!(status, 201, "{app}");
+    let app_id = app["id"].as_str().unwrap().to_owned();
+    let (status, key) = send(
+        http.post(cp.url(&format!("/v1/apps/{app_id}/keys")))
+            .bearer_auth(&admin_key)
+            .json(&json!({"name": "backend", "capabilities": {"*": ["subscribe", "publish", "presence", "history"]}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{key}");
+    let api_key = key["secret"].as_str().unwrap().to_owned();
+    Provisioned { tenant_id, admin_key, app_id, api_key }
+}
+
 pub async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
     let res = req.send().await.expect("request sent");
     let status = res.status().as_u16();
