@@ -36,8 +36,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
          `https://aviary.dev/problems/<slug>`. Any request may be refused before it is read with 503 \
          `connection-refused` (`Retry-After: 1`): too many unauthenticated connections from its address or on \
          the node, or the node at its descriptor limit. Failed API key checks are limited per source address \
-         and per key id (429 `rate-limited`). Idempotency keys are scoped to their publisher (a backend's to its \
-         API key); the same key with different data is 409 `conflict`. Resuming a subscription (WebSocket \
+         and per key id (429 `rate-limited`). Idempotency keys are scoped to their publisher (a backend's to the \
+         app, shared by its API keys); the same key with different data is 409 `conflict`. Resuming a subscription (WebSocket \
          `since`, SSE `Last-Event-ID`) without the `history` capability reaches back only to the token's issue \
          time. Publication and presence `data` may nest at most 64 arrays and objects deep (400 `bad-request`); a \
          channel's presence data is capped at 1 MiB in all, shared equally by its members (413 \

@@ -474,6 +474,38 @@ async fn batch_publish_and_idempotency_keys_return_the_first_result() {
     assert_eq!(r.send().await.unwrap().status(), 409);
 }
 
+/// Regression (chaos runner finding, issue 22): a backend publish whose answer was lost, retried
+/// with the same idempotency key after its API key was rotated, must not publish twice. The
+/// backend's keys belong to the app, not to one API key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_retry_with_another_api_key_of_the_app_is_deduplicated() {
+    let node = start(|_, _| {}).await;
+    let mut ws = node.client("alice").await;
+    ws.subscribe("chat:retry").await;
+    let url = format!("{}/v1/apps/{}/channels/chat:retry/messages", node.base, node.app.app_id);
+    let publish = |key: &str, data: Value| {
+        node.http.post(&url).bearer_auth(key).json(&json!({"data": data, "idempotency_key": "order-7"})).send()
+    };
+    let first = publish(&node.api_key, json!(1)).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    // The rotated-to key of the same app: the first result, nothing published again.
+    let retry = publish(&node.limited_api_key, json!(1)).await.unwrap();
+    assert!(retry.status().is_success(), "{}", retry.status());
+    let retry: Value = retry.json().await.unwrap();
+    assert_eq!((&retry["epoch"], &retry["offset"]), (&first["epoch"], &first["offset"]));
+    // Other data under the same key is a conflict, whichever key sends it.
+    assert_eq!(publish(&node.limited_api_key, json!(2)).await.unwrap().status(), 409);
+    node.rest_publish("chat:retry", json!("next")).await;
+    let m1 = ws.message().await;
+    let m2 = ws.message().await;
+    assert_eq!((m1["data"].clone(), m2["data"].clone()), (json!(1), json!("next")), "published twice");
+    // A client's keys stay its own: the same key from a client publishes anew.
+    let own =
+        ws.request(json!({"type": "publish", "channel": "chat:retry", "data": 3, "idempotency_key": "order-7"})).await;
+    assert_eq!(own["type"], "ok", "{own}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_must_be_short_visible_ascii() {
     let node = start(|_, _| {}).await;
