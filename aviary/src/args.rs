@@ -403,6 +403,10 @@ pub struct TokenArgs {
     /// Print the whole answer (token and expiry) as JSON instead of the token alone.
     #[arg(long, env = "AVIARY_TOKEN_JSON")]
     pub json: bool,
+    /// PEM file of the certificate authority to trust for an `https://` --url, instead of the
+    /// system's roots (a private CA, such as docs/deploying.md makes).
+    #[arg(long, env = "AVIARY_CA", value_name = "PEM")]
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -415,12 +419,22 @@ pub struct CompletionsArgs {
 #[derive(Debug, Clone, Args)]
 pub struct HealthcheckArgs {
     /// The URL to ask. Default: `/readyz` on loopback at the port of `AVIARY_LISTEN` when that
-    /// is set, else `http://127.0.0.1:8080/readyz`.
+    /// is set, else at 8080; `https://` when --tls-cert is set, else `http://`.
     #[arg(long, env = "AVIARY_HEALTHCHECK_URL")]
     pub url: Option<String>,
     /// Seconds to wait for the answer.
     #[arg(long, env = "AVIARY_HEALTHCHECK_TIMEOUT_S", default_value_t = 3)]
     pub timeout_s: u64,
+    /// PEM file of the certificate authority to trust for an `https://` URL, instead of the
+    /// system's roots; the URL's host must then be a name of the certificate.
+    #[arg(long, env = "AVIARY_CA", value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+    /// The certificate the checked process serves: its own --tls-cert, which in its container is
+    /// the same `AVIARY_TLS_CERT`, so the image's HEALTHCHECK needs no flag. The default URL is
+    /// then `https://`, and (without --ca) exactly this certificate is accepted, whatever names
+    /// it carries: the check asks over loopback, where a certificate's names rarely match.
+    #[arg(long, env = "AVIARY_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
 }
 
 /// TLS on the public listeners (HTTP and gRPC; `/metrics` stays plain).

@@ -351,72 +351,155 @@ async fn dev_serves_https_rest_and_wss_without_a_proxy() {
     assert!(plain.map(|r| r.status() != 200).unwrap_or(true), "plain HTTP is not served on a TLS port");
 }
 
+/// A certificate rotation under way: two certificates of one CA, the first installed as the
+/// live files `aviary dev` serves, and a client connected and subscribed over it before anything
+/// changes (to show that open connections survive the swap).
+struct Rotation {
+    dev: Dev,
+    before: Wss,
+    http: reqwest::Client,
+    config: Arc<rustls::ClientConfig>,
+    token: String,
+    /// The files the process reads: certificate, key.
+    live: (PathBuf, PathBuf),
+    first: PathBuf,
+    /// The certificate and key to rotate to.
+    second: (PathBuf, PathBuf),
+    /// Holds the certificates' directory until the test ends.
+    _pki: Pki,
+}
+
+impl Rotation {
+    /// Starts `aviary dev` on the first certificate with `--tls-reload-interval-s reload_s` and
+    /// subscribes a client to `channel`.
+    async fn start(reload_s: &str, channel: &str) -> Rotation {
+        let pki = Pki::new();
+        let (first, first_key) = pki.server("first");
+        let second = pki.server("second");
+        let live = (pki.path("live.pem"), pki.path("live.key"));
+        install(&first, &live.0);
+        install(&first_key, &live.1);
+        let dev = Dev::start(&live.0, &live.1, &["--tls-reload-interval-s", reload_s]);
+        let http = pki.http_client();
+        let config = pki.client_config();
+        let token = dev.token(&http).await;
+        let mut before = connect_wss(dev.proc.addr, config.clone(), &token).await;
+        subscribe(&mut before, 1, channel).await;
+        Rotation { dev, before, http, config, token, live, first, second, _pki: pki }
+    }
+
+    /// The fingerprint of the certificate a new handshake gets.
+    async fn served(&self) -> String {
+        served_fingerprint(self.dev.proc.addr, self.config.clone()).await
+    }
+
+    /// A second client, connected and subscribed to `channel` after the swap.
+    async fn connect_after(&self, channel: &str) -> Wss {
+        let mut after = connect_wss(self.dev.proc.addr, self.config.clone(), &self.token).await;
+        subscribe(&mut after, 1, channel).await;
+        after
+    }
+}
+
 #[tokio::test]
 async fn sighup_serves_a_new_certificate_to_new_handshakes_and_keeps_open_connections() {
-    let pki = Pki::new();
-    let (first, first_key) = pki.server("first");
-    let (second, second_key) = pki.server("second");
-    let (cert, key) = (pki.path("live.pem"), pki.path("live.key"));
-    install(&first, &cert);
-    install(&first_key, &key);
     // No polling: only SIGHUP reloads, so the swap below is the signal's doing.
-    let dev = Dev::start(&cert, &key, &["--tls-reload-interval-s", "0"]);
-    let http = pki.http_client();
-    let config = pki.client_config();
-    let token = dev.token(&http).await;
-    let mut before = connect_wss(dev.proc.addr, config.clone(), &token).await;
-    subscribe(&mut before, 1, "chat:swap").await;
-    assert_eq!(served_fingerprint(dev.proc.addr, config.clone()).await, fingerprint_of_file(&first));
+    let mut r = Rotation::start("0", "chat:swap").await;
+    assert_eq!(r.served().await, fingerprint_of_file(&r.first));
 
-    install(&second, &cert);
-    install(&second_key, &key);
+    install(&r.second.0, &r.live.0);
+    install(&r.second.1, &r.live.1);
     // Nothing re-reads the files until asked.
-    assert_eq!(served_fingerprint(dev.proc.addr, config.clone()).await, fingerprint_of_file(&first));
-    dev.proc.signal("-HUP");
-    await_served(dev.proc.addr, config.clone(), &fingerprint_of_file(&second)).await;
+    assert_eq!(r.served().await, fingerprint_of_file(&r.first));
+    r.dev.proc.signal("-HUP");
+    await_served(r.dev.proc.addr, r.config.clone(), &fingerprint_of_file(&r.second.0)).await;
 
     // The connection opened before the swap is still open and still receiving.
-    publish_and_receive(&dev, &http, &mut before, "chat:swap", "after the swap").await;
-    let mut after = connect_wss(dev.proc.addr, config.clone(), &token).await;
-    subscribe(&mut after, 1, "chat:swap").await;
-    dev.publish(&http, "chat:swap", json!({"text": "both"})).await;
-    for ws in [&mut before, &mut after] {
+    publish_and_receive(&r.dev, &r.http, &mut r.before, "chat:swap", "after the swap").await;
+    let mut after = r.connect_after("chat:swap").await;
+    r.dev.publish(&r.http, "chat:swap", json!({"text": "both"})).await;
+    for ws in [&mut r.before, &mut after] {
         assert_eq!(next_of_type(ws, "message").await["data"]["text"], "both");
     }
     // The process is alive: SIGHUP is a reload, not the default termination.
-    assert_eq!(http.get(dev.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(r.http.get(r.dev.url("/healthz")).send().await.unwrap().status(), 200);
 }
 
 #[tokio::test]
 async fn a_changed_certificate_file_is_served_without_a_signal_and_a_broken_one_is_not() {
-    let pki = Pki::new();
-    let (first, first_key) = pki.server("first");
-    let (second, second_key) = pki.server("second");
-    let (cert, key) = (pki.path("live.pem"), pki.path("live.key"));
-    install(&first, &cert);
-    install(&first_key, &key);
-    let dev = Dev::start(&cert, &key, &["--tls-reload-interval-s", "1"]);
-    let http = pki.http_client();
-    let config = pki.client_config();
-    let token = dev.token(&http).await;
-    let mut before = connect_wss(dev.proc.addr, config.clone(), &token).await;
-    subscribe(&mut before, 1, "chat:watch").await;
+    let mut r = Rotation::start("1", "chat:watch").await;
 
     // A certificate whose key is not there yet (a half-done rotation) is not served: every
     // handshake over several polls still completes with the first certificate.
-    install(&second, &cert);
+    install(&r.second.0, &r.live.0);
     let until = Instant::now() + Duration::from_millis(2500);
     while Instant::now() < until {
-        assert_eq!(served_fingerprint(dev.proc.addr, config.clone()).await, fingerprint_of_file(&first));
+        assert_eq!(r.served().await, fingerprint_of_file(&r.first));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // ...and once its key arrives, it is.
-    install(&second_key, &key);
-    await_served(dev.proc.addr, config.clone(), &fingerprint_of_file(&second)).await;
-    publish_and_receive(&dev, &http, &mut before, "chat:watch", "still here").await;
-    let mut after = connect_wss(dev.proc.addr, config, &token).await;
-    subscribe(&mut after, 1, "chat:watch").await;
-    publish_and_receive(&dev, &http, &mut after, "chat:watch", "new handshake").await;
+    install(&r.second.1, &r.live.1);
+    await_served(r.dev.proc.addr, r.config.clone(), &fingerprint_of_file(&r.second.0)).await;
+    publish_and_receive(&r.dev, &r.http, &mut r.before, "chat:watch", "still here").await;
+    let mut after = r.connect_after("chat:watch").await;
+    publish_and_receive(&r.dev, &r.http, &mut after, "chat:watch", "new handshake").await;
+}
+
+/// Runs an operator tool (`aviary <args>`) to completion with `envs` and no inherited
+/// AVIARY_* variable; returns whether it succeeded, its stdout and its stderr.
+fn operator_tool(args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_aviary"));
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("AVIARY_")) {
+        command.env_remove(key);
+    }
+    let out = command.args(args).envs(envs.iter().copied()).output().expect("the aviary binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn healthcheck_and_token_speak_https_to_a_process_serving_tls() {
+    let pki = Pki::new();
+    let (cert, key) = pki.server("server");
+    let (other, _) = pki.server("other");
+    let dev = Dev::start(&cert, &key, &[]);
+    let port = dev.proc.addr.port();
+    let listen = format!("0.0.0.0:{port}");
+    let (cert, other, ca) = (cert.to_str().unwrap(), other.to_str().unwrap(), pki.path("ca.pem"));
+    let ca = ca.to_str().unwrap();
+
+    // The image's HEALTHCHECK (`aviary healthcheck`, no flag) in a container started with TLS:
+    // AVIARY_LISTEN and AVIARY_TLS_CERT are the process's own.
+    let (ok, _, err) = operator_tool(&["healthcheck"], &[("AVIARY_LISTEN", &listen), ("AVIARY_TLS_CERT", cert)]);
+    assert!(ok, "{err}");
+    // Exactly that certificate: another one of the same CA is refused.
+    let (ok, _, err) = operator_tool(&["healthcheck"], &[("AVIARY_LISTEN", &listen), ("AVIARY_TLS_CERT", other)]);
+    assert!(!ok && err.contains("not the one in --tls-cert"), "{err}");
+    // Plain http to a TLS port is no answer (the check before it knew TLS).
+    let (ok, _, _) = operator_tool(&["healthcheck"], &[("AVIARY_LISTEN", &listen)]);
+    assert!(!ok);
+    // An explicit https URL is checked by name against --ca (or AVIARY_CA)...
+    let url = format!("https://localhost:{port}/readyz");
+    let (ok, _, err) = operator_tool(&["healthcheck", "--url", &url, "--ca", ca], &[]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = operator_tool(&["healthcheck", "--url", &url], &[("AVIARY_CA", ca)]);
+    assert!(ok, "{err}");
+    // ...and the system's roots do not know the test's CA.
+    let (ok, _, err) = operator_tool(&["healthcheck", "--url", &url], &[]);
+    assert!(!ok && err.contains("certificate"), "{err}");
+
+    // `aviary token` over https with the CA; the token it prints connects over wss.
+    let base = format!("https://localhost:{port}");
+    let mint = ["token", "--url", &base, "--app", &dev.app_id, "--client-id", "cli-bob"];
+    let (ok, token, err) = operator_tool(&mint, &[("AVIARY_API_KEY", &dev.api_key), ("AVIARY_CA", ca)]);
+    assert!(ok, "{err}");
+    let mut ws = connect_wss(dev.proc.addr, pki.client_config(), token.trim()).await;
+    subscribe(&mut ws, 1, "chat:cli").await;
+    let (ok, _, err) = operator_tool(&mint, &[("AVIARY_API_KEY", &dev.api_key)]);
+    assert!(!ok && err.contains("cannot reach the control plane"), "{err}");
 }
 
 #[tokio::test]

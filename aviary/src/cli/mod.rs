@@ -6,4 +6,5 @@ pub mod check;
 pub mod completions;
 pub mod config_file;
 pub mod healthcheck;
+pub mod https;
 pub mod token;

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::args::TokenArgs;
+use crate::cli::https::Trust;
 
 pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
     let mut body = json!({ "client_id": args.client_id });
@@ -22,7 +23,8 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
         body["info"] = serde_json::from_str::<Value>(info).context("--info must be a JSON object")?;
     }
     let url = format!("{}/v1/apps/{}/tokens", args.url.trim_end_matches('/'), args.app);
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let trust = args.ca.clone().map_or(Trust::SystemRoots, Trust::Ca);
+    let client = crate::cli::https::client(&trust, Duration::from_secs(30))?;
     let res = client
         .post(&url)
         .bearer_auth(&args.api_key)
