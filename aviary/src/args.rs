@@ -94,6 +94,8 @@ pub struct DevArgs {
     pub http_limits: HttpLimits,
     #[command(flatten)]
     pub tls: TlsArgs,
+    #[command(flatten)]
+    pub traces: TraceArgs,
 }
 
 /// The control plane's request rate limits (token mints and every other authenticated call).
@@ -177,6 +179,8 @@ pub struct ControlPlaneArgs {
     pub http_limits: HttpLimits,
     #[command(flatten)]
     pub tls: TlsArgs,
+    #[command(flatten)]
+    pub traces: TraceArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -232,6 +236,8 @@ pub struct DataPlaneArgs {
     pub http_limits: HttpLimits,
     #[command(flatten)]
     pub tls: TlsArgs,
+    #[command(flatten)]
+    pub traces: TraceArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -435,6 +441,18 @@ pub struct HealthcheckArgs {
     /// it carries: the check asks over loopback, where a certificate's names rarely match.
     #[arg(long, env = "AVIARY_TLS_CERT", value_name = "PEM")]
     pub tls_cert: Option<PathBuf>,
+}
+
+/// Where spans go (every server role).
+#[derive(Debug, Clone, Args)]
+pub struct TraceArgs {
+    /// Base URL of an OpenTelemetry collector's OTLP/HTTP receiver, e.g.
+    /// `http://otel-collector:4318`: spans (connection, connect, subscribe, publish, fan_out,
+    /// issue_token, config_send/config_apply) carrying tenant, app and connection ids are sent
+    /// to its `/v1/traces` as protobuf, batched (the standard `OTEL_BSP_*` variables tune the
+    /// batch) and flushed at shutdown. Unset: no span leaves the process.
+    #[arg(long, env = "AVIARY_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// TLS on the public listeners (HTTP and gRPC; `/metrics` stays plain).

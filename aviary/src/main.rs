@@ -82,11 +82,17 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         _ => {}
     }
-    telemetry::init_tracing(&cli.log, cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let otlp = match &cli.command {
+        Command::Dev(args) => otlp_export(&args.traces, "dev"),
+        Command::ControlPlane(args) => otlp_export(&args.traces, "control-plane"),
+        Command::DataPlane(args) => otlp_export(&args.traces, "data-plane"),
+        _ => None,
+    };
+    let traces = telemetry::init_tracing(&cli.log, cli.log_format, otlp, runtime.handle())?;
     // Install the recorder before anything emits a metric, or early counts would be lost.
     telemetry::prometheus();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
             Command::ControlPlane(args) => nodes::run_control_plane(args).await,
@@ -96,6 +102,18 @@ fn main() -> anyhow::Result<ExitCode> {
                 unreachable!("operator tools return above")
             }
         }
-    })?;
+    });
+    // The last spans are exported on the runtime, which still runs; this thread is none of its
+    // workers, so blocking here is safe.
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    served?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where a server role sends its spans, when `--otlp-endpoint` says so.
+fn otlp_export(args: &args::TraceArgs, role: &'static str) -> Option<telemetry::OtlpExport> {
+    let endpoint = args.otlp_endpoint.as_deref().map(str::trim).filter(|e| !e.is_empty())?;
+    Some(telemetry::OtlpExport { endpoint: endpoint.to_owned(), role })
 }

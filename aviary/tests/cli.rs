@@ -67,6 +67,7 @@ fn config_check_accepts_a_good_config_and_prints_it_with_secrets_redacted() {
 log = "info"
 database-url = "postgres://aviary:hunter2@db/aviary"   # the control plane's; data-plane ignores it
 trusted-proxies = ["10.0.0.0/8", "127.0.0.1"]
+otlp-endpoint = "http://otel-collector:4318"
 
 [data-plane]
 control-plane = "http://cp:8071"
@@ -85,6 +86,7 @@ heartbeat-s = 15
     assert_eq!(line(&text, "trusted-proxies"), r#"trusted-proxies = ["10.0.0.0/8", "127.0.0.1"]  # file"#);
     assert_eq!(line(&text, "redis-url"), r#"redis-url = ["redis://:<redacted>@r1:6379", "redis://r2:6379"]  # file"#);
     assert_eq!(line(&text, "listen"), r#"listen = "0.0.0.0:8080"  # default"#);
+    assert_eq!(line(&text, "otlp-endpoint"), r#"otlp-endpoint = "http://otel-collector:4318"  # file"#);
     assert!(text.contains("# keys for other commands, not used here: database-url"), "{text}");
     assert!(!text.contains("node-secret-xyz") && !text.contains("redis-pw") && !text.contains("hunter2"), "{text}");
 
@@ -97,6 +99,7 @@ heartbeat-s = 15
     assert!(out.status.success(), "{}\n{text}", stderr(&out));
     assert_eq!(line(&text, "database-url"), r#"database-url = "postgres://aviary:<redacted>@db/aviary"  # file"#);
     assert_eq!(line(&text, "operator-token"), r#"operator-token = "<redacted>"  # env AVIARY_OPERATOR_TOKEN"#);
+    assert_eq!(line(&text, "otlp-endpoint"), r#"otlp-endpoint = "http://otel-collector:4318"  # file"#);
 }
 
 #[test]
@@ -116,6 +119,13 @@ fn config_check_rejects_a_bad_value_naming_the_flag() {
     let err = stderr(&out);
     assert!(err.contains("error: --credentials-key: ") && err.contains("64 hex characters"), "{err}");
     assert!(err.contains("error: --log: not a log filter"), "{err}");
+    let out = aviary(&["config", "check", "dev", "--otlp-endpoint", "otel-collector:4318"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("error: --otlp-endpoint: `otel-collector:4318` is not an http://"),
+        "{}",
+        stderr(&out)
+    );
 
     // A malformed value from the file: clap's message names the flag (exit 2).
     let file = TempFile::new("bad.toml", "listen = \"nowhere\"\n");

@@ -307,6 +307,9 @@ async fn session(shared: &Shared) -> Result<()> {
 /// Applies one stream event and records the new position.
 fn apply_event(shared: &Shared, event: pb::WatchEvent) -> Result<()> {
     use pb::watch_event::Event;
+    let _span = crate::watch::change_of(&event).map(|(change, tenant_id, app_id)| {
+        tracing::info_span!("config_apply", version = event.version, change, tenant_id, app_id).entered()
+    });
     let changed = match event.event {
         Some(Event::Snapshot(snapshot)) => {
             apply_snapshot(&shared.registry, snapshot, &shared.stream_box);

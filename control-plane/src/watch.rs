@@ -158,7 +158,9 @@ impl ConfigLog {
             Some((version, missed)) => {
                 for (v, change) in missed {
                     if let Change::Delta(d) = &*change
-                        && out.send(Ok(self.event(v, pb::watch_event::Event::Delta(d.clone())))).await.is_err()
+                        && send_traced(&out, &request.node_id, self.event(v, pb::watch_event::Event::Delta(d.clone())))
+                            .await
+                            .is_err()
                     {
                         return;
                     }
@@ -173,7 +175,7 @@ impl ConfigLog {
             }
             None => {
                 let (version, event) = self.snapshot_event();
-                if out.send(Ok(event)).await.is_err() {
+                if send_traced(&out, &request.node_id, event).await.is_err() {
                     return;
                 }
                 version
@@ -209,11 +211,53 @@ impl ConfigLog {
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
             };
-            if out.send(Ok(event)).await.is_err() {
+            if send_traced(&out, &request.node_id, event).await.is_err() {
                 return;
             }
         }
     }
+}
+
+/// What a stream event changes, for the config stream's spans (`config_send` on the control
+/// plane, `config_apply` on the node): its kind, and the tenant and app it concerns when it
+/// concerns one. `None` for a heartbeat, which changes nothing and gets no span.
+pub(crate) fn change_of(event: &pb::WatchEvent) -> Option<(&'static str, Option<&str>, Option<&str>)> {
+    use pb::config_delta::Change;
+    use pb::watch_event::Event;
+    let (kind, tenant, app) = match event.event.as_ref()? {
+        Event::Heartbeat(_) => return None,
+        Event::Snapshot(_) => ("snapshot", "", ""),
+        Event::Delta(delta) => match delta.change.as_ref() {
+            Some(Change::AppChanged(a)) => ("app_changed", a.tenant_id.as_str(), a.app_id.as_str()),
+            Some(Change::AppRemoved(r)) => ("app_removed", r.tenant_id.as_str(), r.app_id.as_str()),
+            Some(Change::ApiKeyRevoked(k)) => ("api_key_revoked", "", k.app_id.as_str()),
+            Some(Change::ClientRevoked(c)) => ("client_revoked", "", c.app_id.as_str()),
+            Some(Change::KeysChanged(_)) => ("keys_changed", "", ""),
+            Some(Change::PusherCredentialChanged(c)) => {
+                ("pusher_credential_changed", c.tenant_id.as_str(), c.app_id.as_str())
+            }
+            Some(Change::PusherCredentialRevoked(r)) => ("pusher_credential_revoked", "", r.app_id.as_str()),
+            Some(Change::WebhookChanged(w)) => ("webhook_changed", w.tenant_id.as_str(), w.app_id.as_str()),
+            Some(Change::WebhookRemoved(r)) => ("webhook_removed", "", r.app_id.as_str()),
+            None => ("none", "", ""),
+        },
+    };
+    Some((kind, Some(tenant).filter(|s| !s.is_empty()), Some(app).filter(|s| !s.is_empty())))
+}
+
+/// Sends one event down a node's stream, in a `config_send` span unless it is a heartbeat.
+async fn send_traced(
+    out: &mpsc::Sender<Result<pb::WatchEvent, Status>>,
+    node: &str,
+    event: pb::WatchEvent,
+) -> Result<(), mpsc::error::SendError<Result<pb::WatchEvent, Status>>> {
+    let span = match change_of(&event) {
+        Some((change, tenant_id, app_id)) => {
+            tracing::info_span!("config_send", node, version = event.version, change, tenant_id, app_id)
+        }
+        None => tracing::Span::none(),
+    };
+    tracing::Instrument::instrument(out.send(Ok(event)), span).await
 }
 
 /// Counts open streams in `aviary_watch_streams` for as long as it lives.

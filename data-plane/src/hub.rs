@@ -366,6 +366,16 @@ impl BrokerEvents for Hub {
         if subscribers.is_empty() {
             return;
         }
+        // One span for the whole fan-out (`debug`: free unless traces are exported); in the
+        // publishing task with the in-process broker, so it continues the publish's trace.
+        let _span = tracing::debug_span!(
+            "fan_out",
+            app_id = &*key.app_id,
+            channel = &*key.channel,
+            offset = publication.offset,
+            subscribers = subscribers.len(),
+        )
+        .entered();
         let delivery = Delivery::new(key, &publication, entry.shared_epoch(&publication.epoch));
         for s in subscribers.iter() {
             s.offer(Outbound::Message(delivery.clone()));

@@ -108,8 +108,31 @@ impl Session {
         self.send(Outbound::Frame(frame)).await;
     }
 
-    /// Verifies `token` and binds the session to its app and client.
+    /// Verifies `token` and binds the session to its app and client, in a `connect` span; the
+    /// ids it learns are recorded there and on the transport's `connection` span around it.
     pub async fn authenticate(&mut self, token: &str, origin: Option<&str>) -> Result<(), CloseReason> {
+        let connection = tracing::Span::current();
+        let connect = tracing::info_span!(
+            "connect",
+            transport = self.transport,
+            connection_id = &*self.handle.connection_id,
+            tenant_id = tracing::field::Empty,
+            app_id = tracing::field::Empty,
+            client_id = tracing::field::Empty,
+        );
+        let result = tracing::Instrument::instrument(self.admit(token, origin), connect.clone()).await;
+        if let Some(auth) = &self.auth {
+            let p = &auth.principal;
+            for span in [&connection, &connect] {
+                span.record("tenant_id", p.tenant_id.as_str());
+                span.record("app_id", &*p.app_id);
+                span.record("client_id", &*p.client_id);
+            }
+        }
+        result
+    }
+
+    async fn admit(&mut self, token: &str, origin: Option<&str>) -> Result<(), CloseReason> {
         let claims = token::verify(token, &self.dp.registry).map_err(|e| {
             let code = match e {
                 TokenError::Expired => close::TOKEN_EXPIRED,
@@ -147,10 +170,6 @@ impl Session {
                 return Err(CloseReason::new(close::TRY_AGAIN_LATER, "connection quota unavailable; retry shortly"));
             }
         };
-        let span = tracing::Span::current();
-        span.record("tenant_id", app.tenant_id.as_str());
-        span.record("app_id", app.app_id.as_str());
-        span.record("client_id", claims.sub.as_str());
         let usage = self.dp.usage.app(&app.tenant_id, &app.app_id);
         self.handle.set_metrics(Arc::new(ConnectionMetrics::open(
             &app.tenant_id,
@@ -332,6 +351,27 @@ impl Session {
     /// if history no longer reaches back (or the epoch changed), `recovered` is false and
     /// nothing is replayed: the client must reload its state.
     pub async fn subscribe(
+        &mut self,
+        channel: &str,
+        since: Option<StreamPosition>,
+        presence: bool,
+        announce: impl FnOnce(&StreamPosition, bool) -> Outbound,
+    ) -> Result<()> {
+        let span = match &self.auth {
+            Some(auth) => tracing::info_span!(
+                "subscribe",
+                channel,
+                presence,
+                connection_id = &*auth.principal.connection_id,
+                tenant_id = auth.principal.tenant_id.as_str(),
+                app_id = &*auth.principal.app_id,
+            ),
+            None => tracing::info_span!("subscribe", channel, presence, connection_id = &*self.handle.connection_id),
+        };
+        tracing::Instrument::instrument(self.join(channel, since, presence, announce), span).await
+    }
+
+    async fn join(
         &mut self,
         channel: &str,
         since: Option<StreamPosition>,

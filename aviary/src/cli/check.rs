@@ -117,8 +117,19 @@ fn problems(cli: &Cli, role: &Role) -> Vec<(&'static str, String)> {
             }
         }
     };
+    let otlp_endpoint = |traces: &crate::args::TraceArgs, out: &mut Vec<_>| {
+        if let Some(endpoint) = traces.otlp_endpoint.as_deref().filter(|e| !e.trim().is_empty())
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            out.push((
+                "otlp-endpoint",
+                format!("`{endpoint}` is not an http:// or https:// URL (e.g. http://otel-collector:4318)"),
+            ));
+        }
+    };
     match role {
         Role::Dev(args) => {
+            otlp_endpoint(&args.traces, &mut out);
             credentials_key(&args.credentials_key, &mut out);
             let metrics = crate::args::metrics_listen(args.metrics_listen, args.listen);
             distinct(
@@ -131,6 +142,7 @@ fn problems(cli: &Cli, role: &Role) -> Vec<(&'static str, String)> {
             );
         }
         Role::ControlPlane(args) => {
+            otlp_endpoint(&args.traces, &mut out);
             database_url(&args.database_url, &mut out);
             credentials_key(&args.credentials_key, &mut out);
             if args.operator_token.trim().is_empty() {
@@ -147,6 +159,7 @@ fn problems(cli: &Cli, role: &Role) -> Vec<(&'static str, String)> {
             );
         }
         Role::DataPlane(args) => {
+            otlp_endpoint(&args.traces, &mut out);
             match tonic::transport::Endpoint::from_shared(args.control_plane.clone()) {
                 Ok(endpoint) if matches!(endpoint.uri().scheme_str(), Some("http" | "https")) => {}
                 _ => out.push((

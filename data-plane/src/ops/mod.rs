@@ -98,6 +98,14 @@ impl Principal<'_> {
         }
     }
 
+    /// The connection a client principal publishes from (none for a backend).
+    pub fn connection_id(&self) -> Option<&str> {
+        match self {
+            Principal::Client(c) => Some(&c.connection_id),
+            Principal::ApiKey(_) => None,
+        }
+    }
+
     pub fn kind(&self) -> PrincipalKind {
         match self {
             Principal::Client(_) => PrincipalKind::Token,

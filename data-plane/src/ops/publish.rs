@@ -4,6 +4,7 @@ use aviary_broker::{ChannelKey, PublishRequest, StreamPosition};
 use aviary_core::{AppConfig, Operation};
 use bytes::Bytes;
 use serde_json::value::RawValue;
+use tracing::Instrument;
 
 use super::{Needs, Principal, admit_in, counted};
 use crate::NodeState;
@@ -38,6 +39,15 @@ pub const MAX_EVENT_NAME: usize = 200;
 /// key first. A repeat whose payload differs from the first publication (still in history) is
 /// refused with [`Error::IdempotencyConflict`] rather than answered with the earlier position.
 pub async fn publish(node: &NodeState, principal: Principal<'_>, message: Message<'_>) -> Result<StreamPosition> {
+    // `debug`: disabled (and free) unless traces are exported or asked for in the log.
+    let span = tracing::debug_span!(
+        "publish",
+        tenant_id = principal.tenant_id(),
+        app_id = principal.app_id(),
+        channel = message.channel,
+        source = principal.source(),
+        connection_id = principal.connection_id(),
+    );
     counted(
         principal,
         async {
@@ -46,6 +56,7 @@ pub async fn publish(node: &NodeState, principal: Principal<'_>, message: Messag
             take_rate(node, &app, 1).await?;
             send(node, principal, checked).await
         }
+        .instrument(span)
         .await,
     )
 }
@@ -59,6 +70,13 @@ pub async fn publish_batch(
     principal: Principal<'_>,
     messages: Vec<Message<'_>>,
 ) -> Result<Vec<(ChannelKey, StreamPosition)>> {
+    let span = tracing::debug_span!(
+        "publish_batch",
+        tenant_id = principal.tenant_id(),
+        app_id = principal.app_id(),
+        messages = messages.len(),
+        source = principal.source(),
+    );
     counted(
         principal,
         async {
@@ -78,6 +96,7 @@ pub async fn publish_batch(
             }
             Ok(results)
         }
+        .instrument(span)
         .await,
     )
 }
