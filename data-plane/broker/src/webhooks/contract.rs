@@ -153,3 +153,39 @@ pub async fn attempts_are_kept_newest_first_and_capped(a: &dyn WebhookLedger, b:
     assert_eq!(b.attempts(app, "whk_2").await.unwrap(), ["{}"]);
     assert!(a.attempts(app, "whk_3").await.unwrap().is_empty());
 }
+
+/// Durable ledgers (Redis, SQLite; not memory): the queue outlives the ledger. A ledger opened
+/// again over the same store, as a restarted process or another node would, hands out again
+/// what was handed out and not acknowledged, then what was never handed out, with the same
+/// ids, and new events get ids never used before.
+pub async fn the_queue_outlives_the_ledger<L, F>(first: L, reopen: impl FnOnce(L) -> F, app: &str)
+where
+    L: WebhookLedger,
+    F: std::future::Future<Output = L>,
+{
+    let event = |i: usize| NewEvent {
+        name: "client_event".into(),
+        channel: format!("c{i}"),
+        user_id: None,
+        time_ms: 0,
+        detail: None,
+    };
+    first.append(app, &(0..4).map(event).collect::<Vec<_>>()).await.unwrap();
+    let handed = first.read(app, false, None, 2).await.unwrap();
+    first.ack(app, &[handed[0].id.clone()]).await.unwrap();
+    let second = reopen(first).await;
+    assert_eq!(second.backlog(app).await.unwrap(), 3);
+    let again = second.read(app, true, None, 10).await.unwrap();
+    assert_eq!(again, [handed[1].clone()], "handed out, not acknowledged: handed out again");
+    let rest = second.read(app, false, None, 10).await.unwrap();
+    assert_eq!(rest.iter().map(|e| e.channel.as_str()).collect::<Vec<_>>(), ["c2", "c3"]);
+    let ids: Vec<String> = again.iter().chain(&rest).map(|e| e.id.clone()).collect();
+    second.ack(app, &ids).await.unwrap();
+    assert_eq!(second.backlog(app).await.unwrap(), 0);
+    // An empty queue still never hands out an old id (receivers would drop the event).
+    second.append(app, &[event(4)]).await.unwrap();
+    let new = second.read(app, false, None, 10).await.unwrap();
+    let old: Vec<&str> = handed.iter().chain(&rest).map(|e| e.id.as_str()).collect();
+    assert!(!old.contains(&new[0].id.as_str()), "{} reused", new[0].id);
+    second.ack(app, &[new[0].id.clone()]).await.unwrap();
+}

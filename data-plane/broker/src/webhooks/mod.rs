@@ -22,6 +22,9 @@
 //! - **Lease.** At most one node at a time holds an app's delivery lease
 //!   ([`WebhookLedger::lease`]); a node that stops renewing loses it after its TTL. Only the
 //!   holder reads, so per-channel order holds across the cluster.
+//! - **Durability.** Redis and SQLite keep the queue across a restart of the
+//!   process: every event whose append returned is handed out again until acknowledged.
+//!   [`memory::MemoryLedger`] does not.
 //! - **Attempts.** [`WebhookLedger::record_attempt`] keeps the last [`RECENT_ATTEMPTS`]
 //!   delivery attempts of each endpoint (opaque JSON written by the delivering side), newest
 //!   first, whichever node made them; [`WebhookLedger::attempts`] reads them. In Redis they are
@@ -31,6 +34,7 @@
 pub mod contract;
 pub mod memory;
 pub mod redis;
+pub mod sqlite;
 
 use std::time::Duration;
 
