@@ -865,6 +865,41 @@ async fn sse_resumes_every_channel_from_last_event_id() {
     assert_eq!(sse.message().await["data"], "b3", "live after replay, no duplicates");
 }
 
+/// A stream dropped after its first event must still hand the client an id that resumes every
+/// channel: the ids start from the positions the stream was resumed with (found by the chaos
+/// runner's SSE subscribers, issue 22).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_ids_carry_every_resumed_channel_from_the_first_event() {
+    let node = start(|_, _| {}).await;
+    let token = node.token("bob");
+    let mut sse = Sse::open(&node, "a,b", &token, None).await;
+    node.rest_publish("a", json!("a1")).await;
+    node.rest_publish("b", json!("b1")).await;
+    assert_eq!(sse.message().await["data"], "a1");
+    assert_eq!(sse.message().await["data"], "b1");
+    let resumed_from = sse.last_id.clone().unwrap();
+    drop(sse);
+
+    node.rest_publish("b", json!("b2")).await;
+    // Read only `a`'s `subscribed` event, then drop the stream again.
+    let mut sse = Sse::open(&node, "a,b", &token, Some(&resumed_from)).await;
+    let first = sse.event().await;
+    assert_eq!((first.event.as_deref(), &first.data["channel"]), (Some("subscribed"), &json!("a")));
+    let dropped_at = first.id.clone().unwrap();
+    drop(sse);
+
+    // Resuming from that id still recovers `b` and delivers b2, exactly once.
+    let mut sse = Sse::open(&node, "a,b", &token, Some(&dropped_at)).await;
+    for channel in ["a", "b"] {
+        let e = sse.event().await;
+        assert_eq!((e.event.as_deref(), &e.data["channel"]), (Some("subscribed"), &json!(channel)));
+        assert_eq!(e.data["recovered"], true, "{channel}: {:?}", e.data);
+    }
+    assert_eq!(sse.message().await["data"], "b2");
+    node.rest_publish("a", json!("a2")).await;
+    assert_eq!(sse.message().await["data"], "a2", "nothing replayed twice");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_sends_comment_heartbeats_and_ends_with_4002_when_the_token_expires() {
     let node = start(|_, c| c.sse_heartbeat_interval = Duration::from_millis(200)).await;

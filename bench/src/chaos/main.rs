@@ -13,6 +13,7 @@ mod rng;
 mod schedule;
 #[path = "../spawn.rs"]
 mod spawn;
+mod sse;
 mod workload;
 
 use std::path::PathBuf;
@@ -50,6 +51,9 @@ struct Args {
     /// WebSocket subscribers (each on every channel).
     #[arg(long, default_value_t = 6)]
     subscribers: usize,
+    /// SSE subscribers (each on every channel, resuming with `Last-Event-ID`).
+    #[arg(long, default_value_t = 2)]
+    sse_subscribers: usize,
     /// REST publishers.
     #[arg(long, default_value_t = 3)]
     publishers: usize,
@@ -201,8 +205,8 @@ async fn run_inner(args: &Args) -> anyhow::Result<ExitCode> {
     }
     let plan = schedule::plan(args.seed, Duration::from_secs(args.duration), args.nodes, args.subscribers);
     println!(
-        "aviary-chaos seed {} duration {}s nodes {} subscribers {} publishers {} channels {}",
-        args.seed, args.duration, args.nodes, args.subscribers, args.publishers, args.channels
+        "aviary-chaos seed {} duration {}s nodes {} subscribers {} (+{} SSE) publishers {} channels {}",
+        args.seed, args.duration, args.nodes, args.subscribers, args.sse_subscribers, args.publishers, args.channels
     );
     println!("schedule ({} faults):", plan.len());
     for f in &plan {
@@ -232,10 +236,14 @@ async fn run_inner(args: &Args) -> anyhow::Result<ExitCode> {
         idle: Duration::from_secs(args.idle_s),
         short_token_ttl: Duration::from_secs(args.token_ttl_s.max(1)),
     });
-    let subscribers: Vec<_> =
-        (0..args.subscribers).map(|s| tokio::spawn(workload::subscriber(shared.clone(), s))).collect();
+    // The oracle numbers WebSocket subscribers first, then SSE ones.
+    let all_subscribers = args.subscribers + args.sse_subscribers;
+    let subscribers: Vec<_> = (0..args.subscribers)
+        .map(|s| tokio::spawn(workload::subscriber(shared.clone(), s)))
+        .chain((args.subscribers..all_subscribers).map(|s| tokio::spawn(sse::subscriber(shared.clone(), s))))
+        .collect();
     // Nodes load the new app from the control plane; wait until every subscriber is on.
-    let expected = (args.subscribers * args.channels) as u64;
+    let expected = (all_subscribers * args.channels) as u64;
     let deadline = Instant::now() + Duration::from_secs(120);
     while shared.oracle.lock().counts.subscribes < expected {
         if Instant::now() > deadline {
@@ -274,7 +282,7 @@ async fn run_inner(args: &Args) -> anyhow::Result<ExitCode> {
         }
     }
     while shared.oracle.lock().violation.is_none()
-        && shared.oracle.lock().uncovered(args.subscribers).is_some()
+        && shared.oracle.lock().uncovered(all_subscribers).is_some()
         && Instant::now() < settle_deadline
     {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -298,7 +306,7 @@ async fn run_inner(args: &Args) -> anyhow::Result<ExitCode> {
     }
     let (violation, counts) = {
         let mut oracle = shared.oracle.lock();
-        oracle.finish(args.subscribers);
+        oracle.finish(all_subscribers);
         (oracle.violation.clone(), oracle.counts.clone())
     };
     for s in subscribers {

@@ -1,4 +1,4 @@
-//! The workload: WebSocket subscribers that resume every channel with `since` after every
+//! The workload (SSE subscribers are in `sse.rs`): WebSocket subscribers that resume every channel with `since` after every
 //! disconnect, on the next node, and fetch a new token from the control plane when theirs is
 //! refused (expired, revoked); and REST publishers that publish with idempotency keys and
 //! retry on any failure (timeout, reset, 5xx, a revoked key) on the next node with the same key.
@@ -21,9 +21,9 @@ use crate::oracle::{Oracle, Pos};
 pub const PRESENCE_CHANNEL: &str = "chaos:presence";
 
 /// Connect and handshake bound.
-const HANDSHAKE: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE: Duration = Duration::from_secs(10);
 /// One REST publish attempt's bound.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Shared {
     pub oracle: Mutex<Oracle>,
@@ -50,7 +50,7 @@ pub struct Shared {
 /// The server refused or ended the connection for its credentials (4001 invalid, 4002
 /// expired, 4010 revoked): a new token is needed.
 #[derive(Debug)]
-struct CredentialsRefused(u16);
+pub(crate) struct CredentialsRefused(pub(crate) u16);
 
 impl std::fmt::Display for CredentialsRefused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,16 +61,21 @@ impl std::fmt::Display for CredentialsRefused {
 impl std::error::Error for CredentialsRefused {}
 
 /// The close codes that ask for a new token.
-fn credentials_code(code: u16) -> Option<CredentialsRefused> {
+pub(crate) fn credentials_code(code: u16) -> Option<CredentialsRefused> {
     matches!(code, 4001 | 4002 | 4010).then_some(CredentialsRefused(code))
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// A connection token for `client_id` from the control plane, minted with the key in use.
-async fn mint(shared: &Shared, http: &reqwest::Client, client_id: &str, ttl: Duration) -> anyhow::Result<String> {
+pub(crate) async fn mint(
+    shared: &Shared,
+    http: &reqwest::Client,
+    client_id: &str,
+    ttl: Duration,
+) -> anyhow::Result<String> {
     let key = shared.api_key.lock().clone();
     let res = http
         .post(format!("{}/v1/apps/{}/tokens", shared.control_plane, shared.app_id))
@@ -120,7 +125,7 @@ pub async fn subscriber(shared: Arc<Shared>, sub: usize) {
     }
 }
 
-fn tracing_line(line: &str) {
+pub(crate) fn tracing_line(line: &str) {
     if std::env::var_os("AVIARY_CHAOS_VERBOSE").is_some() {
         eprintln!("{line}");
     }

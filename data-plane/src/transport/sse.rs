@@ -193,9 +193,15 @@ async fn drive(
     let response_done = finished.notified();
     tokio::pin!(response_done);
     response_done.as_mut().enable();
+    // Ids start from the positions the client resumed with, so that a stream dropped before
+    // every channel's `subscribed` event still hands the client an id that resumes them all.
+    let known = channels
+        .iter()
+        .filter_map(|c| resume.get(c).map(|p| (Arc::from(c.as_str()), (Arc::from(p.epoch.as_str()), p.offset))))
+        .collect();
     // Pumps while subscribing, until the stream ends.
     let pumped = {
-        let pump = pump(&inner, &body, &handle, expires_at);
+        let pump = pump(&inner, &body, &handle, expires_at, known);
         tokio::pin!(pump);
         let subscribe_all = async {
             for channel in &channels {
@@ -353,12 +359,12 @@ async fn pump(
     body: &mpsc::Sender<Bytes>,
     handle: &crate::session_handle::SessionHandle,
     expires_at: i64,
+    mut positions: BTreeMap<Arc<str>, (Arc<str>, u64)>,
 ) -> Result<(), Stop> {
     let limit = inner.config.write_timeout;
     let mut heartbeat = interval(inner.config.sse_heartbeat_interval);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     heartbeat.tick().await;
-    let mut positions: BTreeMap<Arc<str>, (Arc<str>, u64)> = BTreeMap::new();
     let mut queued = VecDeque::new();
     // SSE has no `refresh`: the stream ends at the token's expiry and the client reconnects
     // with a new token (and its last event id).
