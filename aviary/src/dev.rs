@@ -11,10 +11,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use aviary_broker::memory::MemoryBroker;
-use aviary_control_plane::sealing::SecretBox;
 use aviary_control_plane::{ControlPlaneConfig, ControlPlaneState};
 use aviary_core::Registry;
+use aviary_core::sealing::SecretBox;
+use aviary_core::usage::UsageRecord;
 use aviary_data_plane::DataPlane;
+use aviary_follower::{UsageReporter, UsageSink};
 use rand::RngCore;
 
 use crate::args::DevArgs;
@@ -71,9 +73,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     data_plane.start_webhooks(ledger, webhook_config)?;
 
     // Usage goes into the same store and API as in a cluster, through the same ingestion path.
-    let reporter = aviary_control_plane::UsageReporter::spawn(
+    let reporter = UsageReporter::spawn(
         data_plane.usage_meter().clone(),
-        Arc::new(control_plane.clone()),
+        Arc::new(InProcessUsage(control_plane.clone())),
         "dev".to_owned(),
         std::time::Duration::from_secs(args.usage_interval_s.max(1)),
     );
@@ -129,6 +131,20 @@ fn load_or_create_operator_token(data_dir: &Path) -> anyhow::Result<(String, Tok
     let token = format!("avo_{}", secret.iter().map(|b| format!("{b:02x}")).collect::<String>());
     crate::private_file::write(&path, token.as_bytes())?;
     Ok((token, TokenOrigin::Created))
+}
+
+/// Usage reported in process: the ingestion the `ReportUsage` RPC runs, without the network.
+struct InProcessUsage(ControlPlaneState);
+
+#[async_trait::async_trait]
+impl UsageSink for InProcessUsage {
+    async fn report(&self, node_id: &str, seq: u64, records: &[UsageRecord]) -> aviary_follower::Result<()> {
+        self.0
+            .ingest_usage(node_id, seq, records)
+            .await
+            .map(|_| ())
+            .map_err(|e| aviary_follower::Error::Upstream(e.to_string()))
+    }
 }
 
 /// The key sealing Pusher secrets in the dev store, created once beside it.

@@ -9,12 +9,12 @@ use anyhow::Context;
 use aviary_broker::Broker;
 use aviary_broker::memory::MemoryBroker;
 use aviary_broker::redis::RedisBroker;
-use aviary_control_plane::{
-    ConfigFollower, ControlPlaneConfig, ControlPlaneLink, ControlPlaneState, FollowerConfig, GrpcUsageSink,
-    RemoteApiKeyAuthority, UsageReporter,
-};
+use aviary_control_plane::{ControlPlaneConfig, ControlPlaneState};
 use aviary_core::Registry;
 use aviary_data_plane::{ClusterQuotas, DataPlane, DataPlaneConfig, LocalQuotas, QuotaEnforcer};
+use aviary_follower::{
+    ConfigFollower, ControlPlaneLink, FollowerConfig, GrpcUsageSink, RemoteApiKeyAuthority, UsageReporter,
+};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -250,7 +250,7 @@ pub async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     config.webhook_allow_private_targets = args.webhook_allow_private_targets;
     config.max_webhooks_per_tenant = args.max_webhooks_per_tenant;
     if let Some(key) = args.credentials_key.filter(|k| !k.trim().is_empty()) {
-        config.credentials_key = Some(Arc::new(aviary_control_plane::sealing::SecretBox::parse(&key)?));
+        config.credentials_key = Some(Arc::new(aviary_core::sealing::SecretBox::parse(&key)?));
     }
     // Webhook tests and delivery attempts: through the nodes' ledger when it is in Redis (so
     // every node's attempts are listed); without Redis only this process's test attempts.

@@ -62,11 +62,7 @@ const NEGATIVE_CAPACITY: usize = 100_000;
 pub const MAX_HASHING_PER_KEY: usize = 16;
 /// argon2 runs in flight or waiting for one key id from one source address.
 pub const MAX_HASHING_PER_KEY_AND_SOURCE: usize = 2;
-/// Failed verifications one source address may cause per second, after a burst of
-/// [`FAILURES_BURST`]; beyond, its requests are refused (429) before any hashing.
-pub const FAILURES_PER_S: u32 = 2;
-/// Burst of failed verifications per source address.
-pub const FAILURES_BURST: u32 = 20;
+pub use aviary_core::failures::{FAILURES_BURST, FAILURES_PER_S};
 
 /// argon2id with the OWASP-recommended parameters (m = 19 MiB, t = 2, p = 1).
 fn argon2() -> Argon2<'static> {

@@ -1,16 +1,21 @@
-//! The gRPC service `aviary.v1.ControlPlane` (proto: `control-plane/proto/aviary/v1/control_plane.proto`).
+//! The gRPC service `aviary.v1.ControlPlane` (proto and generated code: the `aviary-proto` crate,
+//! `proto/aviary/v1/control_plane.proto`).
 //!
 //! A thin adapter over [`crate::service`]: the same credentials (the `authorization` metadata
 //! entry, `Bearer <secret>`), the same validation and the same tenant isolation as REST; errors
 //! map to canonical status codes in `impl From<Error> for tonic::Status`.
 //!
 //! Data-plane nodes call `Watch`, `VerifyApiKey` and `ReportUsage` with the node credential
-//! instead (see [`crate::watch`], [`crate::usage`]; their clients live in [`crate::follower`]
-//! and [`crate::reporter`]).
+//! instead (see [`crate::watch`], [`crate::usage`]; their clients run on the nodes, in the
+//! `aviary-follower` crate).
 
 use std::collections::BTreeMap;
 
-use aviary_core::{Capabilities, Namespace, Operation};
+use aviary_core::Capabilities;
+use aviary_proto::convert::{
+    UnknownOperation, capabilities_from_pb, capabilities_to_pb, namespace_from_pb, namespace_to_pb,
+    usage_record_from_pb,
+};
 use tonic::{Request, Response, Status};
 use tower_governor::GovernorLayer;
 
@@ -24,13 +29,7 @@ use crate::service::{
 use crate::store::App;
 use crate::tokens::TokenRequest;
 
-/// Generated messages, server and client.
-pub mod pb {
-    tonic::include_proto!("aviary.v1");
-}
-
-pub use pb::control_plane_client::ControlPlaneClient;
-pub use pb::control_plane_server::ControlPlaneServer;
+pub use aviary_proto::{ControlPlaneClient, ControlPlaneServer, pb};
 
 /// The service implementation.
 #[derive(Clone)]
@@ -74,9 +73,6 @@ pub fn grpc_router(state: ControlPlaneState) -> tonic::service::Routes {
 /// Largest request a node may send (a usage batch of [`crate::usage::MAX_RECORDS_PER_BATCH`]
 /// records fits).
 pub const NODE_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
-
-/// Largest message a node accepts (a config snapshot of many apps).
-pub const NODE_MAX_RECEIVE_BYTES: usize = 256 * 1024 * 1024;
 
 /// RPCs called by data-plane nodes with the node credential.
 const NODE_METHODS: [&str; 3] = ["Watch", "VerifyApiKey", "ReportUsage"];
@@ -141,31 +137,10 @@ impl ControlPlaneGrpc {
     }
 }
 
-fn capabilities(map: BTreeMap<String, pb::Operations>) -> Result<Capabilities, Error> {
-    map.into_iter()
-        .map(|(glob, ops)| {
-            let ops = ops
-                .operations
-                .into_iter()
-                .map(|op| {
-                    serde_json::from_value::<Operation>(serde_json::Value::String(op.clone()))
-                        .map_err(|_| Error::invalid(format!("unknown operation {op:?}")))
-                })
-                .collect::<Result<_, _>>()?;
-            Ok((glob, ops))
-        })
-        .collect::<Result<_, _>>()
-        .map(Capabilities)
-}
-
-fn namespace_from_pb(ns: pb::Namespace) -> Namespace {
-    Namespace {
-        name: ns.name,
-        history_size: ns.history_size,
-        history_ttl_s: ns.history_ttl_s,
-        presence: ns.presence,
-        client_publish: ns.client_publish,
-    }
+/// Capabilities of a request; an unknown operation is a bad request (the first in glob order).
+fn capabilities(map: impl IntoIterator<Item = (String, pb::Operations)>) -> Result<Capabilities, Error> {
+    capabilities_from_pb(map.into_iter().collect::<BTreeMap<_, _>>())
+        .map_err(|UnknownOperation(op)| Error::invalid(format!("unknown operation {op:?}")))
 }
 
 fn app_to_pb(app: App) -> pb::App {
@@ -176,35 +151,9 @@ fn app_to_pb(app: App) -> pb::App {
         enabled: app.enabled,
         allowed_origins: app.allowed_origins,
         max_token_ttl_s: app.max_token_ttl_s,
-        namespaces: app
-            .namespaces
-            .into_iter()
-            .map(|ns| pb::Namespace {
-                name: ns.name,
-                history_size: ns.history_size,
-                history_ttl_s: ns.history_ttl_s,
-                presence: ns.presence,
-                client_publish: ns.client_publish,
-            })
-            .collect(),
+        namespaces: app.namespaces.iter().map(namespace_to_pb).collect(),
         created_at: app.created_at.to_rfc3339(),
     }
-}
-
-pub(crate) fn capabilities_to_pb(caps: &Capabilities) -> std::collections::HashMap<String, pb::Operations> {
-    caps.0
-        .iter()
-        .map(|(glob, ops)| {
-            let operations = ops
-                .iter()
-                .filter_map(|op| match serde_json::to_value(op) {
-                    Ok(serde_json::Value::String(s)) => Some(s),
-                    _ => None,
-                })
-                .collect();
-            (glob.clone(), pb::Operations { operations })
-        })
-        .collect()
 }
 
 fn pusher_credential_info(c: PusherCredentialView) -> pb::PusherCredentialInfo {
@@ -264,46 +213,6 @@ fn webhook_info(w: WebhookView) -> pb::WebhookInfo {
     }
 }
 
-/// Parses the capabilities a `VerifyApiKeyResponse` carries (node side).
-pub(crate) fn capabilities_from_pb(
-    map: std::collections::HashMap<String, pb::Operations>,
-) -> Result<Capabilities, Error> {
-    capabilities(map.into_iter().collect())
-}
-
-fn usage_record_from_pb(r: pb::UsageRecord) -> aviary_core::usage::UsageRecord {
-    aviary_core::usage::UsageRecord {
-        tenant_id: r.tenant_id,
-        app_id: r.app_id,
-        from_ms: r.from_ms,
-        to_ms: r.to_ms,
-        peak_connections: r.peak_connections,
-        connection_ms: r.connection_ms,
-        messages_published: r.messages_published,
-        messages_delivered: r.messages_delivered,
-        bytes_in: r.bytes_in,
-        bytes_out: r.bytes_out,
-        webhook_events: r.webhook_events,
-    }
-}
-
-/// A usage record on the wire (node side).
-pub(crate) fn usage_record_to_pb(r: &aviary_core::usage::UsageRecord) -> pb::UsageRecord {
-    pb::UsageRecord {
-        tenant_id: r.tenant_id.clone(),
-        app_id: r.app_id.clone(),
-        from_ms: r.from_ms,
-        to_ms: r.to_ms,
-        peak_connections: r.peak_connections,
-        connection_ms: r.connection_ms,
-        messages_published: r.messages_published,
-        messages_delivered: r.messages_delivered,
-        bytes_in: r.bytes_in,
-        bytes_out: r.bytes_out,
-        webhook_events: r.webhook_events,
-    }
-}
-
 #[tonic::async_trait]
 impl pb::control_plane_server::ControlPlane for ControlPlaneGrpc {
     type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<pb::WatchEvent, Status>>;
@@ -356,11 +265,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneGrpc {
             .map(serde_json::from_str)
             .transpose()
             .map_err(|e| Error::invalid(format!("info_json is not JSON: {e}")))?;
-        let caps = if req.capabilities.is_empty() {
-            None
-        } else {
-            Some(capabilities(req.capabilities.into_iter().collect())?)
-        };
+        let caps = if req.capabilities.is_empty() { None } else { Some(capabilities(req.capabilities)?) };
         let issued = self.state.issue_token(
             &key,
             &req.app_id,
@@ -420,7 +325,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneGrpc {
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
         let admin = self.admin(&request).await?;
         let req = request.into_inner();
-        let caps = capabilities(req.capabilities.into_iter().collect())?;
+        let caps = capabilities(req.capabilities)?;
         let created =
             self.state.create_api_key(&admin, &req.app_id, CreateApiKey { name: req.name, capabilities: caps }).await?;
         Ok(Response::new(pb::CreateApiKeyResponse { key_id: created.key.id, secret: created.secret }))
@@ -442,11 +347,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneGrpc {
     ) -> Result<Response<pb::CreatePusherCredentialResponse>, Status> {
         let admin = self.admin(&request).await?;
         let req = request.into_inner();
-        let caps = if req.capabilities.is_empty() {
-            None
-        } else {
-            Some(capabilities(req.capabilities.into_iter().collect())?)
-        };
+        let caps = if req.capabilities.is_empty() { None } else { Some(capabilities(req.capabilities)?) };
         let created = self
             .state
             .create_pusher_credential(

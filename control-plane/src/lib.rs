@@ -11,11 +11,14 @@
 //!   REST and gRPC so both apply the same rules.
 //! - [`sync`]: mirrors the store into the `aviary_core::Registry` the data plane reads.
 //! - [`api`]: the REST surface (`router()`, `openapi()`); [`grpc`]: `aviary.v1.ControlPlane`.
-//! - [`watch`]: the numbered change log behind the `Watch` config stream nodes follow.
+//! - [`watch`]: the numbered change log behind the `Watch` config stream nodes follow (its
+//!   messages and their conversions: the `aviary-proto` crate).
 //! - [`usage`]: usage ingestion, the usage series API and the over-quota rule; [`clock`]: the
 //!   "now" they read (pinned by tests).
-//! - Node side (run inside data-plane processes): [`follower`] (`ConfigFollower`,
-//!   `RemoteApiKeyAuthority`) and [`reporter`] (`UsageReporter`).
+//!
+//! The node side of the link (`ConfigFollower`, `RemoteApiKeyAuthority`, `UsageReporter`) runs
+//! inside data-plane processes and lives in `aviary-follower` (`data-plane/follower/`), which
+//! does not depend on this crate.
 //!
 //! Invariants: after any successful mutation returns, this process's registry already reflects
 //! it, so an in-process data plane (`aviary dev`) never sees a revoked key or a deleted app as
@@ -27,28 +30,25 @@
 //! with `into_make_service_with_connect_info::<SocketAddr>()` (per-IP limits need the peer),
 //! add [`grpc::grpc_router`] to a tonic server, hand [`ControlPlaneState::api_key_authority`]
 //! and [`ControlPlaneState::registry`] to the data plane, and install a `metrics` recorder.
-//! Separate data-plane processes instead run a [`ConfigFollower`] into their own registry, a
-//! [`RemoteApiKeyAuthority`] and a [`UsageReporter`] with a [`GrpcUsageSink`]; `aviary dev`
-//! reports usage in process (`ControlPlaneState` is a [`UsageSink`]).
+//! Separate data-plane processes instead run `aviary-follower`'s `ConfigFollower` into their
+//! own registry, a `RemoteApiKeyAuthority` and a `UsageReporter` over gRPC; `aviary dev`
+//! reports usage in process ([`ControlPlaneState::ingest_usage`]).
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use aviary_core::Registry;
+use aviary_core::sealing::SecretBox;
 
 pub mod api;
 pub mod auth;
 pub mod clock;
 mod demo;
 pub mod error;
-pub mod follower;
 pub mod grpc;
-pub mod link;
 pub mod metrics;
 mod rate_limit;
-pub mod reporter;
-pub mod sealing;
 pub mod service;
 pub mod store;
 pub mod sync;
@@ -60,10 +60,7 @@ pub use auth::KeyVerifier;
 pub use clock::{Clock, SystemClock};
 pub use demo::DemoCredentials;
 pub use error::{Error, Result};
-pub use follower::{ConfigFollower, FollowerConfig, FollowerStatus, RemoteApiKeyAuthority};
-pub use link::ControlPlaneLink;
 pub use rate_limit::RateLimitConfig;
-pub use reporter::{GrpcUsageSink, UsageReporter, UsageSink};
 pub use store::{PgStore, SqliteStore, Store};
 
 /// Settings of one control plane process.
@@ -92,9 +89,9 @@ pub struct ControlPlaneConfig {
     /// "Now" for usage: the default usage window, the over-quota hour, batch id retention.
     /// [`SystemClock`] unless a test pins the time.
     pub clock: Arc<dyn Clock>,
-    /// Seals Pusher credential secrets at rest (see [`sealing`]). `None` refuses to create
+    /// Seals Pusher credential secrets at rest (see [`aviary_core::sealing`]). `None` refuses to create
     /// Pusher credentials and leaves stored ones unloaded. Never logged.
-    pub credentials_key: Option<Arc<sealing::SecretBox>>,
+    pub credentials_key: Option<Arc<SecretBox>>,
     /// Whether webhook URLs may point at loopback, private or link-local addresses
     /// (`--webhook-allow-private-targets`; see [`aviary_core::webhook::target`]).
     pub webhook_allow_private_targets: bool,
@@ -169,7 +166,7 @@ impl ControlPlaneState {
             return Err(Error::invalid("the operator token must not be empty"));
         }
         // Log first, so the stream sees every change from here on (keys loaded, apps loaded).
-        let stream_box = config.node_token.as_deref().map(sealing::SecretBox::for_config_stream);
+        let stream_box = config.node_token.as_deref().map(SecretBox::for_config_stream);
         let log = watch::ConfigLog::start(registry.clone(), stream_box);
         let keyring = Arc::new(tokens::Keyring::load(store.clone(), registry.clone(), config.max_token_ttl_s).await?);
         let keys = KeyVerifier::new(store.clone(), config.key_cache_ttl);

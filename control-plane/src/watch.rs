@@ -1,5 +1,6 @@
-//! The config stream data-plane nodes follow (`Watch`): a versioned log of registry changes,
-//! snapshots of the registry, and the conversions between `aviary_core` config and the wire.
+//! The config stream data-plane nodes follow (`Watch`), server side: a versioned log of registry
+//! changes and snapshots of the registry. The wire form of each change and snapshot comes from
+//! `aviary_proto::convert`, the functions the node side (`aviary-follower`) decodes with.
 //!
 //! The [`ConfigLog`] subscribes to this process's `Registry` and numbers every change it sees
 //! (its own counter, not `Registry::version`, so a number always names exactly one logged
@@ -17,15 +18,13 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aviary_core::token::VerifyingKey;
-use aviary_core::webhook::{WebhookEndpoint, WebhookEvent, WebhookFormat};
-use aviary_core::{AppConfig, ConfigEvent, Namespace, PusherCredential, Quotas, Registry};
+use aviary_core::sealing::SecretBox;
+use aviary_core::{ConfigEvent, Registry};
+use aviary_proto::convert::{change_of, config_delta, snapshot_of};
+use aviary_proto::pb;
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::Status;
-
-use crate::grpc::pb;
-use crate::sealing::SecretBox;
 
 /// Changes kept for resuming streams.
 pub const RING: usize = 4096;
@@ -218,33 +217,6 @@ impl ConfigLog {
     }
 }
 
-/// What a stream event changes, for the config stream's spans (`config_send` on the control
-/// plane, `config_apply` on the node): its kind, and the tenant and app it concerns when it
-/// concerns one. `None` for a heartbeat, which changes nothing and gets no span.
-pub(crate) fn change_of(event: &pb::WatchEvent) -> Option<(&'static str, Option<&str>, Option<&str>)> {
-    use pb::config_delta::Change;
-    use pb::watch_event::Event;
-    let (kind, tenant, app) = match event.event.as_ref()? {
-        Event::Heartbeat(_) => return None,
-        Event::Snapshot(_) => ("snapshot", "", ""),
-        Event::Delta(delta) => match delta.change.as_ref() {
-            Some(Change::AppChanged(a)) => ("app_changed", a.tenant_id.as_str(), a.app_id.as_str()),
-            Some(Change::AppRemoved(r)) => ("app_removed", r.tenant_id.as_str(), r.app_id.as_str()),
-            Some(Change::ApiKeyRevoked(k)) => ("api_key_revoked", "", k.app_id.as_str()),
-            Some(Change::ClientRevoked(c)) => ("client_revoked", "", c.app_id.as_str()),
-            Some(Change::KeysChanged(_)) => ("keys_changed", "", ""),
-            Some(Change::PusherCredentialChanged(c)) => {
-                ("pusher_credential_changed", c.tenant_id.as_str(), c.app_id.as_str())
-            }
-            Some(Change::PusherCredentialRevoked(r)) => ("pusher_credential_revoked", "", r.app_id.as_str()),
-            Some(Change::WebhookChanged(w)) => ("webhook_changed", w.tenant_id.as_str(), w.app_id.as_str()),
-            Some(Change::WebhookRemoved(r)) => ("webhook_removed", "", r.app_id.as_str()),
-            None => ("none", "", ""),
-        },
-    };
-    Some((kind, Some(tenant).filter(|s| !s.is_empty()), Some(app).filter(|s| !s.is_empty())))
-}
-
 /// Sends one event down a node's stream, in a `config_send` span unless it is a heartbeat.
 async fn send_traced(
     out: &mpsc::Sender<Result<pb::WatchEvent, Status>>,
@@ -289,7 +261,7 @@ async fn run_log(
         let Some(log) = log.upgrade() else { return };
         match got {
             Ok(event) => {
-                if let Some(delta) = delta_of(&event, &log.registry, log.stream_box.as_ref()) {
+                if let Some(delta) = config_delta(&event, &log.registry, log.stream_box.as_ref()) {
                     log.append(Change::Delta(delta));
                 }
             }
@@ -300,232 +272,4 @@ async fn run_log(
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }
-}
-
-/// The wire form of one registry change; `None` for a credential change that cannot be sent
-/// (no stream key: this control plane serves no nodes).
-fn delta_of(event: &ConfigEvent, registry: &Registry, stream_box: Option<&SecretBox>) -> Option<pb::ConfigDelta> {
-    use pb::config_delta::Change as C;
-    let change = match event {
-        ConfigEvent::AppChanged(app) => C::AppChanged(app_to_pb(app)),
-        ConfigEvent::AppRemoved { app_id, tenant_id } => {
-            C::AppRemoved(pb::AppRemoved { app_id: app_id.clone(), tenant_id: tenant_id.clone() })
-        }
-        ConfigEvent::ApiKeyRevoked { app_id, key_id } => {
-            C::ApiKeyRevoked(pb::RevokedApiKey { app_id: app_id.clone(), key_id: key_id.clone() })
-        }
-        ConfigEvent::ClientRevoked { app_id, client_id, issued_before } => C::ClientRevoked(pb::RevokedClient {
-            app_id: app_id.clone(),
-            client_id: client_id.clone(),
-            issued_before: *issued_before,
-        }),
-        // The event says only that the set changed: send the set as it is now.
-        ConfigEvent::KeysChanged => C::KeysChanged(pb::VerifyingKeys { keys: keys_of(registry) }),
-        ConfigEvent::PusherCredentialChanged(c) => C::PusherCredentialChanged(pusher_credential_to_pb(c, stream_box?)),
-        ConfigEvent::PusherCredentialRevoked { app_id, key } => {
-            C::PusherCredentialRevoked(pb::PusherCredentialRevoked { app_id: app_id.clone(), key: key.clone() })
-        }
-        ConfigEvent::WebhookChanged(w) => C::WebhookChanged(webhook_to_pb(w, stream_box?)),
-        ConfigEvent::WebhookRemoved { app_id, id } => {
-            C::WebhookRemoved(pb::WebhookRemoved { app_id: app_id.clone(), id: id.clone() })
-        }
-    };
-    Some(pb::ConfigDelta { change: Some(change) })
-}
-
-/// A credential on the wire, its secret sealed with the stream key.
-fn pusher_credential_to_pb(c: &PusherCredential, stream_box: &SecretBox) -> pb::PusherCredential {
-    pb::PusherCredential {
-        key: c.key.clone(),
-        app_id: c.app_id.clone(),
-        tenant_id: c.tenant_id.clone(),
-        pusher_app_id: c.pusher_app_id,
-        sealed_secret: stream_box.seal_str(&c.secret, &c.key),
-        capabilities: crate::grpc::capabilities_to_pb(&c.capabilities),
-        client_events: c.client_events,
-    }
-}
-
-/// A wire credential back, its secret opened with the stream key; `None` when it does not open
-/// (the control plane has another node token) or its capabilities do not parse.
-pub(crate) fn pusher_credential_from_pb(c: pb::PusherCredential, stream_box: &SecretBox) -> Option<PusherCredential> {
-    let Some(secret) = stream_box.open_str(&c.sealed_secret, &c.key) else {
-        tracing::error!(key = %c.key, "a streamed Pusher secret does not open: is the node token the control plane's?");
-        return None;
-    };
-    Some(PusherCredential {
-        capabilities: crate::grpc::capabilities_from_pb(c.capabilities).ok()?,
-        key: c.key,
-        app_id: c.app_id,
-        tenant_id: c.tenant_id,
-        pusher_app_id: c.pusher_app_id,
-        secret,
-        client_events: c.client_events,
-    })
-}
-
-/// A webhook endpoint on the wire, its secret sealed with the stream key (bound to its id).
-fn webhook_to_pb(w: &WebhookEndpoint, stream_box: &SecretBox) -> pb::WebhookEndpoint {
-    pb::WebhookEndpoint {
-        id: w.id.clone(),
-        app_id: w.app_id.clone(),
-        tenant_id: w.tenant_id.clone(),
-        url: w.url.clone(),
-        events: w.events.iter().map(|e| event_name(*e).to_owned()).collect(),
-        channels: w.channels.clone().unwrap_or_default(),
-        format: w.format.as_str().to_owned(),
-        sealed_secret: stream_box.seal_str(&w.secret, &w.id),
-    }
-}
-
-fn event_name(event: WebhookEvent) -> &'static str {
-    match event {
-        WebhookEvent::ChannelOccupied => "channel_occupied",
-        WebhookEvent::ChannelVacated => "channel_vacated",
-        WebhookEvent::MemberAdded => "member_added",
-        WebhookEvent::MemberRemoved => "member_removed",
-        WebhookEvent::ClientEvent => "client_event",
-        WebhookEvent::MessagePublished => "message_published",
-    }
-}
-
-/// A wire endpoint back, its secret opened with the stream key; `None` when the secret does not
-/// open or a name is unknown (a newer control plane: the node skips what it cannot honour).
-pub(crate) fn webhook_from_pb(w: pb::WebhookEndpoint, stream_box: &SecretBox) -> Option<WebhookEndpoint> {
-    let Some(secret) = stream_box.open_str(&w.sealed_secret, &w.id) else {
-        tracing::error!(webhook_id = %w.id, "a streamed webhook secret does not open: is the node token the control plane's?");
-        return None;
-    };
-    let events = w
-        .events
-        .iter()
-        .map(|name| WebhookEvent::ALL.into_iter().find(|e| event_name(*e) == name))
-        .collect::<Option<Vec<_>>>()?;
-    Some(WebhookEndpoint {
-        format: WebhookFormat::parse(&w.format)?,
-        channels: Some(w.channels).filter(|c| !c.is_empty()),
-        id: w.id,
-        app_id: w.app_id,
-        tenant_id: w.tenant_id,
-        url: w.url,
-        events,
-        secret,
-    })
-}
-
-fn keys_of(registry: &Registry) -> Vec<pb::VerifyingKey> {
-    let mut keys: Vec<pb::VerifyingKey> = registry
-        .verifying_keys()
-        .iter()
-        .map(|k| pb::VerifyingKey { kid: k.kid.clone(), public_key: k.public.to_vec() })
-        .collect();
-    keys.sort_by(|a, b| a.kid.cmp(&b.kid));
-    keys
-}
-
-/// Everything in `registry`, as a snapshot message; Pusher credentials and webhook endpoints
-/// only with a stream key to seal their secrets.
-pub fn snapshot_of(registry: &Registry, stream_box: Option<&SecretBox>) -> pb::ConfigSnapshot {
-    let mut pusher_credentials: Vec<pb::PusherCredential> = match stream_box {
-        Some(sealer) => registry.pusher_credentials().iter().map(|c| pusher_credential_to_pb(c, sealer)).collect(),
-        None => Vec::new(),
-    };
-    pusher_credentials.sort_by(|a, b| a.key.cmp(&b.key));
-    let mut webhooks: Vec<pb::WebhookEndpoint> = match stream_box {
-        Some(sealer) => registry.webhooks().iter().map(|w| webhook_to_pb(w, sealer)).collect(),
-        None => Vec::new(),
-    };
-    webhooks.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut apps: Vec<pb::AppConfig> = registry.apps().iter().map(|a| app_to_pb(a)).collect();
-    apps.sort_by(|a, b| a.app_id.cmp(&b.app_id));
-    pb::ConfigSnapshot {
-        apps,
-        keys: keys_of(registry),
-        revoked_api_keys: registry
-            .revoked_api_keys()
-            .into_iter()
-            .map(|(app_id, key_id)| pb::RevokedApiKey { app_id, key_id })
-            .collect(),
-        revoked_clients: registry
-            .revoked_clients()
-            .into_iter()
-            .map(|(app_id, client_id, issued_before)| pb::RevokedClient { app_id, client_id, issued_before })
-            .collect(),
-        pusher_credentials,
-        webhooks,
-    }
-}
-
-fn quotas_to_pb(q: &Quotas) -> pb::Quotas {
-    pb::Quotas {
-        max_connections: q.max_connections,
-        max_messages_per_s: q.max_messages_per_s,
-        max_message_bytes: q.max_message_bytes,
-        max_subscriptions_per_connection: q.max_subscriptions_per_connection,
-        max_presence_members: q.max_presence_members,
-    }
-}
-
-fn quotas_from_pb(q: Option<pb::Quotas>) -> Quotas {
-    q.map_or_else(Quotas::default, |q| Quotas {
-        max_connections: q.max_connections,
-        max_messages_per_s: q.max_messages_per_s,
-        max_message_bytes: q.max_message_bytes,
-        max_subscriptions_per_connection: q.max_subscriptions_per_connection,
-        max_presence_members: q.max_presence_members,
-    })
-}
-
-pub(crate) fn app_to_pb(a: &AppConfig) -> pb::AppConfig {
-    pb::AppConfig {
-        app_id: a.app_id.clone(),
-        tenant_id: a.tenant_id.clone(),
-        name: a.name.clone(),
-        enabled: a.enabled,
-        allowed_origins: a.allowed_origins.clone(),
-        max_token_ttl_s: a.max_token_ttl_s,
-        namespaces: a
-            .namespaces
-            .iter()
-            .map(|ns| pb::Namespace {
-                name: ns.name.clone(),
-                history_size: ns.history_size,
-                history_ttl_s: ns.history_ttl_s,
-                presence: ns.presence,
-                client_publish: ns.client_publish,
-            })
-            .collect(),
-        tenant_quotas: Some(quotas_to_pb(&a.tenant_quotas)),
-        quotas: Some(quotas_to_pb(&a.quotas)),
-    }
-}
-
-pub(crate) fn app_from_pb(a: pb::AppConfig) -> AppConfig {
-    AppConfig {
-        app_id: a.app_id,
-        tenant_id: a.tenant_id,
-        name: a.name,
-        enabled: a.enabled,
-        allowed_origins: a.allowed_origins,
-        max_token_ttl_s: a.max_token_ttl_s,
-        namespaces: a
-            .namespaces
-            .into_iter()
-            .map(|ns| Namespace {
-                name: ns.name,
-                history_size: ns.history_size,
-                history_ttl_s: ns.history_ttl_s,
-                presence: ns.presence,
-                client_publish: ns.client_publish,
-            })
-            .collect(),
-        tenant_quotas: quotas_from_pb(a.tenant_quotas),
-        quotas: quotas_from_pb(a.quotas),
-    }
-}
-
-/// A wire key back as a verifying key; `None` when the bytes are not 32 long.
-pub(crate) fn key_from_pb(k: &pb::VerifyingKey) -> Option<VerifyingKey> {
-    let public: [u8; 32] = k.public_key.as_slice().try_into().ok()?;
-    Some(VerifyingKey::new(k.kid.clone(), public))
 }

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aviary_control_plane::grpc::{ControlPlaneClient, pb};
-use aviary_control_plane::sealing::SecretBox;
 use aviary_control_plane::store::{MAX_PAGE, PageRequest, contract};
 use aviary_control_plane::{ControlPlaneConfig, ControlPlaneState, RateLimitConfig, Store};
+use aviary_core::sealing::SecretBox;
 use aviary_core::token::{Jwks, verify};
 use aviary_core::{Registry, TokenError};
 use reqwest::StatusCode;

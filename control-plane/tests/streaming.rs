@@ -14,15 +14,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aviary_control_plane::follower::{ConfigSource, FollowerConfig};
 use aviary_control_plane::grpc::{ControlPlaneClient, pb};
-use aviary_control_plane::{
-    ConfigFollower, ControlPlaneConfig, ControlPlaneState, GrpcUsageSink, RateLimitConfig, RemoteApiKeyAuthority,
-    UsageReporter,
-};
+use aviary_control_plane::{ControlPlaneConfig, ControlPlaneState, RateLimitConfig};
 use aviary_core::usage::{UsageMeter, UsageRecord};
 use aviary_core::webhook::{WebhookEvent, WebhookFormat};
 use aviary_core::{ApiKeyAuthority, ApiKeyError, Registry};
+use aviary_follower::{
+    ConfigFollower, ConfigSource, FollowerConfig, GrpcUsageSink, RemoteApiKeyAuthority, UsageReporter,
+};
 use chrono::DurationRound;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -490,7 +489,7 @@ async fn changes_are_pushed_to_a_follower(store: TestStore) {
 /// Pusher secrets reach a node (which needs them to check signatures) without ever being in
 /// clear on the wire or in the node's cache file; revocations and app deletions follow.
 async fn pusher_credentials_reach_nodes_sealed_and_their_revocation_follows(store: TestStore) {
-    let sealer = Arc::new(aviary_control_plane::sealing::SecretBox::parse(&"3c".repeat(32)).unwrap());
+    let sealer = Arc::new(aviary_core::sealing::SecretBox::parse(&"3c".repeat(32)).unwrap());
     let cp = start(&store, None, |c| c.credentials_key = Some(sealer.clone())).await;
     let (_, admin, app_id, _, _) = cp.tenant("pusher").await;
     let path = format!("/v1/apps/{app_id}/pusher-credentials");
@@ -525,17 +524,17 @@ async fn pusher_credentials_reach_nodes_sealed_and_their_revocation_follows(stor
     let decoded = <pb::WatchEvent as prost::Message>::decode(cached.as_slice()).unwrap();
     let Some(pb::watch_event::Event::Snapshot(from_disk)) = decoded.event else { panic!("a snapshot on disk") };
     let restarted = Registry::new();
-    aviary_control_plane::follower::apply_snapshot(
+    aviary_follower::follower::apply_snapshot(
         &restarted,
         from_disk.clone(),
-        &aviary_control_plane::sealing::SecretBox::for_config_stream(NODE_TOKEN),
+        &aviary_core::sealing::SecretBox::for_config_stream(NODE_TOKEN),
     );
     assert_eq!(restarted.pusher_credential(&key).unwrap().secret, secret);
     let stranger = Registry::new();
-    aviary_control_plane::follower::apply_snapshot(
+    aviary_follower::follower::apply_snapshot(
         &stranger,
         from_disk,
-        &aviary_control_plane::sealing::SecretBox::for_config_stream("another node token"),
+        &aviary_core::sealing::SecretBox::for_config_stream("another node token"),
     );
     assert!(stranger.pusher_credential(&key).is_none(), "without the node token the secrets do not open");
 
@@ -551,7 +550,7 @@ async fn pusher_credentials_reach_nodes_sealed_and_their_revocation_follows(stor
 /// Webhook endpoints reach a node with their signing secret (delivery signs with it), sealed on
 /// the wire and in the cache file; changes, deletions and the app's deletion follow.
 async fn webhook_endpoints_reach_nodes_sealed_and_follow_changes(store: TestStore) {
-    let sealer = Arc::new(aviary_control_plane::sealing::SecretBox::parse(&"4d".repeat(32)).unwrap());
+    let sealer = Arc::new(aviary_core::sealing::SecretBox::parse(&"4d".repeat(32)).unwrap());
     let cp = start(&store, None, |c| {
         c.credentials_key = Some(sealer.clone());
         c.webhook_allow_private_targets = true;
@@ -592,10 +591,10 @@ async fn webhook_endpoints_reach_nodes_sealed_and_follow_changes(store: TestStor
     let decoded = <pb::WatchEvent as prost::Message>::decode(cached.as_slice()).unwrap();
     let Some(pb::watch_event::Event::Snapshot(from_disk)) = decoded.event else { panic!("a snapshot on disk") };
     let restarted = Registry::new();
-    aviary_control_plane::follower::apply_snapshot(
+    aviary_follower::follower::apply_snapshot(
         &restarted,
         from_disk,
-        &aviary_control_plane::sealing::SecretBox::for_config_stream(NODE_TOKEN),
+        &aviary_core::sealing::SecretBox::for_config_stream(NODE_TOKEN),
     );
     assert_eq!(restarted.webhook(&id).unwrap().secret, secret);
 
@@ -637,7 +636,7 @@ async fn follower_restarted_during_an_outage_serves_its_cache_then_catches_up(st
     // A node restarted during the outage comes up with the cached config (its own copy, so the
     // node still running keeps writing to the first directory).
     let restart_dir = temp_dir();
-    std::fs::copy(running.cache_file(), restart_dir.join(aviary_control_plane::follower::CACHE_FILE)).unwrap();
+    std::fs::copy(running.cache_file(), restart_dir.join(aviary_follower::follower::CACHE_FILE)).unwrap();
     let restarted = Arc::new(Registry::new());
     let follower =
         ConfigFollower::start(follower_config(&format!("http://{grpc}"), &restart_dir), restarted.clone()).unwrap();
@@ -932,9 +931,12 @@ struct LossyAcks {
 }
 
 #[async_trait::async_trait]
-impl aviary_control_plane::UsageSink for LossyAcks {
-    async fn report(&self, node_id: &str, seq: u64, records: &[UsageRecord]) -> aviary_control_plane::Result<()> {
-        self.state.ingest_usage(node_id, seq, records).await?;
+impl aviary_follower::UsageSink for LossyAcks {
+    async fn report(&self, node_id: &str, seq: u64, records: &[UsageRecord]) -> aviary_follower::Result<()> {
+        self.state
+            .ingest_usage(node_id, seq, records)
+            .await
+            .map_err(|e| aviary_follower::Error::Upstream(e.to_string()))?;
         let lose = self
             .lost
             .fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| {
@@ -942,7 +944,7 @@ impl aviary_control_plane::UsageSink for LossyAcks {
             })
             .is_ok();
         let _ = self.calls.try_send((seq, !lose));
-        if lose { Err(aviary_control_plane::Error::Upstream("acknowledgement lost".into())) } else { Ok(()) }
+        if lose { Err(aviary_follower::Error::Upstream("acknowledgement lost".into())) } else { Ok(()) }
     }
 }
 

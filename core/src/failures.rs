@@ -12,6 +12,13 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
+/// Failed API key verifications one source address may cause per second, after a burst of
+/// [`FAILURES_BURST`]; beyond, its requests are refused (429) before any hashing. The control
+/// plane's key verifier and a node's remote key authority charge the same budget.
+pub const FAILURES_PER_S: u32 = 2;
+/// Burst of failed verifications per source address.
+pub const FAILURES_BURST: u32 = 20;
+
 /// Most addresses tracked; beyond it, buckets that are full again are forgotten first.
 const CAPACITY: usize = 100_000;
 

@@ -14,6 +14,7 @@ pub mod json;
 pub mod openapi;
 pub mod problem;
 pub mod pusher;
+pub mod sealing;
 pub mod token;
 pub mod usage;
 pub mod webhook;

@@ -1,7 +1,8 @@
 //! With the `grpc` feature, generates the gRPC client (client only: the SDK never serves) for the
-//! control plane's `aviary.v1.ControlPlane` service. The proto travels with the crate
-//! (`proto/`, a copy of `control-plane/proto` that `tests/proto_copy.rs` keeps identical), so the
-//! published crate builds on its own.
+//! control plane's `aviary.v1.ControlPlane` service, from the one `.proto` the server compiles
+//! too: `proto/aviary/v1/control_plane.proto` here is a symlink to the `aviary-proto` crate's
+//! (`/proto/aviary/v1/control_plane.proto` in the repository). `cargo package` stores the file
+//! the link points to, so the published crate carries a real copy and builds on its own.
 //!
 //! `protoc` comes from the `protoc-bin-vendored` crate so building needs no system protobuf
 //! compiler and downloads nothing.

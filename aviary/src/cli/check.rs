@@ -104,7 +104,7 @@ fn problems(cli: &Cli, role: &Role) -> Vec<(&'static str, String)> {
     }
     let credentials_key = |key: &Option<String>, out: &mut Vec<_>| {
         if let Some(key) = key.as_deref().filter(|k| !k.trim().is_empty())
-            && let Err(e) = aviary_control_plane::sealing::SecretBox::parse(key)
+            && let Err(e) = aviary_core::sealing::SecretBox::parse(key)
         {
             out.push(("credentials-key", e.to_string()));
         }

@@ -3,7 +3,7 @@
 //! Same shape as API keys ([`super`]): validate, check the caller may see the app, write the
 //! store, push the change into the registry (which streams it to nodes). What differs is the
 //! secret: Pusher signatures are HMACs, so nodes need the secret itself. It is sealed with the
-//! credentials key before it reaches the store (see [`crate::sealing`]), held in clear only in
+//! credentials key before it reaches the store (see [`aviary_core::sealing`]), held in clear only in
 //! registries, and never logged.
 
 use aviary_core::{Capabilities, PusherCredential};

@@ -93,7 +93,7 @@ pub struct ApiKeyRecord {
 }
 
 /// A Pusher key/secret pair of an app, as stored: the secret only sealed (see
-/// [`crate::sealing`]), and emptied when the credential is revoked.
+/// [`aviary_core::sealing`]), and emptied when the credential is revoked.
 #[derive(Clone, PartialEq)]
 pub struct PusherCredentialRecord {
     /// The public key; unique across apps (clients connect with it alone).
@@ -122,7 +122,7 @@ impl std::fmt::Debug for PusherCredentialRecord {
     }
 }
 
-/// A webhook endpoint of an app, as stored: its secret only sealed (see [`crate::sealing`]).
+/// A webhook endpoint of an app, as stored: its secret only sealed (see [`aviary_core::sealing`]).
 #[derive(Clone, PartialEq)]
 pub struct WebhookRecord {
     pub id: String,

@@ -7,8 +7,7 @@
 //! digits only), and each credential is one key/secret pair of that app.
 //!
 //! The secret is held in memory in clear because verifying an HMAC needs it; it never appears
-//! in `Debug` output, and it is sealed whenever it leaves a process (see the control plane's
-//! `sealing` module).
+//! in `Debug` output, and it is sealed whenever it leaves a process (see [`crate::sealing`]).
 
 use crate::capability::Capabilities;
 

@@ -1,6 +1,7 @@
 //! The node side of usage metering: a [`UsageReporter`] drains an
 //! `aviary_core::usage::UsageMeter` every interval and sends each batch to a [`UsageSink`]
-//! (the control plane over gRPC, or in process in `aviary dev`), retrying until acknowledged.
+//! (the control plane over gRPC, or in process in `aviary dev`, where the binary wraps the
+//! control plane's own ingestion), retrying until acknowledged.
 //!
 //! Exactly-once counting rests on the batch number: every drained batch gets the next `seq`
 //! and keeps it through retries, and the control plane stores each `(node_id, seq)` once. The
@@ -15,14 +16,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aviary_core::usage::{UsageMeter, UsageRecord};
+use aviary_proto::convert::usage_record_to_pb;
+use aviary_proto::{ControlPlaneClient, pb};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-use crate::ControlPlaneState;
 use crate::error::{Error, Result};
-use crate::follower::authorized;
-use crate::grpc::{ControlPlaneClient, pb, usage_record_to_pb};
-use crate::link::ControlPlaneLink;
+use crate::link::{ControlPlaneLink, authorized};
 
 /// Records per batch: one drain of a node serving many apps becomes several batches, each well
 /// under the control plane's message size limit.
@@ -36,14 +36,6 @@ pub const MAX_PENDING: usize = 360;
 pub trait UsageSink: Send + Sync + 'static {
     /// Records one batch; must be idempotent per `(node_id, seq)`. `Ok` means acknowledged.
     async fn report(&self, node_id: &str, seq: u64, records: &[UsageRecord]) -> Result<()>;
-}
-
-/// In-process reporting (`aviary dev`): the same path as the `ReportUsage` RPC.
-#[async_trait]
-impl UsageSink for ControlPlaneState {
-    async fn report(&self, node_id: &str, seq: u64, records: &[UsageRecord]) -> Result<()> {
-        self.ingest_usage(node_id, seq, records).await.map(|_| ())
-    }
 }
 
 /// Reports to a control plane over gRPC (`ReportUsage`, node credential).

@@ -1,5 +1,7 @@
-//! Sealing secrets the control plane must be able to read back (Pusher signing secrets), at
-//! rest and on the config stream.
+//! Sealing secrets the control plane must be able to read back (Pusher signing secrets, webhook
+//! signing secrets), at rest and on the config stream. Here because both planes use it: the
+//! control plane seals at rest and onto the stream, a node opens what the stream and its cache
+//! file carry.
 //!
 //! Unlike API keys, which are only ever compared and so are stored as argon2id hashes, a
 //! Pusher secret is an HMAC key: every node that checks a Pusher signature needs it in clear.
@@ -22,7 +24,10 @@ use rand::RngCore;
 use rand::rngs::OsRng;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 
-use crate::error::{Error, Result};
+/// A configured credentials key that is not 32 bytes written as 64 hex characters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidKey(&'static str);
 
 /// The only format so far; a rotation of the sealing scheme would add one.
 const VERSION: u8 = 1;
@@ -51,11 +56,11 @@ impl SecretBox {
     }
 
     /// Parses a configured credentials key: 64 hex characters (e.g. `openssl rand -hex 32`).
-    pub fn parse(text: &str) -> Result<SecretBox> {
+    pub fn parse(text: &str) -> Result<SecretBox, InvalidKey> {
         let bytes = hex::decode(text.trim())
-            .map_err(|_| Error::invalid("the credentials key must be 64 hex characters (openssl rand -hex 32)"))?;
+            .map_err(|_| InvalidKey("the credentials key must be 64 hex characters (openssl rand -hex 32)"))?;
         let key: [u8; 32] =
-            bytes.try_into().map_err(|_| Error::invalid("the credentials key must be 32 bytes (64 hex characters)"))?;
+            bytes.try_into().map_err(|_| InvalidKey("the credentials key must be 32 bytes (64 hex characters)"))?;
         Ok(SecretBox::new(&key))
     }
 

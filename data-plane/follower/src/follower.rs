@@ -25,7 +25,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use aviary_core::FailureLimiter;
 use aviary_core::auth::{ApiKeyAuthority, ApiKeyError, VerifiedApiKey};
+use aviary_core::failures::{FAILURES_BURST, FAILURES_PER_S};
+use aviary_core::sealing::SecretBox;
 use aviary_core::{ConfigEvent, Registry};
+use aviary_proto::convert::{
+    app_config_from_pb, capabilities_from_pb, change_of, pusher_credential_from_pb, snapshot_of, verifying_key_from_pb,
+    webhook_from_pb,
+};
+use aviary_proto::{ControlPlaneClient, NODE_MAX_RECEIVE_BYTES, pb};
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use prost::Message;
@@ -35,10 +42,7 @@ use tokio::sync::{Notify, watch};
 use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
-use crate::grpc::{ControlPlaneClient, pb};
-use crate::link::ControlPlaneLink;
-use crate::sealing::SecretBox;
-use crate::watch::{app_from_pb, key_from_pb, pusher_credential_from_pb, snapshot_of, webhook_from_pb};
+use crate::link::{ControlPlaneLink, authorized};
 
 /// Name of the cached config inside the cache directory.
 pub const CACHE_FILE: &str = "config-cache.pb";
@@ -225,15 +229,6 @@ fn set_gauges(status: &FollowerStatus) {
     metrics::gauge!("aviary_config_version").set(status.version as f64);
 }
 
-/// Adds the node credential to a request.
-pub(crate) fn authorized<T>(message: T, token: &str) -> Result<tonic::Request<T>> {
-    let mut request = tonic::Request::new(message);
-    let value =
-        format!("Bearer {token}").parse().map_err(|_| Error::invalid("the node token must be printable ASCII"))?;
-    request.metadata_mut().insert("authorization", value);
-    Ok(request)
-}
-
 /// The connect-reconnect loop.
 async fn follow(shared: Arc<Shared>) {
     let initial = Duration::from_millis(100);
@@ -282,7 +277,7 @@ async fn session(shared: &Shared) -> Result<()> {
         .connect()
         .await
         .map_err(|e| Error::Upstream(format!("connecting to {}: {e}", config.endpoint)))?;
-    let mut client = ControlPlaneClient::new(channel).max_decoding_message_size(crate::grpc::NODE_MAX_RECEIVE_BYTES);
+    let mut client = ControlPlaneClient::new(channel).max_decoding_message_size(NODE_MAX_RECEIVE_BYTES);
     let (epoch, version) = {
         let s = shared.status.borrow();
         if s.has_config() { (s.epoch.clone(), s.version) } else { (String::new(), 0) }
@@ -307,7 +302,7 @@ async fn session(shared: &Shared) -> Result<()> {
 /// Applies one stream event and records the new position.
 fn apply_event(shared: &Shared, event: pb::WatchEvent) -> Result<()> {
     use pb::watch_event::Event;
-    let _span = crate::watch::change_of(&event).map(|(change, tenant_id, app_id)| {
+    let _span = change_of(&event).map(|(change, tenant_id, app_id)| {
         tracing::info_span!("config_apply", version = event.version, change, tenant_id, app_id).entered()
     });
     let changed = match event.event {
@@ -363,9 +358,9 @@ pub fn apply_snapshot(registry: &Registry, snapshot: pb::ConfigSnapshot, stream_
         }
     }
     for app in snapshot.apps {
-        registry.upsert_app(app_from_pb(app));
+        registry.upsert_app(app_config_from_pb(app));
     }
-    registry.set_verifying_keys(snapshot.keys.iter().filter_map(key_from_pb));
+    registry.set_verifying_keys(snapshot.keys.iter().filter_map(verifying_key_from_pb));
     for k in snapshot.revoked_api_keys {
         registry.revoke_api_key(&k.app_id, &k.key_id);
     }
@@ -398,14 +393,16 @@ pub fn apply_snapshot(registry: &Registry, snapshot: pb::ConfigSnapshot, stream_
 pub fn apply_delta(registry: &Registry, delta: pb::ConfigDelta, stream_box: &SecretBox) {
     use pb::config_delta::Change;
     match delta.change {
-        Some(Change::AppChanged(app)) => registry.upsert_app(app_from_pb(app)),
+        Some(Change::AppChanged(app)) => registry.upsert_app(app_config_from_pb(app)),
         Some(Change::AppRemoved(r)) => registry.remove_app(&r.app_id),
         Some(Change::ApiKeyRevoked(k)) => registry.revoke_api_key(&k.app_id, &k.key_id),
         Some(Change::ClientRevoked(c)) if !registry.client_revoked(&c.app_id, &c.client_id, c.issued_before) => {
             registry.revoke_client(&c.app_id, &c.client_id, c.issued_before)
         }
         Some(Change::ClientRevoked(_)) => {}
-        Some(Change::KeysChanged(keys)) => registry.set_verifying_keys(keys.keys.iter().filter_map(key_from_pb)),
+        Some(Change::KeysChanged(keys)) => {
+            registry.set_verifying_keys(keys.keys.iter().filter_map(verifying_key_from_pb))
+        }
         Some(Change::PusherCredentialChanged(c)) => {
             if let Some(c) = pusher_credential_from_pb(c, stream_box) {
                 registry.upsert_pusher_credential(c);
@@ -542,7 +539,7 @@ impl RemoteApiKeyAuthority {
             ttl,
             cache: DashMap::new(),
             registry: registry.clone(),
-            failures: FailureLimiter::new(crate::auth::FAILURES_PER_S, crate::auth::FAILURES_BURST),
+            failures: FailureLimiter::new(FAILURES_PER_S, FAILURES_BURST),
         });
         let weak = Arc::downgrade(&inner);
         let mut events = registry.subscribe();
@@ -615,8 +612,7 @@ impl ApiKeyAuthority for RemoteApiKeyAuthority {
                 return Err(ApiKeyError::Unavailable);
             }
         };
-        let capabilities =
-            crate::grpc::capabilities_from_pb(answer.capabilities).map_err(|_| ApiKeyError::Unavailable)?;
+        let capabilities = capabilities_from_pb(answer.capabilities).map_err(|_| ApiKeyError::Unavailable)?;
         let key =
             VerifiedApiKey { key_id: answer.key_id, tenant_id: answer.tenant_id, app_id: answer.app_id, capabilities };
         if inner.registry.api_key_revoked(&key.key_id) {

@@ -1,6 +1,7 @@
 //! How a data-plane node reaches the control plane's gRPC listener: its URL and, for an
 //! `https://` URL, whom to trust. Every node-side client (config stream, API key checks, usage
-//! reports) connects through one [`ControlPlaneLink`], so they cannot disagree about TLS.
+//! reports) connects through one [`ControlPlaneLink`], so they cannot disagree about TLS, and
+//! presents the node token the same way ([`authorized`]).
 
 use std::time::Duration;
 
@@ -88,4 +89,13 @@ impl ControlPlaneLink {
     pub(crate) fn endpoint_with(&self, connect_timeout: Duration) -> Result<Endpoint> {
         Ok(self.endpoint()?.connect_timeout(connect_timeout).tcp_nodelay(true))
     }
+}
+
+/// Adds the node credential (`authorization: Bearer <node token>`) to a request.
+pub(crate) fn authorized<T>(message: T, token: &str) -> Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    let value =
+        format!("Bearer {token}").parse().map_err(|_| Error::invalid("the node token must be printable ASCII"))?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(request)
 }
