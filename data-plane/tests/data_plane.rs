@@ -839,17 +839,21 @@ async fn resume_after_a_dropped_connection_delivers_missed_publications_exactly_
     assert_eq!(ok["recovered"], false);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sse_resumes_every_channel_from_last_event_id() {
-    let node = start(|_, _| {}).await;
-    let token = node.token("bob");
-    let mut sse = Sse::open(&node, "a,b", &token, None).await;
+/// Opens a stream of `a,b`, publishes a1 and b1, reads both and closes it: the id to resume from.
+async fn sse_after_a1_and_b1(node: &Node, token: &str) -> String {
+    let mut sse = Sse::open(node, "a,b", token, None).await;
     node.rest_publish("a", json!("a1")).await;
     node.rest_publish("b", json!("b1")).await;
     assert_eq!(sse.message().await["data"], "a1");
     assert_eq!(sse.message().await["data"], "b1");
-    let last_id = sse.last_id.clone().unwrap();
-    drop(sse);
+    sse.last_id.clone().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_resumes_every_channel_from_last_event_id() {
+    let node = start(|_, _| {}).await;
+    let token = node.token("bob");
+    let last_id = sse_after_a1_and_b1(&node, &token).await;
 
     node.rest_publish("a", json!("a2")).await;
     node.rest_publish("b", json!("b2")).await;
@@ -872,13 +876,7 @@ async fn sse_resumes_every_channel_from_last_event_id() {
 async fn sse_ids_carry_every_resumed_channel_from_the_first_event() {
     let node = start(|_, _| {}).await;
     let token = node.token("bob");
-    let mut sse = Sse::open(&node, "a,b", &token, None).await;
-    node.rest_publish("a", json!("a1")).await;
-    node.rest_publish("b", json!("b1")).await;
-    assert_eq!(sse.message().await["data"], "a1");
-    assert_eq!(sse.message().await["data"], "b1");
-    let resumed_from = sse.last_id.clone().unwrap();
-    drop(sse);
+    let resumed_from = sse_after_a1_and_b1(&node, &token).await;
 
     node.rest_publish("b", json!("b2")).await;
     // Read only `a`'s `subscribed` event, then drop the stream again.
